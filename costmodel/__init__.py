@@ -1,0 +1,21 @@
+"""costmodel: exact FLOPs, bytes and memory of transformer inference, prefill versus decode.
+
+The analytic core is pure arithmetic: importing it never imports torch, pandas or matplotlib.
+
+    >>> from costmodel import get_model, analyze
+    >>> r = analyze(get_model("llama-2-7b"), batch=8, prompt=2048, gen=128)
+    >>> r.prefill.matmul_flops, r.memory.kv_cache_bytes   # doctest: +SKIP
+"""
+
+from .analysis import Analysis, OpCost, Phase, analyze, kv_cache_bytes, kv_cache_bytes_per_token
+from .dtypes import DTYPE_BITS, nbytes
+from .errors import SpecError
+from .models import PRESETS, get_model, load_hf_config, preset_names
+from .spec import ModelSpec, Workload
+
+__all__ = [
+    "Analysis", "DTYPE_BITS", "ModelSpec", "OpCost", "PRESETS", "Phase", "SpecError", "Workload",
+    "analyze", "get_model", "kv_cache_bytes", "kv_cache_bytes_per_token", "load_hf_config",
+    "nbytes", "preset_names",
+]
+__version__ = "0.1.0"

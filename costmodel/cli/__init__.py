@@ -1,0 +1,6 @@
+"""The ``costmodel`` command line: each command lives in its own module and registers on ``main``."""
+
+from . import report  # noqa: F401  (registers report, models)
+from .common import main
+
+__all__ = ["main"]

@@ -1,0 +1,140 @@
+"""What every command shares: the group, one-line errors with exit code 2, option bundles.
+
+Each command module registers itself on :data:`main` and stays light at import: anything heavy
+(torch, pandas, matplotlib) is imported inside the command function, so ``costmodel --help`` and
+the analytic commands answer quickly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from ..errors import SpecError
+
+
+class InputError(click.ClickException):
+    """Bad user input: printed as one ``Error: ...`` line, exit code 2."""
+
+    exit_code = 2
+
+
+def _one_line(e: click.UsageError) -> InputError:
+    msg = e.format_message()
+    if e.ctx is not None:
+        msg = f"{e.ctx.command_path}: {msg}"
+    return InputError(msg.replace("\n", " "))
+
+
+class Command(click.Command):
+    """A click command whose usage errors are one line (no usage block) with exit code 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+
+Group.group_class = Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="costmodel")
+def main() -> None:
+    """What running a transformer costs: FLOPs, bytes, memory and latency, prefill versus decode."""
+
+
+def input_errors(fn):
+    """Turn the library's :class:`SpecError` into a one-line exit-2 error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as e:
+            raise InputError(str(e)) from None
+
+    return wrapper
+
+
+DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+
+
+def model_argument(fn):
+    return click.argument("model", metavar="MODEL")(fn)
+
+
+def workload_options(fn):
+    """--batch --prompt --gen --dtype --weight-dtype --kv-dtype --logits --no-kv-cache --causal --beams."""
+    opts = [
+        click.option("--batch", "-b", type=int, default=1, show_default=True, help="Sequences in the batch."),
+        click.option("--prompt", "-s", type=int, default=512, show_default=True, help="Prompt length in tokens."),
+        click.option("--gen", "-n", type=int, default=128, show_default=True,
+                     help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps)."),
+        click.option("--dtype", default="bf16", show_default=True,
+                     help=f"Weights and activations: {', '.join(DTYPES[:5])}."),
+        click.option("--weight-dtype", default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPES)}."),
+        click.option("--kv-dtype", default=None, help="KV cache (default: the activation dtype); int4 allowed."),
+        click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
+                     help="Prefill LM head for the last position only, or every position."),
+        click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step."),
+        click.option("--causal", is_flag=True, help="Count only the lower triangle of attention scores."),
+        click.option("--beams", type=int, default=1, show_default=True, help="Beam width (multiplies the decode batch)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def build_workload(batch, prompt, gen, dtype, weight_dtype, kv_dtype, logits, no_kv_cache, causal, beams):
+    from ..spec import Workload
+
+    return Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=weight_dtype or dtype,
+                    act_dtype=dtype, kv_dtype=kv_dtype, logits=logits, kv_cache=not no_kv_cache,
+                    causal=causal, beams=beams)
+
+
+WORKLOAD_KEYS = ("batch", "prompt", "gen", "dtype", "weight_dtype", "kv_dtype", "logits",
+                 "no_kv_cache", "causal", "beams")
+
+
+def pop_workload(kwargs: dict):
+    """Remove the workload options from a command's kwargs and build the Workload."""
+    return build_workload(**{k: kwargs.pop(k) for k in WORKLOAD_KEYS})
+
+
+def format_option(choices, default="table"):
+    return click.option("--format", "fmt", type=click.Choice(choices), default=default,
+                        show_default=True, help="Output format.")
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def warn(msg: str) -> None:
+    click.echo(f"Warning: {msg}", err=True)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

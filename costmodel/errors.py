@@ -1,0 +1,27 @@
+"""The one exception type for bad user input.
+
+Everything a user can get wrong (a model name, a size, a dtype, a config file) raises
+:class:`SpecError`, a ``ValueError`` whose message is one line naming the field, the value and
+what is allowed. The CLI turns it into that line and exit code 2; library callers catch it as a
+``ValueError``. Bugs are not ``SpecError`` and are never caught by the CLI.
+"""
+
+
+class SpecError(ValueError):
+    """Invalid user input: the message names the field, the value and the allowed values."""
+
+
+def require_positive_int(field: str, value: object) -> int:
+    """Return ``value`` if it is an int > 0 (bools are refused), else raise :class:`SpecError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{field} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise SpecError(f"{field} must be a positive integer, got {value}")
+    return value
+
+
+def require_choice(field: str, value: object, allowed) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise :class:`SpecError` listing them."""
+    if value not in allowed:
+        raise SpecError(f"unknown {field} {value!r}; allowed: {', '.join(sorted(allowed))}")
+    return value  # type: ignore[return-value]

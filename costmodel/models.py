@@ -1,0 +1,177 @@
+"""Built-in model presets and the offline reader of Hugging Face ``config.json`` files.
+
+:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), or a path to a
+``config.json`` file or to a folder holding one. No ``transformers`` import: the config is read
+as JSON and its fields mapped per ``model_type``; unknown fields are ignored, a missing required
+field is a :class:`SpecError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import SpecError
+from .spec import ModelSpec
+
+# GPT-2 family: LayerNorm, GELU (tanh) 4h MLP, learned positions, biases everywhere, tied LM head.
+_GPT2 = dict(family="gpt2", mlp_kind="plain", activation="gelu_tanh", norm_kind="layernorm",
+             position_kind="learned", attention_bias=True, attention_out_bias=True, mlp_bias=True,
+             tie_word_embeddings=True)
+# LLaMA family: RMSNorm, SwiGLU, rotary positions, no biases, untied LM head.
+_LLAMA = dict(family="llama", mlp_kind="gated", activation="silu", norm_kind="rmsnorm",
+              position_kind="rotary")
+
+
+def _gpt2(name, layers, hidden, heads, vocab=50257, positions=1024):
+    return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     intermediate_size=4 * hidden, vocab_size=vocab,
+                     max_position_embeddings=positions, **_GPT2)
+
+
+def _llama(name, layers, hidden, heads, kv_heads, inter, vocab, positions, **kw):
+    return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     num_kv_heads=kv_heads, intermediate_size=inter, vocab_size=vocab,
+                     max_position_embeddings=positions, **{**_LLAMA, **kw})
+
+
+# Shapes from each model's published config.json (GPT-3: Brown et al. 2020, table 2.1).
+PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
+    _gpt2("gpt2", 12, 768, 12),
+    _gpt2("gpt2-medium", 24, 1024, 16),
+    _gpt2("gpt2-large", 36, 1280, 20),
+    _gpt2("gpt2-xl", 48, 1600, 25),
+    _gpt2("gpt3-175b", 96, 12288, 96, positions=2048),
+    _llama("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096),
+    _llama("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, 4096),
+    _llama("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
+    _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
+    _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
+    _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
+    _llama("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, 32768, attention_bias=True,
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192, head_dim=256,
+           activation="gelu_tanh", tie_word_embeddings=True, norm_eps=1e-6),
+    _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # Tiny models for tests and profiling on a CPU: each exercises one variant.
+    _gpt2("tiny-gpt2", 2, 64, 4, vocab=256, positions=128),
+    _llama("tiny-llama", 2, 64, 4, 2, 160, 256, 256),  # GQA, 2 query heads per kv head
+    _llama("tiny-mqa", 2, 64, 4, 1, 160, 256, 256),  # MQA
+    _llama("tiny-mha", 2, 64, 4, 4, 256, 256, 256, mlp_kind="plain", activation="gelu"),
+    _llama("tiny-qwen2", 2, 64, 4, 2, 160, 256, 256, attention_bias=True, tie_word_embeddings=True),
+    _llama("tiny-gemma", 2, 64, 2, 1, 128, 256, 256, head_dim=48, activation="gelu_tanh",
+           tie_word_embeddings=True),  # head_dim != hidden / heads
+]}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_model(name_or_path: str) -> ModelSpec:
+    """A preset by name, or a spec read from a ``config.json`` (file or folder) path."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if os.path.exists(name_or_path) or name_or_path.endswith(".json") or os.sep in name_or_path:
+        return load_hf_config(name_or_path)
+    raise SpecError(f"unknown model {name_or_path!r}; built-in models: {', '.join(PRESETS)} "
+                    "(or give a path to a Hugging Face config.json or its folder)")
+
+
+# --- Hugging Face config.json ------------------------------------------------------------------
+
+HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3")
+
+_HF_ACTIVATIONS = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh", "silu": "silu", "swish": "silu", "relu": "relu",
+}
+
+
+def load_hf_config(path: str) -> ModelSpec:
+    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(f"cannot read config {file!r}: {e.strerror or e}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"malformed config {file!r}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(cfg, dict):
+        raise SpecError(f"malformed config {file!r}: expected a JSON object, got {type(cfg).__name__}")
+    folder = os.path.basename(os.path.dirname(os.path.abspath(file)))
+    name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
+    return spec_from_hf_dict(cfg, name=name, source=file)
+
+
+def spec_from_hf_dict(cfg: dict, name: str, source: str = "config") -> ModelSpec:
+    """Map the fields of a parsed HF config to a :class:`ModelSpec` (see :func:`load_hf_config`)."""
+    model_type = cfg.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise SpecError(f"{source}: unsupported model_type {model_type!r}; "
+                        f"supported: {', '.join(HF_MODEL_TYPES)}")
+
+    def req(*keys):
+        for k in keys:
+            if k in cfg and cfg[k] is not None:
+                return _as_int(cfg[k], k)
+        raise SpecError(f"{source}: missing required field {keys[0]!r} for model_type {model_type!r}")
+
+    def _as_int(v, k):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SpecError(f"{source}: field {k!r} must be an integer, got {v!r}")
+        return v
+
+    def opt_float(key, default):
+        v = cfg.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(f"{source}: field {key!r} must be a number, got {v!r}")
+        return float(v)
+
+    def opt_int(key, default):
+        v = cfg.get(key)
+        return default if v is None else _as_int(v, key)
+
+    def activation(key, default):
+        act = cfg.get(key) or default
+        if act not in _HF_ACTIVATIONS:
+            raise SpecError(f"{source}: unsupported {key} {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
+        return _HF_ACTIVATIONS[act]
+
+    if model_type == "gpt2":
+        hidden = req("n_embd", "hidden_size")
+        return ModelSpec(
+            name=name, num_layers=req("n_layer", "num_hidden_layers"), hidden_size=hidden,
+            num_heads=req("n_head", "num_attention_heads"),
+            intermediate_size=opt_int("n_inner", 4 * hidden),  # HF: n_inner null means 4 * n_embd
+            vocab_size=req("vocab_size"), max_position_embeddings=req("n_positions", "n_ctx"),
+            **{**_GPT2, "activation": activation("activation_function", "gelu_new"),
+               "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True))},
+            norm_eps=opt_float("layer_norm_epsilon", 1e-5))
+
+    heads = req("num_attention_heads")
+    kw = dict(_LLAMA)
+    # Defaults below are those of the transformers config class for each model_type.
+    if model_type == "qwen2":
+        kw["attention_bias"] = True  # Qwen2 always has q/k/v biases, none on o_proj
+    elif model_type in ("llama", "mistral"):
+        bias = bool(cfg.get("attention_bias", False))  # LLaMA's flag puts biases on q, k, v and o
+        kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bool(cfg.get("mlp_bias", False)))
+    if model_type == "gemma":
+        act = activation("hidden_activation", "gelu_pytorch_tanh")
+        tie_default = True
+    else:
+        act = activation("hidden_act", "silu")
+        tie_default = False
+    return ModelSpec(
+        name=name, num_layers=req("num_hidden_layers"), hidden_size=req("hidden_size"),
+        num_heads=heads, num_kv_heads=opt_int("num_key_value_heads", heads),
+        head_dim=opt_int("head_dim", None), intermediate_size=req("intermediate_size"),
+        vocab_size=req("vocab_size"), max_position_embeddings=req("max_position_embeddings"),
+        **{**kw, "activation": act,
+           "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", tie_default))},
+        rope_theta=opt_float("rope_theta", 10000.0),
+        norm_eps=opt_float("rms_norm_eps", 1e-6 if model_type in ("gemma", "qwen2") else 1e-5))

@@ -1,0 +1,226 @@
+"""Model and workload specifications: frozen dataclasses validated in ``__post_init__``.
+
+A :class:`ModelSpec` describes a decoder-only transformer (GPT-2 and LLaMA families and their
+relatives: Mistral, Qwen2, Gemma, Phi-3). A :class:`Workload` says what is run on it: batch,
+prompt length, generated tokens, number formats, and how the logits and the KV cache are handled.
+Invalid values raise :class:`~costmodel.errors.SpecError` naming the field, value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .dtypes import DTYPE_BITS, canonical_dtype
+from .errors import SpecError, require_choice, require_positive_int
+
+MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(x)) * up(x))
+NORM_KINDS = ("layernorm", "rmsnorm")
+POSITION_KINDS = ("learned", "rotary")
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+LOGITS_MODES = ("last", "all")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a decoder-only transformer. Sizes are counts of elements, not bytes."""
+
+    name: str
+    num_layers: int  # L: transformer blocks
+    hidden_size: int  # h: width of the residual stream
+    num_heads: int  # query heads
+    intermediate_size: int  # width of the MLP's hidden layer (4h for GPT-2)
+    vocab_size: int  # V: rows of the embedding, columns of the LM head
+    max_position_embeddings: int  # longest context the model was built for
+    num_kv_heads: int | None = None  # key/value heads: = num_heads (MHA), 1 (MQA), between (GQA)
+    head_dim: int | None = None  # d: per-head width; hidden_size // num_heads unless given (Gemma)
+    mlp_kind: str = "gated"
+    activation: str = "silu"
+    norm_kind: str = "rmsnorm"
+    position_kind: str = "rotary"
+    attention_bias: bool = False  # bias on q, k and v projections (GPT-2, Qwen2)
+    attention_out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # bias on every MLP matrix (GPT-2)
+    tie_word_embeddings: bool = False  # LM head shares the token embedding matrix
+    family: str = "llama"  # which reference implementation runs it: "gpt2" or "llama"
+    rope_theta: float = 10000.0  # rotary base, used by the reference model only
+    norm_eps: float = 1e-5  # used by the reference model only
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"name must be a non-empty string, got {self.name!r}")
+        for f in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
+                  "max_position_embeddings"):
+            require_positive_int(f, getattr(self, f))
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        require_positive_int("num_kv_heads", self.num_kv_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise SpecError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads}); allowed num_kv_heads: divisors of {self.num_heads}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise SpecError(
+                    f"hidden_size ({self.hidden_size}) is not divisible by num_heads "
+                    f"({self.num_heads}); give head_dim explicitly or use a divisor of hidden_size")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        require_positive_int("head_dim", self.head_dim)
+        require_choice("mlp_kind", self.mlp_kind, MLP_KINDS)
+        require_choice("activation", self.activation, ACTIVATIONS)
+        require_choice("norm_kind", self.norm_kind, NORM_KINDS)
+        require_choice("position_kind", self.position_kind, POSITION_KINDS)
+        require_choice("family", self.family, ("gpt2", "llama"))
+        if self.position_kind == "rotary" and self.head_dim % 2:
+            raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    # Derived widths, named as in the formulas.
+    @property
+    def q_size(self) -> int:
+        """Columns of the query projection: num_heads * head_dim."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        """Columns of each of the key and value projections: num_kv_heads * head_dim."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def num_mlp_matrices(self) -> int:
+        return 3 if self.mlp_kind == "gated" else 2
+
+    def norm_params(self) -> int:
+        """Parameters of one norm: scale (and shift for LayerNorm)."""
+        return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
+
+    def layer_params(self) -> int:
+        """Parameters of one transformer block."""
+        h, q, kv, inter = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size
+        attn = h * q + 2 * h * kv + q * h
+        if self.attention_bias:
+            attn += q + 2 * kv
+        if self.attention_out_bias:
+            attn += h
+        mlp = self.num_mlp_matrices * h * inter
+        if self.mlp_bias:
+            mlp += (self.num_mlp_matrices - 1) * inter + h
+        return attn + mlp + 2 * self.norm_params()
+
+    def embedding_params(self) -> int:
+        """Token embedding plus learned position embedding (if any)."""
+        pos = self.max_position_embeddings * self.hidden_size if self.position_kind == "learned" else 0
+        return self.vocab_size * self.hidden_size + pos
+
+    def lm_head_params(self) -> int:
+        """Parameters of the LM head not shared with the embedding (0 when tied)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """All parameters, a tied embedding counted once."""
+        return (self.embedding_params() + self.num_layers * self.layer_params()
+                + self.norm_params() + self.lm_head_params())
+
+    def summary(self) -> dict:
+        """The model fields a report shows (the JSON ``model`` object)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "num_params": self.num_params,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "mlp_kind": self.mlp_kind,
+            "activation": self.activation,
+            "norm_kind": self.norm_kind,
+            "position_kind": self.position_kind,
+            "attention_bias": self.attention_bias,
+            "attention_out_bias": self.attention_out_bias,
+            "mlp_bias": self.mlp_bias,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
+
+    def with_(self, **changes) -> "ModelSpec":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is run: ``batch`` sequences of ``prompt`` tokens, generating ``gen`` tokens each.
+
+    Prefill processes the prompt and yields the first new token; the remaining ``gen - 1`` tokens
+    take one decode step each, step i (1-based) feeding one token per sequence and attending over
+    ``prompt + i`` keys. After generation the KV cache holds ``prompt + gen - 1`` positions.
+    """
+
+    batch: int = 1
+    prompt: int = 512
+    gen: int = 128
+    weight_dtype: str = "bf16"
+    act_dtype: str = "bf16"
+    kv_dtype: str | None = None  # defaults to act_dtype
+    logits: str = "last"  # prefill LM head for the last position only ("last") or every one ("all")
+    kv_cache: bool = True  # False: each decode step recomputes the whole prefix
+    causal: bool = False  # count only the lower triangle of the attention scores
+    beams: int = 1  # beam search width: each decode step runs batch * beams sequences
+
+    def __post_init__(self) -> None:
+        require_positive_int("batch", self.batch)
+        require_positive_int("prompt", self.prompt)
+        require_positive_int("gen", self.gen)
+        require_positive_int("beams", self.beams)
+        object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype, "weight dtype"))
+        object.__setattr__(self, "act_dtype", canonical_dtype(self.act_dtype, "activation dtype"))
+        if DTYPE_BITS[self.act_dtype] < 8:
+            raise SpecError(f"activation dtype {self.act_dtype!r} is not supported; allowed: "
+                            "fp32, bf16, fp16, fp8, int8 (int4 is for weights and the KV cache)")
+        kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
+        object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
+        require_choice("logits", self.logits, LOGITS_MODES)
+
+    @property
+    def decode_steps(self) -> int:
+        return self.gen - 1
+
+    @property
+    def final_context(self) -> int:
+        """Positions held in the KV cache after generation: prompt + gen - 1."""
+        return self.prompt + self.gen - 1
+
+    def check_against(self, spec: ModelSpec) -> list[str]:
+        """Raise SpecError where the workload cannot run on ``spec``; return warnings otherwise."""
+        if DTYPE_BITS[self.weight_dtype] < 8:
+            for f in ("hidden_size", "intermediate_size", "head_dim"):
+                if getattr(spec, f) % 2:
+                    raise SpecError(f"{self.weight_dtype} weights pack two values a byte and need an "
+                                    f"even {f}; {spec.name} has {f}={getattr(spec, f)}")
+        if DTYPE_BITS[self.kv_dtype] < 8 and spec.head_dim % 2:
+            raise SpecError(f"{self.kv_dtype} KV cache packs two values a byte and needs an even "
+                            f"head_dim; {spec.name} has head_dim={spec.head_dim}")
+        warnings = []
+        if self.final_context > spec.max_position_embeddings:
+            warnings.append(
+                f"context {self.final_context} (prompt {self.prompt} + gen {self.gen} - 1) exceeds "
+                f"{spec.name}'s max_position_embeddings {spec.max_position_embeddings}")
+        return warnings
+
+    def resolved(self) -> dict:
+        """The inputs as resolved (the JSON ``workload`` object)."""
+        return {
+            "batch": self.batch,
+            "prompt": self.prompt,
+            "gen": self.gen,
+            "decode_steps": self.decode_steps,
+            "final_context": self.final_context,
+            "beams": self.beams,
+            "weight_dtype": self.weight_dtype,
+            "act_dtype": self.act_dtype,
+            "kv_dtype": self.kv_dtype,
+            "logits": self.logits,
+            "kv_cache": self.kv_cache,
+            "causal": self.causal,
+        }

@@ -1,0 +1,1 @@
+"""The runnable reference transformer (PyTorch) and its instruments. Importing this package imports torch."""

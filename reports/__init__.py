@@ -1,0 +1,1 @@
+"""Renderings of costmodel results: text tables (pure Python), and plots (matplotlib, imported lazily)."""
