@@ -109,6 +109,14 @@ def load_hf_config(path: str) -> ModelSpec:
 
 def spec_from_hf_dict(cfg: dict, name: str, source: str = "config") -> ModelSpec:
     """Map the fields of a parsed HF config to a :class:`ModelSpec` (see :func:`load_hf_config`)."""
+    try:
+        return _spec_from_hf_dict(cfg, name, source)
+    except SpecError as e:
+        msg = str(e)
+        raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
     model_type = cfg.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise SpecError(f"{source}: unsupported model_type {model_type!r}; "

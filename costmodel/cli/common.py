@@ -107,8 +107,10 @@ def workload_options(fn):
 
 
 def build_workload(batch, prompt, gen, dtype, weight_dtype, kv_dtype, logits, no_kv_cache, causal, beams):
+    from ..dtypes import canonical_dtype
     from ..spec import Workload
 
+    dtype = canonical_dtype(dtype, "dtype")
     return Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=weight_dtype or dtype,
                     act_dtype=dtype, kv_dtype=kv_dtype, logits=logits, kv_cache=not no_kv_cache,
                     causal=causal, beams=beams)
