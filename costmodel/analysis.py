@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 
 from . import formulas as F
 from .dtypes import nbytes
+from .sampling import INDEX_BYTES, sampling_ops
 from .spec import ModelSpec, Workload
 
 PHASES = ("prefill", "decode")
@@ -155,6 +156,11 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         before.append(_elementwise("pos_embedding", n, n, n, wl, params=q_len * h))
     after = [_norm("final_norm", t, spec, wl), _matmul("lm_head", batch * logits_positions, h,
                                                       spec.vocab_size, wl)]
+    # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
+    after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
+                     act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)
+              for s in sampling_ops(wl.strategy, batch, spec.vocab_size, wl.batch, wl.top_k, wl.beams,
+                                    wl.temperature)]
     return before, after
 
 

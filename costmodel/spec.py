@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from .dtypes import DTYPE_BITS, canonical_dtype
 from .errors import SpecError, require_choice, require_positive_int
+from .sampling import STRATEGIES
 
 MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(x)) * up(x))
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -167,6 +168,10 @@ class Workload:
     kv_cache: bool = True  # False: each decode step recomputes the whole prefix
     causal: bool = False  # count only the lower triangle of the attention scores
     beams: int = 1  # beam search width: each decode step runs batch * beams sequences
+    strategy: str = "greedy"  # how the next token is picked (costmodel.sampling); beams > 1 means "beam"
+    top_k: int = 50  # candidates kept by top_k and top_k_top_p
+    top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
+    temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -181,6 +186,18 @@ class Workload:
         kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
+        require_choice("strategy", self.strategy, STRATEGIES)
+        if self.beams > 1 and self.strategy == "greedy":
+            object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
+        if self.beams > 1 and self.strategy != "beam":
+            raise SpecError(f"beams={self.beams} needs strategy 'beam', got {self.strategy!r}; "
+                            "allowed with beams > 1: beam, greedy (taken as beam)")
+        require_positive_int("top_k", self.top_k)
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise SpecError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float))
+                or not 0 < self.temperature < float("inf")):
+            raise SpecError(f"temperature must be a positive number, got {self.temperature!r}")
 
     @property
     def decode_steps(self) -> int:
@@ -201,6 +218,9 @@ class Workload:
         if DTYPE_BITS[self.kv_dtype] < 8 and spec.head_dim % 2:
             raise SpecError(f"{self.kv_dtype} KV cache packs two values a byte and needs an even "
                             f"head_dim; {spec.name} has head_dim={spec.head_dim}")
+        if self.strategy in ("top_k", "top_k_top_p") and self.top_k > spec.vocab_size:
+            raise SpecError(f"top_k ({self.top_k}) exceeds {spec.name}'s vocab_size {spec.vocab_size}; "
+                            f"allowed: 1 to {spec.vocab_size}")
         warnings = []
         if self.final_context > spec.max_position_embeddings:
             warnings.append(
@@ -223,4 +243,8 @@ class Workload:
             "logits": self.logits,
             "kv_cache": self.kv_cache,
             "causal": self.causal,
+            "strategy": self.strategy,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "temperature": self.temperature,
         }
