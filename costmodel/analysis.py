@@ -288,7 +288,17 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost) -> i
     The KV cache is not included: it is reported on its own."""
     residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
     ops = prefill.before + prefill.layer + prefill.after
-    return residual + max(o.act_read_bytes + o.act_write_bytes for o in ops)
+    return residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
+
+
+def _largest(values):
+    """``max(values)`` that also works element-wise when the values are numpy arrays (the
+    vectorized sweep in ``reports.sweep``), without importing numpy: exact on ints."""
+    values = iter(values)
+    best = next(values)
+    for v in values:
+        best = best + (v > best) * (v - best)
+    return best
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,13 @@ def dtype_bits(dtype: str) -> int:
 
 
 def nbytes(num_elements: int, dtype: str) -> int:
-    """Bytes taken by ``num_elements`` values of ``dtype``: exact, never rounded."""
+    """Bytes taken by ``num_elements`` values of ``dtype``: exact, never rounded.
+
+    ``num_elements`` may also be a numpy integer array (the vectorized sweep in ``reports.sweep``):
+    the same rule then holds element-wise.
+    """
     bits = num_elements * DTYPE_BITS[dtype]
-    assert bits % 8 == 0, f"{num_elements} x {dtype} is not a whole number of bytes"
+    whole = bits % 8 == 0
+    assert whole if isinstance(whole, bool) else whole.all(), \
+        f"{num_elements} x {dtype} is not a whole number of bytes"
     return bits // 8
