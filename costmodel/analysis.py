@@ -60,11 +60,12 @@ class OpCost:
         return OpCost(self.op, self.kind, *values)
 
 
-def _matmul(op, tokens, n_in, n_out, wl: Workload, weights=True) -> OpCost:
-    """x[tokens, n_in] @ W[n_in, n_out]: weights read once, input read, output written."""
+def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1) -> OpCost:
+    """x[tokens, n_in] @ W[n_in, n_out]: ``weight_copies`` weight matrices read once each (1 but
+    for routed experts), input read, output written."""
     a = wl.act_dtype
     return OpCost(op, "matmul", F.linear_flops(tokens, n_in, n_out), F.linear_flops(tokens, n_in, n_out),
-                  weight_bytes=nbytes(n_in * n_out, wl.weight_dtype) if weights else 0,
+                  weight_bytes=nbytes(weight_copies * n_in * n_out, wl.weight_dtype),
                   act_read_bytes=nbytes(tokens * n_in, a), act_write_bytes=nbytes(tokens * n_out, a))
 
 
@@ -83,7 +84,7 @@ def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int) -> list[OpCost]:
     """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys."""
     h, q, kv, d = spec.hidden_size, spec.q_size, spec.kv_size, spec.head_dim
-    inter, heads = spec.intermediate_size, spec.num_heads
+    heads = spec.num_heads
     a, c = wl.act_dtype, wl.kv_dtype
     t = batch * q_len  # tokens in this pass
     pairs = batch * heads * F.attended_pairs(q_len, kv_len, wl.causal)  # score elements
@@ -125,22 +126,83 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     if spec.attention_out_bias:
         ops.append(_elementwise("o_bias", n, n, n, wl, params=h))
     ops += [_elementwise("attn_residual", n, 2 * n, n, wl), _norm("mlp_norm", t, spec, wl)]
-    m = t * inter
-    if spec.mlp_kind == "gated":
-        ops += [_matmul("mlp_gate", t, h, inter, wl), _matmul("mlp_up", t, h, inter, wl)]
-        if spec.mlp_bias:
-            ops.append(_elementwise("mlp_up_bias", 2 * m, 2 * m, 2 * m, wl, params=2 * inter))
-        ops += [_elementwise("mlp_act", F.activation_flops(m, spec.activation), m, m, wl),
-                _elementwise("mlp_mul", m, 2 * m, m, wl)]
+    if spec.num_experts:
+        ops += moe_ops(spec, wl, t)
     else:
-        ops.append(_matmul("mlp_up", t, h, inter, wl))
-        if spec.mlp_bias:
-            ops.append(_elementwise("mlp_up_bias", m, m, m, wl, params=inter))
-        ops.append(_elementwise("mlp_act", F.activation_flops(m, spec.activation), m, m, wl))
-    ops.append(_matmul("mlp_down", t, inter, h, wl))
-    if spec.mlp_bias:
-        ops.append(_elementwise("mlp_down_bias", n, n, n, wl, params=h))
+        ops += mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
     ops.append(_elementwise("mlp_residual", n, 2 * n, n, wl))
+    return ops
+
+
+def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias: bool = False,
+            weight_copies=1) -> list[OpCost]:
+    """A feed-forward network on ``tokens`` tokens: ``{prefix}_gate``, ``_up``, ``_act``, ``_mul``,
+    ``_down`` (gated) or ``_up``, ``_act``, ``_down`` (plain). ``weight_copies``: how many distinct
+    weight sets the tokens read (routed experts: the experts touched)."""
+    h, t, m = spec.hidden_size, tokens, tokens * inter
+    ops = []
+    if spec.mlp_kind == "gated":
+        ops += [_matmul(f"{prefix}_gate", t, h, inter, wl, weight_copies),
+                _matmul(f"{prefix}_up", t, h, inter, wl, weight_copies)]
+        if bias:
+            ops.append(_elementwise(f"{prefix}_up_bias", 2 * m, 2 * m, 2 * m, wl, params=2 * inter))
+        ops += [_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl),
+                _elementwise(f"{prefix}_mul", m, 2 * m, m, wl)]
+    else:
+        ops.append(_matmul(f"{prefix}_up", t, h, inter, wl, weight_copies))
+        if bias:
+            ops.append(_elementwise(f"{prefix}_up_bias", m, m, m, wl, params=inter))
+        ops.append(_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl))
+    ops.append(_matmul(f"{prefix}_down", t, inter, h, wl, weight_copies))
+    if bias:
+        ops.append(_elementwise(f"{prefix}_down_bias", t * h, t * h, t * h, wl, params=h))
+    return ops
+
+
+def experts_touched(spec: ModelSpec, tokens):
+    """Distinct routed experts whose weights a pass over ``tokens`` tokens reads, at most:
+    min(num_experts, tokens * experts_per_token). Exact and conservative (all experts once
+    tokens * k >= E); :func:`expected_experts_touched` gives the mean under uniform routing."""
+    a, b = spec.num_experts, tokens * spec.experts_per_token
+    return (a + b - abs(a - b)) // 2  # min(a, b), element-wise on arrays too
+
+
+def expected_experts_touched(spec: ModelSpec, tokens: int) -> float:
+    """Mean distinct experts read when each of ``tokens`` tokens picks k of E uniformly:
+    E * (1 - (1 - k/E) ** tokens) (an expert is missed by one token with probability 1 - k/E)."""
+    e, k = spec.num_experts, spec.experts_per_token
+    return e * (1.0 - (1.0 - k / e) ** tokens)
+
+
+def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
+    """Mixture of experts (Mixtral; Qwen-MoE / DeepSeek shared experts) for ``tokens`` tokens.
+
+    router: logits [t, E] = x @ W_r; softmax over E; top-k (and renormalise the k weights);
+    experts: each token through k expert FFNs (2 * t * k * h * I_e FLOPs per matrix, however the
+    tokens are spread over experts); combine: scale each expert output by its weight and add;
+    shared experts: an FFN of num_shared * I_s every token takes (optionally sigmoid-gated).
+    """
+    h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
+    a = wl.act_dtype
+    topk_flops = t * e + (2 * t * k if spec.moe_renormalize else 0)  # compare; sum + divide
+    ops = [
+        _matmul("router", t, h, e, wl),
+        _elementwise("router_softmax", F.SOFTMAX_FLOPS_PER_ELEMENT * t * e, t * e, t * e, wl),
+        OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+               act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
+    ]
+    ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert",
+                   weight_copies=experts_touched(spec, t))
+    ops.append(_elementwise("expert_combine", 2 * t * k * h, t * k * (h + 1), t * h, wl))
+    if spec.num_shared_experts:
+        ops += mlp_ops(spec, wl, t, spec.num_shared_experts * spec.shared_expert_intermediate_size,
+                       "shared_expert")
+        if spec.shared_expert_gate:
+            # sigmoid(x @ w[h, 1]) * shared + routed: sigmoid 4 per token, mul and add per element
+            ops += [_matmul("shared_expert_gate", t, h, 1, wl),
+                    _elementwise("shared_expert_combine", 4 * t + 2 * t * h, 2 * t * h + t, t * h, wl)]
+        else:
+            ops.append(_elementwise("shared_expert_combine", t * h, 2 * t * h, t * h, wl))
     return ops
 
 
@@ -218,12 +280,32 @@ def _sum_ops(ops1, ops2, ops3, steps):
             for o1, o2, o3 in zip(ops1, ops2, ops3)]
 
 
+def _first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
+    """First decode step from which every cost is a polynomial (degree <= 2) in the step number.
+
+    Always 1, but for routed experts without a KV cache: the experts read, min(E, tokens * k),
+    stop growing only once the recomputed prefix has tokens * k >= E.
+    """
+    if not spec.num_experts or wl.kv_cache:
+        return 1
+    rows = wl.batch * wl.beams * spec.experts_per_token
+    return max(1, -(-spec.num_experts // rows) - wl.prompt)
+
+
 def decode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
-    """All gen - 1 decode steps summed exactly, op by op (costs are quadratic in the step at most)."""
-    s1, s2, s3 = (decode_step_cost(spec, wl, i) for i in (1, 2, 3))
+    """All gen - 1 decode steps summed exactly, op by op: closed form where costs are polynomial
+    in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that."""
     n = wl.decode_steps
-    return StepCost(_sum_ops(s1.before, s2.before, s3.before, n), _sum_ops(s1.layer, s2.layer, s3.layer, n),
-                    _sum_ops(s1.after, s2.after, s3.after, n), spec.num_layers)
+    first = min(_first_polynomial_step(spec, wl), n + 1)
+    looped = [decode_step_cost(spec, wl, i) for i in range(1, first)]
+    s1, s2, s3 = (decode_step_cost(spec, wl, i) for i in (first, first + 1, first + 2))
+    parts = [_sum_ops(s1.before, s2.before, s3.before, n - first + 1),
+             _sum_ops(s1.layer, s2.layer, s3.layer, n - first + 1),
+             _sum_ops(s1.after, s2.after, s3.after, n - first + 1)]
+    for step in looped:
+        for part, ops in zip(parts, (step.before, step.layer, step.after)):
+            part[:] = [o.with_costs(x + y for x, y in zip(o.costs(), p.costs())) for o, p in zip(part, ops)]
+    return StepCost(*parts, spec.num_layers)
 
 
 @dataclass(frozen=True)
@@ -343,6 +425,27 @@ class Analysis:
             "flops_ratio": without.flops / with_cache.flops if with_cache.flops else None,
         }
 
+    def moe(self) -> dict | None:
+        """Routed experts read per pass: the bound used for bytes, and the uniform-routing mean."""
+        spec, wl = self.model, self.workload
+        if not spec.num_experts:
+            return None
+        expert_bytes = nbytes(spec.num_mlp_matrices * spec.hidden_size * spec.moe_intermediate_size,
+                              wl.weight_dtype)
+        prefill_tokens = wl.batch * wl.prompt
+        step_tokens = wl.batch * wl.beams * (1 if wl.kv_cache else wl.prompt + 1)
+        d = {"num_experts": spec.num_experts, "experts_per_token": spec.experts_per_token,
+             "total_params": spec.num_params, "active_params": spec.active_params,
+             "expert_bytes": expert_bytes}
+        for name, t in (("prefill", prefill_tokens), ("decode_step", step_tokens)):
+            bound, mean = experts_touched(spec, t), expected_experts_touched(spec, t)
+            d[f"{name}_tokens"] = t
+            d[f"{name}_experts_read"] = bound
+            d[f"{name}_expected_experts_read"] = mean
+            d[f"{name}_expert_weight_bytes"] = spec.num_layers * bound * expert_bytes
+            d[f"{name}_expected_expert_weight_bytes"] = spec.num_layers * mean * expert_bytes
+        return d
+
     def to_dict(self, include_ops: bool = True) -> dict:
         d = {
             "model": self.model.summary(),
@@ -353,6 +456,8 @@ class Analysis:
             "kv_cache_saving": self.kv_cache_saving(),
             "warnings": list(self.warnings),
         }
+        if self.model.num_experts:
+            d["moe"] = self.moe()
         if include_ops:
             d["ops"] = list(self.rows())
         return d

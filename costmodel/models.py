@@ -53,6 +53,14 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192, head_dim=256,
            activation="gelu_tanh", tie_word_embeddings=True, norm_eps=1e-6),
     _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # Mixture of experts: Mixtral (8 experts, top 2); Qwen1.5-MoE-A2.7B (60 experts, top 4, plus
+    # a sigmoid-gated shared expert of 4 x 1408).
+    _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, num_experts=8, experts_per_token=2,
+           rope_theta=1000000.0),
+    _llama("qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192, attention_bias=True,
+           num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
+           shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
+           rope_theta=1000000.0, norm_eps=1e-6),
     # Tiny models for tests and profiling on a CPU: each exercises one variant.
     _gpt2("tiny-gpt2", 2, 64, 4, vocab=256, positions=128),
     _llama("tiny-llama", 2, 64, 4, 2, 160, 256, 256),  # GQA, 2 query heads per kv head
@@ -61,6 +69,10 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("tiny-qwen2", 2, 64, 4, 2, 160, 256, 256, attention_bias=True, tie_word_embeddings=True),
     _llama("tiny-gemma", 2, 64, 2, 1, 128, 256, 256, head_dim=48, activation="gelu_tanh",
            tie_word_embeddings=True),  # head_dim != hidden / heads
+    _llama("tiny-mixtral", 2, 64, 4, 2, 96, 256, 256, num_experts=4, experts_per_token=2),
+    _llama("tiny-qwen-moe", 2, 64, 4, 4, 96, 256, 256, attention_bias=True, num_experts=6,
+           experts_per_token=2, moe_intermediate_size=32, num_shared_experts=1,
+           shared_expert_intermediate_size=64, shared_expert_gate=True, moe_renormalize=False),
 ]}
 
 
@@ -80,7 +92,7 @@ def get_model(name_or_path: str) -> ModelSpec:
 
 # --- Hugging Face config.json ------------------------------------------------------------------
 
-HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3")
+HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -163,11 +175,24 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
     heads = req("num_attention_heads")
     kw = dict(_LLAMA)
     # Defaults below are those of the transformers config class for each model_type.
-    if model_type == "qwen2":
+    if model_type in ("qwen2", "qwen2_moe"):
         kw["attention_bias"] = True  # Qwen2 always has q/k/v biases, none on o_proj
     elif model_type in ("llama", "mistral"):
         bias = bool(cfg.get("attention_bias", False))  # LLaMA's flag puts biases on q, k, v and o
         kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bool(cfg.get("mlp_bias", False)))
+    if model_type == "mixtral":
+        kw.update(num_experts=req("num_local_experts"), experts_per_token=req("num_experts_per_tok"))
+    elif model_type == "qwen2_moe":
+        if opt_int("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+            raise SpecError(f"{source}: dense layers between MoE layers (decoder_sparse_step, "
+                            "mlp_only_layers) are not supported; allowed: decoder_sparse_step 1, no mlp_only_layers")
+        shared = opt_int("shared_expert_intermediate_size", 0)
+        kw.update(attention_bias=True, num_experts=req("num_experts"),
+                  experts_per_token=req("num_experts_per_tok"),
+                  moe_intermediate_size=req("moe_intermediate_size"),
+                  num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
+                  shared_expert_intermediate_size=shared or None,
+                  moe_renormalize=bool(cfg.get("norm_topk_prob", False)))
     if model_type == "gemma":
         act = activation("hidden_activation", "gelu_pytorch_tanh")
         tie_default = True

@@ -44,6 +44,13 @@ class ModelSpec:
     tie_word_embeddings: bool = False  # LM head shares the token embedding matrix
     family: str = "llama"  # which reference implementation runs it: "gpt2" or "llama"
     rope_theta: float = 10000.0  # rotary base, used by the reference model only
+    num_experts: int = 0  # routed experts per layer (0: a dense MLP)
+    experts_per_token: int = 0  # k: routed experts each token goes through
+    moe_intermediate_size: int | None = None  # width of one routed expert (default intermediate_size)
+    num_shared_experts: int = 0  # experts every token goes through (Qwen-MoE, DeepSeek-MoE)
+    shared_expert_intermediate_size: int | None = None  # width of one shared expert (default: routed)
+    shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid(x @ w[h, 1]) scales the shared output
+    moe_renormalize: bool = True  # the k routing weights renormalised to sum to 1 (Mixtral)
     norm_eps: float = 1e-5  # used by the reference model only
 
     def __post_init__(self) -> None:
@@ -71,8 +78,33 @@ class ModelSpec:
         require_choice("norm_kind", self.norm_kind, NORM_KINDS)
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
         require_choice("family", self.family, ("gpt2", "llama"))
+        self._check_moe()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    def _check_moe(self) -> None:
+        for f in ("num_experts", "experts_per_token", "num_shared_experts"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SpecError(f"{f} must be a non-negative integer, got {v!r}")
+        if not self.num_experts:
+            if self.experts_per_token or self.num_shared_experts:
+                raise SpecError("experts_per_token and num_shared_experts need num_experts > 0, "
+                                f"got num_experts={self.num_experts}")
+            return
+        if not 1 <= self.experts_per_token <= self.num_experts:
+            raise SpecError(f"experts_per_token must be between 1 and num_experts ({self.num_experts}), "
+                            f"got {self.experts_per_token}")
+        if self.mlp_bias:
+            raise SpecError("mlp_bias is not supported with experts (num_experts > 0); allowed: mlp_bias=False")
+        if self.moe_intermediate_size is None:
+            object.__setattr__(self, "moe_intermediate_size", self.intermediate_size)
+        require_positive_int("moe_intermediate_size", self.moe_intermediate_size)
+        if self.shared_expert_intermediate_size is None:
+            object.__setattr__(self, "shared_expert_intermediate_size", self.moe_intermediate_size)
+        require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
+        if self.shared_expert_gate and not self.num_shared_experts:
+            raise SpecError("shared_expert_gate needs num_shared_experts > 0")
 
     # Derived widths, named as in the formulas.
     @property
@@ -93,17 +125,25 @@ class ModelSpec:
         """Parameters of one norm: scale (and shift for LayerNorm)."""
         return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
 
-    def layer_params(self) -> int:
-        """Parameters of one transformer block."""
+    def layer_params(self, experts: int | None = None) -> int:
+        """Parameters of one transformer block; ``experts``: count only that many routed experts
+        (``experts_per_token`` gives the parameters one token is computed with)."""
         h, q, kv, inter = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
             attn += q + 2 * kv
         if self.attention_out_bias:
             attn += h
-        mlp = self.num_mlp_matrices * h * inter
-        if self.mlp_bias:
-            mlp += (self.num_mlp_matrices - 1) * inter + h
+        if self.num_experts:
+            routed = self.num_experts if experts is None else experts
+            mlp = (h * self.num_experts  # router
+                   + routed * self.num_mlp_matrices * h * self.moe_intermediate_size
+                   + self.num_shared_experts * self.num_mlp_matrices * h * self.shared_expert_intermediate_size
+                   + (h if self.shared_expert_gate else 0))
+        else:
+            mlp = self.num_mlp_matrices * h * inter
+            if self.mlp_bias:
+                mlp += (self.num_mlp_matrices - 1) * inter + h
         return attn + mlp + 2 * self.norm_params()
 
     def embedding_params(self) -> int:
@@ -121,8 +161,26 @@ class ModelSpec:
         return (self.embedding_params() + self.num_layers * self.layer_params()
                 + self.norm_params() + self.lm_head_params())
 
+    @property
+    def active_params(self) -> int:
+        """Parameters one token is computed with: all but the routed experts it does not use."""
+        if not self.num_experts:
+            return self.num_params
+        return self.num_params - self.num_layers * (
+            self.layer_params() - self.layer_params(experts=self.experts_per_token))
+
     def summary(self) -> dict:
         """The model fields a report shows (the JSON ``model`` object)."""
+        moe = {} if not self.num_experts else {
+            "num_experts": self.num_experts,
+            "experts_per_token": self.experts_per_token,
+            "moe_intermediate_size": self.moe_intermediate_size,
+            "num_shared_experts": self.num_shared_experts,
+            "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
+        }
+        return {**self._summary(), "active_params": self.active_params, **moe}
+
+    def _summary(self) -> dict:
         return {
             "name": self.name,
             "family": self.family,

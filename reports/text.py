@@ -111,6 +111,15 @@ def _memory_lines(result) -> list[str]:
           else f"KV cache none (would be {human_bytes(mem.kv_cache_bytes_per_token)}/token)")
     lines = [f"memory: weights {human_bytes(mem.weights_bytes)}, {kv}, "
              f"prefill activation peak {human_bytes(mem.activation_peak_bytes)}"]
+    moe = result.moe()
+    if moe:
+        lines.append(
+            f"experts: {moe['num_experts']} routed, {moe['experts_per_token']} per token; "
+            f"{human_count(moe['active_params'])} of {human_count(moe['total_params'])} parameters active per token; "
+            f"a decode step ({moe['decode_step_tokens']} tokens) reads at most {moe['decode_step_experts_read']} "
+            f"experts a layer ({moe['decode_step_expected_experts_read']:.2f} expected under uniform routing: "
+            f"{human_bytes(moe['decode_step_expected_expert_weight_bytes'])} of expert weights), "
+            f"prefill reads {moe['prefill_experts_read']}")
     if sv["flops_ratio"] is not None:
         lines.append(
             f"KV cache saving: decode {human_flops(sv['decode_flops_with_cache'])} with a cache vs "
