@@ -1,0 +1,518 @@
+"""Capacity planning: does a model fit, how large a batch and context, how fast, how many GPUs, at what cost.
+
+Everything is per GPU of one replica laid out as ``tp`` x ``pp`` GPUs (:class:`Layout`), and every
+rule is stated in :data:`ASSUMPTIONS` (printed by ``costmodel plan``):
+
+- Memory of the fullest GPU = weights + KV cache (``prompt + gen - 1`` positions) + the prefill
+  activation peak + a runtime reserve (``reserve_fraction`` of capacity) <= capacity. "Does not
+  fit" is a result: ``fits=False`` with ``missing_bytes``; ``max_batch=0``.
+- Tensor parallelism (Megatron-style) splits the attention heads, the MLP width and the LM head
+  over ``tp`` GPUs: their weights, KV cache, FLOPs and bytes divide by ``tp`` (per-GPU shares of an
+  uneven split rounded up); norms, residual adds and the embedding lookup are replicated. Each
+  layer adds two all-reduces per pass (after the attention output and the MLP down projection) of
+  ``tokens * hidden`` activations, timed with a ring all-reduce: each GPU sends and receives
+  ``2 (tp - 1) / tp`` times the message over the link, plus ``2 (tp - 1)`` step latencies.
+- Pipeline parallelism splits the layers into ``pp`` consecutive stages (the first also holds the
+  embedding, the last the final norm and LM head). Stages run one after the other for a batch (no
+  micro-batching), so PP lowers memory per GPU, not latency; each stage boundary adds one hop of
+  ``tokens * hidden`` activations.
+- Throughput: a batch of B requests runs prefill then decode (static batching); a replica serves
+  ``B / e2e(B)`` requests per second. SLOs bound the TTFT and the mean TPOT at that batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .analysis import OpCost, StepCost, decode_step_cost, prefill_cost
+from .dtypes import DTYPE_BITS, nbytes
+from .errors import SpecError
+from .hardware import Hardware
+from .roofline import Timing, first_polynomial_step, rates, timing_from
+from .spec import ModelSpec, Workload
+
+DEFAULT_RESERVE_FRACTION = 0.10  # like vLLM's default gpu_memory_utilization=0.9
+_MAX_SEARCH = 1 << 40  # upper bound for batch / context searches (memory always grows with both)
+
+ASSUMPTIONS = (
+    "capacity is the vendor figure read as SI (80 GB = 80e9 bytes)",
+    "memory per GPU (the fullest pipeline stage) = weights + KV cache at prompt + gen - 1 positions "
+    "+ prefill activation peak (eager attention, scores materialised, whole batch prefilled at once) "
+    "+ runtime reserve (CUDA context, allocator fragmentation, communication buffers)",
+    "latency per op = max(FLOPs / (peak x flops efficiency), bytes / (bandwidth x bandwidth "
+    "efficiency)) + per-op overhead; decode summed step by step",
+    "tp splits heads, MLP width and LM head (weights, KV, FLOPs); norms, residuals and embedding "
+    "replicated; 2 ring all-reduces per layer per pass: 2(tp-1)/tp x message / (link x efficiency) "
+    "+ 2(tp-1) x link latency",
+    "pp splits layers into stages run one after the other (no micro-batching): less memory per "
+    "GPU, same compute time, one activation hop per stage boundary",
+    "throughput: static batching, requests/s per replica = batch / end-to-end latency; the TPOT "
+    "SLO applies to the mean over decode steps",
+)
+
+
+# --- Layout --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """How one replica spreads over GPUs: ``tp`` tensor-parallel x ``pp`` pipeline stages."""
+
+    tp: int = 1
+    pp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+def allowed_tp(spec: ModelSpec) -> list[int]:
+    """Tensor-parallel degrees that divide both num_heads and num_kv_heads."""
+    return [t for t in range(1, spec.num_heads + 1)
+            if spec.num_heads % t == 0 and spec.num_kv_heads % t == 0]
+
+
+def check_layout(spec: ModelSpec, hw: Hardware, layout: Layout) -> None:
+    """SpecError unless ``tp`` divides the heads and kv heads, ``pp`` <= layers, and links exist."""
+    tp, pp = layout.tp, layout.pp
+    for name, v in (("tp", tp), ("pp", pp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SpecError(f"{name} must be a positive integer, got {v!r}")
+    if spec.num_heads % tp or spec.num_kv_heads % tp:
+        raise SpecError(f"tp={tp} must divide num_heads ({spec.num_heads}) and num_kv_heads "
+                        f"({spec.num_kv_heads}) of {spec.name}; allowed tp: "
+                        f"{', '.join(map(str, allowed_tp(spec)))}")
+    if pp > spec.num_layers:
+        raise SpecError(f"pp={pp} exceeds the {spec.num_layers} layers of {spec.name}; "
+                        f"allowed pp: 1 to {spec.num_layers}")
+    if layout.gpus > 1 and hw.link_for(layout.gpus) is None:
+        raise SpecError(f"{hw.id} has no interconnect or PCIe bandwidth in its profile, so tp and pp "
+                        "must be 1 (add pcie_bandwidth_bytes_per_s to a --hardware file)")
+
+
+def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
+    """A layout for ``gpus`` GPUs: the largest allowed tp that divides ``gpus`` and fits in the
+    interconnect's domain (tensor parallelism needs the fast link), the rest as pipeline stages."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise SpecError(f"gpus must be a positive integer, got {gpus!r}")
+    domain = hw.interconnect_gpus if hw.interconnect_bandwidth_bytes_per_s else 1
+    tp = max(t for t in allowed_tp(spec) if gpus % t == 0 and t <= max(domain, 1))
+    layout = Layout(tp, gpus // tp)
+    check_layout(spec, hw, layout)
+    return layout
+
+
+# --- Per-GPU costs under tensor / pipeline parallelism ---------------------------------------------
+
+_FFN = ("mlp", "expert", "shared_expert")
+_COLUMN = {"q_proj", "k_proj", "v_proj", "lm_head"} | {f"{p}_{m}" for p in _FFN for m in ("gate", "up")}
+_ROW = {"o_proj"} | {f"{p}_down" for p in _FFN}
+_SPLIT = ({"qkv_bias", "rotary", "kv_cache_update", "attn_scores", "attn_softmax", "attn_values"}
+          | {f"{p}_{m}" for p in _FFN for m in ("act", "mul", "up_bias")})
+
+
+def _ceil_div(x: int, n: int) -> int:
+    return -(-x // n)
+
+
+def shard_op(op: OpCost, tp: int) -> OpCost:
+    """One GPU's share of ``op`` under tensor parallelism (rounded up when uneven).
+
+    Column-parallel matmuls read the whole (replicated) input and write their slice; row-parallel
+    ones read a slice and write full-size partial sums (then all-reduced); ops inside the split
+    region divide entirely; everything else is replicated.
+    """
+    if tp == 1:
+        return op
+    if op.op in _COLUMN:
+        split = ("flops", "matmul_flops", "weight_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
+    elif op.op in _ROW:
+        split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "kv_read_bytes", "kv_write_bytes")
+    elif op.op in _SPLIT:
+        split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "act_write_bytes",
+                 "kv_read_bytes", "kv_write_bytes")
+    else:
+        return op
+    return replace(op, **{f: _ceil_div(getattr(op, f), tp) for f in split})
+
+
+def shard_step(cost: StepCost, tp: int) -> StepCost:
+    return StepCost([shard_op(o, tp) for o in cost.before], [shard_op(o, tp) for o in cost.layer],
+                    [shard_op(o, tp) for o in cost.after], cost.num_layers)
+
+
+def stage_layers(num_layers: int, pp: int) -> list[int]:
+    """Layers per pipeline stage: as even as possible, the first stages one larger."""
+    q, r = divmod(num_layers, pp)
+    return [q + (s < r) for s in range(pp)]
+
+
+def _replicated_layer_params(spec: ModelSpec) -> int:
+    """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
+    after a row-parallel matmul (attention output, MLP down)."""
+    p = 2 * spec.norm_params()
+    if spec.attention_out_bias:
+        p += spec.hidden_size
+    if spec.mlp_bias:
+        p += spec.hidden_size
+    return p
+
+
+def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
+    """Parameters one GPU of pipeline stage ``stage`` holds (exact; uneven tp shares rounded up).
+
+    Summed over the tp x pp GPUs with tp = pp = 1 this is ``spec.num_params``.
+    """
+    tp, pp = layout.tp, layout.pp
+    layers = stage_layers(spec.num_layers, pp)[stage]
+    rep = _replicated_layer_params(spec)
+    params = layers * (_ceil_div(spec.layer_params() - rep, tp) + rep)
+    vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
+    first, last = stage == 0, stage == pp - 1
+    if first:
+        params += _ceil_div(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
+    if last:
+        params += spec.norm_params()
+        if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
+            params += _ceil_div(vocab_rows, tp)
+    return params
+
+
+def _bytes_of(params: int, dtype: str) -> int:
+    """Bytes of ``params`` values of ``dtype``, rounded up to a whole byte (sub-byte shards)."""
+    return _ceil_div(params * DTYPE_BITS[dtype], 8)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Bytes on the fullest GPU of a replica, and whether they fit."""
+
+    weights_bytes: int
+    kv_bytes: int
+    activations_bytes: int
+    reserve_bytes: int
+    capacity_bytes: int
+    stage: int = 0  # which pipeline stage is the fullest
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.activations_bytes + self.reserve_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.capacity_bytes
+
+    @property
+    def missing_bytes(self) -> int:
+        return max(0, self.total_bytes - self.capacity_bytes)
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.capacity_bytes - self.total_bytes)
+
+    def to_dict(self) -> dict:
+        return {"weights_bytes": self.weights_bytes, "kv_bytes": self.kv_bytes,
+                "activations_bytes": self.activations_bytes, "reserve_bytes": self.reserve_bytes,
+                "total_bytes": self.total_bytes, "capacity_bytes": self.capacity_bytes,
+                "free_bytes": self.free_bytes, "missing_bytes": self.missing_bytes,
+                "fits": self.fits, "stage": self.stage}
+
+
+def reserve_bytes(hw: Hardware, reserve_fraction: float) -> int:
+    return round(hw.memory_bytes * reserve_fraction)
+
+
+def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
+               reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryUse:
+    """Memory of the fullest GPU running ``wl`` laid out as ``layout``."""
+    pre = shard_step(prefill_cost(spec, wl), layout.tp)
+    # As analysis.activation_peak_bytes: the residual stream plus the largest op's inputs and outputs.
+    residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
+    seqs = wl.batch * wl.beams
+    positions = wl.final_context if wl.kv_cache else 0
+    reserve = reserve_bytes(hw, reserve_fraction)
+    best = None
+    for s, layers in enumerate(stage_layers(spec.num_layers, layout.pp)):
+        ops = list(pre.layer)
+        if s == 0:
+            ops += pre.before
+        if s == layout.pp - 1:
+            ops += pre.after
+        act = residual + max(o.act_read_bytes + o.act_write_bytes for o in ops)
+        kv = nbytes(2 * layers * (spec.kv_size // layout.tp) * positions * seqs, wl.kv_dtype)
+        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype), kv, act,
+                      reserve, hw.memory_bytes, s)
+        if best is None or m.total_bytes > best.total_bytes:
+            best = m
+    return best
+
+
+def _largest(ok, lo_known: int = 0) -> int:
+    """Largest n >= 1 with ok(n) for ok monotone (true then false); 0 if ok(1) is false."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= _MAX_SEARCH and ok(hi):
+        lo, hi = hi, hi * 2
+    if hi > _MAX_SEARCH:
+        return lo
+    while hi - lo > 1:  # ok(lo), not ok(hi)
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def max_batch(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
+              reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
+    """Largest batch of ``wl`` (its prompt, gen and dtypes) that fits; 0 if not even one sequence."""
+    return _largest(lambda b: memory_use(spec, hw, replace(wl, batch=b), layout, reserve_fraction).fits)
+
+
+def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
+                reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
+    """Longest context (positions in the KV cache) that fits at ``wl.batch``: a prompt of that
+    length prefilled at once (gen = 1). Memory-bound only: compare with the model's
+    max_position_embeddings yourself. 0 if not even one position fits."""
+    return _largest(lambda c: memory_use(spec, hw, replace(wl, prompt=c, gen=1), layout,
+                                         reserve_fraction).fits)
+
+
+# --- Time with parallelism --------------------------------------------------------------------------
+
+def allreduce_seconds(hw: Hardware, tp: int, message_bytes: int) -> float:
+    """Ring all-reduce of ``message_bytes`` over ``tp`` GPUs: each sends and receives
+    2 (tp - 1) / tp of the message, in 2 (tp - 1) steps of one link latency each."""
+    if tp == 1:
+        return 0.0
+    _, bw = hw.link_for(tp)
+    return (2 * (tp - 1) / tp * message_bytes / (bw * hw.interconnect_efficiency_used)
+            + 2 * (tp - 1) * hw.link_latency_s_used)
+
+
+def hop_seconds(hw: Hardware, layout: Layout, message_bytes: int) -> float:
+    """One pipeline hop: the activations sent from a stage to the next."""
+    _, bw = hw.link_for(layout.gpus)
+    return message_bytes / (bw * hw.interconnect_efficiency_used) + hw.link_latency_s_used
+
+
+def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int) -> float:
+    """Communication of one pass over ``tokens`` tokens: 2 all-reduces per layer and pp - 1 hops."""
+    message = nbytes(tokens * spec.hidden_size, wl.act_dtype)
+    t = 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
+    if layout.pp > 1:
+        t += (layout.pp - 1) * hop_seconds(hw, layout, message)
+    return t
+
+
+def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout()) -> Timing:
+    """Roofline timing of one GPU's share plus communication; with tp = pp = 1 it equals
+    :func:`costmodel.roofline.predict`. Pipeline stages run in turn, so a pass takes the compute
+    time of every layer's tensor-parallel share, plus the hops between stages."""
+    n, seqs = wl.decode_steps, wl.batch * wl.beams
+
+    def cost_at(i):
+        return shard_step(decode_step_cost(spec, wl, i), layout.tp)
+
+    def step_tokens(i):
+        return seqs * (1 if wl.kv_cache else wl.prompt + i)
+
+    def comm(tokens):
+        return comm_seconds(spec, hw, wl, layout, tokens)
+
+    decode_extra = (0.0, 0.0, 0.0)
+    if n:
+        # Communication is affine in the tokens of a step; sum it over the steps in closed form.
+        total_tokens = seqs * (n if wl.kv_cache else n * wl.prompt + n * (n + 1) // 2)
+        base = comm(0)
+        decode_extra = (comm(step_tokens(1)), n * base + (comm(1) - base) * total_tokens,
+                        comm(step_tokens(n)))
+    return timing_from(hw, rates(hw, wl.act_dtype), wl, shard_step(prefill_cost(spec, wl), layout.tp),
+                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra)
+
+
+# --- The plan ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Answer of :func:`plan`. Bytes per GPU; seconds; ``None`` where a figure does not apply."""
+
+    model: ModelSpec
+    hardware: Hardware
+    layout: Layout
+    workload: Workload  # at ``batch`` (batch 1 when nothing fits)
+    reserve_fraction: float
+    batch: int  # the batch evaluated: the one asked for, else max_batch
+    batch_given: bool
+    memory: MemoryUse  # at ``batch`` (at batch 1 when max_batch == 0)
+    max_batch: int
+    max_context: int
+    max_context_batch: int
+    timing: Timing | None  # at ``batch``; None when batch == 0
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    rps: float | None = None
+    gpu_hour_usd: float | None = None
+    serving_batch: int = 0  # largest batch <= batch within memory and the SLOs
+    serving_timing: Timing | None = None
+    notes: tuple = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+    @property
+    def requests_per_s_per_replica(self) -> float | None:
+        t = self.serving_timing
+        return self.serving_batch / t.e2e_s if t is not None else None
+
+    @property
+    def replicas(self) -> int | None:
+        rate = self.requests_per_s_per_replica
+        if self.rps is None or not rate:
+            return None
+        return max(1, math.ceil(self.rps / rate * (1 - 1e-12)))
+
+    @property
+    def gpus_needed(self) -> int | None:
+        """GPUs to serve ``rps`` requests per second within the SLOs (None without --rps or when
+        no batch meets them)."""
+        return None if self.replicas is None else self.replicas * self.layout.gpus
+
+    def usd_per_million_tokens(self, count_prompt: bool = False) -> float | None:
+        """Cost of a million generated tokens (or prompt + generated) at the serving batch, the
+        replica fully busy."""
+        t = self.serving_timing
+        if self.gpu_hour_usd is None or t is None:
+            return None
+        w = self.workload
+        tokens_per_s = self.serving_batch * (w.gen + (w.prompt if count_prompt else 0)) / t.e2e_s
+        return self.gpu_hour_usd * self.layout.gpus / 3600 / tokens_per_s * 1e6
+
+    def to_dict(self) -> dict:
+        t, st, w = self.timing, self.serving_timing, self.workload
+        slos = self.ttft_slo_s is not None or self.tpot_slo_s is not None
+        d = {
+            "model": self.model.name,
+            "hardware": {"id": self.hardware.id, "name": self.hardware.name,
+                         "memory_bytes": self.hardware.memory_bytes,
+                         "efficiency": self.hardware.efficiencies(),
+                         "op_overhead_s": self.hardware.op_overhead_s},
+            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus},
+            "workload": {"prompt": w.prompt, "gen": w.gen, "weight_dtype": w.weight_dtype,
+                         "act_dtype": w.act_dtype, "kv_dtype": w.kv_dtype, "beams": w.beams,
+                         "kv_cache": w.kv_cache},
+            "batch": self.batch,
+            "batch_given": self.batch_given,
+            "fits": self.fits,
+            "missing_bytes": self.memory.missing_bytes,
+            "memory": self.memory.to_dict(),
+            "reserve_fraction": self.reserve_fraction,
+            "max_batch": self.max_batch,
+            "max_context": self.max_context,
+            "max_context_batch": self.max_context_batch,
+            "model_max_context": self.model.max_position_embeddings,
+            "ttft_s": t.ttft_s if t else None,
+            "tpot_s": t.tpot() if t else {"first": None, "mean": None, "last": None},
+            "e2e_s": t.e2e_s if t else None,
+            "tokens_per_s": t.tokens_per_s if t else None,
+            "decode_tokens_per_s": t.decode_tokens_per_s if t else None,
+            "slo": {"ttft_s": self.ttft_slo_s, "tpot_s": self.tpot_slo_s,
+                    "met_at_batch": (self.serving_batch == self.batch and self.batch > 0) if slos else None},
+            "serving_batch": self.serving_batch,
+            "serving": None if st is None else {
+                "batch": self.serving_batch, "ttft_s": st.ttft_s, "tpot_s": st.tpot(),
+                "e2e_s": st.e2e_s, "tokens_per_s": st.tokens_per_s,
+                "requests_per_s_per_replica": self.requests_per_s_per_replica},
+            "rps": self.rps,
+            "replicas": self.replicas,
+            "gpus_needed": self.gpus_needed,
+            "gpu_hour_usd": self.gpu_hour_usd,
+            "usd_per_million_output_tokens": self.usd_per_million_tokens(),
+            "usd_per_million_total_tokens": self.usd_per_million_tokens(count_prompt=True),
+            "assumptions": list(ASSUMPTIONS) + [
+                f"runtime reserve: {self.reserve_fraction:g} of capacity"],
+            "notes": list(self.notes),
+        }
+        return d
+
+
+def _positive_or_none(name: str, v) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+        raise SpecError(f"{name} must be a positive number, got {v!r}")
+
+
+def plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen: int = 128,
+         batch: int | None = None, tp: int = 1, pp: int = 1, gpus: int | None = None,
+         ttft_slo_s: float | None = None, tpot_slo_s: float | None = None, rps: float | None = None,
+         gpu_hour_usd: float | None = None, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+         **workload_fields) -> Plan:
+    """Size a deployment of ``spec`` on ``hardware``.
+
+    ``batch=None`` evaluates at the largest batch that fits. ``gpus`` (instead of ``tp``/``pp``)
+    picks the layout with :func:`layout_for_gpus`. ``workload_fields`` go to :class:`Workload`
+    (``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``beams``, ``kv_cache``, ``causal``, ...).
+    Bad input raises SpecError; a model that does not fit is a Plan with ``fits=False``.
+    """
+    if gpus is not None and (tp != 1 or pp != 1):
+        raise SpecError("give gpus or tp/pp, not both")
+    for name, v in (("ttft_slo_s", ttft_slo_s), ("tpot_slo_s", tpot_slo_s), ("rps", rps),
+                    ("gpu_hour_usd", gpu_hour_usd)):
+        _positive_or_none(name, v)
+    if isinstance(reserve_fraction, bool) or not isinstance(reserve_fraction, (int, float)) \
+            or not 0 <= reserve_fraction < 1:
+        raise SpecError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
+    layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp)
+    check_layout(spec, hardware, layout)
+    wl = Workload(batch=1 if batch is None else batch, prompt=prompt, gen=gen, **workload_fields)
+    notes = list(wl.check_against(spec))
+    hardware.peak_for(wl.act_dtype)  # refuse a dtype the hardware has no peak for, up front
+
+    mb = max_batch(spec, hardware, wl, layout, reserve_fraction)
+    b = batch if batch is not None else mb
+    wl_b = replace(wl, batch=max(b, 1))
+    memory = memory_use(spec, hardware, wl_b, layout, reserve_fraction)
+    ctx_batch = batch if batch is not None else 1
+    mc = max_context(spec, hardware, replace(wl, batch=ctx_batch), layout, reserve_fraction)
+    timing = parallel_timing(spec, hardware, wl_b, layout) if b > 0 else None
+    if mb == 0:
+        notes.append(f"does not fit: one sequence needs {memory.total_bytes} bytes per GPU, "
+                     f"{memory.missing_bytes} more than the {memory.capacity_bytes} available; "
+                     "try a larger tp or pp, a narrower dtype, or a GPU with more memory")
+    elif batch is not None and not memory.fits:
+        notes.append(f"batch {batch} does not fit ({memory.missing_bytes} bytes missing per GPU); "
+                     f"max_batch is {mb}")
+    if mc and mc < wl.final_context:
+        notes.append(f"max_context {mc} at batch {ctx_batch} is below prompt + gen - 1 = {wl.final_context}")
+    if mc > spec.max_position_embeddings:
+        notes.append(f"max_context {mc} exceeds {spec.name}'s max_position_embeddings "
+                     f"{spec.max_position_embeddings}: memory is not the limit there")
+
+    def meets(bb: int) -> bool:
+        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout)
+        if ttft_slo_s is not None and t.ttft_s > ttft_slo_s:
+            return False
+        return not (tpot_slo_s is not None and t.tpot_mean_s is not None and t.tpot_mean_s > tpot_slo_s)
+
+    limit = min(b, mb)
+    if limit > 0 and (ttft_slo_s is not None or tpot_slo_s is not None):
+        serving = _largest(lambda bb: bb <= limit and meets(bb))
+        if serving == 0:
+            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout)
+            notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {t1.ttft_s * 1e3:.3f} ms and "
+                         f"mean TPOT {0 if t1.tpot_mean_s is None else t1.tpot_mean_s * 1e3:.3f} ms; "
+                         "try a larger tp or a faster GPU")
+    else:
+        serving = limit
+    serving_timing = None
+    if serving > 0:
+        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout)
+    if rps is not None and serving == 0:
+        notes.append("gpus_needed is null: no batch fits within memory and the SLOs")
+    return Plan(spec, hardware, layout, wl_b, reserve_fraction, b, batch is not None, memory, mb, mc,
+                ctx_batch, timing, ttft_slo_s, tpot_slo_s, rps, gpu_hour_usd, serving, serving_timing,
+                tuple(notes))

@@ -1,0 +1,398 @@
+"""Roofline latency: FLOPs and bytes of each op turned into seconds on a :class:`Hardware` profile.
+
+The model, per op of one pass (an eager implementation: one kernel per op, attention scores
+materialised, as in :mod:`costmodel.analysis`)::
+
+    compute_s = flops / (peak_flops_per_s[act_dtype] * flops_efficiency)
+    memory_s  = bytes / (memory_bandwidth_bytes_per_s * bandwidth_efficiency)
+    seconds   = max(compute_s, memory_s) + op_overhead_s
+
+An op is compute-bound when ``compute_s > memory_s``. Matmuls and element-wise ops compute in the
+activation dtype (weights may be stored narrower: weight-only quantization reads fewer bytes but
+computes at the activation dtype's peak). ``op_overhead_s`` is the per-kernel launch/dispatch time a
+calibrated profile measures (0 for catalog GPUs).
+
+Phases: time to first token (TTFT) is the prefill pass. Decode step i (1-based) attends over
+``prompt + i`` keys, so its time grows with the context; the decode phase is the exact sum over
+steps i = 1 .. gen - 1 of each op's ``max(compute, memory)``, never one step times N. The sum is
+closed-form: an op's FLOPs and bytes are polynomials of degree <= 2 in i (affine with a KV cache),
+so ``compute(i) - memory(i)`` changes sign at most twice; :func:`_sum_max` finds where (a vertex
+split and an integer binary search) and sums each piece with Faulhaber-style integer sums.
+No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import comb
+
+from . import analysis as _analysis
+from .analysis import OpCost, StepCost, decode_step_cost, prefill_cost, step_cost
+from .hardware import Hardware
+from .spec import ModelSpec, Workload
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Achievable rates: peak x efficiency, for compute in one dtype."""
+
+    flops_per_s: float
+    bytes_per_s: float
+    op_overhead_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"flops_per_s": self.flops_per_s, "bytes_per_s": self.bytes_per_s,
+                "op_overhead_s": self.op_overhead_s}
+
+
+def rates(hw: Hardware, act_dtype: str) -> Rates:
+    """Achievable FLOP/s for ``act_dtype``, achievable bandwidth, per-op overhead of ``hw``."""
+    return Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
+                 hw.op_overhead_s)
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """Time of one op in one pass, or summed over the ``steps`` of a phase."""
+
+    op: str
+    kind: str
+    flops: int
+    bytes: int
+    compute_s: float  # flops / achievable FLOP/s (summed over steps)
+    memory_s: float  # bytes / achievable bandwidth (summed over steps)
+    overhead_s: float  # op_overhead_s * steps
+    seconds: float  # sum over steps of max(compute, memory), plus overhead
+    steps: int = 1
+    compute_bound_steps: int = 0
+
+    @property
+    def bound(self) -> str:
+        """'compute' or 'memory' (in every step), 'mixed' when it changes during decode."""
+        if self.steps and self.compute_bound_steps == self.steps:
+            return "compute"
+        return "memory" if self.compute_bound_steps == 0 else "mixed"
+
+    @property
+    def arithmetic_intensity(self) -> float:
+        """FLOPs per byte moved (0 when nothing moves)."""
+        return self.flops / self.bytes if self.bytes else 0.0
+
+
+def op_time(op: OpCost, r: Rates) -> OpTime:
+    """One op of one pass: ``max(flops / F, bytes / B) + overhead``."""
+    c, m = op.flops / r.flops_per_s, op.bytes / r.bytes_per_s
+    return OpTime(op.op, op.kind, op.flops, op.bytes, c, m, r.op_overhead_s,
+                  max(c, m) + r.op_overhead_s, 1, int(c > m))
+
+
+@dataclass(frozen=True)
+class PhaseTime:
+    """Op times of a pass or a phase, laid out like :class:`~costmodel.analysis.StepCost`.
+
+    ``extra_s`` is time outside the ops (tensor-parallel all-reduces, pipeline hops; 0 on one GPU).
+    """
+
+    name: str
+    steps: int
+    before: tuple
+    layer: tuple
+    after: tuple
+    num_layers: int
+    extra_s: float = 0.0
+
+    @property
+    def ops_seconds(self) -> float:
+        return (sum(o.seconds for o in self.before + self.after)
+                + self.num_layers * sum(o.seconds for o in self.layer))
+
+    @property
+    def seconds(self) -> float:
+        return self.ops_seconds + self.extra_s
+
+    @property
+    def num_ops(self) -> int:
+        """Kernels in one pass: each block's ops count once per layer."""
+        return len(self.before) + len(self.after) + self.num_layers * len(self.layer)
+
+    def rows(self):
+        """(layer, OpTime) in execution order, as ``StepCost.rows``."""
+        for o in self.before:
+            yield None, o
+        for i in range(self.num_layers):
+            for o in self.layer:
+                yield i, o
+        for o in self.after:
+            yield None, o
+
+    def bound_seconds(self) -> dict:
+        """Seconds spent in compute-bound and memory-bound op steps, and in overhead."""
+        out = {"compute": 0.0, "memory": 0.0, "overhead": 0.0}
+        for _, o in self.rows():
+            out["overhead"] += o.overhead_s
+            busy = o.seconds - o.overhead_s
+            if o.bound == "compute":
+                out["compute"] += busy
+            elif o.bound == "memory":
+                out["memory"] += busy
+            else:  # mixed: split by the step counts (an approximation for display only)
+                out["compute"] += busy * o.compute_bound_steps / o.steps
+                out["memory"] += busy * (1 - o.compute_bound_steps / o.steps)
+        return out
+
+
+def step_time(cost: StepCost, r: Rates, name: str = "step", extra_s: float = 0.0) -> PhaseTime:
+    """Times of the ops of one pass."""
+    def t(ops):
+        return tuple(op_time(o, r) for o in ops)
+
+    return PhaseTime(name, 1, t(cost.before), t(cost.layer), t(cost.after), cost.num_layers, extra_s)
+
+
+# --- Decode: exact sum over steps ----------------------------------------------------------------
+
+def _newton(v1: int, v2: int, v3: int) -> tuple[int, int, int]:
+    """f(i) = v1 + d1 * (i - 1) + d2 * C(i - 1, 2) through f(1), f(2), f(3)."""
+    return v1, v2 - v1, v3 - 2 * v2 + v1
+
+
+def _at(p, i: int) -> int:
+    v1, d1, d2 = p
+    return v1 + d1 * (i - 1) + d2 * comb(i - 1, 2)
+
+
+def _prefix(p, m: int) -> int:
+    """f(1) + ... + f(m), exact (hockey stick: sum_{j<m} C(j, k) = C(m, k + 1))."""
+    v1, d1, d2 = p
+    return m * v1 + d1 * comb(m, 2) + d2 * comb(m, 3)
+
+
+def _sum_max(pf, pb, n: int, F: float, B: float) -> tuple[float, int]:
+    """sum_{i=1..n} max(f(i) / F, b(i) / B) for polynomial FLOPs f and bytes b (degree <= 2).
+
+    Returns (seconds, number of steps where compute wins). g(i) = f(i)/F - b(i)/B is a quadratic
+    in i, monotone on each side of its vertex; on each monotone run its sign changes at most once,
+    found by an integer binary search. Each run is summed with exact integer prefix sums.
+    """
+    if n <= 0:
+        return 0.0, 0
+
+    def compute_wins(i: int) -> bool:
+        return _at(pf, i) / F > _at(pb, i) / B
+
+    runs = [(1, n)]
+    c1, c2 = pf[1] / F - pb[1] / B, pf[2] / F - pb[2] / B
+    if c2 != 0:
+        # g(x) = c0 + c1 x + c2 x (x - 1) / 2 with x = i - 1: vertex at x = 1/2 - c1 / c2.
+        v = 1.5 - c1 / c2
+        k = int(v // 1) if abs(v) < 2 ** 62 else (0 if v < 0 else n)
+        if 1 <= k < n:
+            runs = [(1, k), (k + 1, n)]
+    flops = nbytes = steps = 0
+    for a, b in runs:
+        wa, wb = compute_wins(a), compute_wins(b)
+        pieces = [(a, b, wa)]
+        if wa != wb:
+            lo, hi = a, b  # compute_wins(lo) == wa, compute_wins(hi) != wa
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if compute_wins(mid) == wa:
+                    lo = mid
+                else:
+                    hi = mid
+            pieces = [(a, lo, wa), (hi, b, wb)]
+        for lo, hi, wins in pieces:
+            if wins:
+                flops += _prefix(pf, hi) - _prefix(pf, lo - 1)
+                steps += hi - lo + 1
+            else:
+                nbytes += _prefix(pb, hi) - _prefix(pb, lo - 1)
+    return flops / F + nbytes / B, steps
+
+
+def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates) -> OpTime:
+    """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3."""
+    pf = _newton(o1.flops, o2.flops, o3.flops)
+    pb = _newton(o1.bytes, o2.bytes, o3.bytes)
+    seconds, compute_steps = _sum_max(pf, pb, steps, r.flops_per_s, r.bytes_per_s)
+    flops, nbytes = _prefix(pf, steps), _prefix(pb, steps)
+    overhead = steps * r.op_overhead_s
+    return OpTime(o1.op, o1.kind, flops, nbytes, flops / r.flops_per_s, nbytes / r.bytes_per_s,
+                  overhead, seconds + overhead, steps, compute_steps)
+
+
+def summed_time(s1: StepCost, s2: StepCost, s3: StepCost, steps: int, r: Rates,
+                name: str = "decode", extra_s: float = 0.0) -> PhaseTime:
+    """Every op of steps 1..``steps`` summed exactly, from the pass costs at steps 1, 2 and 3."""
+    def t(a, b, c):
+        return tuple(summed_op_time(x, y, z, steps, r) for x, y, z in zip(a, b, c))
+
+    return PhaseTime(name, steps, t(s1.before, s2.before, s3.before), t(s1.layer, s2.layer, s3.layer),
+                     t(s1.after, s2.after, s3.after), s1.num_layers, extra_s)
+
+
+# --- Results ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of a workload on a hardware profile: phases, per-op times, TTFT, TPOT, throughput."""
+
+    hardware: Hardware
+    rates: Rates
+    batch: int  # sequences that each receive ``gen`` tokens
+    gen: int
+    prefill: PhaseTime
+    decode: PhaseTime  # summed over gen - 1 steps
+    tpot_first_s: float | None  # decode step 1 (None when gen == 1)
+    tpot_last_s: float | None  # decode step gen - 1
+
+    @property
+    def ttft_s(self) -> float:
+        """Time to first token: the prefill pass, which yields the first new token."""
+        return self.prefill.seconds
+
+    @property
+    def tpot_mean_s(self) -> float | None:
+        return self.decode.seconds / self.decode.steps if self.decode.steps else None
+
+    @property
+    def e2e_s(self) -> float:
+        """End to end: prefill plus every decode step."""
+        return self.prefill.seconds + self.decode.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second over the whole request: batch * gen / e2e."""
+        return self.batch * self.gen / self.e2e_s
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens per second while decoding: batch / mean TPOT."""
+        m = self.tpot_mean_s
+        return self.batch / m if m else None
+
+    def tpot(self) -> dict:
+        return {"first": self.tpot_first_s, "mean": self.tpot_mean_s, "last": self.tpot_last_s}
+
+    def summary(self) -> dict:
+        """The top-level timing fields of a JSON report."""
+        return {
+            "ttft_s": self.ttft_s,
+            "tpot_s": self.tpot(),
+            "e2e_s": self.e2e_s,
+            "tokens_per_s": self.tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+        }
+
+    def assumptions(self) -> dict:
+        hw = self.hardware
+        return {
+            "hardware": hw.id,
+            "model": "per op: max(flops / achievable FLOP/s, bytes / achievable bandwidth) + op overhead",
+            "efficiency": hw.efficiencies(),
+            "achievable": self.rates.to_dict(),
+        }
+
+
+def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
+    """First decode step from which every op's cost is a polynomial (degree <= 2) in the step: 1,
+    except where the analysis says otherwise (routed experts without a KV cache)."""
+    f = getattr(_analysis, "_first_polynomial_step", None)
+    return f(spec, wl) if f is not None else 1
+
+
+def _add(a: OpTime, b: OpTime) -> OpTime:
+    return OpTime(a.op, a.kind, a.flops + b.flops, a.bytes + b.bytes, a.compute_s + b.compute_s,
+                  a.memory_s + b.memory_s, a.overhead_s + b.overhead_s, a.seconds + b.seconds,
+                  a.steps + b.steps, a.compute_bound_steps + b.compute_bound_steps)
+
+
+def decode_time(cost_at, steps: int, r: Rates, first_poly_step: int = 1, extra_s: float = 0.0,
+                name: str = "decode") -> PhaseTime:
+    """Decode steps 1..``steps`` summed op by op; ``cost_at(i)`` is the StepCost of step i.
+
+    Steps before ``first_poly_step`` are added one by one; from there on the closed form of
+    :func:`summed_time` takes over, from the costs at three consecutive steps.
+    """
+    p0 = min(max(first_poly_step, 1), steps + 1)
+    phase = summed_time(cost_at(p0), cost_at(p0 + 1), cost_at(p0 + 2), steps - (p0 - 1), r, name)
+    for i in range(1, p0):
+        one = step_time(cost_at(i), r)
+        phase = replace(phase, before=tuple(map(_add, phase.before, one.before)),
+                        layer=tuple(map(_add, phase.layer, one.layer)),
+                        after=tuple(map(_add, phase.after, one.after)))
+    return replace(phase, steps=steps, extra_s=extra_s)
+
+
+def timing_from(hw: Hardware, r: Rates, wl: Workload, prefill: StepCost, cost_at,
+                first_poly_step: int = 1, prefill_extra_s: float = 0.0,
+                decode_extra=(0.0, 0.0, 0.0)) -> Timing:
+    """A :class:`Timing` from pass costs: ``prefill`` and ``cost_at(i)`` for decode step i.
+
+    Used by :func:`predict` and by the planner, which passes per-GPU costs and communication
+    time (``decode_extra`` = (step 1, all steps, last step)).
+    """
+    n = wl.decode_steps
+    pre = step_time(prefill, r, "prefill", prefill_extra_s)
+    decode = decode_time(cost_at, n, r, first_poly_step, decode_extra[1] if n else 0.0)
+    first = step_time(cost_at(1), r).seconds + decode_extra[0] if n else None
+    last = step_time(cost_at(n), r).seconds + decode_extra[2] if n else None
+    return Timing(hw, r, wl.batch, wl.gen, pre, decode, first, last)
+
+
+def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
+    """Roofline latency of ``wl`` on one device ``hw``: TTFT, TPOT first/mean/last, per-op times."""
+    return timing_from(hw, rates(hw, wl.act_dtype), wl, prefill_cost(spec, wl),
+                       lambda i: decode_step_cost(spec, wl, i), first_polynomial_step(spec, wl))
+
+
+# --- One pass: the calls a timing validation makes ------------------------------------------------
+
+def pass_seconds(spec: ModelSpec, wl: Workload, hw: Hardware, batch: int, q_len: int, kv_len: int,
+                 logits_positions: int = 1) -> float:
+    """Predicted seconds of one forward pass: ``batch`` sequences feeding ``q_len`` tokens each and
+    attending over ``kv_len`` keys (prefill: q_len = kv_len = prompt; cached decode: q_len = 1,
+    kv_len = context). Dtypes, KV-cache use and causal counting come from ``wl``."""
+    cost = step_cost(spec, wl, batch, q_len, kv_len, logits_positions)
+    return step_time(cost, rates(hw, wl.act_dtype)).seconds
+
+
+def prefill_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
+    """Predicted seconds of the prefill pass of ``wl`` (its TTFT)."""
+    return step_time(prefill_cost(spec, wl), rates(hw, wl.act_dtype)).seconds
+
+
+def decode_step_seconds(spec: ModelSpec, wl: Workload, hw: Hardware, i: int) -> float:
+    """Predicted seconds of decode step ``i`` (1-based: attends over prompt + i keys)."""
+    return step_time(decode_step_cost(spec, wl, i), rates(hw, wl.act_dtype)).seconds
+
+
+def decode_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
+    """Predicted seconds of all gen - 1 decode steps, summed exactly."""
+    return decode_time(lambda i: decode_step_cost(spec, wl, i), wl.decode_steps,
+                       rates(hw, wl.act_dtype), first_polynomial_step(spec, wl)).seconds
+
+
+def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float]:
+    """Predicted seconds of every decode step 1..gen-1, vectorised over steps with numpy
+    (imported here only). Its sum equals :func:`decode_seconds` up to float rounding."""
+    import numpy as np
+
+    r = rates(hw, wl.act_dtype)
+    n = wl.decode_steps
+    p0 = min(first_polynomial_step(spec, wl), n + 1)
+    early = [decode_step_seconds(spec, wl, hw, i) for i in range(1, p0)]
+    x = np.arange(n - (p0 - 1), dtype=np.float64)  # i - p0
+    c2 = x * (x - 1) / 2
+    total = np.zeros(len(x))
+    s = [decode_step_cost(spec, wl, i) for i in (p0, p0 + 1, p0 + 2)]
+    groups = [(1, s[0].before + s[0].after, s[1].before + s[1].after, s[2].before + s[2].after),
+              (spec.num_layers, s[0].layer, s[1].layer, s[2].layer)]
+    for mult, a, b, c in groups:
+        for o1, o2, o3 in zip(a, b, c):
+            f1, fd1, fd2 = _newton(o1.flops, o2.flops, o3.flops)
+            b1, bd1, bd2 = _newton(o1.bytes, o2.bytes, o3.bytes)
+            f = (f1 + fd1 * x + fd2 * c2) / r.flops_per_s
+            m = (b1 + bd1 * x + bd2 * c2) / r.bytes_per_s
+            total += mult * (np.maximum(f, m) + r.op_overhead_s)
+    return early + total.tolist()
