@@ -1,0 +1,103 @@
+"""``costmodel sweep`` (a tidy grid of counts) and ``costmodel plot`` (PNG and SVG figures).
+
+numpy, pandas and matplotlib are imported inside the command functions only, so that
+``costmodel --help`` and the other commands stay fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .common import DTYPES, InputError, build_workload, input_errors, main, warn
+
+PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
+
+
+def _dtype_options(fn):
+    """The workload options other than batch, prompt and gen (those are ranges here)."""
+    opts = [
+        click.option("--dtype", default="bf16", show_default=True,
+                     help=f"Weights and activations: {', '.join(DTYPES[:5])}."),
+        click.option("--weight-dtype", default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPES)}."),
+        click.option("--kv-dtype", default=None, help="KV cache (default: the activation dtype); int4 allowed."),
+        click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
+                     help="Prefill LM head for the last position only, or every position."),
+        click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step."),
+        click.option("--causal", is_flag=True, help="Count only the lower triangle of attention scores."),
+        click.option("--beams", type=int, default=1, show_default=True, help="Beam width (multiplies the decode batch)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _range_options(batch="1", prompt="512", gen="128"):
+    def deco(fn):
+        help_ = "N, N1,N2,..., START:STOP, START:STOP:+STEP or START:STOP:xFACTOR"
+        for name, short, default, what in reversed([("--batch", "-b", batch, "Batch sizes"),
+                                                    ("--prompt", "-s", prompt, "Prompt lengths"),
+                                                    ("--gen", "-n", gen, "Generated tokens")]):
+            fn = click.option(name, short, default=default, show_default=True, help=f"{what}: {help_}.")(fn)
+        return fn
+    return deco
+
+
+def _workload(kw: dict, **sizes):
+    keys = ("dtype", "weight_dtype", "kv_dtype", "logits", "no_kv_cache", "causal", "beams")
+    return build_workload(batch=sizes.get("batch", 1), prompt=sizes.get("prompt", 512),
+                          gen=sizes.get("gen", 128), **{k: kw.pop(k) for k in keys})
+
+
+def _hardware(gpu, hardware_file):
+    from ..hardware import get_hardware
+
+    return None if gpu is None and hardware_file is None else get_hardware(gpu, hardware_file)
+
+
+@main.command()
+@click.argument("model", metavar="MODEL")
+@_range_options()
+@_dtype_options
+@click.option("--gpu", default=None, help="Add a `seconds` column (roofline) for this GPU (see `costmodel hardware`).")
+@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="Hardware profile file for `seconds`.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
+              help="Output format (parquet needs pyarrow and --out).")
+@click.option("--out", default=None, metavar="FILE", help="Write to FILE (atomically) instead of stdout.")
+@input_errors
+def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
+    """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
+
+    Columns: batch, prompt, gen, phase, steps, flops, matmul_flops, bytes, arithmetic_intensity,
+    kv_cache_bytes (held at the end of the phase), weights_bytes, activation_peak_bytes, and
+    seconds (roofline) with --gpu/--hardware. Counts are exact integers. Example:
+
+        costmodel sweep llama-2-7b --batch 1,2,4,8 --prompt 128:32768:x2 --gen 128
+    """
+    from ..models import get_model
+    from reports.files import check_writable_file
+    from reports.sweep import parse_range, sweep as run_sweep, write_frame
+
+    spec = get_model(model)
+    grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
+    wl = _workload(kw)
+    hw = _hardware(gpu, hardware_file)
+    if fmt == "parquet":
+        if out is None:
+            raise InputError("--format parquet needs --out FILE (parquet is binary)")
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InputError("--format parquet needs pyarrow, which is not installed: "
+                             "pip install 'costmodel[sweep]' (or use --format csv or json)") from None
+    if out is not None:
+        check_writable_file(out)
+    longest = max(grid["prompt"]) + max(grid["gen"]) - 1
+    if longest > spec.max_position_embeddings:
+        warn(f"context up to {longest} exceeds {spec.name}'s max_position_embeddings "
+             f"{spec.max_position_embeddings}")
+    df = run_sweep(spec, wl, grid["batch"], grid["prompt"], grid["gen"], hardware=hw)
+    text = write_frame(df, fmt, out)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {len(df):,} rows to {out}", err=True)
