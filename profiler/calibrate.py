@@ -1,0 +1,205 @@
+"""Measure the machine you have: matmul FLOP/s per dtype, memory bandwidth, per-op overhead.
+
+:func:`calibrate` returns a hardware profile (a dict in the format of ``costmodel/data/hardware.json``)
+that ``--hardware FILE`` accepts. Its peaks are the best this machine reached, so its efficiencies
+are 1; the raw measurements are kept under ``calibration``. Importing this module imports torch.
+
+What is measured, each as the fastest of repeated timed calls after a warm-up (the fastest, not
+the median: on a shared machine other processes only ever slow a call down; the median is kept too):
+
+- matmul ``[m, k] @ [k, n]`` at several shapes per dtype (square and decode-like skinny ones):
+  FLOP/s = 2 m k n / seconds; the profile's peak for a dtype is the best shape's.
+- memory bandwidth: a tensor copy (reads and writes N bytes: 2N moved) and an add (3N) over
+  buffers much larger than the last-level cache; the profile keeps the best.
+- per-op overhead: a one-element add, the time of a kernel launch (cuda) or of an eager op's
+  dispatch (cpu) with no work to do; the roofline adds it to every op.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from costmodel.errors import SpecError
+
+_TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                 "fp16": torch.float16, "int8": torch.int8}
+CPU_DTYPES = ("fp32", "bf16", "fp16")
+CUDA_DTYPES = ("fp32", "tf32", "bf16", "fp16", "int8")
+DEFAULT_DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "bf16", "fp16")}
+
+# (m, k, n): square, then decode-like (few rows, a weight-sized matrix).
+MATMUL_SHAPES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
+                 (16, 4096, 4096))
+QUICK_MATMUL_SHAPES = ((128, 128, 128), (256, 256, 256))
+BANDWIDTH_BYTES = 256 * 2**20  # each buffer; well past any last-level cache
+QUICK_BANDWIDTH_BYTES = 16 * 2**20
+
+
+def _sync(device: str):
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def time_call(fn, device: str, min_time_s: float, min_reps: int = 3, max_reps: int = 1000
+              ) -> tuple[float, float]:
+    """(fastest, median) seconds of ``fn()`` over repeated calls (at least ``min_reps``, for about
+    ``min_time_s``)."""
+    sync = _sync(device)
+    fn()
+    sync()  # warm-up: allocation, kernel selection, caches
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time_s and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
+
+
+def measure_matmul(dtype: str, shapes, device: str, min_time_s: float) -> list[dict]:
+    rows = []
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    for m, k, n in shapes:
+        if dtype == "int8":
+            a = torch.randint(-8, 8, (m, k), dtype=torch.int8, device=device)
+            b = torch.randint(-8, 8, (k, n), dtype=torch.int8, device=device)
+            fn = (lambda a=a, b=b: torch._int_mm(a, b))
+        else:
+            a = torch.randn(m, k, device=device).to(_TORCH_DTYPES[dtype])
+            b = torch.randn(k, n, device=device).to(_TORCH_DTYPES[dtype])
+            fn = (lambda a=a, b=b: torch.matmul(a, b))
+        s, med = time_call(fn, device, min_time_s)
+        rows.append({"dtype": dtype, "m": m, "k": k, "n": n, "seconds": s, "median_seconds": med,
+                     "flops_per_s": 2 * m * k * n / s})
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return rows
+
+
+def measure_bandwidth(nbytes: int, device: str, min_time_s: float) -> list[dict]:
+    n = nbytes // 4
+    a = torch.rand(n, device=device)
+    b = torch.rand(n, device=device)
+    c = torch.empty(n, device=device)
+    rows = []
+    for kernel, fn, moved in (("copy", lambda: c.copy_(a), 2 * 4 * n),
+                              ("add", lambda: torch.add(a, b, out=c), 3 * 4 * n)):
+        s, med = time_call(fn, device, min_time_s)
+        rows.append({"kernel": kernel, "bytes": moved, "seconds": s, "median_seconds": med,
+                     "bytes_per_s": moved / s})
+    return rows
+
+
+def measure_op_overhead(device: str, calls: int, repeats: int = 5) -> float:
+    """Seconds per op for a one-element add: launch (cuda) or dispatch (cpu) cost, no work
+    (the fastest of ``repeats`` loops of ``calls`` calls)."""
+    x = torch.ones(1, device=device)
+    y = torch.ones(1, device=device)
+    z = torch.empty(1, device=device)
+    sync = _sync(device)
+    for _ in range(10):
+        torch.add(x, y, out=z)
+    sync()
+    per_op = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.add(x, y, out=z)
+        sync()
+        per_op.append((time.perf_counter() - t0) / calls)
+    return min(per_op)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def _cpu_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: int | None = None,
+              profile_id: str | None = None) -> dict:
+    """Measure this machine and return a hardware profile dict (see the module docstring)."""
+    if device not in ("cpu", "cuda"):
+        raise SpecError(f"unknown device {device!r}; allowed: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device cuda is not available (torch {torch.__version__}, "
+                        f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+    allowed = CPU_DTYPES if device == "cpu" else CUDA_DTYPES
+    dtypes = tuple(DEFAULT_DTYPES[device] if not dtypes else dtypes)
+    for d in dtypes:
+        if d not in allowed:
+            raise SpecError(f"cannot calibrate dtype {d!r} on {device}; allowed: {', '.join(allowed)}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    min_time = 0.02 if quick else 0.25
+    shapes = QUICK_MATMUL_SHAPES if quick else MATMUL_SHAPES
+    if device == "cpu" and not quick:
+        shapes = tuple(s for s in shapes if s != (4096, 4096, 4096))  # ~1 s a call on a small CPU
+    with torch.inference_mode():
+        matmul = [row for d in dtypes for row in measure_matmul(d, shapes, device, min_time)]
+        bandwidth = measure_bandwidth(QUICK_BANDWIDTH_BYTES if quick else BANDWIDTH_BYTES, device, min_time)
+        overhead = measure_op_overhead(device, 200 if quick else 2000)
+    peaks = {d: None for d in ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")}
+    for row in matmul:
+        peaks[row["dtype"]] = max(peaks[row["dtype"]] or 0.0, row["flops_per_s"])
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        name, memory = props.name, props.total_memory
+        nthreads = None
+    else:
+        nthreads = torch.get_num_threads()
+        name, memory = f"{_cpu_name()} ({nthreads} threads)", _cpu_memory_bytes()
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    how = f"measured by costmodel calibrate on {when} (torch {torch.__version__}"
+    how += f", {nthreads} threads)" if nthreads else ")"
+    return {
+        "id": profile_id or f"calibrated-{device}",
+        "name": name,
+        "kind": "gpu" if device == "cuda" else "cpu",
+        "peak_flops_per_s": peaks,
+        "memory_bytes": memory,
+        "memory_bandwidth_bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
+        "interconnect": None,
+        "interconnect_bandwidth_bytes_per_s": None,
+        "interconnect_gpus": 1,
+        "pcie_bandwidth_bytes_per_s": None,
+        "flops_efficiency": 1.0,
+        "bandwidth_efficiency": 1.0,
+        "op_overhead_s": overhead,
+        "notes": "Peaks are the best this machine reached, so efficiencies are 1. Dtypes not "
+                 "measured are null: calibrate them with --dtype.",
+        "sources": {
+            "peak_flops_per_s": f"{how}: best of torch.matmul (fastest call) over shapes "
+                                f"{', '.join('x'.join(map(str, s)) for s in shapes)} per dtype",
+            "memory_bytes": "torch.cuda.get_device_properties().total_memory" if device == "cuda"
+            else "os.sysconf: physical pages x page size",
+            "memory_bandwidth_bytes_per_s": f"{how}: best of a tensor copy (2 x bytes moved) and "
+                                            "add (3 x bytes)",
+            "op_overhead_s": f"{how}: per-call time of a one-element torch.add (fastest loop)",
+        },
+        "calibration": {
+            "device": device, "torch_version": torch.__version__, "threads": nthreads, "quick": quick,
+            "seconds_taken": time.perf_counter() - t_start,
+            "matmul": matmul, "bandwidth": bandwidth, "op_overhead_s": overhead,
+        },
+    }
