@@ -1,0 +1,115 @@
+"""``costmodel profile`` and ``costmodel validate``: the reference model against the analytic one.
+
+Both import torch inside the command function only, so that the analytic commands stay light.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..sampling import STRATEGIES
+from .common import emit_json, format_option, input_errors, main, model_argument
+
+
+def _progress(enabled: bool):
+    def say(msg: str) -> None:
+        if enabled:
+            click.echo(msg, err=True)
+    return say
+
+
+@main.command()
+@model_argument
+@click.option("--batch", "-b", type=int, default=1, show_default=True, help="Sequences in the batch.")
+@click.option("--prompt", "-s", type=int, default=128, show_default=True, help="Prompt length in tokens.")
+@click.option("--gen", "-n", type=int, default=32, show_default=True,
+              help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="greedy", show_default=True,
+              help="How the next token is picked.")
+@click.option("--top-k", type=int, default=50, show_default=True, help="Candidates kept (top_k, top_k_top_p).")
+@click.option("--top-p", type=float, default=0.9, show_default=True, help="Probability mass kept (top_p, top_k_top_p).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Logits divided by it (sampling).")
+@click.option("--beams", type=int, default=1, show_default=True, help="Beam width (beam search).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Weights, activations and KV cache.")
+@click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
+              help="F.scaled_dot_product_attention, or explicit matmuls and softmax.")
+@click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
+              help="Prefill LM head for the last position only, or every position.")
+@click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step.")
+@click.option("--repeat", type=int, default=5, show_default=True, help="Timed runs (median and spread).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
+@click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
+@click.option("--no-fvcore", is_flag=True, help="Skip fvcore's count (it traces every step).")
+@click.option("--no-compare-cache", is_flag=True, help="Skip timing decode with the other KV-cache choice.")
+@format_option(["table", "json"])
+@input_errors
+def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beams, device, dtype, attention,
+            logits, no_kv_cache, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, fmt):
+    """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
+
+    FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
+    analytic matmul FLOPs; KV-cache and weight bytes from the tensors; time per phase, layer and op
+    (median and spread of --repeat runs); the decode loop with versus without a KV cache.
+    """
+    from ..models import get_model
+    from ..spec import Workload
+
+    spec = get_model(model)
+    wl = Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=dtype, act_dtype=dtype, logits=logits,
+                  kv_cache=not no_kv_cache, beams=beams, strategy=strategy, top_k=top_k, top_p=top_p,
+                  temperature=temperature)
+    from profiler.runner import profile as run_profile
+    from reports.profile import profile_table
+
+    result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
+                         fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
+                         progress=_progress(sys.stderr.isatty()))
+    if fmt == "json":
+        emit_json(result.to_dict())
+    else:
+        click.echo(profile_table(result))
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Each case on its own attention path, FlopCounterMode only (< 1 min).")
+@click.option("--case", "cases", multiple=True, metavar="NAME", help="Run only this case (repeatable).")
+@format_option(["table", "json"])
+@input_errors
+def validate(quick, cases, fmt):
+    """Analytic vs counted FLOPs and KV bytes over a built-in matrix of cases; exit 1 on any mismatch.
+
+    Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;
+    head_dim != hidden/heads; batch 1 and > 1; prefill; decode at several context lengths; decode
+    without a KV cache; every decoding strategy. The full run takes each case on both attention
+    paths (eager and SDPA) and adds fvcore as a second counter. Ctrl-C keeps and prints the
+    finished cases.
+    """
+    from profiler.validate import plan, run_cases
+    from reports.profile import validate_table
+
+    planned = len(plan(quick, cases or None))
+    results, interrupted = [], False
+    try:
+        for res in run_cases(quick=quick, names=cases or None):
+            results.append(res)
+            click.echo(f"[{len(results)}/{planned}] {res.label}: {'ok' if res.ok else 'MISMATCH'} "
+                       f"({res.seconds:.2f} s)", err=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        click.echo(f"interrupted: keeping the {len(results)} finished cases", err=True)
+    ok = all(r.ok for r in results)
+    if fmt == "json":
+        emit_json({"cases": [r.to_dict() for r in results], "planned": planned, "finished": len(results),
+                   "interrupted": interrupted, "ok": ok})
+    else:
+        click.echo(validate_table(results, planned, interrupted))
+    if not ok:
+        click.get_current_context().exit(1)
+    if interrupted:
+        click.get_current_context().exit(130)
