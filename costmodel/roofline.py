@@ -284,11 +284,31 @@ class Timing:
             "decode_tokens_per_s": self.decode_tokens_per_s,
         }
 
+    def annotate(self, report: dict) -> dict:
+        """Add the timing to an ``Analysis.to_dict()`` dict (in place; also returned): ``seconds``
+        in each phase and op row (a decode row: that op summed over the steps), ``bound`` per op,
+        and top-level ``ttft_s``, ``tpot_s`` {first, mean, last}, ``e2e_s``, ``tokens_per_s``,
+        ``decode_tokens_per_s`` and ``timing`` (hardware, efficiencies, model)."""
+        for name, phase in (("prefill", self.prefill), ("decode", self.decode)):
+            report[name]["seconds"] = phase.seconds
+        if "ops" in report:
+            times = [o for ph in (self.prefill, self.decode) for _, o in ph.rows()]
+            assert len(times) == len(report["ops"]), "op rows and op times are out of step"
+            for row, o in zip(report["ops"], times):
+                assert row["op"] == o.op, (row["op"], o.op)
+                row["seconds"] = o.seconds
+                row["bound"] = o.bound
+        report.update(self.summary())
+        report["timing"] = self.assumptions()
+        return report
+
     def assumptions(self) -> dict:
         hw = self.hardware
         return {
             "hardware": hw.id,
-            "model": "per op: max(flops / achievable FLOP/s, bytes / achievable bandwidth) + op overhead",
+            "hardware_name": hw.name,
+            "model": "per op: max(flops / achievable FLOP/s, bytes / achievable bandwidth) + op overhead; "
+                     "achievable = peak x efficiency; decode summed step by step",
             "efficiency": hw.efficiencies(),
             "achievable": self.rates.to_dict(),
         }

@@ -133,28 +133,87 @@ _SUMMARY_HEADERS = ["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B",
                     "decode FLOPs", "decode bytes", "FLOP/B"]
 
 
-def report_table(result) -> str:
-    """The readable summary: per-layer op table with phase totals, then memory."""
-    body = render(_SUMMARY_HEADERS, _phase_op_rows(result), align=["l", "l"] + ["r"] * 6)
+def _summary(result, timing, markdown=False) -> str:
+    rows, headers = _phase_op_rows(result), list(_SUMMARY_HEADERS)
+    if timing is not None:  # roofline time and bound of each row, prefill then decode
+        headers += ["prefill time", "bound", "decode time", "bound"]
+        rows = [r + t for r, t in zip(rows, _time_cells(timing))]
+    return render(headers, rows, markdown=markdown, align=["l", "l"] + ["r"] * (len(headers) - 2))
+
+
+def _time_cells(timing) -> list[list[str]]:
+    """Cells aligned with :func:`_phase_op_rows`: seconds and bound per op, then the totals."""
+    pre, dec = timing.prefill, timing.decode
+
+    def cells(p, d):
+        return [human_seconds(p.seconds), p.bound, human_seconds(d.seconds), d.bound]
+
+    out = [cells(p, d) for p, d in zip(pre.before, dec.before)]
+    out += [cells(p, d) for p, d in zip(pre.layer, dec.layer)]
+    lp, ld = sum(o.seconds for o in pre.layer), sum(o.seconds for o in dec.layer)
+    out.append([human_seconds(lp), "", human_seconds(ld), ""])
+    out.append([human_seconds(pre.num_layers * lp), "", human_seconds(dec.num_layers * ld), ""])
+    out += [cells(p, d) for p, d in zip(pre.after, dec.after)]
+    out.append([human_seconds(pre.seconds), "", human_seconds(dec.seconds), ""])
+    out.append(["", "", "", ""])
+    return out
+
+
+def _timing_lines(timing) -> list[str]:
+    """TTFT, TPOT (first, mean, last), end-to-end latency, tokens/s, and the assumptions."""
+    hw, eff, tp = timing.hardware, timing.hardware.efficiencies(), timing.tpot()
+
+    def ms(x):
+        return "-" if x is None else human_seconds(x)
+
+    share = []
+    for name, ph in (("prefill", timing.prefill), ("decode", timing.decode)):
+        b = ph.bound_seconds()
+        if ph.seconds:
+            share.append(f"{name} {b['compute'] / ph.seconds:.0%} compute-bound, "
+                         f"{b['memory'] / ph.seconds:.0%} memory-bound, {b['overhead'] / ph.seconds:.0%} overhead")
+    return [
+        f"latency on {hw.id} ({hw.name}): TTFT {human_seconds(timing.ttft_s)}; TPOT first {ms(tp['first'])}, "
+        f"mean {ms(tp['mean'])}, last {ms(tp['last'])}; end-to-end {human_seconds(timing.e2e_s)}; "
+        f"{timing.tokens_per_s:,.1f} tokens/s generated",
+        f"roofline: per op max(FLOPs / {timing.rates.flops_per_s / 1e12:,.4g} TFLOP/s, bytes / "
+        f"{timing.rates.bytes_per_s / 1e9:,.4g} GB/s) + {hw.op_overhead_s * 1e6:g} us overhead (efficiencies "
+        f"{eff['source']}: FLOP/s {eff['flops']:g}, bandwidth {eff['bandwidth']:g}); " + "; ".join(share),
+    ]
+
+
+def report_table(result, timing=None) -> str:
+    """The readable summary: per-layer op table with phase totals, then memory (and latency with
+    a :class:`~costmodel.roofline.Timing`)."""
+    body = _summary(result, timing)
     note = f"decode columns are totals over {result.decode.steps} steps"
-    return "\n".join(_header_lines(result) + ["", body, note, ""] + _memory_lines(result))
+    extra = [] if timing is None else _timing_lines(timing)
+    return "\n".join(_header_lines(result) + ["", body, note, ""] + _memory_lines(result) + extra)
 
 
-def report_markdown(result) -> str:
-    body = render(_SUMMARY_HEADERS, _phase_op_rows(result), markdown=True, align=["l", "l"] + ["r"] * 6)
+def report_markdown(result, timing=None) -> str:
+    body = _summary(result, timing, markdown=True)
     head = _header_lines(result)
+    extra = [] if timing is None else _timing_lines(timing)
     return "\n".join([f"# Cost report: {result.model.name}", "", head[0], "", head[1], "", body, "",
                       f"Decode columns are totals over {result.decode.steps} steps.", ""]
-                     + [f"- {line}" for line in _memory_lines(result)])
+                     + [f"- {line}" for line in _memory_lines(result) + extra])
 
 
-def ops_csv(result) -> str:
-    """Every (phase, layer, op) row, with exact integer counts."""
+def ops_csv(result, timing=None) -> str:
+    """Every (phase, layer, op) row, with exact integer counts (plus ``seconds`` and ``bound``
+    with a timing: a decode row's seconds are that op's over all steps)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    columns = _COLUMNS if timing is None else _COLUMNS + ("seconds", "bound")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
+    times = None if timing is None else iter([o for ph in (timing.prefill, timing.decode) for _, o in ph.rows()])
     for row in result.rows():
-        writer.writerow({**row, "layer": "" if row["layer"] is None else row["layer"]})
+        row = {**row, "layer": "" if row["layer"] is None else row["layer"]}
+        if times is not None:
+            o = next(times)
+            row.update(seconds=repr(o.seconds), bound=o.bound)
+        writer.writerow(row)
     return buf.getvalue()
 
 
