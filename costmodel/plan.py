@@ -337,7 +337,7 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
 
 @dataclass(frozen=True)
 class Plan:
-    """Answer of :func:`plan`. Bytes per GPU; seconds; ``None`` where a figure does not apply."""
+    """Answer of :func:`capacity_plan`. Bytes per GPU; seconds; ``None`` where a figure does not apply."""
 
     model: ModelSpec
     hardware: Hardware
@@ -446,7 +446,7 @@ def _positive_or_none(name: str, v) -> None:
         raise SpecError(f"{name} must be a positive number, got {v!r}")
 
 
-def plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen: int = 128,
+def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen: int = 128,
          batch: int | None = None, tp: int = 1, pp: int = 1, gpus: int | None = None,
          ttft_slo_s: float | None = None, tpot_slo_s: float | None = None, rps: float | None = None,
          gpu_hour_usd: float | None = None, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,

@@ -153,16 +153,17 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
     """
     from ..hardware import get_hardware
     from ..models import get_model
-    from ..plan import plan as make_plan
+    from ..plan import capacity_plan
 
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
     hw = get_hardware(gpu, hardware_file)
-    p = make_plan(get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1,
-                  gpus=gpus, weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
-                  ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
-                  tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
-                  rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
+    p = capacity_plan(
+        get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
+        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
+        ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
+        tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
+        rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
     if fmt == "json":
         emit_json(p.to_dict())
     else:
