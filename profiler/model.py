@@ -169,6 +169,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """[B, Hkv, S, d] -> [B, Hkv * n_rep, S, d], each kv head repeated for its query heads (HF's repeat_kv)."""
+    B, Hkv, S, d = x.shape
+    return x[:, :, None].expand(B, Hkv, n_rep, S, d).reshape(B, Hkv * n_rep, S, d)
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, attention: str):
         super().__init__()
@@ -194,8 +200,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # k: [B, Hkv, S, d], the filled prefix only
         if Hkv != H:  # GQA/MQA: each kv head serves H / Hkv query heads
-            k = k.repeat_interleave(H // Hkv, dim=1)
-            v = v.repeat_interleave(H // Hkv, dim=1)
+            k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
         y = self.core(q, k, v)  # [B, H, T, d]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
 

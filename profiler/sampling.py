@@ -85,7 +85,10 @@ class Sampler(nn.Module):
         B, per_seq = self.batch, rows // self.batch
         logp = torch.log_softmax(logits.float(), dim=-1)  # sampling_log_softmax
         cand = (self.scores[:, None] + logp).view(B, per_seq * V)  # sampling_beam_add: [B, per_seq * V]
+        if cand.shape[1] < W:  # NB: fewer candidates than beams (first step, W > V): pad with dead beams
+            cand = torch.cat((cand, cand.new_full((B, W - cand.shape[1]), float("-inf"))), dim=1)
         scores, flat = cand.topk(W, dim=-1)  # sampling_topk: [B, W]
+        flat = flat % (per_seq * V)  # a dead beam continues row 0 of its sequence with score -inf
         origin = flat // V + torch.arange(B, device=logits.device)[:, None] * per_seq  # [B, W]
         self.scores = scores.reshape(-1)
         return (flat % V).reshape(-1), origin.reshape(-1)
