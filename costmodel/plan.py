@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import OpCost, StepCost, decode_step_cost, prefill_cost
+from .analysis import (OpCost, StepCost, activation_peak_bytes, decode_step_cost, kv_cache_bytes,
+                       prefill_cost, weight_bytes)
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
@@ -85,6 +86,10 @@ def check_layout(spec: ModelSpec, hw: Hardware, layout: Layout) -> None:
     if pp > spec.num_layers:
         raise SpecError(f"pp={pp} exceeds the {spec.num_layers} layers of {spec.name}; "
                         f"allowed pp: 1 to {spec.num_layers}")
+    arch = getattr(spec, "arch", "decoder")
+    if layout.gpus > 1 and arch != "decoder":
+        raise SpecError(f"tensor and pipeline parallel planning supports decoder-only models; "
+                        f"{spec.name} is arch {arch!r}: use tp = pp = 1")
     if layout.gpus > 1 and hw.link_for(layout.gpus) is None:
         raise SpecError(f"{hw.id} has no interconnect or PCIe bandwidth in its profile, so tp and pp "
                         "must be 1 (add pcie_bandwidth_bytes_per_s to a --hardware file)")
@@ -224,13 +229,20 @@ def reserve_bytes(hw: Hardware, reserve_fraction: float) -> int:
 
 def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
                reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryUse:
-    """Memory of the fullest GPU running ``wl`` laid out as ``layout``."""
+    """Memory of the fullest GPU running ``wl`` laid out as ``layout``.
+
+    On one GPU these are the analysis' figures (weights, KV cache, activation peak) for any
+    architecture; split over GPUs (decoder-only models) each GPU holds its shares.
+    """
+    reserve = reserve_bytes(hw, reserve_fraction)
+    if layout.gpus == 1:
+        return MemoryUse(weight_bytes(spec, wl.weight_dtype), kv_cache_bytes(spec, wl),
+                         activation_peak_bytes(spec, wl, prefill_cost(spec, wl)), reserve, hw.memory_bytes)
     pre = shard_step(prefill_cost(spec, wl), layout.tp)
     # As analysis.activation_peak_bytes: the residual stream plus the largest op's inputs and outputs.
     residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
     seqs = wl.batch * wl.beams
     positions = wl.final_context if wl.kv_cache else 0
-    reserve = reserve_bytes(hw, reserve_fraction)
     best = None
     for s, layers in enumerate(stage_layers(spec.num_layers, layout.pp)):
         ops = list(pre.layer)
