@@ -1,0 +1,94 @@
+"""`costmodel calibrate`: quick microbenchmarks on this CPU write a profile that --hardware accepts."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from costmodel.cli import main  # noqa: E402
+from costmodel.errors import SpecError  # noqa: E402
+from costmodel.hardware import get_hardware, hardware_from_dict, load_hardware_file  # noqa: E402
+from profiler import calibrate as cal  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def profile_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "cpu.json"
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--out", str(path), "--id", "this-cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"profile written to {path}" in r.output and "GFLOP/s" in r.output
+    return path
+
+
+def test_profile_is_a_valid_hardware_file(profile_file):
+    (h,) = load_hardware_file(str(profile_file))
+    assert h.id == "this-cpu" and h.kind == "cpu"
+    assert h.peak_flops_per_s["fp32"] > 0 and h.peak_flops_per_s["bf16"] is None  # only fp32 measured
+    assert h.memory_bandwidth_bytes_per_s > 0 and h.op_overhead_s > 0 and h.memory_bytes > 0
+    assert (h.flops_efficiency, h.bandwidth_efficiency) == (1.0, 1.0)
+    raw = json.loads(profile_file.read_text())
+    cal_ = raw["calibration"]
+    assert [(m["m"], m["k"], m["n"]) for m in cal_["matmul"]] == list(cal.QUICK_MATMUL_SHAPES)
+    # the peak is the best shape's measurement: 2 m k n / seconds
+    assert raw["peak_flops_per_s"]["fp32"] == max(2 * m["m"] * m["k"] * m["n"] / m["seconds"] for m in cal_["matmul"])
+    assert raw["memory_bandwidth_bytes_per_s"] == max(b["bytes"] / b["seconds"] for b in cal_["bandwidth"])
+    assert [b["bytes"] for b in cal_["bandwidth"]] == [2 * cal.QUICK_BANDWIDTH_BYTES, 3 * cal.QUICK_BANDWIDTH_BYTES]
+    assert all(raw["sources"][k] for k in ("peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s",
+                                           "op_overhead_s"))
+
+
+def test_profile_works_where_hardware_does(profile_file):
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "-s", "16", "-n", "4", "--dtype", "fp32",
+                                  "--hardware", str(profile_file), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["ttft_s"] > 0 and d["timing"]["hardware"] == "this-cpu"
+    assert d["timing"]["efficiency"]["source"] == "profile"
+    r = CliRunner().invoke(main, ["plan", "tiny-llama", "--hardware", str(profile_file), "--dtype", "fp32",
+                                  "--prompt", "16", "--gen", "4", "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.output)["fits"] is True
+    # a bf16 report needs a bf16 peak, which this profile did not measure
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "--hardware", str(profile_file)])
+    assert r.exit_code == 2 and "this-cpu has no bf16 peak FLOP/s; dtypes it has: fp32" in r.output
+
+
+def test_calibrate_json_to_stdout():
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    h = hardware_from_dict(json.loads(r.output))
+    assert h.id == "calibrated-cpu"
+
+
+def test_calibrate_measures_bf16_too():
+    p = cal.calibrate(quick=True, dtypes=("fp32", "bf16"))
+    assert p["peak_flops_per_s"]["bf16"] > 0 and p["peak_flops_per_s"]["fp32"] > 0
+    assert {m["dtype"] for m in p["calibration"]["matmul"]} == {"fp32", "bf16"}
+
+
+def test_bad_dtype_and_device():
+    with pytest.raises(SpecError, match="cannot calibrate dtype 'tf32' on cpu; allowed: fp32, bf16, fp16"):
+        cal.calibrate(quick=True, dtypes=("tf32",))
+    with pytest.raises(SpecError, match="unknown device 'tpu'"):
+        cal.calibrate(device="tpu")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "tf32"], "Error: cannot calibrate dtype 'tf32' on cpu"),
+    (["--device", "tpu"], "Error: costmodel calibrate: Invalid value for '--device'"),
+    (["--threads", "0"], "Error: costmodel calibrate: Invalid value for '--threads'"),
+    (["--quick", "--dtype", "fp32", "--id", "Bad Id"], "Error: calibrated profile: hardware id must be lowercase"),
+    (["--quick", "--dtype", "fp32", "--out", "/no/such/dir/p.json"], "Error: cannot write '/no/such/dir/p.json'"),
+])
+def test_calibrate_bad_input(args, message):
+    r = CliRunner().invoke(main, ["calibrate", *args], prog_name="costmodel")
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(message) and r.output.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_unavailable_is_a_clear_error():
+    r = CliRunner().invoke(main, ["calibrate", "--device", "cuda"])
+    assert r.exit_code == 2 and r.output.startswith("Error: device cuda is not available")
+
