@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .common import DTYPES, InputError, build_workload, input_errors, main, warn
+from .common import DTYPES, InputError, build_workload, input_errors, main, pop_workload, warn, workload_options
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
 
@@ -101,3 +101,76 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {len(df):,} rows to {out}", err=True)
+
+
+@main.command()
+@click.argument("kind", metavar="KIND", type=click.Choice(PLOT_KINDS))
+@click.argument("model", metavar="[MODEL]", required=False)
+@workload_options
+@click.option("--batch-range", default="1:256:x2", show_default=True,
+              help="Batch axis: N,N2,..., START:STOP:+STEP or START:STOP:xFACTOR.")
+@click.option("--context-range", default="128:32768:x2", show_default=True,
+              help="Context (prompt length) axis, same syntax.")
+@click.option("--gpu", default=None, metavar="NAME[,NAME...]",
+              help="Device(s) (see `costmodel hardware`); several for latency and compare.")
+@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="Hardware profile file.")
+@click.option("--input", "input_file", default=None, metavar="FILE",
+              help="validation: the JSON of `costmodel validate --format json`.")
+@click.option("--out", default=".", show_default=True, metavar="DIR", help="Folder for the PNG and SVG files.")
+@input_errors
+def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file, out, **kw):
+    """Draw KIND for MODEL and write KIND-MODEL.png and .svg into --out DIR.
+
+    KIND: phases (prefill vs decode, by textbook term), kv-cache, memory (needs --gpu),
+    roofline (needs --gpu), latency (TTFT/TPOT; --gpu A,B), validation (--input FILE from
+    `costmodel validate --format json`), compare (MODEL may be A,B,C; --gpu A,B optional).
+    --batch/--prompt/--gen set the configuration; --batch-range/--context-range the axes.
+    """
+    import json
+    import re
+
+    from ..models import get_model
+    from reports import plots
+    from reports.files import check_writable_dir
+    from reports.sweep import parse_range
+
+    check_writable_dir(out)
+    wl = pop_workload(kw)
+    validation = None
+    if kind == "validation":
+        if input_file is None:
+            raise InputError("the validation plot needs --input FILE: the JSON of "
+                             "`costmodel validate --format json`")
+        try:
+            with open(input_file, encoding="utf-8") as f:
+                validation = json.load(f)
+        except OSError as e:
+            raise InputError(f"cannot read --input {input_file!r}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"--input {input_file!r} is not JSON: {e.msg} at line {e.lineno}") from None
+        specs, stem = [], "validation"
+    else:
+        if not model:
+            raise InputError(f"the {kind} plot needs MODEL (see `costmodel models`)")
+        names = [m.strip() for m in model.split(",") if m.strip()] if kind == "compare" else [model]
+        specs = [get_model(m) for m in names]
+        stem = f"{kind}-" + "-vs-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", s.name) for s in specs)
+    hws = _hardware_list(gpu, hardware_file)
+    batches = parse_range(batch_range, "--batch-range")
+    contexts = parse_range(context_range, "--context-range")
+    for s in specs:
+        longest = max(max(contexts) if kind in ("phases", "memory", "latency", "compare") else 0, wl.prompt) + wl.gen - 1
+        if longest > s.max_position_embeddings:
+            warn(f"contexts up to {longest} exceed {s.name}'s max_position_embeddings "
+                 f"{s.max_position_embeddings}")
+    fig = plots.build(kind, specs, wl, hws, batches, contexts, validation)
+    for path in plots.save(fig, out, stem):
+        click.echo(path)
+
+
+def _hardware_list(gpu, hardware_file):
+    from ..hardware import get_hardware
+
+    if gpu is None:
+        return [get_hardware(None, hardware_file)] if hardware_file else []
+    return [get_hardware(g.strip(), hardware_file) for g in gpu.split(",") if g.strip()]

@@ -1,0 +1,282 @@
+"""The data behind each plot, as tidy pandas DataFrames (no matplotlib here).
+
+Each function computes with the analytic model (and :mod:`costmodel.roofline` /
+:mod:`costmodel.plan` where hardware is involved) and returns SI units: FLOP, bytes, seconds.
+:mod:`reports.plots` only draws these frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from costmodel.analysis import decode_step_cost, kv_cache_bytes, prefill_cost, weight_bytes
+from costmodel.errors import SpecError
+
+from .sweep import GridWorkload
+
+# Prefill FLOP terms, in the textbook's grouping (Kaplan et al. 2020, table 1; "Transformer
+# inference arithmetic"): per layer 8bsh^2 (QKVO projections, MHA), 4bs^2h (QK^T and PV),
+# 16bsh^2 (a 4h MLP); everything else (norms, softmax, rotary, residuals, LM head) apart.
+TERMS = ("projections", "attention", "MLP", "LM head", "other")
+BYTE_KINDS = ("weights", "activations", "KV cache")
+
+
+def term_of(op: str, kind: str) -> str:
+    """Which textbook term an op's FLOPs belong to."""
+    if op in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        return "projections"
+    if op in ("attn_scores", "attn_values"):
+        return "attention"
+    if kind == "matmul" and op.startswith(("mlp_", "expert_", "shared_expert", "router")):
+        return "MLP"
+    if op == "lm_head":
+        return "LM head"
+    return "other"
+
+
+def term_labels(spec, causal: bool = False) -> dict:
+    """Legend text per term with this model's coefficients (b: batch, s: tokens, h: hidden)."""
+    h, q, kv = spec.hidden_size, spec.q_size, spec.kv_size
+    proj = 2 * (2 * h * q + 2 * h * kv) / h**2  # q, o: h x q each; k, v: h x kv each
+    attn = 4 * q / h * (0.5 if causal else 1)
+    mats = 3 if spec.mlp_kind == "gated" else 2
+    inter = getattr(spec, "moe_intermediate_size", None) if getattr(spec, "num_experts", 0) else None
+    if inter:
+        mlp = 2 * mats * inter * spec.experts_per_token / h
+    else:
+        mlp = 2 * mats * spec.intermediate_size / h
+    approx = "≈" if causal else ""
+    return {
+        "projections": f"QKVO projections {proj:.3g}·bsh² per layer (8bsh² for MHA)",
+        "attention": f"attention QKᵀ, PV {approx}{attn:.3g}·bs²h per layer (4bs²h)",
+        "MLP": f"MLP {mlp:.3g}·bsh² per layer (16bsh² for a 4h MLP)",
+        "LM head": "LM head 2·b·h·V (prefill: last position)",
+        "other": "norms, softmax, rotary, residuals, embedding",
+    }
+
+
+def _op_rows(cost, phase, meta):
+    """Per-term FLOPs and bytes by kind of one pass on a grid: rows for every grid point."""
+    L = cost.num_layers
+    acc = {t: {"flops": 0, "weights": 0, "activations": 0, "KV cache": 0} for t in TERMS}
+    for mult, ops in ((1, cost.before + cost.after), (L, cost.layer)):
+        for o in ops:
+            a = acc[term_of(o.op, o.kind)]
+            a["flops"] = a["flops"] + mult * o.flops
+            a["weights"] = a["weights"] + mult * o.weight_bytes
+            a["activations"] = a["activations"] + mult * (o.act_read_bytes + o.act_write_bytes)
+            a["KV cache"] = a["KV cache"] + mult * (o.kv_read_bytes + o.kv_write_bytes)
+    shape = np.broadcast(meta["batch"], meta["prompt"]).shape
+    frames = []
+    for t, vals in acc.items():
+        d = {"batch": meta["batch"], "prompt": meta["prompt"]}
+        d.update({k: np.asarray(v, dtype=np.float64) for k, v in vals.items()})
+        d = {k: np.broadcast_to(np.asarray(v), shape).ravel() for k, v in d.items()}
+        f = pd.DataFrame(d)
+        f["phase"], f["term"] = phase, t
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def phase_terms(spec, wl, contexts, batches) -> pd.DataFrame:
+    """FLOPs by textbook term and bytes by kind, prefill (whole prompt) and decode (one step, the
+    first after the prompt), against context (batch = ``wl.batch``) and against batch
+    (prompt = ``wl.prompt``). Columns: axis ('context' or 'batch'), batch, prompt, phase, term,
+    flops, weights, activations, KV cache (bytes)."""
+    frames = []
+    for axis, b, p in (("context", np.array([[wl.batch]], dtype=object),
+                        np.array([[int(c) for c in contexts]], dtype=object)),
+                       ("batch", np.array([[int(x)] for x in batches], dtype=object),
+                        np.array([[wl.prompt]], dtype=object))):
+        gw = GridWorkload(wl, b, p)
+        meta = {"batch": b.astype(np.int64), "prompt": p.astype(np.int64)}
+        for phase, cost in (("prefill", prefill_cost(spec, gw)), ("decode", decode_step_cost(spec, gw, 1))):
+            f = _op_rows(cost, phase, meta)
+            f["axis"] = axis
+            frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def phase_totals(terms: pd.DataFrame) -> pd.DataFrame:
+    """Per (axis, batch, prompt, phase): flops, bytes, arithmetic_intensity."""
+    g = terms.groupby(["axis", "batch", "prompt", "phase"], as_index=False)[["flops", *BYTE_KINDS]].sum()
+    g["bytes"] = g[list(BYTE_KINDS)].sum(axis=1)
+    g["arithmetic_intensity"] = g["flops"] / g["bytes"]
+    return g
+
+
+def kv_cache_variants(spec, wl):
+    """(label, spec, workload) for the KV-cache comparison: as configured, then with and without
+    GQA and at lower precision."""
+    H, K = spec.num_heads, spec.num_kv_heads
+    attn = "MHA" if K == H else ("MQA" if K == 1 else f"GQA {K} kv heads")
+    out = [(f"as configured: {attn}, {wl.kv_dtype}", spec, wl)]
+    if K != H:
+        out.append((f"without GQA: MHA {H} kv heads, {wl.kv_dtype}", spec.with_(num_kv_heads=H), wl))
+    elif H % 8 == 0 and H > 8:
+        out.append((f"with GQA: 8 kv heads, {wl.kv_dtype}", spec.with_(num_kv_heads=8), wl))
+    if K != 1:
+        out.append((f"MQA: 1 kv head, {wl.kv_dtype}", spec.with_(num_kv_heads=1), wl))
+    for dt in ("fp8", "int4"):
+        if dt != wl.kv_dtype and spec.head_dim % 2 == 0:
+            out.append((f"{attn}, {dt} cache", spec, replace(wl, kv_dtype=dt)))
+    return out
+
+
+def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
+    """KV cache held against positions in the cache: rows (variant, positions, kv_cache_bytes) for
+    positions from 1 to the longer of the request (prompt + gen - 1) and the model's
+    max_position_embeddings, geometrically spaced, the prompt and the request's end included."""
+    end = max(wl.final_context, spec.max_position_embeddings)
+    positions = np.unique(np.concatenate([np.geomspace(1, end, points).round().astype(int),
+                                          [wl.prompt, wl.final_context, end]]))
+    rows = []
+    for label, s, w in kv_cache_variants(spec, replace(wl, kv_cache=True)):
+        for pos in positions.tolist():
+            rows.append({"variant": label, "positions": pos, "kv_cache_bytes": kv_cache_bytes(s, w, positions=pos)})
+    return pd.DataFrame(rows)
+
+
+def memory_curves(spec, wl, hw, batches, contexts) -> tuple[pd.DataFrame, dict]:
+    """Memory of one GPU (``costmodel.plan.memory_use``) against batch (at ``wl.prompt``) and
+    against context (prompt with gen = 1, at ``wl.batch``), and the plan's max batch and context.
+
+    Rows: axis, batch, prompt, weights, KV cache, activations, reserve (bytes), capacity_bytes."""
+    from costmodel import plan
+
+    rows = []
+    for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
+                          ("context", [replace(wl, prompt=int(c), gen=1) for c in contexts])):
+        for w in configs:
+            m = plan.memory_use(spec, hw, w)
+            rows.append({"axis": axis, "batch": w.batch, "prompt": w.prompt,
+                         "weights": m.weights_bytes, "KV cache": m.kv_bytes,
+                         "activations": m.activations_bytes, "reserve": m.reserve_bytes,
+                         "capacity_bytes": m.capacity_bytes})
+    marks = {"max_batch": plan.max_batch(spec, hw, wl),
+             "max_context": plan.max_context(spec, hw, replace(wl, gen=1)),
+             "capacity_bytes": hw.memory_bytes}
+    return pd.DataFrame(rows), marks
+
+
+def roofline_ops(spec, wl, hw) -> pd.DataFrame:
+    """Every distinct op of prefill and of decode (summed over its steps) on ``hw``'s roofline:
+    rows (phase, op, kind, flops, bytes, arithmetic_intensity, seconds, flops_per_s, bound).
+    Ops that do no arithmetic (embedding lookup, KV-cache writes) have no place on a log axis and
+    are left out; ``attrs['left_out']`` names them."""
+    from costmodel.roofline import predict
+
+    t = predict(spec, wl, hw)
+    rows, left_out = [], set()
+    for phase in (t.prefill, t.decode):
+        for o in phase.before + phase.layer + phase.after:
+            busy = o.seconds - o.overhead_s
+            if o.flops == 0 or o.bytes == 0 or busy <= 0:
+                left_out.add(o.op)
+                continue
+            rows.append({"phase": phase.name, "op": o.op, "kind": o.kind, "flops": o.flops,
+                         "bytes": o.bytes, "arithmetic_intensity": o.flops / o.bytes,
+                         "seconds": o.seconds, "flops_per_s": o.flops / busy, "bound": o.bound})
+    df = pd.DataFrame(rows)
+    df.attrs["left_out"] = sorted(left_out)
+    df.attrs["flops_per_s"] = t.rates.flops_per_s
+    df.attrs["bytes_per_s"] = t.rates.bytes_per_s
+    return df
+
+
+def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
+    """TTFT and mean TPOT (roofline) against batch (at ``wl.prompt``) and context (at
+    ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits."""
+    from costmodel import plan
+    from costmodel.roofline import predict
+
+    if wl.gen < 2:
+        raise SpecError("the latency plot needs --gen 2 or more (TPOT is the time of a decode step)")
+    rows = []
+    for hw in hws:
+        for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
+                              ("context", [replace(wl, prompt=int(c)) for c in contexts])):
+            for w in configs:
+                t = predict(spec, w, hw)
+                rows.append({"hardware": hw.id, "axis": axis, "batch": w.batch, "prompt": w.prompt,
+                             "ttft_s": t.ttft_s, "tpot_s": t.tpot_mean_s,
+                             "fits": plan.memory_use(spec, hw, w).fits})
+    return pd.DataFrame(rows)
+
+
+def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
+    """Several models (and GPUs) against context at ``wl.batch``: rows (model, hardware, prompt,
+    prefill_flops, decode_flops_per_step, memory_bytes (weights + KV cache), ttft_s, tpot_s)."""
+    from costmodel.roofline import predict
+
+    rows = []
+    for spec in specs:
+        for c in contexts:
+            w = replace(wl, prompt=int(c))
+            base = {"model": spec.name, "prompt": w.prompt,
+                    "prefill_flops": float(prefill_cost(spec, w).total("flops")),
+                    "decode_flops_per_step": float(decode_step_cost(spec, w, 1).total("flops")),
+                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype) + kv_cache_bytes(spec, w))}
+            if not hws:
+                rows.append({**base, "hardware": None, "ttft_s": np.nan, "tpot_s": np.nan})
+            for hw in hws:
+                t = predict(spec, w, hw)
+                rows.append({**base, "hardware": hw.id, "ttft_s": t.ttft_s,
+                             "tpot_s": t.tpot_mean_s if t.tpot_mean_s is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+# --- validation: the JSON of `costmodel validate --format json` --------------------------------------
+
+_ANALYTIC_FLOPS = ("analytic_matmul_flops", "analytic_flops")
+_MEASURED_FLOPS = ("counted_matmul_flops", "measured_flops", "counted_flops")
+_PREDICTED_S = ("predicted_s", "predicted_seconds", "analytic_seconds")
+_MEASURED_S = ("measured_s", "measured_seconds")
+
+
+def _first(d: dict, keys):
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def validation_points(data) -> pd.DataFrame:
+    """Analytic vs measured pairs from a validate run: rows (case, phase, quantity, analytic, measured).
+
+    Accepted input: ``{"cases": [case, ...]}`` (or the list itself). Each case has a name
+    (``case``), and per phase (``prefill``, ``decode``) an object with analytic vs counted matmul
+    FLOPs (``analytic_matmul_flops`` / ``counted_matmul_flops``), optionally analytic vs measured
+    KV-cache bytes (``analytic_kv_cache_bytes`` / ``kv_cache_bytes``) and predicted vs measured
+    seconds (``predicted_s`` / ``measured_s``). Quantities: 'flops', 'kv_cache_bytes', 'seconds'.
+    """
+    cases = data.get("cases") if isinstance(data, dict) else data
+    if not isinstance(cases, list) or not cases:
+        raise SpecError("validation input must be the JSON of `costmodel validate --format json`: "
+                        "an object with a non-empty \"cases\" list")
+    rows = []
+    for i, c in enumerate(cases):
+        if not isinstance(c, dict):
+            raise SpecError(f"validation input: case {i} is not an object")
+        name = str(c.get("case") or c.get("name") or f"case {i}")
+        if c.get("attention"):
+            name += f" [{c['attention']}]"
+        for phase in ("prefill", "decode"):
+            p = c.get(phase)
+            if not isinstance(p, dict):
+                continue
+            for q, ak, mk in (("flops", _ANALYTIC_FLOPS, _MEASURED_FLOPS),
+                              ("kv_cache_bytes", ("analytic_kv_cache_bytes",), ("kv_cache_bytes",)),
+                              ("seconds", _PREDICTED_S, _MEASURED_S)):
+                a, m = _first(p, ak), _first(p, mk)
+                if a is not None and m is not None:
+                    rows.append({"case": name, "phase": phase, "quantity": q,
+                                 "analytic": float(a), "measured": float(m)})
+    df = pd.DataFrame(rows, columns=["case", "phase", "quantity", "analytic", "measured"])
+    if not (df["quantity"] == "flops").any():
+        raise SpecError("validation input has no case with analytic and counted FLOPs "
+                        "(prefill/decode: analytic_matmul_flops and counted_matmul_flops)")
+    return df
