@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import (OpCost, StepCost, activation_peak_bytes, decode_step_cost, kv_cache_bytes,
-                       prefill_cost, weight_bytes)
+from .analysis import OpCost, StepCost, analyze, decode_step_cost, prefill_cost
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
-from .roofline import Timing, first_polynomial_step, rates, timing_from
+from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
 DEFAULT_RESERVE_FRACTION = 0.10  # like vLLM's default gpu_memory_utilization=0.9
@@ -236,8 +235,8 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     """
     reserve = reserve_bytes(hw, reserve_fraction)
     if layout.gpus == 1:
-        return MemoryUse(weight_bytes(spec, wl.weight_dtype), kv_cache_bytes(spec, wl),
-                         activation_peak_bytes(spec, wl, prefill_cost(spec, wl)), reserve, hw.memory_bytes)
+        m = analyze(spec, wl).memory
+        return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.memory_bytes)
     pre = shard_step(prefill_cost(spec, wl), layout.tp)
     # As analysis.activation_peak_bytes: the residual stream plus the largest op's inputs and outputs.
     residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
@@ -323,6 +322,8 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
     """Roofline timing of one GPU's share plus communication; with tp = pp = 1 it equals
     :func:`costmodel.roofline.predict`. Pipeline stages run in turn, so a pass takes the compute
     time of every layer's tensor-parallel share, plus the hops between stages."""
+    if layout.gpus == 1:
+        return predict(spec, wl, hw)  # any architecture
     n, seqs = wl.decode_steps, wl.batch * wl.beams
 
     def cost_at(i):
@@ -400,7 +401,11 @@ class Plan:
         if self.gpu_hour_usd is None or t is None:
             return None
         w = self.workload
-        tokens_per_s = self.serving_batch * (w.gen + (w.prompt if count_prompt else 0)) / t.e2e_s
+        generated = w.gen if t.prefill is not None else 0  # an encoder-only model generates nothing
+        tokens = generated + (w.prompt if count_prompt else 0)
+        if not tokens:
+            return None
+        tokens_per_s = self.serving_batch * tokens / t.e2e_s
         return self.gpu_hour_usd * self.layout.gpus / 3600 / tokens_per_s * 1e6
 
     def to_dict(self) -> dict:
@@ -506,7 +511,8 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
 
     def meets(bb: int) -> bool:
         t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout)
-        if ttft_slo_s is not None and t.ttft_s > ttft_slo_s:
+        first = t.ttft_s if t.ttft_s is not None else t.e2e_s  # encoder-only: the encode pass
+        if ttft_slo_s is not None and first > ttft_slo_s:
             return False
         return not (tpot_slo_s is not None and t.tpot_mean_s is not None and t.tpot_mean_s > tpot_slo_s)
 
@@ -515,7 +521,8 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
         serving = _largest(lambda bb: bb <= limit and meets(bb))
         if serving == 0:
             t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout)
-            notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {t1.ttft_s * 1e3:.3f} ms and "
+            first = t1.ttft_s if t1.ttft_s is not None else t1.e2e_s
+            notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {first * 1e3:.3f} ms and "
                          f"mean TPOT {0 if t1.tpot_mean_s is None else t1.tpot_mean_s * 1e3:.3f} ms; "
                          "try a larger tp or a faster GPU")
     else:

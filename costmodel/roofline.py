@@ -241,29 +241,39 @@ class Timing:
     rates: Rates
     batch: int  # sequences that each receive ``gen`` tokens
     gen: int
-    prefill: PhaseTime
-    decode: PhaseTime  # summed over gen - 1 steps
+    prefill: PhaseTime | None  # None for encoder-only models (nothing is generated)
+    decode: PhaseTime | None  # summed over gen - 1 steps
     tpot_first_s: float | None  # decode step 1 (None when gen == 1)
     tpot_last_s: float | None  # decode step gen - 1
+    encode: PhaseTime | None = None  # encoder pass (encoder-only and encoder-decoder models)
 
     @property
-    def ttft_s(self) -> float:
-        """Time to first token: the prefill pass, which yields the first new token."""
-        return self.prefill.seconds
+    def phases(self) -> dict:
+        """The phases that apply, in execution order (as ``Analysis.phases``)."""
+        return {p.name: p for p in (self.encode, self.prefill, self.decode) if p is not None}
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Time to first token: the encoder pass (if any) and the prefill pass, which yields the
+        first new token. None for encoder-only models."""
+        if self.prefill is None:
+            return None
+        return (self.encode.seconds if self.encode else 0.0) + self.prefill.seconds
 
     @property
     def tpot_mean_s(self) -> float | None:
-        return self.decode.seconds / self.decode.steps if self.decode.steps else None
+        return self.decode.seconds / self.decode.steps if self.decode is not None and self.decode.steps else None
 
     @property
     def e2e_s(self) -> float:
-        """End to end: prefill plus every decode step."""
-        return self.prefill.seconds + self.decode.seconds
+        """End to end: every phase (encode, prefill, every decode step)."""
+        return sum(p.seconds for p in self.phases.values())
 
     @property
-    def tokens_per_s(self) -> float:
-        """Generated tokens per second over the whole request: batch * gen / e2e."""
-        return self.batch * self.gen / self.e2e_s
+    def tokens_per_s(self) -> float | None:
+        """Generated tokens per second over the whole request: batch * gen / e2e (None when the
+        model generates nothing)."""
+        return None if self.prefill is None else self.batch * self.gen / self.e2e_s
 
     @property
     def decode_tokens_per_s(self) -> float | None:
@@ -275,13 +285,15 @@ class Timing:
         return {"first": self.tpot_first_s, "mean": self.tpot_mean_s, "last": self.tpot_last_s}
 
     def summary(self) -> dict:
-        """The top-level timing fields of a JSON report."""
+        """The top-level timing fields of a JSON report (``ttft_s`` and throughputs None for an
+        encoder-only model; ``encode_s`` for encoder models)."""
         return {
             "ttft_s": self.ttft_s,
             "tpot_s": self.tpot(),
             "e2e_s": self.e2e_s,
             "tokens_per_s": self.tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
+            **({"encode_s": self.encode.seconds} if self.encode is not None else {}),
         }
 
     def annotate(self, report: dict) -> dict:
@@ -289,10 +301,10 @@ class Timing:
         in each phase and op row (a decode row: that op summed over the steps), ``bound`` per op,
         and top-level ``ttft_s``, ``tpot_s`` {first, mean, last}, ``e2e_s``, ``tokens_per_s``,
         ``decode_tokens_per_s`` and ``timing`` (hardware, efficiencies, model)."""
-        for name, phase in (("prefill", self.prefill), ("decode", self.decode)):
+        for name, phase in self.phases.items():
             report[name]["seconds"] = phase.seconds
         if "ops" in report:
-            times = [o for ph in (self.prefill, self.decode) for _, o in ph.rows()]
+            times = [o for ph in self.phases.values() for _, o in ph.rows()]
             assert len(times) == len(report["ops"]), "op rows and op times are out of step"
             for row, o in zip(report["ops"], times):
                 assert row["op"] == o.op, (row["op"], o.op)
@@ -361,9 +373,19 @@ def timing_from(hw: Hardware, r: Rates, wl: Workload, prefill: StepCost, cost_at
 
 
 def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
-    """Roofline latency of ``wl`` on one device ``hw``: TTFT, TPOT first/mean/last, per-op times."""
-    return timing_from(hw, rates(hw, wl.act_dtype), wl, prefill_cost(spec, wl),
-                       lambda i: decode_step_cost(spec, wl, i), first_polynomial_step(spec, wl))
+    """Roofline latency of ``wl`` on one device ``hw``: TTFT, TPOT first/mean/last, per-op times.
+
+    Encoder models (``spec.arch`` "encoder" or "encoder-decoder") add an ``encode`` phase: one
+    bidirectional pass over the input; an encoder-only model has no prefill or decode.
+    """
+    r = rates(hw, wl.act_dtype)
+    arch = getattr(spec, "arch", "decoder")
+    encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
+    if arch == "encoder":
+        return Timing(hw, r, wl.batch, wl.gen, None, None, None, None, encode)
+    t = timing_from(hw, r, wl, prefill_cost(spec, wl), lambda i: decode_step_cost(spec, wl, i),
+                    first_polynomial_step(spec, wl))
+    return replace(t, encode=encode)
 
 
 # --- One pass: the calls a timing validation makes ------------------------------------------------

@@ -87,7 +87,9 @@ def plan_text(p) -> str:
         f"max batch: {p.max_batch}; max context at batch {p.max_context_batch}: {p.max_context:,} positions "
         f"(model max {p.model.max_position_embeddings:,})",
     ]
-    if t is not None:
+    if t is not None and t.prefill is None:  # encoder-only: one pass, nothing generated
+        lines.append(f"at batch {p.batch}: encode pass {human_seconds(t.e2e_s)}")
+    elif t is not None:
         tp = t.tpot()
         lines.append(
             f"at batch {p.batch}: TTFT {human_seconds(t.ttft_s)}; TPOT first {_ms(tp['first'])}, mean "
@@ -100,18 +102,20 @@ def plan_text(p) -> str:
             None if p.tpot_slo_s is None else f"mean TPOT <= {p.tpot_slo_s * 1e3:g} ms") if s)
         st = p.serving_timing
         lines.append(f"SLOs {slo}: largest batch meeting them {p.serving_batch}"
-                     + ("" if st is None else f" (TTFT {human_seconds(st.ttft_s)}, mean TPOT "
-                        f"{_ms(st.tpot_mean_s)}, {st.tokens_per_s:,.1f} tokens/s)"))
+                     + ("" if st is None or st.prefill is None else f" (TTFT {human_seconds(st.ttft_s)}, "
+                        f"mean TPOT {_ms(st.tpot_mean_s)}, {st.tokens_per_s:,.1f} tokens/s)"))
     if p.requests_per_s_per_replica:
         lines.append(f"one replica serves {p.requests_per_s_per_replica:,.3f} requests/s at batch {p.serving_batch}")
     if p.rps is not None:
         lines.append(f"{p.rps:g} requests/s: " + (
             f"{p.replicas} replicas x {lay.gpus} GPUs = {p.gpus_needed} GPUs" if p.gpus_needed
             else "cannot be served (see notes)"))
-    usd = p.usd_per_million_tokens()
+    usd, usd_all = p.usd_per_million_tokens(), p.usd_per_million_tokens(True)
     if usd is not None:
         lines.append(f"cost at ${p.gpu_hour_usd:g}/GPU-hour: ${usd:,.4f} per million generated tokens "
-                     f"(${p.usd_per_million_tokens(True):,.4f} per million prompt + generated tokens)")
+                     f"(${usd_all:,.4f} per million prompt + generated tokens)")
+    elif usd_all is not None:
+        lines.append(f"cost at ${p.gpu_hour_usd:g}/GPU-hour: ${usd_all:,.4f} per million input tokens")
     lines += ["", f"efficiencies ({eff['source']}): FLOP/s {eff['flops']:g}, bandwidth {eff['bandwidth']:g}, "
               f"interconnect {eff['interconnect']:g}; per-op overhead {hw.op_overhead_s * 1e6:g} us; "
               f"link latency {hw.link_latency_s_used * 1e6:g} us per all-reduce step"]
