@@ -18,6 +18,7 @@ outside any mapped module land in ``unattributed`` rather than vanish.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, defaultdict
 
 import torch
@@ -168,7 +169,9 @@ class _Call(nn.Module):
 
 def fvcore_count(model: nn.Module, fn, *args) -> StepCount:
     """Trace ``fn(model, *args)`` with fvcore. NB: tracing runs the pass (a cache write included)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore.nn scripts a loss function at import: torch.jit.script is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     call = _Call(model, fn, args)
     fa = FlopCountAnalysis(call, tuple(a for a in args if isinstance(a, Tensor)))
