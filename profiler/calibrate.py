@@ -11,7 +11,7 @@ the median: on a shared machine other processes only ever slow a call down; the 
   FLOP/s = 2 m k n / seconds; the profile's peak for a dtype is the best shape's.
 - memory bandwidth: a tensor copy (reads and writes N bytes: 2N moved) and an add (3N) over
   buffers much larger than the last-level cache; the profile keeps the best.
-- per-op overhead: a one-element add, the time of a kernel launch (cuda) or of an eager op's
+- per-op overhead: a one-element add (allocating its output), the time of a kernel launch (cuda) or of an eager op's
   dispatch (cpu) with no work to do; the roofline adds it to every op.
 """
 
@@ -98,20 +98,20 @@ def measure_bandwidth(nbytes: int, device: str, min_time_s: float) -> list[dict]
 
 
 def measure_op_overhead(device: str, calls: int, repeats: int = 5) -> float:
-    """Seconds per op for a one-element add: launch (cuda) or dispatch (cpu) cost, no work
-    (the fastest of ``repeats`` loops of ``calls`` calls)."""
+    """Seconds per op for a one-element add that allocates its output, as an eager model's ops do:
+    launch (cuda) or dispatch (cpu) cost with no work (the fastest of ``repeats`` loops of
+    ``calls`` calls)."""
     x = torch.ones(1, device=device)
     y = torch.ones(1, device=device)
-    z = torch.empty(1, device=device)
     sync = _sync(device)
     for _ in range(10):
-        torch.add(x, y, out=z)
+        torch.add(x, y)
     sync()
     per_op = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(calls):
-            torch.add(x, y, out=z)
+            torch.add(x, y)
         sync()
         per_op.append((time.perf_counter() - t0) / calls)
     return min(per_op)
