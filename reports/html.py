@@ -1,0 +1,211 @@
+"""A shareable report: one self-contained HTML page, and Markdown with relative image links.
+
+The page has no external resource (no script, font or stylesheet link): CSS is inline and every
+plot is a PNG embedded as a base64 ``data:`` URI, so it opens from disk in any browser and can be
+mailed as one file. Sections: model, workload, phase comparison (with roofline latency when a
+device is given), memory, the per-layer op table, then the plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+
+from .text import human_bytes, human_count, human_flops, human_seconds
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 1400px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 0.6em 0 1em; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+td.l { text-align: left; } tr.total td { font-weight: 600; background: #fafafa; }
+.note { color: #555; font-size: 0.92em; } .warn { color: #a04000; }
+figure { margin: 1.2em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 0.95em; margin-top: 0.3em; }
+dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 0.15em 1.2em; }
+dl.kv dt { color: #555; } dl.kv dd { margin: 0; }
+"""
+
+CAPTIONS = {
+    "phases": "Prefill vs decode: FLOPs and bytes, FLOPs by textbook term (8bsh², 4bs²h, 16bsh² per "
+              "layer), decode bytes by kind, and arithmetic intensity, against context and against batch.",
+    "kv-cache": "KV cache against positions held, as configured and with/without GQA and at lower "
+                "precision, against the device memory.",
+    "memory": "Weights, KV cache, activations and reserve against batch and context, with the device "
+              "capacity and the largest batch / context that fits.",
+    "roofline": "Every op of prefill and of decode placed on the device roofline by arithmetic intensity.",
+    "latency": "Roofline TTFT and TPOT against batch and against context.",
+    "validation": "Analytic vs measured counts from a validate run, with the identity line.",
+    "compare": "Several models or devices on the same axes.",
+}
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _table(headers, rows, total_rows=()) -> str:
+    out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    for i, r in enumerate(rows):
+        cls = ' class="total"' if i in total_rows else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _kv(pairs) -> str:
+    return '<dl class="kv">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _ai(flops, nbytes) -> str:
+    return f"{flops / nbytes:.2f}" if nbytes else "-"
+
+
+def phase_rows(result, timing=None):
+    """The phase comparison: one row per phase."""
+    rows = []
+    for ph in (result.prefill, result.decode):
+        row = [ph.name, f"{ph.steps:,}", human_flops(ph.flops), f"{ph.flops:,}", human_flops(ph.matmul_flops),
+               human_bytes(ph.bytes), _ai(ph.flops, ph.bytes)]
+        if timing is not None:
+            t = timing.prefill if ph.name == "prefill" else timing.decode
+            row.append(human_seconds(t.seconds) if t.steps or ph.name == "prefill" else "-")
+        rows.append(row)
+    return rows
+
+
+def layer_rows(result):
+    """Per-layer op table: each block op once (identical in every layer), then model-level ops."""
+    pre, dec = result.prefill.cost, result.decode.cost
+    rows = []
+
+    def add(name, scope, p, d):
+        rows.append([name, scope, human_flops(p.flops), human_bytes(p.bytes), _ai(p.flops, p.bytes),
+                     human_flops(d.flops), human_bytes(d.bytes), _ai(d.flops, d.bytes)])
+
+    for p, d in zip(pre.before, dec.before):
+        add(p.op, "model", p, d)
+    for p, d in zip(pre.layer, dec.layer):
+        add(p.op, f"each of {result.model.num_layers} layers", p, d)
+    for p, d in zip(pre.after, dec.after):
+        add(p.op, "model", p, d)
+    rows.append(["TOTAL", "", human_flops(result.prefill.flops), human_bytes(result.prefill.bytes),
+                 _ai(result.prefill.flops, result.prefill.bytes), human_flops(result.decode.flops),
+                 human_bytes(result.decode.bytes), _ai(result.decode.flops, result.decode.bytes)])
+    return rows
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def report_html(result, figures: dict, timing=None, hardware=None) -> str:
+    """The page. ``figures``: kind -> PNG bytes (embedded in that order)."""
+    m, w, mem = result.model, result.workload, result.memory
+    title = f"Cost report: {m.name}"
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{_e(title)}</h1>",
+             f'<p class="note">FLOPs count a multiply-add as 2; bytes are moved by an eager implementation '
+             f"(every op's output materialised); memory in GiB (2³⁰ bytes) in the tables, GB (10⁹) in the plots."
+             f"{' Latency: roofline on ' + _e(hardware.name) + '.' if hardware is not None else ''}</p>"]
+    for warning in result.warnings:
+        parts.append(f'<p class="warn">Warning: {_e(warning)}</p>')
+    parts += ["<h2>Model</h2>", _kv([
+        ("parameters", f"{human_count(m.num_params)} ({m.num_params:,})"),
+        ("layers", m.num_layers), ("hidden size", m.hidden_size),
+        ("attention heads", f"{m.num_heads} query, {m.num_kv_heads} key/value, head_dim {m.head_dim}"),
+        ("MLP", f"{m.mlp_kind}, intermediate {m.intermediate_size}, {m.activation}"),
+        ("vocabulary", m.vocab_size), ("max positions", m.max_position_embeddings),
+        ("norm, positions", f"{m.norm_kind}, {m.position_kind}")])]
+    parts += ["<h2>Workload</h2>", _kv([
+        ("batch", f"{w.batch}" + (f" × {w.beams} beams" if w.beams > 1 else "")),
+        ("prompt", f"{w.prompt:,} tokens"),
+        ("generated", f"{w.gen:,} tokens ({w.decode_steps:,} decode steps, context up to {w.final_context:,})"),
+        ("number formats", f"weights {w.weight_dtype}, activations {w.act_dtype}, KV cache {w.kv_dtype}"),
+        ("KV cache", "on" if w.kv_cache else "off: each decode step recomputes the prefix"),
+        ("logits", w.logits), ("attention counting", "causal (lower triangle)" if w.causal else "full")])]
+    headers = ["phase", "steps", "FLOPs", "FLOPs (exact)", "matmul FLOPs", "bytes moved", "FLOP/byte"]
+    if timing is not None:
+        headers.append("roofline time")
+    parts += ["<h2>Prefill vs decode</h2>", _table(headers, phase_rows(result, timing))]
+    if timing is not None:
+        tp = timing.tpot()
+        parts.append(_kv([("TTFT (time to first token)", human_seconds(timing.ttft_s))]
+                         + [(f"TPOT {k}", human_seconds(v)) for k, v in tp.items() if v is not None]
+                         + [("end to end", human_seconds(timing.e2e_s)),
+                            ("tokens per second", f"{timing.tokens_per_s:,.1f}")]))
+    sv = result.kv_cache_saving()
+    if sv.get("flops_ratio"):
+        parts.append(f'<p class="note">Decode with a KV cache: {_e(human_flops(sv["decode_flops_with_cache"]))}; '
+                     f'without: {_e(human_flops(sv["decode_flops_without_cache"]))} '
+                     f'({sv["flops_ratio"]:.1f}× the FLOPs).</p>')
+    mem_rows = [["weights", human_bytes(mem.weights_bytes), f"{mem.weights_bytes:,}"],
+                ["KV cache (after generation)", human_bytes(mem.kv_cache_bytes), f"{mem.kv_cache_bytes:,}"],
+                ["KV cache per token", human_bytes(mem.kv_cache_bytes_per_token), f"{mem.kv_cache_bytes_per_token:,}"],
+                ["prefill activation peak", human_bytes(mem.activation_peak_bytes), f"{mem.activation_peak_bytes:,}"]]
+    total = mem.weights_bytes + mem.kv_cache_bytes + mem.activation_peak_bytes
+    mem_rows.append(["total", human_bytes(total), f"{total:,}"])
+    if hardware is not None:
+        mem_rows.append([f"{hardware.name} capacity", human_bytes(hardware.memory_bytes), f"{hardware.memory_bytes:,}"])
+    parts += ["<h2>Memory</h2>", _table(["", "size", "bytes"], mem_rows, total_rows=(4,))]
+    parts += ["<h2>Per-layer ops</h2>",
+              f'<p class="note">Block ops are identical in every layer and shown once; decode columns are '
+              f"totals over {result.decode.steps:,} steps.</p>",
+              _table(["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B", "decode FLOPs",
+                      "decode bytes", "FLOP/B"], layer_rows(result), total_rows=(len(layer_rows(result)) - 1,))]
+    if figures:
+        parts.append("<h2>Plots</h2>")
+        for kind, png in figures.items():
+            parts.append(f'<figure id="plot-{_e(kind)}"><img alt="{_e(kind)} plot" src="{data_uri(png)}">'
+                         f"<figcaption><b>{_e(kind)}</b>: {_e(CAPTIONS.get(kind, ''))}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def report_kinds(hardware) -> list[str]:
+    """The plots a report shows: the hardware-free ones, and the device ones when there is a device."""
+    return ["phases", "kv-cache"] + (["memory", "roofline", "latency"] if hardware is not None else [])
+
+
+def report_figures(spec, wl, hardware=None, batches=None, contexts=None):
+    """kind -> Figure for a report: batch axis 1..256, context axis 128 .. the model's max positions."""
+    from . import plots
+
+    batches = batches or [2**i for i in range(9)]
+    if contexts is None:
+        top = max(256, spec.max_position_embeddings)
+        contexts = [c for c in (2**i for i in range(7, 21)) if c <= top]
+    hws = [hardware] if hardware is not None else []
+    return {k: plots.build(k, [spec], wl, hws, batches, contexts) for k in report_kinds(hardware)}
+
+
+def write_html(path: str, spec, result, timing=None, hardware=None, dpi: int = 80) -> str:
+    """Render the plots and write the self-contained page to ``path`` atomically."""
+    from .files import atomic_write
+    from .plots import png_bytes
+
+    figures = {k: png_bytes(f, dpi) for k, f in report_figures(spec, result.workload, hardware).items()}
+    page = report_html(result, figures, timing, hardware)
+    return atomic_write(path, lambda f: f.write(page))
+
+
+def write_markdown_dir(folder: str, spec, result, markdown: str, hardware=None) -> list[str]:
+    """Write the plots (PNG) and ``report.md`` (the given Markdown plus relative image links) into
+    ``folder``; return the paths written, report.md last."""
+    from .files import atomic_write
+    from .plots import save
+
+    paths, links = [], []
+    stem_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.name)
+    for kind, fig in report_figures(spec, result.workload, hardware).items():
+        png, svg = save(fig, folder, f"{kind}-{stem_model}")
+        paths += [png, svg]
+        links.append(f"### {kind}\n\n![{kind}]({os.path.basename(png)})\n\n{CAPTIONS.get(kind, '')}\n")
+    text = markdown.rstrip("\n") + "\n\n## Plots\n\n" + "\n".join(links)
+    paths.append(atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text)))
+    return paths
