@@ -27,6 +27,12 @@ from .sampling import Sampler, Strategy
 from .timing import Stats, TimingProbe
 
 SAMPLING = "sampling"  # every analytic sampling_* op, measured as one module (the Sampler)
+CONVENTIONS = {
+    "flops": "2 FLOPs per multiply-add (torch's FlopCounterMode convention); matmul FLOPs only",
+    "fvcore_matmul_flops": "fvcore's count x2: fvcore counts 1 per multiply-add",
+    "decode": "totals over the gen - 1 decode steps",
+    "bytes": "bytes; seconds: seconds (median of the runs, with min and max)",
+}
 
 
 def check_buildable(spec: ModelSpec, wl: Workload) -> None:
@@ -311,6 +317,7 @@ class ProfileResult:
         c = self.counts
         phases = ("prefill", "decode") if c.workload.gen > 1 else ("prefill",)
         return {
+            "conventions": CONVENTIONS,
             "model": c.spec.summary(),
             "workload": c.workload.resolved(),
             "device": self.device,

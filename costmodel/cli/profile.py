@@ -105,7 +105,10 @@ def validate(quick, cases, fmt):
         click.echo(f"interrupted: keeping the {len(results)} finished cases", err=True)
     ok = all(r.ok for r in results)
     if fmt == "json":
-        emit_json({"cases": [r.to_dict() for r in results], "planned": planned, "finished": len(results),
+        from profiler.runner import CONVENTIONS
+
+        emit_json({"conventions": CONVENTIONS, "cases": [r.to_dict() for r in results], "planned": planned,
+                   "finished": len(results),
                    "interrupted": interrupted, "ok": ok})
     else:
         click.echo(validate_table(results, planned, interrupted))
