@@ -156,6 +156,9 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
         specs = [get_model(m) for m in names]
         stem = f"{kind}-" + "-vs-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", s.name) for s in specs)
     hws = _hardware_list(gpu, hardware_file)
+    if kind in plots.NEEDS_HARDWARE and not hws:
+        raise InputError(f"the {kind} plot needs a device: give --gpu NAME (see `costmodel hardware`) "
+                         "or --hardware FILE")
     batches = parse_range(batch_range, "--batch-range")
     contexts = parse_range(context_range, "--context-range")
     for s in specs:
