@@ -81,57 +81,90 @@ def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
                         params=spec.norm_params())
 
 
-def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int) -> list[OpCost]:
-    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys."""
+def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix: str = "",
+                  new_kv_tokens=None, cached: bool = True, causal: bool = False,
+                  rotary: bool = False, position_bias: bool = False) -> list[OpCost]:
+    """Attention of ``batch * q_len`` queries over ``kv_len`` keys per sequence, with its projections.
+
+    Self-attention (``prefix=""``) projects keys and values for the new tokens; cross-attention
+    (``prefix="cross_"``) projects them from the ``new_kv_tokens`` encoder positions once (prefill),
+    and with a cache reads them from it afterwards (``new_kv_tokens=0``: no projection rows).
+    ``cached``: new keys and values are written to a cache and attention reads K and V from it (kv
+    dtype); otherwise they are read as activations.
+    """
     h, q, kv, d = spec.hidden_size, spec.q_size, spec.kv_size, spec.head_dim
     heads = spec.num_heads
     a, c = wl.act_dtype, wl.kv_dtype
-    t = batch * q_len  # tokens in this pass
-    pairs = batch * heads * F.attended_pairs(q_len, kv_len, wl.causal)  # score elements
-    # With a cache, K and V are read from it (kv dtype); without, from activations.
+    t = batch * q_len  # query tokens in this pass
+    new = t if new_kv_tokens is None else new_kv_tokens  # tokens whose k and v are projected here
+    pairs = batch * heads * F.attended_pairs(q_len, kv_len, causal)  # score elements
     kv_elems = batch * kv_len * kv
-    kv_read = nbytes(kv_elems, c) if wl.kv_cache else 0
-    kv_act_read = 0 if wl.kv_cache else nbytes(kv_elems, a)
-
-    ops = [
-        _norm("attn_norm", t, spec, wl),
-        _matmul("q_proj", t, h, q, wl),
-        _matmul("k_proj", t, h, kv, wl),
-        _matmul("v_proj", t, h, kv, wl),
-    ]
+    kv_read = nbytes(kv_elems, c) if cached else 0
+    kv_act_read = 0 if cached else nbytes(kv_elems, a)
+    p = prefix
+    ops = [_matmul(f"{p}q_proj", t, h, q, wl)]
+    if new_kv_tokens != 0:
+        ops += [_matmul(f"{p}k_proj", new, h, kv, wl), _matmul(f"{p}v_proj", new, h, kv, wl)]
     if spec.attention_bias:
-        n = t * (q + 2 * kv)
-        ops.append(_elementwise("qkv_bias", n, n, n, wl, params=q + 2 * kv))
-    if spec.position_kind == "rotary":
+        n = t * q + (0 if new_kv_tokens == 0 else new * 2 * kv)
+        params = q + (0 if new_kv_tokens == 0 else 2 * kv)
+        ops.append(_elementwise(f"{p}qkv_bias", n, n, n, wl, params=params))
+    if rotary:
         n = t * (q + kv)  # q and k rotated; cos/sin tables [q_len, d] read twice (q, k)
-        ops.append(OpCost("rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
+        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
                           act_read_bytes=nbytes(n + 2 * 2 * q_len * d, a), act_write_bytes=nbytes(n, a)))
-    if wl.kv_cache:
-        n = t * 2 * kv  # new keys and values copied into the cache
-        ops.append(OpCost("kv_cache_update", "memory", act_read_bytes=nbytes(n, a),
+    if cached and new_kv_tokens != 0:
+        n = new * 2 * kv  # new keys and values copied into the cache
+        ops.append(OpCost(f"{p}kv_cache_update", "memory", act_read_bytes=nbytes(n, a),
                           kv_write_bytes=nbytes(n, c)))
-    score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, wl.causal)
+    score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, causal)
+    ops.append(OpCost(f"{p}attn_scores", "matmul", score_flops, score_flops,
+                      act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
+                      kv_read_bytes=kv_read))
+    if position_bias:  # T5: the [heads, q, kv] relative position bias added to the scores
+        ops.append(_elementwise(f"{p}attn_position_bias", pairs, 2 * pairs, pairs, wl))
+    per_element = F.ATTENTION_SOFTMAX_FLOPS_PER_ELEMENT - (0 if spec.attention_scale else 1)
     ops += [
-        OpCost("attn_scores", "matmul", score_flops, score_flops,
-               act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
-               kv_read_bytes=kv_read),
-        _elementwise("attn_softmax", F.attention_softmax_flops(batch, heads, q_len, kv_len, wl.causal),
-                     pairs, pairs, wl),
-        OpCost("attn_values", "matmul", score_flops, score_flops,
+        _elementwise(f"{p}attn_softmax", per_element * pairs, pairs, pairs, wl),
+        OpCost(f"{p}attn_values", "matmul", score_flops, score_flops,
                act_read_bytes=nbytes(pairs, a) + kv_act_read, act_write_bytes=nbytes(t * q, a),
                kv_read_bytes=kv_read),
-        _matmul("o_proj", t, q, h, wl),
+        _matmul(f"{p}o_proj", t, q, h, wl),
     ]
-    n = t * h
     if spec.attention_out_bias:
-        ops.append(_elementwise("o_bias", n, n, n, wl, params=h))
-    ops += [_elementwise("attn_residual", n, 2 * n, n, wl), _norm("mlp_norm", t, spec, wl)]
-    if spec.num_experts:
-        ops += moe_ops(spec, wl, t)
-    else:
-        ops += mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
-    ops.append(_elementwise("mlp_residual", n, 2 * n, n, wl))
+        ops.append(_elementwise(f"{p}o_bias", t * h, t * h, t * h, wl, params=h))
     return ops
+
+
+def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
+    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
+    n = tokens * spec.hidden_size
+    add = _elementwise(residual, n, 2 * n, n, wl)
+    if spec.norm_position == "pre":
+        return [_norm(norm, tokens, spec, wl), *body, add]
+    return [*body, add, _norm(norm, tokens, spec, wl)]
+
+
+def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
+              encoder: bool = False, cross_len: int = 0, project_cross: bool = True) -> list[OpCost]:
+    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys.
+
+    ``encoder``: a bidirectional encoder block (no cache, never causal). ``cross_len``: a decoder
+    block of an encoder-decoder attending over ``cross_len`` encoder positions; ``project_cross``:
+    its cross keys and values are projected in this pass (prefill, or every step without a cache).
+    """
+    t = batch * q_len  # tokens in this pass
+    cached = wl.kv_cache and not encoder
+    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
+        spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
+        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0))
+    if cross_len:
+        new = batch * cross_len if project_cross else 0
+        ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
+            spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
+    mlp = moe_ops(spec, wl, t) if spec.num_experts else mlp_ops(
+        spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
+    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", mlp)
 
 
 def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias: bool = False,
@@ -206,18 +239,48 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     return ops
 
 
-def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_positions: int
-              ) -> tuple[list[OpCost], list[OpCost]]:
-    """Ops outside the blocks: (before the first block, after the last one)."""
+def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_positions: int, *,
+              stack: str = "decoder", kv_len: int | None = None) -> tuple[list[OpCost], list[OpCost]]:
+    """Ops outside the blocks of one stack: (before the first block, after the last one).
+
+    ``stack``: "decoder" (ends in the LM head and the pick of the next token) or "encoder" (an
+    encoder-decoder's encoder ends in its final norm; BERT's in its pooler and MLM head).
+    """
     h, t = spec.hidden_size, batch * q_len
     n = t * h
+    kv_len = q_len if kv_len is None else kv_len
     # Embedding lookup: reads one row per token, writes the residual stream.
     before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
                      act_write_bytes=nbytes(n, wl.act_dtype))]
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", n, n, n, wl, params=q_len * h))
-    after = [_norm("final_norm", t, spec, wl), _matmul("lm_head", batch * logits_positions, h,
-                                                      spec.vocab_size, wl)]
+    elif spec.position_kind == "sinusoidal":  # a fixed table [q_len, h], added
+        before.append(_elementwise("pos_embedding", n, n + q_len * h, n, wl))
+    if spec.type_vocab_size:
+        before.append(_elementwise("token_type_embedding", n, n, n, wl, params=spec.type_vocab_size * h))
+    if spec.embedding_norm:
+        before.append(_norm("embedding_norm", t, spec, wl))
+    if spec.relative_attention_buckets:
+        # T5: bias [heads, q, kv] looked up from the bucket table once per pass, shared by all layers
+        before.append(OpCost("position_bias", "memory",
+                             weight_bytes=nbytes(spec.relative_attention_buckets * spec.num_heads, wl.weight_dtype),
+                             act_write_bytes=nbytes(spec.num_heads * q_len * kv_len, wl.act_dtype)))
+    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position == "pre" else []
+    if stack == "encoder":
+        if spec.pooler:  # tanh(W x + b) on each sequence's first token
+            after += [_matmul("pooler", batch, h, h, wl),
+                      _elementwise("pooler_act", 2 * batch * h, batch * h, batch * h, wl, params=h)]
+        if spec.mlm_head:  # every position: dense, bias, GELU, LayerNorm, decoder, bias
+            m = t * spec.vocab_size
+            after += [_matmul("mlm_dense", t, h, h, wl),
+                      _elementwise("mlm_act", n + F.activation_flops(n, spec.activation), n, n, wl, params=h),
+                      _norm("mlm_norm", t, spec, wl), _matmul("lm_head", t, h, spec.vocab_size, wl),
+                      _elementwise("lm_head_bias", m, m, m, wl, params=spec.vocab_size)]
+        return before, after
+    rows = batch * logits_positions
+    if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
+        after.append(_elementwise("lm_head_scale", rows * h, rows * h, rows * h, wl))
+    after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
                      act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)
@@ -252,26 +315,45 @@ class StepCost:
 
 
 def step_cost(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int,
-              logits_positions: int) -> StepCost:
-    before, after = model_ops(spec, wl, batch, q_len, logits_positions)
-    return StepCost(before, layer_ops(spec, wl, batch, q_len, kv_len), after, spec.num_layers)
+              logits_positions: int, cross_len: int = 0, project_cross: bool = True) -> StepCost:
+    """One pass of the decoder stack (``cross_len``: encoder positions it cross-attends to)."""
+    before, after = model_ops(spec, wl, batch, q_len, logits_positions, kv_len=kv_len)
+    layer = layer_ops(spec, wl, batch, q_len, kv_len, cross_len=cross_len, project_cross=project_cross)
+    return StepCost(before, layer, after, spec.num_layers)
+
+
+def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
+    """The encoder over the input (encoder-only) or the source (encoder-decoder): bidirectional."""
+    b, s = wl.batch, wl.prompt
+    before, after = model_ops(spec, wl, b, s, 0, stack="encoder")
+    layers = spec.num_encoder_layers if spec.arch == "encoder-decoder" else spec.num_layers
+    return StepCost(before, layer_ops(spec, wl, b, s, s, encoder=True), after, layers)
 
 
 def prefill_cost(spec: ModelSpec, wl: Workload) -> StepCost:
+    """The first decoder pass: the prompt (decoder-only), or the decoder prompt with the one-time
+    projection of the cross-attention keys and values from the encoder output (encoder-decoder)."""
+    if spec.arch == "encoder-decoder":
+        s = wl.decoder_prompt
+        return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1, cross_len=wl.prompt)
     s = wl.prompt
     return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1)
 
 
 def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
-    """Decode step i (1-based): one new token per sequence (and beam), attending over prompt + i keys.
+    """Decode step i (1-based): one new token per sequence (and beam), attending over prompt + i keys
+    (encoder-decoder: decoder prompt + i, and cross-attending over the source).
 
     Without a KV cache the step recomputes all prompt + i positions, with logits for the last
-    position (``--logits last``) or every position (``all``), as a naive generation loop does.
+    position (``--logits last``) or every position (``all``), as a naive generation loop does; an
+    encoder-decoder then also projects the cross keys and values again (the encoder output is kept).
     """
-    b, ctx = wl.batch * wl.beams, wl.prompt + i
+    encdec = spec.arch == "encoder-decoder"
+    b, ctx = wl.batch * wl.beams, (wl.decoder_prompt if encdec else wl.prompt) + i
+    cross = dict(cross_len=wl.prompt, project_cross=not wl.kv_cache) if encdec else {}
     if wl.kv_cache:
-        return step_cost(spec, wl, b, 1, ctx, 1)
-    return step_cost(spec, wl, b, ctx, ctx, ctx if wl.logits == "all" else 1)
+        return step_cost(spec, wl, b, 1, ctx, 1, **cross)
+    return step_cost(spec, wl, b, ctx, ctx, ctx if wl.logits == "all" else 1, **cross)
 
 
 def _sum_ops(ops1, ops2, ops3, steps):
@@ -289,7 +371,8 @@ def _first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
     if not spec.num_experts or wl.kv_cache:
         return 1
     rows = wl.batch * wl.beams * spec.experts_per_token
-    return max(1, -(-spec.num_experts // rows) - wl.prompt)
+    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+    return max(1, -(-spec.num_experts // rows) - start)
 
 
 def decode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
@@ -336,12 +419,15 @@ class Phase:
 
 @dataclass(frozen=True)
 class Memory:
-    """Bytes held: weights, the KV cache after the last step, and the prefill activation peak."""
+    """Bytes held: weights, the KV cache after the last step, and the activation peak of the first
+    passes (encode, prefill)."""
 
     weights_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int  # everything cached: self-attention plus (encoder-decoder) cross-attention
     kv_cache_bytes_per_token: int  # one position of one sequence, all layers, keys and values
     activation_peak_bytes: int
+    self_kv_cache_bytes: int = 0  # the decoder's self-attention cache
+    cross_kv_cache_bytes: int = 0  # encoder-decoder: keys and values of the source, every decoder layer
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -352,25 +438,45 @@ def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> int:
     return nbytes(2 * spec.num_layers * spec.kv_size, kv_dtype)
 
 
-def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None) -> int:
-    """Cache held for batch * beams sequences of ``positions`` (default: prompt + gen - 1)."""
-    if not wl.kv_cache:
+def cached_positions(spec: ModelSpec, wl: Workload) -> int:
+    """Self-attention positions cached after generation: prompt + gen - 1 (decoder-only), decoder
+    prompt + gen - 1 (encoder-decoder), 0 (encoder-only: nothing is cached)."""
+    if spec.arch == "encoder":
         return 0
-    positions = wl.final_context if positions is None else positions
+    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+    return start + wl.gen - 1
+
+
+def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None) -> int:
+    """Self-attention cache held for batch * beams sequences of ``positions`` (default: the
+    positions cached after generation, :func:`cached_positions`)."""
+    if not wl.kv_cache or spec.arch == "encoder":
+        return 0
+    positions = cached_positions(spec, wl) if positions is None else positions
     return wl.batch * wl.beams * positions * kv_cache_bytes_per_token(spec, wl.kv_dtype)
+
+
+def cross_kv_cache_bytes(spec: ModelSpec, wl: Workload) -> int:
+    """Encoder-decoder: cross-attention keys and values of the source, cached in every decoder layer."""
+    if not wl.kv_cache or spec.arch != "encoder-decoder":
+        return 0
+    return wl.batch * wl.beams * wl.prompt * kv_cache_bytes_per_token(spec, wl.kv_dtype)
 
 
 def weight_bytes(spec: ModelSpec, weight_dtype: str) -> int:
     return nbytes(spec.num_params, weight_dtype)
 
 
-def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost) -> int:
-    """Largest activation footprint of the prefill pass, estimated as the residual stream plus the
-    biggest single op's inputs and outputs (an eager forward frees each intermediate after use).
-    The KV cache is not included: it is reported on its own."""
-    residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
+def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, tokens=None,
+                          held: int = 0) -> int:
+    """Largest activation footprint of one pass, estimated as the residual stream of its
+    ``tokens`` (default batch * prompt) plus the biggest single op's inputs and outputs (an eager
+    forward frees each intermediate after use), plus ``held`` bytes kept alive throughout (the
+    encoder output during an encoder-decoder's prefill). The KV cache is reported on its own."""
+    tokens = wl.batch * wl.prompt if tokens is None else tokens
+    residual = nbytes(tokens * spec.hidden_size, wl.act_dtype)
     ops = prefill.before + prefill.layer + prefill.after
-    return residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
+    return held + residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
 def _largest(values):
@@ -385,23 +491,29 @@ def _largest(values):
 
 @dataclass(frozen=True)
 class Analysis:
-    """Result of :func:`analyze`: phase totals, per-op rows, memory. All counts exact ints."""
+    """Result of :func:`analyze`: phase totals, per-op rows, memory. All counts exact ints.
+
+    Phases: ``prefill`` and ``decode`` (decoder-only), ``encode`` (encoder-only), all three
+    (encoder-decoder); a phase that does not apply is None.
+    """
 
     model: ModelSpec
     workload: Workload
-    prefill: Phase
-    decode: Phase
+    prefill: Phase | None
+    decode: Phase | None
     memory: Memory
-    decode_alternative: Phase  # decode with the other KV-cache choice, to show the saving
+    decode_alternative: Phase | None  # decode with the other KV-cache choice, to show the saving
     warnings: tuple[str, ...] = ()
+    encode: Phase | None = None
 
     @property
     def phases(self) -> dict[str, Phase]:
-        return {"prefill": self.prefill, "decode": self.decode}
+        """The phases that apply, in execution order: encode, prefill, decode."""
+        return {p.name: p for p in (self.encode, self.prefill, self.decode) if p is not None}
 
     def rows(self):
         """One dict per (phase, layer, op): the tidy rows; they sum to the phase totals."""
-        for phase in (self.prefill, self.decode):
+        for phase in self.phases.values():
             for layer, o in phase.cost.rows():
                 row = {"phase": phase.name, "layer": layer, "op": o.op, "kind": o.kind}
                 row.update({f: getattr(o, f) for f in _COST_FIELDS})
@@ -414,7 +526,10 @@ class Analysis:
 
         return pd.DataFrame(list(self.rows()))
 
-    def kv_cache_saving(self) -> dict:
+    def kv_cache_saving(self) -> dict | None:
+        """Decode with and without a KV cache (None for encoder-only models: nothing to decode)."""
+        if self.decode is None:
+            return None
         with_cache, without = ((self.decode, self.decode_alternative) if self.workload.kv_cache
                                else (self.decode_alternative, self.decode))
         return {
@@ -432,30 +547,36 @@ class Analysis:
             return None
         expert_bytes = nbytes(spec.num_mlp_matrices * spec.hidden_size * spec.moe_intermediate_size,
                               wl.weight_dtype)
-        prefill_tokens = wl.batch * wl.prompt
-        step_tokens = wl.batch * wl.beams * (1 if wl.kv_cache else wl.prompt + 1)
         d = {"num_experts": spec.num_experts, "experts_per_token": spec.experts_per_token,
              "total_params": spec.num_params, "active_params": spec.active_params,
              "expert_bytes": expert_bytes}
-        for name, t in (("prefill", prefill_tokens), ("decode_step", step_tokens)):
+        start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+        passes = {"encode": wl.batch * wl.prompt, "prefill": wl.batch * start,
+                  "decode_step": wl.batch * wl.beams * (1 if wl.kv_cache else start + 1)}
+        layers = {"encode": spec.num_encoder_layers or spec.num_layers}
+        for name, t in passes.items():
+            if name.split("_")[0] not in self.phases:
+                continue
             bound, mean = experts_touched(spec, t), expected_experts_touched(spec, t)
+            n = layers.get(name, spec.num_layers)
             d[f"{name}_tokens"] = t
             d[f"{name}_experts_read"] = bound
             d[f"{name}_expected_experts_read"] = mean
-            d[f"{name}_expert_weight_bytes"] = spec.num_layers * bound * expert_bytes
-            d[f"{name}_expected_expert_weight_bytes"] = spec.num_layers * mean * expert_bytes
+            d[f"{name}_expert_weight_bytes"] = n * bound * expert_bytes
+            d[f"{name}_expected_expert_weight_bytes"] = n * mean * expert_bytes
         return d
 
     def to_dict(self, include_ops: bool = True) -> dict:
         d = {
             "model": self.model.summary(),
             "workload": self.workload.resolved(),
-            "prefill": self.prefill.totals(),
-            "decode": self.decode.totals(),
+            "phases": list(self.phases),
+            **{name: phase.totals() for name, phase in self.phases.items()},
             "memory": self.memory.to_dict(),
-            "kv_cache_saving": self.kv_cache_saving(),
             "warnings": list(self.warnings),
         }
+        if self.decode is not None:
+            d["kv_cache_saving"] = self.kv_cache_saving()
         if self.model.num_experts:
             d["moe"] = self.moe()
         if include_ops:
@@ -467,13 +588,30 @@ def analyze(spec: ModelSpec, workload: Workload | None = None, **workload_fields
     """Costs of running ``spec`` on ``workload`` (or a Workload built from keyword arguments)."""
     wl = workload if workload is not None else Workload(**workload_fields)
     warnings = tuple(wl.check_against(spec))
-    pre = prefill_cost(spec, wl)
-    other = replace(wl, kv_cache=not wl.kv_cache)
+    b, h = wl.batch, spec.hidden_size
+    encode = prefill = decode = alternative = None
+    peaks = []
+    if spec.arch != "decoder":
+        enc = encode_cost(spec, wl)
+        encode = Phase("encode", 1, enc)
+        peaks.append(activation_peak_bytes(spec, wl, enc))
+    if spec.arch != "encoder":
+        pre = prefill_cost(spec, wl)
+        prefill = Phase("prefill", 1, pre)
+        decode = Phase("decode", wl.decode_steps, decode_cost(spec, wl))
+        alternative = Phase("decode", wl.decode_steps, decode_cost(spec, replace(wl, kv_cache=not wl.kv_cache)))
+        if spec.arch == "encoder-decoder":  # the encoder output stays alive through the prefill
+            peaks.append(activation_peak_bytes(spec, wl, pre, tokens=b * wl.decoder_prompt,
+                                               held=nbytes(b * wl.prompt * h, wl.act_dtype)))
+        else:
+            peaks.append(activation_peak_bytes(spec, wl, pre))
+    self_kv, cross_kv = kv_cache_bytes(spec, wl), cross_kv_cache_bytes(spec, wl)
     memory = Memory(
         weights_bytes=weight_bytes(spec, wl.weight_dtype),
-        kv_cache_bytes=kv_cache_bytes(spec, wl),
-        kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, wl.kv_dtype),
-        activation_peak_bytes=activation_peak_bytes(spec, wl, pre),
+        kv_cache_bytes=self_kv + cross_kv,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, wl.kv_dtype) if spec.arch != "encoder" else 0,
+        activation_peak_bytes=max(peaks),
+        self_kv_cache_bytes=self_kv,
+        cross_kv_cache_bytes=cross_kv,
     )
-    return Analysis(spec, wl, Phase("prefill", 1, pre), Phase("decode", wl.decode_steps, decode_cost(spec, wl)),
-                    memory, Phase("decode", wl.decode_steps, decode_cost(spec, other)), warnings)
+    return Analysis(spec, wl, prefill, decode, memory, alternative, warnings, encode)

@@ -23,6 +23,30 @@ _LLAMA = dict(family="llama", mlp_kind="gated", activation="silu", norm_kind="rm
               position_kind="rotary")
 
 
+# BERT: post-norm encoder, LayerNorm on the embedding sum, token types, pooler (BertModel).
+_BERT = dict(family="bert", arch="encoder", mlp_kind="plain", activation="gelu", norm_kind="layernorm",
+             position_kind="learned", norm_position="post", attention_bias=True, attention_out_bias=True,
+             mlp_bias=True, tie_word_embeddings=True, embedding_norm=True, type_vocab_size=2, pooler=True,
+             norm_eps=1e-12)
+# T5: pre-norm encoder-decoder, RMSNorm without bias, relative position bias, no score scaling,
+# ReLU MLP (v1.0) or gated GELU (v1.1), shared (tied) embeddings.
+_T5 = dict(family="t5", arch="encoder-decoder", mlp_kind="plain", activation="relu", norm_kind="rmsnorm",
+           position_kind="relative", relative_attention_buckets=32, attention_scale=False,
+           tie_word_embeddings=True, norm_eps=1e-6)
+
+
+def _bert(name, layers, hidden, heads, vocab=30522, positions=512, **kw):
+    return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     intermediate_size=4 * hidden, vocab_size=vocab, max_position_embeddings=positions,
+                     **{**_BERT, **kw})
+
+
+def _t5(name, layers, d_model, heads, d_ff, d_kv=64, vocab=32128, **kw):
+    return ModelSpec(name=name, num_layers=layers, hidden_size=d_model, num_heads=heads, head_dim=d_kv,
+                     intermediate_size=d_ff, vocab_size=vocab, max_position_embeddings=512,
+                     **{**_T5, "num_encoder_layers": layers, **kw})
+
+
 def _gpt2(name, layers, hidden, heads, vocab=50257, positions=1024):
     return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, num_heads=heads,
                      intermediate_size=4 * hidden, vocab_size=vocab,
@@ -61,6 +85,18 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
            rope_theta=1000000.0, norm_eps=1e-6),
+    # Encoder-only and encoder-decoder models.
+    _bert("bert-base", 12, 768, 12),
+    _bert("bert-large", 24, 1024, 16),
+    _t5("t5-small", 6, 512, 8, 2048),
+    _t5("t5-base", 12, 768, 12, 3072),
+    _t5("t5-large", 24, 1024, 16, 4096),
+    # Vaswani et al. 2017, base: post-norm, sinusoidal positions, biases, shared 37k BPE vocabulary.
+    ModelSpec(name="transformer-base", num_layers=6, num_encoder_layers=6, hidden_size=512, num_heads=8,
+              intermediate_size=2048, vocab_size=37000, max_position_embeddings=512, family="transformer",
+              arch="encoder-decoder", mlp_kind="plain", activation="relu", norm_kind="layernorm",
+              position_kind="sinusoidal", norm_position="post", attention_bias=True,
+              attention_out_bias=True, mlp_bias=True, tie_word_embeddings=True),
     # Tiny models for tests and profiling on a CPU: each exercises one variant.
     _gpt2("tiny-gpt2", 2, 64, 4, vocab=256, positions=128),
     _llama("tiny-llama", 2, 64, 4, 2, 160, 256, 256),  # GQA, 2 query heads per kv head
@@ -69,6 +105,10 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("tiny-qwen2", 2, 64, 4, 2, 160, 256, 256, attention_bias=True, tie_word_embeddings=True),
     _llama("tiny-gemma", 2, 64, 2, 1, 128, 256, 256, head_dim=48, activation="gelu_tanh",
            tie_word_embeddings=True),  # head_dim != hidden / heads
+    _bert("tiny-bert", 2, 64, 4, vocab=256, positions=128, mlm_head=True),
+    _t5("tiny-t5", 2, 64, 4, 128, d_kv=16, vocab=256),
+    _t5("tiny-t5-gated", 2, 64, 4, 96, d_kv=24, vocab=256, num_encoder_layers=3, mlp_kind="gated",
+        activation="gelu_tanh", tie_word_embeddings=False),  # T5 v1.1 style, 3 encoder layers
     _llama("tiny-mixtral", 2, 64, 4, 2, 96, 256, 256, num_experts=4, experts_per_token=2),
     _llama("tiny-qwen-moe", 2, 64, 4, 4, 96, 256, 256, attention_bias=True, num_experts=6,
            experts_per_token=2, moe_intermediate_size=32, num_shared_experts=1,
@@ -92,7 +132,8 @@ def get_model(name_or_path: str) -> ModelSpec:
 
 # --- Hugging Face config.json ------------------------------------------------------------------
 
-HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe")
+HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe", "bert",
+                  "roberta", "t5")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -171,6 +212,34 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
             **{**_GPT2, "activation": activation("activation_function", "gelu_new"),
                "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True))},
             norm_eps=opt_float("layer_norm_epsilon", 1e-5))
+
+    if model_type in ("bert", "roberta"):
+        # BertModel / RobertaModel: the encoder with its pooler (the counts model cards quote)
+        hidden = req("hidden_size")
+        return ModelSpec(
+            name=name, num_layers=req("num_hidden_layers"), hidden_size=hidden,
+            num_heads=req("num_attention_heads"), intermediate_size=req("intermediate_size"),
+            vocab_size=req("vocab_size"), max_position_embeddings=req("max_position_embeddings"),
+            **{**_BERT, "activation": activation("hidden_act", "gelu"),
+               "type_vocab_size": opt_int("type_vocab_size", 2),
+               "norm_eps": opt_float("layer_norm_eps", 1e-12)})
+
+    if model_type == "t5":
+        ff = cfg.get("feed_forward_proj", "relu")
+        kinds = {"relu": ("plain", "relu"), "gated-gelu": ("gated", "gelu_tanh"), "gelu": ("plain", "gelu"),
+                 "gated-relu": ("gated", "relu"), "gated-silu": ("gated", "silu")}
+        if ff not in kinds:
+            raise SpecError(f"{source}: unsupported feed_forward_proj {ff!r}; supported: {', '.join(kinds)}")
+        mlp_kind, act = kinds[ff]
+        layers = req("num_layers")
+        return ModelSpec(
+            name=name, num_layers=opt_int("num_decoder_layers", layers), hidden_size=req("d_model"),
+            num_heads=req("num_heads"), head_dim=req("d_kv"), intermediate_size=req("d_ff"),
+            vocab_size=req("vocab_size"), max_position_embeddings=opt_int("n_positions", 512),
+            **{**_T5, "num_encoder_layers": layers, "mlp_kind": mlp_kind, "activation": act,
+               "relative_attention_buckets": opt_int("relative_attention_num_buckets", 32),
+               "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True)),
+               "norm_eps": opt_float("layer_norm_epsilon", 1e-6)})
 
     heads = req("num_attention_heads")
     kw = dict(_LLAMA)

@@ -16,17 +16,21 @@ from .sampling import STRATEGIES
 
 MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(x)) * up(x))
 NORM_KINDS = ("layernorm", "rmsnorm")
-POSITION_KINDS = ("learned", "rotary")
+POSITION_KINDS = ("learned", "rotary", "sinusoidal", "relative")  # relative: T5's attention bias
+ARCHS = ("decoder", "encoder", "encoder-decoder")
+NORM_POSITIONS = ("pre", "post")
+FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of a decoder-only transformer. Sizes are counts of elements, not bytes."""
+    """Shape of a transformer: decoder-only (GPT, LLaMA; the default), encoder-only (BERT) or
+    encoder-decoder (T5). Sizes are counts of elements, not bytes."""
 
     name: str
-    num_layers: int  # L: transformer blocks
+    num_layers: int  # L: transformer blocks (the decoder's in an encoder-decoder)
     hidden_size: int  # h: width of the residual stream
     num_heads: int  # query heads
     intermediate_size: int  # width of the MLP's hidden layer (4h for GPT-2)
@@ -42,7 +46,7 @@ class ModelSpec:
     attention_out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # bias on every MLP matrix (GPT-2)
     tie_word_embeddings: bool = False  # LM head shares the token embedding matrix
-    family: str = "llama"  # which reference implementation runs it: "gpt2" or "llama"
+    family: str = "llama"  # its reference implementation: gpt2, llama, bert, t5, transformer (2017)
     rope_theta: float = 10000.0  # rotary base, used by the reference model only
     num_experts: int = 0  # routed experts per layer (0: a dense MLP)
     experts_per_token: int = 0  # k: routed experts each token goes through
@@ -51,6 +55,15 @@ class ModelSpec:
     shared_expert_intermediate_size: int | None = None  # width of one shared expert (default: routed)
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid(x @ w[h, 1]) scales the shared output
     moe_renormalize: bool = True  # the k routing weights renormalised to sum to 1 (Mixtral)
+    arch: str = "decoder"  # "decoder" (GPT, LLaMA), "encoder" (BERT), "encoder-decoder" (T5)
+    num_encoder_layers: int | None = None  # encoder-decoder: encoder blocks (default num_layers)
+    norm_position: str = "pre"  # "pre": norm before each sublayer; "post": after each residual (BERT)
+    type_vocab_size: int = 0  # BERT: token-type (segment) embeddings
+    embedding_norm: bool = False  # BERT: LayerNorm on the embedding sum
+    pooler: bool = False  # BERT: tanh(W x_first + b) on each sequence's first token
+    mlm_head: bool = False  # BERT: dense + GELU + LayerNorm + decoder (tied, with bias), every position
+    relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
+    attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
 
     def __post_init__(self) -> None:
@@ -77,10 +90,30 @@ class ModelSpec:
         require_choice("activation", self.activation, ACTIVATIONS)
         require_choice("norm_kind", self.norm_kind, NORM_KINDS)
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
-        require_choice("family", self.family, ("gpt2", "llama"))
+        require_choice("family", self.family, FAMILIES)
+        self._check_arch()
         self._check_moe()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    def _check_arch(self) -> None:
+        require_choice("arch", self.arch, ARCHS)
+        require_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        if self.arch == "encoder-decoder":
+            if self.num_encoder_layers is None:
+                object.__setattr__(self, "num_encoder_layers", self.num_layers)
+            require_positive_int("num_encoder_layers", self.num_encoder_layers)
+        elif self.num_encoder_layers is not None:
+            raise SpecError(f"num_encoder_layers is for arch 'encoder-decoder', got arch {self.arch!r}")
+        if (self.pooler or self.mlm_head or self.type_vocab_size) and self.arch != "encoder":
+            raise SpecError("pooler, mlm_head and type_vocab_size are for arch 'encoder' (BERT), "
+                            f"got arch {self.arch!r}")
+        if (self.position_kind == "relative") != (self.relative_attention_buckets > 0):
+            raise SpecError("position_kind 'relative' needs relative_attention_buckets > 0 and "
+                            f"the other way round; got {self.position_kind!r} with "
+                            f"{self.relative_attention_buckets} buckets")
+        if self.type_vocab_size < 0:
+            raise SpecError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
 
     def _check_moe(self) -> None:
         for f in ("num_experts", "experts_per_token", "num_shared_experts"):
@@ -125,15 +158,24 @@ class ModelSpec:
         """Parameters of one norm: scale (and shift for LayerNorm)."""
         return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
 
-    def layer_params(self, experts: int | None = None) -> int:
-        """Parameters of one transformer block; ``experts``: count only that many routed experts
-        (``experts_per_token`` gives the parameters one token is computed with)."""
-        h, q, kv, inter = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size
+    def attention_params(self) -> int:
+        """q, k, v and output projections with their biases."""
+        h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
             attn += q + 2 * kv
         if self.attention_out_bias:
             attn += h
+        return attn
+
+    def layer_params(self, experts: int | None = None, cross: bool = False) -> int:
+        """Parameters of one transformer block; ``experts``: count only that many routed experts
+        (``experts_per_token`` gives the parameters one token is computed with); ``cross``: a
+        decoder block of an encoder-decoder (cross-attention and its norm)."""
+        h, inter = self.hidden_size, self.intermediate_size
+        attn = self.attention_params()
+        if cross:
+            attn += self.attention_params() + self.norm_params()
         if self.num_experts:
             routed = self.num_experts if experts is None else experts
             mlp = (h * self.num_experts  # router
@@ -147,9 +189,27 @@ class ModelSpec:
         return attn + mlp + 2 * self.norm_params()
 
     def embedding_params(self) -> int:
-        """Token embedding plus learned position embedding (if any)."""
-        pos = self.max_position_embeddings * self.hidden_size if self.position_kind == "learned" else 0
-        return self.vocab_size * self.hidden_size + pos
+        """Token embedding, learned positions, token types (BERT) and the embedding norm (BERT)."""
+        h = self.hidden_size
+        pos = self.max_position_embeddings * h if self.position_kind == "learned" else 0
+        norm = self.norm_params() if self.embedding_norm else 0
+        return self.vocab_size * h + pos + self.type_vocab_size * h + norm
+
+    def stack_params(self) -> int:
+        """Per stack, outside its blocks: T5's relative position bias and the final norm (pre-norm)."""
+        bias = self.relative_attention_buckets * self.num_heads
+        return bias + (self.norm_params() if self.norm_position == "pre" else 0)
+
+    def head_params(self) -> int:
+        """Parameters after the last block not shared with the embedding: the LM head (0 when
+        tied); BERT's pooler and MLM head (dense, LayerNorm, decoder bias; the decoder tied)."""
+        h, v = self.hidden_size, self.vocab_size
+        untied = 0 if self.tie_word_embeddings else v * h
+        if self.arch != "encoder":
+            return untied
+        pooler = h * h + h if self.pooler else 0
+        mlm = h * h + h + self.norm_params() + v + untied if self.mlm_head else 0
+        return pooler + mlm
 
     def lm_head_params(self) -> int:
         """Parameters of the LM head not shared with the embedding (0 when tied)."""
@@ -158,16 +218,20 @@ class ModelSpec:
     @property
     def num_params(self) -> int:
         """All parameters, a tied embedding counted once."""
-        return (self.embedding_params() + self.num_layers * self.layer_params()
-                + self.norm_params() + self.lm_head_params())
+        total = self.embedding_params() + self.head_params() + self.stack_params()
+        if self.arch == "encoder-decoder":
+            return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
+                    + self.num_layers * self.layer_params(cross=True))
+        return total + self.num_layers * self.layer_params()
 
     @property
     def active_params(self) -> int:
         """Parameters one token is computed with: all but the routed experts it does not use."""
         if not self.num_experts:
             return self.num_params
-        return self.num_params - self.num_layers * (
-            self.layer_params() - self.layer_params(experts=self.experts_per_token))
+        unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
+        layers = self.num_layers + (self.num_encoder_layers or 0)
+        return self.num_params - layers * unused
 
     def summary(self) -> dict:
         """The model fields a report shows (the JSON ``model`` object)."""
@@ -184,8 +248,10 @@ class ModelSpec:
         return {
             "name": self.name,
             "family": self.family,
+            "arch": self.arch,
             "num_params": self.num_params,
             "num_layers": self.num_layers,
+            **({"num_encoder_layers": self.num_encoder_layers} if self.arch == "encoder-decoder" else {}),
             "hidden_size": self.hidden_size,
             "num_heads": self.num_heads,
             "num_kv_heads": self.num_kv_heads,
@@ -230,12 +296,14 @@ class Workload:
     top_k: int = 50  # candidates kept by top_k and top_k_top_p
     top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
     temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
+    decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
         require_positive_int("prompt", self.prompt)
         require_positive_int("gen", self.gen)
         require_positive_int("beams", self.beams)
+        require_positive_int("decoder_prompt", self.decoder_prompt)
         object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype, "weight dtype"))
         object.__setattr__(self, "act_dtype", canonical_dtype(self.act_dtype, "activation dtype"))
         if DTYPE_BITS[self.act_dtype] < 8:
@@ -279,11 +347,27 @@ class Workload:
         if self.strategy in ("top_k", "top_k_top_p") and self.top_k > spec.vocab_size:
             raise SpecError(f"top_k ({self.top_k}) exceeds {spec.name}'s vocab_size {spec.vocab_size}; "
                             f"allowed: 1 to {spec.vocab_size}")
+        if self.decoder_prompt != 1 and spec.arch != "encoder-decoder":
+            raise SpecError(f"decoder_prompt is for encoder-decoder models; {spec.name} is arch {spec.arch!r}")
         warnings = []
-        if self.final_context > spec.max_position_embeddings:
-            warnings.append(
-                f"context {self.final_context} (prompt {self.prompt} + gen {self.gen} - 1) exceeds "
-                f"{spec.name}'s max_position_embeddings {spec.max_position_embeddings}")
+        if spec.arch == "encoder":
+            if self.gen != 1 or self.beams != 1 or self.strategy != "greedy":
+                warnings.append(f"{spec.name} is encoder-only: one encode pass over the input, no "
+                                f"generation; gen={self.gen}, beams={self.beams}, strategy "
+                                f"{self.strategy!r} are ignored")
+            contexts = [(self.prompt, f"input {self.prompt}")]
+        elif spec.arch == "encoder-decoder":
+            n = self.decoder_prompt + self.gen - 1
+            contexts = [(self.prompt, f"source {self.prompt}"),
+                        (n, f"decoder context {n} (decoder prompt {self.decoder_prompt} + gen {self.gen} - 1)")]
+        else:
+            contexts = [(self.final_context,
+                         f"context {self.final_context} (prompt {self.prompt} + gen {self.gen} - 1)")]
+        if spec.position_kind != "relative":  # T5's relative bias has no hard limit
+            for n, what in contexts:
+                if n > spec.max_position_embeddings:
+                    warnings.append(f"{what} exceeds {spec.name}'s max_position_embeddings "
+                                    f"{spec.max_position_embeddings}")
         return warnings
 
     def resolved(self) -> dict:
@@ -305,4 +389,5 @@ class Workload:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "temperature": self.temperature,
+            "decoder_prompt": self.decoder_prompt,
         }

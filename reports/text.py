@@ -63,64 +63,102 @@ def render(headers, rows, markdown: bool = False, align=None) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _merge_names(lists) -> list[str]:
+    """Ordered union of op names: each phase's ops keep their order; an op only some phases have
+    goes after the op it follows there (the encoder's and decoder's blocks share most names)."""
+    merged: list[str] = []
+    for names in lists:
+        for i, name in enumerate(names):
+            if name in merged:
+                continue
+            at = merged.index(names[i - 1]) + 1 if i and names[i - 1] in merged else len(merged)
+            merged.insert(at, name)
+    return merged
+
+
 def _phase_op_rows(result):
-    """Rows of the summary: each block op once (identical in every layer), then model-level ops."""
-    pre, dec = result.prefill.cost, result.decode.cost
-    L = result.model.num_layers
+    """Rows of the summary: each block op once (identical in every layer), then model-level ops;
+    one column group per phase (prefill and decode; encode for encoder models)."""
+    phases = list(result.phases.values())
+    layer_counts = {p.cost.num_layers for p in phases}
 
-    def cells(name, scope, p, d):
-        return [name, scope, human_flops(p[0]), human_bytes(p[1]), _intensity(*p),
-                human_flops(d[0]), human_bytes(d[1]), _intensity(*d)]
+    def cells(name, scope, values):
+        out = [name, scope]
+        for v in values:
+            out += ["-", "-", ""] if v is None else [human_flops(v[0]), human_bytes(v[1]), _intensity(*v)]
+        return out
 
-    rows = []
-    for o_p, o_d in zip(pre.before, dec.before):
-        rows.append(cells(o_p.op, "model", (o_p.flops, o_p.bytes), (o_d.flops, o_d.bytes)))
-    for o_p, o_d in zip(pre.layer, dec.layer):
-        rows.append(cells(o_p.op, "each layer", (o_p.flops, o_p.bytes), (o_d.flops, o_d.bytes)))
-    lp = (sum(o.flops for o in pre.layer), sum(o.bytes for o in pre.layer))
-    ld = (sum(o.flops for o in dec.layer), sum(o.bytes for o in dec.layer))
-    rows.append(cells("layer total", "each layer", lp, ld))
-    rows.append(cells(f"{L} layers", "all layers", (L * lp[0], L * lp[1]), (L * ld[0], L * ld[1])))
-    for o_p, o_d in zip(pre.after, dec.after):
-        rows.append(cells(o_p.op, "model", (o_p.flops, o_p.bytes), (o_d.flops, o_d.bytes)))
-    rows.append(cells("TOTAL", "", (result.prefill.flops, result.prefill.bytes),
-                      (result.decode.flops, result.decode.bytes)))
-    rows.append(["  of which matmul", "", human_flops(result.prefill.matmul_flops), "", "",
-                 human_flops(result.decode.matmul_flops), "", ""])
+    def section(attr, scope):
+        by_phase = [{o.op: o for o in getattr(p.cost, attr)} for p in phases]
+        names = _merge_names([[o.op for o in getattr(p.cost, attr)] for p in phases])
+        return [cells(n, scope, [(d[n].flops, d[n].bytes) if n in d else None for d in by_phase]) for n in names]
+
+    rows = section("before", "model") + section("layer", "each layer")
+    per_layer = [(sum(o.flops for o in p.cost.layer), sum(o.bytes for o in p.cost.layer)) for p in phases]
+    rows.append(cells("layer total", "each layer", per_layer))
+    label = f"{layer_counts.pop()} layers" if len(layer_counts) == 1 else "all layers"
+    rows.append(cells(label, "all layers", [(p.cost.num_layers * f, p.cost.num_layers * b)
+                                            for p, (f, b) in zip(phases, per_layer)]))
+    rows += section("after", "model")
+    rows.append(cells("TOTAL", "", [(p.flops, p.bytes) for p in phases]))
+    matmul = ["  of which matmul", ""]
+    for p in phases:
+        matmul += [human_flops(p.matmul_flops), "", ""]
+    rows.append(matmul)
     return rows
 
 
 def _header_lines(result) -> list[str]:
     m, w = result.model, result.workload
+    layers = (f"{m.num_encoder_layers} encoder + {m.num_layers} decoder layers" if m.arch == "encoder-decoder"
+              else f"{m.num_layers} layers")
+    first = (f"{m.name}: {human_count(m.num_params)} parameters ({m.num_params:,}), {layers}, "
+             f"hidden {m.hidden_size}, {m.num_heads} heads ({m.num_kv_heads} kv, head_dim {m.head_dim}), "
+             f"intermediate {m.intermediate_size} ({m.mlp_kind}), vocab {m.vocab_size}")
+    dtypes = f"weights {w.weight_dtype}, activations {w.act_dtype}"
+    if m.arch == "encoder":
+        return [first, f"workload: batch {w.batch}, input {w.prompt} tokens (one bidirectional encode "
+                       f"pass, no generation); {dtypes}"]
     cache = "on" if w.kv_cache else "OFF (each decode step recomputes the prefix)"
-    return [
-        f"{m.name}: {human_count(m.num_params)} parameters ({m.num_params:,}), {m.num_layers} layers, "
-        f"hidden {m.hidden_size}, {m.num_heads} heads ({m.num_kv_heads} kv, head_dim {m.head_dim}), "
-        f"intermediate {m.intermediate_size} ({m.mlp_kind}), vocab {m.vocab_size}",
-        f"workload: batch {w.batch}{f' x {w.beams} beams' if w.beams > 1 else ''}, prompt {w.prompt}, "
-        f"gen {w.gen} ({w.decode_steps} decode steps, context up to {w.final_context}); "
-        f"weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}; logits {w.logits}; "
-        f"KV cache {cache}{'; causal counting' if w.causal else ''}",
-    ]
+    if m.arch == "encoder-decoder":
+        what = (f"source {w.prompt} tokens (encoded once), decoder prompt {w.decoder_prompt}, gen {w.gen} "
+                f"({w.decode_steps} decode steps, decoder context up to {w.decoder_prompt + w.gen - 1})")
+    else:
+        what = f"prompt {w.prompt}, gen {w.gen} ({w.decode_steps} decode steps, context up to {w.final_context})"
+    return [first,
+            f"workload: batch {w.batch}{f' x {w.beams} beams' if w.beams > 1 else ''}, {what}; "
+            f"{dtypes}, KV {w.kv_dtype}; logits {w.logits}; "
+            f"KV cache {cache}{'; causal counting' if w.causal else ''}"]
 
 
 def _memory_lines(result) -> list[str]:
-    mem, w, sv = result.memory, result.workload, result.kv_cache_saving()
-    kv = (f"KV cache {human_bytes(mem.kv_cache_bytes)} ({human_bytes(mem.kv_cache_bytes_per_token)}/token x "
-          f"{w.final_context} positions x {w.batch * w.beams} sequences)" if w.kv_cache
-          else f"KV cache none (would be {human_bytes(mem.kv_cache_bytes_per_token)}/token)")
+    mem, w, sv, m = result.memory, result.workload, result.kv_cache_saving(), result.model
+    seqs = w.batch * w.beams
+    if m.arch == "encoder":
+        kv = "no KV cache (encoder-only)"
+    elif not w.kv_cache:
+        kv = f"KV cache none (would be {human_bytes(mem.kv_cache_bytes_per_token)}/token)"
+    else:
+        positions = (w.decoder_prompt if m.arch == "encoder-decoder" else w.prompt) + w.gen - 1
+        kv = (f"KV cache {human_bytes(mem.kv_cache_bytes)} ({human_bytes(mem.kv_cache_bytes_per_token)}/token x "
+              f"{positions} positions x {seqs} sequences")
+        if mem.cross_kv_cache_bytes:
+            kv += (f" for self-attention, {human_bytes(mem.self_kv_cache_bytes)}; cross-attention "
+                   f"{human_bytes(mem.cross_kv_cache_bytes)} for the {w.prompt} source positions")
+        kv += ")"
     lines = [f"memory: weights {human_bytes(mem.weights_bytes)}, {kv}, "
-             f"prefill activation peak {human_bytes(mem.activation_peak_bytes)}"]
+             f"activation peak {human_bytes(mem.activation_peak_bytes)}"]
     moe = result.moe()
     if moe:
-        lines.append(
-            f"experts: {moe['num_experts']} routed, {moe['experts_per_token']} per token; "
-            f"{human_count(moe['active_params'])} of {human_count(moe['total_params'])} parameters active per token; "
-            f"a decode step ({moe['decode_step_tokens']} tokens) reads at most {moe['decode_step_experts_read']} "
-            f"experts a layer ({moe['decode_step_expected_experts_read']:.2f} expected under uniform routing: "
-            f"{human_bytes(moe['decode_step_expected_expert_weight_bytes'])} of expert weights), "
-            f"prefill reads {moe['prefill_experts_read']}")
-    if sv["flops_ratio"] is not None:
+        line = (f"experts: {moe['num_experts']} routed, {moe['experts_per_token']} per token; "
+                f"{human_count(moe['active_params'])} of {human_count(moe['total_params'])} parameters active per token")
+        if "decode_step_tokens" in moe:
+            line += (f"; a decode step ({moe['decode_step_tokens']} tokens) reads at most "
+                     f"{moe['decode_step_experts_read']} experts a layer ({moe['decode_step_expected_experts_read']:.2f} "
+                     f"expected under uniform routing: {human_bytes(moe['decode_step_expected_expert_weight_bytes'])} "
+                     f"of expert weights), prefill reads {moe['prefill_experts_read']}")
+        lines.append(line)
+    if sv is not None and sv["flops_ratio"] is not None:
         lines.append(
             f"KV cache saving: decode {human_flops(sv['decode_flops_with_cache'])} with a cache vs "
             f"{human_flops(sv['decode_flops_without_cache'])} without ({sv['flops_ratio']:.1f}x the FLOPs "
@@ -129,12 +167,10 @@ def _memory_lines(result) -> list[str]:
     return lines
 
 
-_SUMMARY_HEADERS = ["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B",
-                    "decode FLOPs", "decode bytes", "FLOP/B"]
-
-
 def _summary(result, timing, markdown=False) -> str:
-    rows, headers = _phase_op_rows(result), list(_SUMMARY_HEADERS)
+    rows, headers = _phase_op_rows(result), ["op", "scope"]
+    for name in result.phases:
+        headers += [f"{name} FLOPs", f"{name} bytes", "FLOP/B"]
     if timing is not None:  # roofline time and bound of each row, prefill then decode
         headers += ["prefill time", "bound", "decode time", "bound"]
         rows = [r + t for r, t in zip(rows, _time_cells(timing))]
@@ -186,17 +222,17 @@ def report_table(result, timing=None) -> str:
     """The readable summary: per-layer op table with phase totals, then memory (and latency with
     a :class:`~costmodel.roofline.Timing`)."""
     body = _summary(result, timing)
-    note = f"decode columns are totals over {result.decode.steps} steps"
+    note = [] if result.decode is None else [f"decode columns are totals over {result.decode.steps} steps"]
     extra = [] if timing is None else _timing_lines(timing)
-    return "\n".join(_header_lines(result) + ["", body, note, ""] + _memory_lines(result) + extra)
+    return "\n".join(_header_lines(result) + ["", body] + note + [""] + _memory_lines(result) + extra)
 
 
 def report_markdown(result, timing=None) -> str:
     body = _summary(result, timing, markdown=True)
     head = _header_lines(result)
     extra = [] if timing is None else _timing_lines(timing)
-    return "\n".join([f"# Cost report: {result.model.name}", "", head[0], "", head[1], "", body, "",
-                      f"Decode columns are totals over {result.decode.steps} steps.", ""]
+    note = [] if result.decode is None else [f"Decode columns are totals over {result.decode.steps} steps.", ""]
+    return "\n".join([f"# Cost report: {result.model.name}", "", head[0], "", head[1], "", body, ""] + note
                      + [f"- {line}" for line in _memory_lines(result) + extra])
 
 

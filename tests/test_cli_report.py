@@ -162,7 +162,7 @@ def test_bad_input_is_one_line_exit_2(args, message):
     ('{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 5, '
      '"num_hidden_layers": 2, "vocab_size": 100, "max_position_embeddings": 64}',
      "hidden_size (64) is not divisible by num_heads (5)"),
-    ('{"model_type": "t5"}', "unsupported model_type 't5'"),
+    ('{"model_type": "xlnet"}', "unsupported model_type 'xlnet'"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, text, message):
     r = run("report", _config(tmp_path, text))

@@ -59,7 +59,10 @@ def test_llama_2_70b_gqa_cache_is_eight_times_smaller():
 def test_every_preset_analyzes():
     for spec in PRESETS.values():
         r = analyze(spec, Workload(batch=1, prompt=8, gen=2))
-        assert r.prefill.matmul_flops > 0 and r.decode.matmul_flops > 0
+        expected = {"decoder": ["prefill", "decode"], "encoder": ["encode"],
+                    "encoder-decoder": ["encode", "prefill", "decode"]}[spec.arch]
+        assert list(r.phases) == expected
+        assert all(p.matmul_flops > 0 for p in r.phases.values())
 
 
 def write(tmp_path, cfg, name="config.json"):
@@ -128,7 +131,7 @@ def test_folder_path_and_name(tmp_path):
     ("{not json", "malformed config .*: Expecting property name enclosed in double quotes at line 1"),
     ('{"model_type": "llama", "hidden_size": 4096', "malformed config"),
     ("[1, 2]", "expected a JSON object, got list"),
-    (json.dumps({**LLAMA2_CONFIG, "model_type": "bert"}), "unsupported model_type 'bert'; supported: gpt2, llama"),
+    (json.dumps({**LLAMA2_CONFIG, "model_type": "xlnet"}), "unsupported model_type .xlnet.; supported: gpt2, llama"),
     (json.dumps({k: v for k, v in LLAMA2_CONFIG.items() if k != "num_hidden_layers"}),
      "missing required field 'num_hidden_layers' for model_type 'llama'"),
     (json.dumps({**LLAMA2_CONFIG, "hidden_size": "4096"}), "field 'hidden_size' must be an integer, got '4096'"),

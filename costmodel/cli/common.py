@@ -84,13 +84,21 @@ def model_argument(fn):
     return click.argument("model", metavar="MODEL")(fn)
 
 
+STRATEGY_CHOICES = ("greedy", "sample", "top_k", "top_p", "top_k_top_p", "beam")
+
+
 def workload_options(fn):
-    """--batch --prompt --gen --dtype --weight-dtype --kv-dtype --logits --no-kv-cache --causal --beams."""
+    """--batch --prompt --gen --decoder-prompt --dtype --weight-dtype --kv-dtype --logits --no-kv-cache
+    --causal --beams --strategy --top-k --top-p --temperature."""
     opts = [
         click.option("--batch", "-b", type=int, default=1, show_default=True, help="Sequences in the batch."),
-        click.option("--prompt", "-s", type=int, default=512, show_default=True, help="Prompt length in tokens."),
-        click.option("--gen", "-n", type=int, default=128, show_default=True,
-                     help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps)."),
+        click.option("--prompt", "-s", type=int, default=512, show_default=True,
+                     help="Prompt length in tokens (encoder-decoder: the source; encoder: the input)."),
+        click.option("--gen", "-n", type=int, default=None,
+                     help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps). "
+                          "[default: 128; 1 for encoder-only models]"),
+        click.option("--decoder-prompt", type=int, default=1, show_default=True,
+                     help="Encoder-decoder: tokens the decoder starts from."),
         click.option("--dtype", default="bf16", show_default=True,
                      help=f"Weights and activations: {', '.join(DTYPES[:5])}."),
         click.option("--weight-dtype", default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPES)}."),
@@ -100,29 +108,41 @@ def workload_options(fn):
         click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step."),
         click.option("--causal", is_flag=True, help="Count only the lower triangle of attention scores."),
         click.option("--beams", type=int, default=1, show_default=True, help="Beam width (multiplies the decode batch)."),
+        click.option("--strategy", type=click.Choice(STRATEGY_CHOICES), default="greedy", show_default=True,
+                     help="Decoding strategy (its per-step sampling ops are counted)."),
+        click.option("--top-k", type=int, default=50, show_default=True, help="k of top_k and top_k_top_p."),
+        click.option("--top-p", type=float, default=0.9, show_default=True, help="p of top_p and top_k_top_p."),
+        click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def build_workload(batch, prompt, gen, dtype, weight_dtype, kv_dtype, logits, no_kv_cache, causal, beams):
+def build_workload(batch, prompt, gen, dtype, weight_dtype, kv_dtype, logits, no_kv_cache, causal, beams,
+                   decoder_prompt=1, strategy="greedy", top_k=50, top_p=0.9, temperature=1.0):
     from ..dtypes import canonical_dtype
     from ..spec import Workload
 
     dtype = canonical_dtype(dtype, "dtype")
-    return Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=weight_dtype or dtype,
-                    act_dtype=dtype, kv_dtype=kv_dtype, logits=logits, kv_cache=not no_kv_cache,
-                    causal=causal, beams=beams)
+    return Workload(batch=batch, prompt=prompt, gen=128 if gen is None else gen,
+                    weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, logits=logits,
+                    kv_cache=not no_kv_cache, causal=causal, beams=beams, decoder_prompt=decoder_prompt,
+                    strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature)
 
 
 WORKLOAD_KEYS = ("batch", "prompt", "gen", "dtype", "weight_dtype", "kv_dtype", "logits",
-                 "no_kv_cache", "causal", "beams")
+                 "no_kv_cache", "causal", "beams", "decoder_prompt", "strategy", "top_k", "top_p",
+                 "temperature")
 
 
-def pop_workload(kwargs: dict):
-    """Remove the workload options from a command's kwargs and build the Workload."""
-    return build_workload(**{k: kwargs.pop(k) for k in WORKLOAD_KEYS})
+def pop_workload(kwargs: dict, spec=None):
+    """Remove the workload options from a command's kwargs and build the Workload. ``--gen`` not
+    given means 128, or 1 for an encoder-only ``spec`` (it generates nothing)."""
+    values = {k: kwargs.pop(k) for k in WORKLOAD_KEYS if k in kwargs}
+    if values.get("gen") is None and spec is not None and spec.arch == "encoder":
+        values["gen"] = 1
+    return build_workload(**values)
 
 
 def format_option(choices, default="table"):

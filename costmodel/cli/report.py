@@ -30,7 +30,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
     from reports import text
 
     spec = get_model(model)
-    result = analyze(spec, pop_workload(kwargs))
+    result = analyze(spec, pop_workload(kwargs, spec))
     timing = None
     if gpu is not None or hardware_file is not None:
         from ..hardware import get_hardware
