@@ -124,9 +124,19 @@ def run_cases(quick: bool = False, names=None, fvcore: bool | None = None, devic
 
     ``fvcore``: also count with fvcore (default: in the full matrix, not in ``quick``).
     """
+    import torch
+
     fvcore = (not quick) if fvcore is None else fvcore
-    for case, attention in plan(quick, names):
-        t0 = time.perf_counter()
-        res = count(get_model(case.model), case.build_workload(), attention=attention, device=device,
-                    fvcore=fvcore)
-        yield CaseResult(case, attention, res, time.perf_counter() - t0)
+    cases = plan(quick, names)
+    # One intra-op thread: counts do not depend on it, tiny ops gain nothing from a second thread,
+    # and on a busy machine OpenMP's spinning threads made the matrix 3x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for case, attention in cases:
+            t0 = time.perf_counter()
+            res = count(get_model(case.model), case.build_workload(), attention=attention, device=device,
+                        fvcore=fvcore)
+            yield CaseResult(case, attention, res, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
