@@ -171,27 +171,35 @@ def _summary(result, timing, markdown=False) -> str:
     rows, headers = _phase_op_rows(result), ["op", "scope"]
     for name in result.phases:
         headers += [f"{name} FLOPs", f"{name} bytes", "FLOP/B"]
-    if timing is not None:  # roofline time and bound of each row, prefill then decode
-        headers += ["prefill time", "bound", "decode time", "bound"]
+    if timing is not None:  # roofline time and bound of each row, one column pair per phase
+        for name in timing.phases:
+            headers += [f"{name} time", "bound"]
         rows = [r + t for r, t in zip(rows, _time_cells(timing))]
     return render(headers, rows, markdown=markdown, align=["l", "l"] + ["r"] * (len(headers) - 2))
 
 
 def _time_cells(timing) -> list[list[str]]:
-    """Cells aligned with :func:`_phase_op_rows`: seconds and bound per op, then the totals."""
-    pre, dec = timing.prefill, timing.decode
+    """Cells aligned with :func:`_phase_op_rows`: seconds and bound per op and phase, then totals."""
+    phases = list(timing.phases.values())
 
-    def cells(p, d):
-        return [human_seconds(p.seconds), p.bound, human_seconds(d.seconds), d.bound]
+    def cells(values):
+        out = []
+        for o in values:
+            out += ["-", ""] if o is None else [human_seconds(o.seconds), o.bound]
+        return out
 
-    out = [cells(p, d) for p, d in zip(pre.before, dec.before)]
-    out += [cells(p, d) for p, d in zip(pre.layer, dec.layer)]
-    lp, ld = sum(o.seconds for o in pre.layer), sum(o.seconds for o in dec.layer)
-    out.append([human_seconds(lp), "", human_seconds(ld), ""])
-    out.append([human_seconds(pre.num_layers * lp), "", human_seconds(dec.num_layers * ld), ""])
-    out += [cells(p, d) for p, d in zip(pre.after, dec.after)]
-    out.append([human_seconds(pre.seconds), "", human_seconds(dec.seconds), ""])
-    out.append(["", "", "", ""])
+    def section(attr):
+        by_phase = [{o.op: o for o in getattr(p, attr)} for p in phases]
+        names = _merge_names([[o.op for o in getattr(p, attr)] for p in phases])
+        return [cells([d.get(n) for d in by_phase]) for n in names]
+
+    per_layer = [sum(o.seconds for o in p.layer) for p in phases]
+    out = section("before") + section("layer")
+    out.append([c for t in per_layer for c in (human_seconds(t), "")])
+    out.append([c for p, t in zip(phases, per_layer) for c in (human_seconds(p.num_layers * t), "")])
+    out += section("after")
+    out.append([c for p in phases for c in (human_seconds(p.seconds), "")])
+    out.append(["", ""] * len(phases))
     return out
 
 
@@ -203,15 +211,21 @@ def _timing_lines(timing) -> list[str]:
         return "-" if x is None else human_seconds(x)
 
     share = []
-    for name, ph in (("prefill", timing.prefill), ("decode", timing.decode)):
+    for name, ph in timing.phases.items():
         b = ph.bound_seconds()
         if ph.seconds:
             share.append(f"{name} {b['compute'] / ph.seconds:.0%} compute-bound, "
                          f"{b['memory'] / ph.seconds:.0%} memory-bound, {b['overhead'] / ph.seconds:.0%} overhead")
+    if timing.prefill is None:  # encoder-only: one pass, nothing generated
+        first = f"latency on {hw.id} ({hw.name}): encode pass {human_seconds(timing.e2e_s)}"
+    else:
+        enc = (f" (encode {human_seconds(timing.encode.seconds)} + prefill "
+               f"{human_seconds(timing.prefill.seconds)})" if timing.encode else "")
+        first = (f"latency on {hw.id} ({hw.name}): TTFT {human_seconds(timing.ttft_s)}{enc}; "
+                 f"TPOT first {ms(tp['first'])}, mean {ms(tp['mean'])}, last {ms(tp['last'])}; end-to-end "
+                 f"{human_seconds(timing.e2e_s)}; {timing.tokens_per_s:,.1f} tokens/s generated")
     return [
-        f"latency on {hw.id} ({hw.name}): TTFT {human_seconds(timing.ttft_s)}; TPOT first {ms(tp['first'])}, "
-        f"mean {ms(tp['mean'])}, last {ms(tp['last'])}; end-to-end {human_seconds(timing.e2e_s)}; "
-        f"{timing.tokens_per_s:,.1f} tokens/s generated",
+        first,
         f"roofline: per op max(FLOPs / {timing.rates.flops_per_s / 1e12:,.4g} TFLOP/s, bytes / "
         f"{timing.rates.bytes_per_s / 1e9:,.4g} GB/s) + {hw.op_overhead_s * 1e6:g} us overhead (efficiencies "
         f"{eff['source']}: FLOP/s {eff['flops']:g}, bandwidth {eff['bandwidth']:g}); " + "; ".join(share),
@@ -243,7 +257,7 @@ def ops_csv(result, timing=None) -> str:
     columns = _COLUMNS if timing is None else _COLUMNS + ("seconds", "bound")
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    times = None if timing is None else iter([o for ph in (timing.prefill, timing.decode) for _, o in ph.rows()])
+    times = None if timing is None else iter([o for ph in timing.phases.values() for _, o in ph.rows()])
     for row in result.rows():
         row = {**row, "layer": "" if row["layer"] is None else row["layer"]}
         if times is not None:

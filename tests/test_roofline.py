@@ -214,3 +214,27 @@ def test_report_gpu_bad_input(extra, message):
     r = CliRunner().invoke(main, ARGS + extra)
     assert r.exit_code == 2
     assert r.output.startswith(message) and r.output.count("\n") == 1
+
+
+def test_encoder_models_add_an_encode_phase():
+    hw = get_hardware("l4")
+    wl = Workload(batch=2, prompt=32, gen=6)
+    t5 = predict(get_model("tiny-t5"), wl, hw)
+    assert list(t5.phases) == ["encode", "prefill", "decode"]
+    assert t5.ttft_s == t5.encode.seconds + t5.prefill.seconds  # the source is encoded before the first token
+    assert t5.e2e_s == t5.encode.seconds + t5.prefill.seconds + t5.decode.seconds
+    bert = predict(get_model("tiny-bert"), wl, hw)
+    assert list(bert.phases) == ["encode"]
+    assert (bert.ttft_s, bert.tokens_per_s, bert.tpot_mean_s) == (None, None, None)
+    assert bert.e2e_s == bert.encode.seconds > 0
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-t5"])
+def test_report_gpu_for_encoder_models_in_every_format(model):
+    args = ["report", model, "-s", "16", "-n", "4", "--gpu", "l4"]
+    d = json.loads(CliRunner().invoke(main, args + ["--format", "json"]).output)
+    assert all("seconds" in d[p] for p in d["phases"]) and all("seconds" in row for row in d["ops"])
+    assert d["encode_s"] == d["encode"]["seconds"]
+    for fmt in ("table", "markdown", "csv"):
+        r = CliRunner().invoke(main, args + ["--format", fmt])
+        assert r.exit_code == 0 and ("encode time" in r.output or "seconds" in r.output)
