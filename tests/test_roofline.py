@@ -232,7 +232,7 @@ def test_encoder_models_add_an_encode_phase():
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-t5"])
 def test_report_gpu_for_encoder_models_in_every_format(model):
     args = ["report", model, "-s", "16", "-n", "4", "--gpu", "l4"]
-    d = json.loads(CliRunner().invoke(main, args + ["--format", "json"]).output)
+    d = json.loads(CliRunner().invoke(main, args + ["--format", "json"]).stdout)  # a warning goes to stderr
     assert all("seconds" in d[p] for p in d["phases"]) and all("seconds" in row for row in d["ops"])
     assert d["encode_s"] == d["encode"]["seconds"]
     for fmt in ("table", "markdown", "csv"):
