@@ -258,7 +258,7 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     return best
 
 
-def _largest(ok, lo_known: int = 0) -> int:
+def _largest(ok) -> int:
     """Largest n >= 1 with ok(n) for ok monotone (true then false); 0 if ok(1) is false."""
     if not ok(1):
         return 0
