@@ -15,6 +15,10 @@ operation records the largest magnitude it produced (inputs included). If no int
 ~1e-13 relative, far inside the factor of two between 2**62 and int64's 2**63). Otherwise it runs on
 numpy object arrays of Python ints, which cannot overflow; columns whose values fit in int64 are
 converted back to int64, the others stay Python ints (CSV and JSON write them digit for digit).
+A second guard checks the decode sums on exact int64 inputs (see :func:`_check_decode_sums`).
+The grid is computed in blocks of batch rows (cache-sized arrays); each block decides for itself.
+Routed experts without a KV cache have a few decode steps that are not polynomial in the step;
+as :func:`~costmodel.analysis.decode_cost` does, those configurations are summed step by step.
 Nothing is ever rounded through float; ``arithmetic_intensity`` and ``seconds`` are the only floats.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from math import comb
 
 import numpy as np
 
@@ -39,6 +44,7 @@ COLUMNS = ("batch", "prompt", "gen", "phase") + COUNT_COLUMNS[:4] + ("arithmetic
 INT64_SAFE = 2**62  # every intermediate below this: int64 arithmetic is exact
 MAX_RANGE_VALUES = 1_000_000  # values one range may expand to
 MAX_GRID_CONFIGS = 50_000_000  # batch x prompt x gen combinations one sweep may hold
+BLOCK_PAIRS = 1 << 16  # (batch, prompt) pairs computed at once: the arrays stay in the CPU cache
 
 _INT = r"\s*(\d+)\s*"
 _RANGE = re.compile(rf"^{_INT}:{_INT}(?::\s*([x+*])\s*(\d+)\s*)?$")
@@ -112,9 +118,14 @@ class GridWorkload:
         return getattr(self.base, name)
 
 
-def _peak_magnitude(fn, *args):
-    """Run ``fn(*args, dtype)`` on float64 arrays that record the largest |value| any numpy
-    operation takes or produces; return that magnitude."""
+def _peak_magnitude(fn, *args, dtype=np.float64):
+    """Run ``fn(*args, dtype)`` on float arrays that record the largest |value| any numpy
+    operation takes or produces; return that magnitude.
+
+    float64, not float32: the decode sum multiplies second differences (exactly 0 with a KV
+    cache) by C(steps, 3); float32 rounding noise in them would inflate the bound needlessly.
+    Rounding can only inflate or shift the bound by ~1e-13 relative, far inside the factor of 2
+    between :data:`INT64_SAFE` and int64's limit."""
     peak = [0.0]
 
     class Shadow(np.ndarray):
@@ -129,11 +140,11 @@ def _peak_magnitude(fn, *args):
             out = getattr(ufunc, method)(*raw, **kwargs)
             if isinstance(out, np.ndarray) and out.dtype.kind == "f":
                 if out.size:
-                    peak[0] = max(peak[0], float(np.abs(out).max()))
+                    peak[0] = max(peak[0], float(out.max()), -float(out.min()))
                 return out.view(Shadow)
             return out
 
-    fn(*[np.asarray(a, dtype=np.float64).view(Shadow) for a in args], np.float64)
+    fn(*[np.asarray(a, dtype=dtype).view(Shadow) for a in args], dtype)
     return peak[0]
 
 
@@ -164,6 +175,8 @@ def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -
     both_phases("activation_peak_bytes", activation_peak_bytes(spec, gw, pre.cost))
     both_phases("weights_bytes", weight_bytes(spec, wl.weight_dtype))
     step_totals = {c: [getattr(s, c) for s in steps] for c in ("flops", "matmul_flops", "bytes")}
+    if dtype is np.int64:
+        _check_decode_sums(step_totals, max(gens) - 1)
     for k, g in enumerate(gens):
         n = g - 1  # decode steps: the exact closed-form sum over steps 1 .. n
         for col, (s1, s2, s3) in step_totals.items():
@@ -177,6 +190,25 @@ def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -
             for col in ("flops", "matmul_flops", "bytes"):
                 out[col][ib, ip, k, 1] = getattr(d, col)
     return out
+
+
+class _NeedsPythonInts(Exception):
+    """An int64 decode sum could pass 2**62: recompute the block in Python ints."""
+
+
+def _check_decode_sums(step_totals: dict, n: int) -> None:
+    """Second guard, on exact inputs: the float shadow can lose a small second difference d2 of
+    huge step costs to rounding, and d2 * C(n, 3) can still be large. Here d1 and d2 are exact
+    int64 (each step cost is below 2**62 by the shadow), so the float64 bound
+    n |f1| + |d1| C(n, 2) + |d2| C(n, 3), which covers every partial sum of ``sum_quadratic``
+    (and grows with n), is accurate to ~1e-16."""
+    c2, c3 = float(comb(n, 2)), float(comb(n, 3))
+    for s1, s2, s3 in step_totals.values():
+        s1, s2, s3 = (np.asarray(x, dtype=np.int64) for x in (s1, s2, s3))
+        d1, d2 = s2 - s1, s3 - 2 * s2 + s1
+        bound = n * np.abs(s1.astype(np.float64)) + np.abs(d1.astype(np.float64)) * c2 + np.abs(d2.astype(np.float64)) * c3
+        if bound.size and float(bound.max()) >= INT64_SAFE:
+            raise _NeedsPythonInts
 
 
 def _irregular_pairs(spec: ModelSpec, wl: Workload, batches, prompts) -> list[tuple[int, int]]:
@@ -212,10 +244,24 @@ def grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> tuple[
     g = [int(x) for x in gens]
     peak = _peak_magnitude(lambda bb, pp, dt: _grid_counts(spec, wl, bb, pp, g, dt), b, p)
     if peak < INT64_SAFE:
-        return _grid_counts(spec, wl, b, p, g, np.int64), "int64"
+        try:
+            return _grid_counts(spec, wl, b, p, g, np.int64), "int64"
+        except _NeedsPythonInts:
+            pass
     counts = _grid_counts(spec, wl, np.array([int(x) for x in batches], dtype=object),
                           np.array([int(x) for x in prompts], dtype=object), g, object)
     return _as_int_columns(counts), "python-int"
+
+
+def _merge_blocks(blocks) -> tuple[dict, str]:
+    """Concatenate per-block count columns along the batch axis: int64 if every block ran in
+    int64, else exact Python ints (converted back to int64 column by column where they fit)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    if all(kind == "int64" for _, kind in blocks):
+        return {c: np.concatenate([b[c] for b, _ in blocks]) for c in COUNT_COLUMNS}, "int64"
+    merged = {c: np.concatenate([b[c].astype(object) for b, _ in blocks]) for c in COUNT_COLUMNS}
+    return _as_int_columns(merged), "python-int"
 
 
 def _check_grid(batches, prompts, gens) -> None:
@@ -248,7 +294,17 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
     wl = workload or Workload()
     _check_grid(batches, prompts, gens)
     batches, prompts, gens = (sorted({int(v) for v in x}) for x in (batches, prompts, gens))
-    counts, arithmetic = grid_counts(spec, wl, batches, prompts, gens)
+    step = max(1, BLOCK_PAIRS // len(prompts))  # blocks of batch rows; each picks its own arithmetic
+    blocks, seconds = [], []
+    for i in range(0, len(batches), step):
+        counts, kind = grid_counts(spec, wl, batches[i:i + step], prompts, gens)
+        blocks.append((counts, kind))
+        if hardware is not None:
+            from . import latency
+
+            seconds.append(latency.phase_seconds(spec, wl, hardware, batches[i:i + step], prompts, gens,
+                                                 exact_ints=kind == "python-int"))
+    counts, arithmetic = _merge_blocks(blocks)
     shape = (len(batches), len(prompts), len(gens), 2)
     cols = {
         "batch": np.broadcast_to(np.asarray(batches, dtype=np.int64)[:, None, None, None], shape).ravel(),
@@ -266,10 +322,7 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
         cols[c] = flat[c]
     df = pd.DataFrame(cols, copy=False)
     if hardware is not None:
-        from . import latency
-
-        df["seconds"] = latency.phase_seconds(spec, wl, hardware, batches, prompts, gens,
-                                             exact_ints=arithmetic == "python-int").ravel()
+        df["seconds"] = np.concatenate(seconds).ravel()
     df.attrs["arithmetic"] = arithmetic
     return df
 
