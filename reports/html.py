@@ -47,11 +47,13 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _table(headers, rows, total_rows=()) -> str:
+def _table(headers, rows, total_rows=(), left=1) -> str:
+    """A table; the first ``left`` columns are text (left-aligned), the rest numbers."""
     out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     for i, r in enumerate(rows):
         cls = ' class="total"' if i in total_rows else ""
-        out.append(f"<tr{cls}>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(f'<td class="l">{_e(c)}</td>' if 0 < j < left else f"<td>{_e(c)}</td>"
+                                          for j, c in enumerate(r)) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -157,7 +159,8 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
               f'<p class="note">Block ops are identical in every layer and shown once; decode columns are '
               f"totals over {result.decode.steps:,} steps.</p>",
               _table(["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B", "decode FLOPs",
-                      "decode bytes", "FLOP/B"], layer_rows(result), total_rows=(len(layer_rows(result)) - 1,))]
+                      "decode bytes", "FLOP/B"], layer_rows(result), total_rows=(len(layer_rows(result)) - 1,),
+                     left=2)]
     if figures:
         parts.append("<h2>Plots</h2>")
         for kind, png in figures.items():
