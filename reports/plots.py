@@ -157,11 +157,11 @@ def phases_figure(terms, spec, wl, hw=None) -> Figure:
         axes[r, 2].set_title(f"Decode step FLOPs by term ({fixed})")
         axes[r, 3].set_title(f"Decode step bytes by kind ({fixed})")
         axes[r, 4].set_title(f"Arithmetic intensity ({fixed})")
-    axes[0, 1].legend(loc="lower left", fontsize=7, framealpha=0.9)
+    axes[0, 1].legend(loc="center left", fontsize=7, framealpha=0.9)
     axes[0, 2].legend(handles=axes[0, 2].collections[:len(TERMS)],
                       labels=["QKVO projections", "attention QKᵀ, PV (4·b·s·h per layer, s = context)",
-                              "MLP", "LM head", "other"], loc="lower left", fontsize=7, framealpha=0.9)
-    axes[0, 3].legend(loc="lower left", fontsize=8, framealpha=0.9)
+                              "MLP", "LM head", "other"], loc="center left", fontsize=7, framealpha=0.9)
+    axes[0, 3].legend(loc="center left", fontsize=8, framealpha=0.9)
     fig.suptitle(f"{spec.name}: prefill vs decode ({wl.weight_dtype} weights, {wl.act_dtype} activations; "
                  f"decode = one step after the prompt{'' if wl.kv_cache else ', no KV cache'})",
                  fontsize=14)
