@@ -69,13 +69,25 @@ def _ai(flops, nbytes) -> str:
 def phase_rows(result, timing=None):
     """The phase comparison: one row per phase."""
     rows = []
-    for ph in (result.prefill, result.decode):
+    times = timing.phases() if timing is not None and callable(getattr(timing, "phases", None)) else {}
+    for ph in result.phases.values():
         row = [ph.name, f"{ph.steps:,}", human_flops(ph.flops), f"{ph.flops:,}", human_flops(ph.matmul_flops),
                human_bytes(ph.bytes), _ai(ph.flops, ph.bytes)]
         if timing is not None:
-            t = timing.prefill if ph.name == "prefill" else timing.decode
-            row.append(human_seconds(t.seconds) if t.steps or ph.name == "prefill" else "-")
+            t = times.get(ph.name)
+            row.append(human_seconds(t.seconds) if t is not None and (t.steps or ph.name != "decode") else "-")
         rows.append(row)
+    return rows
+
+
+def single_phase_rows(phase, num_layers):
+    """Per-layer op table of one phase (models whose phases run different blocks: encoders)."""
+    c = phase.cost
+    rows = [[o.op, "model", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)] for o in c.before]
+    rows += [[o.op, f"each of {num_layers} layers", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)]
+             for o in c.layer]
+    rows += [[o.op, "model", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)] for o in c.after]
+    rows.append(["TOTAL", "", human_flops(phase.flops), human_bytes(phase.bytes), _ai(phase.flops, phase.bytes)])
     return rows
 
 
@@ -134,15 +146,18 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
     headers = ["phase", "steps", "FLOPs", "FLOPs (exact)", "matmul FLOPs", "bytes moved", "FLOP/byte"]
     if timing is not None:
         headers.append("roofline time")
-    parts += ["<h2>Prefill vs decode</h2>", _table(headers, phase_rows(result, timing))]
+    parts += [f"<h2>{_e(' vs '.join(n.capitalize() if i == 0 else n for i, n in enumerate(result.phases)))}</h2>",
+              _table(headers, phase_rows(result, timing))]
     if timing is not None:
         tp = timing.tpot()
-        parts.append(_kv([("TTFT (time to first token)", human_seconds(timing.ttft_s))]
-                         + [(f"TPOT {k}", human_seconds(v)) for k, v in tp.items() if v is not None]
-                         + [("end to end", human_seconds(timing.e2e_s)),
-                            ("tokens per second", f"{timing.tokens_per_s:,.1f}")]))
+        pairs = [("TTFT (time to first token)", human_seconds(timing.ttft_s))] if timing.ttft_s else []
+        pairs += [(f"TPOT {k}", human_seconds(v)) for k, v in tp.items() if v is not None]
+        pairs += [("end to end", human_seconds(timing.e2e_s))]
+        if timing.tokens_per_s:
+            pairs.append(("tokens per second", f"{timing.tokens_per_s:,.1f}"))
+        parts.append(_kv(pairs))
     sv = result.kv_cache_saving()
-    if sv.get("flops_ratio"):
+    if sv and sv.get("flops_ratio"):
         parts.append(f'<p class="note">Decode with a KV cache: {_e(human_flops(sv["decode_flops_with_cache"]))}; '
                      f'without: {_e(human_flops(sv["decode_flops_without_cache"]))} '
                      f'({sv["flops_ratio"]:.1f}× the FLOPs).</p>')
@@ -156,11 +171,19 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
         mem_rows.append([f"{hardware.name} capacity", human_bytes(hardware.memory_bytes), f"{hardware.memory_bytes:,}"])
     parts += ["<h2>Memory</h2>", _table(["", "size", "bytes"], mem_rows, total_rows=(4,))]
     parts += ["<h2>Per-layer ops</h2>",
-              f'<p class="note">Block ops are identical in every layer and shown once; decode columns are '
-              f"totals over {result.decode.steps:,} steps.</p>",
-              _table(["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B", "decode FLOPs",
-                      "decode bytes", "FLOP/B"], layer_rows(result), total_rows=(len(layer_rows(result)) - 1,),
-                     left=2)]
+              f'<p class="note">Block ops are identical in every layer and shown once'
+              + (f"; decode columns are totals over {result.decode.steps:,} steps" if result.decode is not None else "")
+              + ".</p>",
+              ]
+    if set(result.phases) == {"prefill", "decode"}:
+        rows = layer_rows(result)
+        parts.append(_table(["op", "scope", "prefill FLOPs", "prefill bytes", "FLOP/B", "decode FLOPs",
+                             "decode bytes", "FLOP/B"], rows, total_rows=(len(rows) - 1,), left=2))
+    else:
+        for ph in result.phases.values():
+            rows = single_phase_rows(ph, getattr(ph.cost, "num_layers", m.num_layers))
+            parts += [f"<h3>{_e(ph.name)}</h3>",
+                      _table(["op", "scope", "FLOPs", "bytes", "FLOP/B"], rows, total_rows=(len(rows) - 1,), left=2)]
     if figures:
         parts.append("<h2>Plots</h2>")
         for kind, png in figures.items():
@@ -170,9 +193,13 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
     return "\n".join(parts)
 
 
-def report_kinds(hardware) -> list[str]:
-    """The plots a report shows: the hardware-free ones, and the device ones when there is a device."""
-    return ["phases", "kv-cache"] + (["memory", "roofline", "latency"] if hardware is not None else [])
+def report_kinds(hardware, spec=None, wl=None) -> list[str]:
+    """The plots a report shows: the hardware-free ones, and the device ones when there is a device.
+    The phases plot covers decoder-only models; latency (TPOT) needs decode steps."""
+    arch = getattr(spec, "arch", "decoder")
+    kinds = (["phases"] if arch == "decoder" else []) + (["kv-cache"] if arch != "encoder" else [])
+    device = ["memory", "roofline"] + (["latency"] if arch != "encoder" and (wl is None or wl.gen >= 2) else [])
+    return kinds + (device if hardware is not None else [])
 
 
 def report_figures(spec, wl, hardware=None, batches=None, contexts=None):
@@ -184,7 +211,7 @@ def report_figures(spec, wl, hardware=None, batches=None, contexts=None):
         top = max(256, spec.max_position_embeddings)
         contexts = [c for c in (2**i for i in range(7, 21)) if c <= top]
     hws = [hardware] if hardware is not None else []
-    return {k: plots.build(k, [spec], wl, hws, batches, contexts) for k in report_kinds(hardware)}
+    return {k: plots.build(k, [spec], wl, hws, batches, contexts) for k in report_kinds(hardware, spec, wl)}
 
 
 def write_html(path: str, spec, result, timing=None, hardware=None, dpi: int = 80) -> str:

@@ -86,6 +86,9 @@ def phase_terms(spec, wl, contexts, batches) -> pd.DataFrame:
     first after the prompt), against context (batch = ``wl.batch``) and against batch
     (prompt = ``wl.prompt``). Columns: axis ('context' or 'batch'), batch, prompt, phase, term,
     flops, weights, activations, KV cache (bytes)."""
+    from .sweep import require_decoder_only
+
+    require_decoder_only(spec, "the phases plot")
     frames = []
     for axis, b, p in (("context", np.array([[wl.batch]], dtype=object),
                         np.array([[int(c) for c in contexts]], dtype=object)),
@@ -171,7 +174,7 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
 
     t = predict(spec, wl, hw)
     rows, left_out = [], set()
-    for phase in (t.prefill, t.decode):
+    for phase in (p for p in (getattr(t, "encode", None), t.prefill, t.decode) if p is not None):
         for o in phase.before + phase.layer + phase.after:
             busy = o.seconds - o.overhead_s
             if o.flops == 0 or o.bytes == 0 or busy <= 0:

@@ -19,7 +19,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, LogFormatter
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour deficiency.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-PHASE_COLORS = {"prefill": OKABE_ITO[0], "decode": OKABE_ITO[1]}
+PHASE_COLORS = {"prefill": OKABE_ITO[0], "decode": OKABE_ITO[1], "encode": OKABE_ITO[2]}
 TERM_COLORS = {"projections": OKABE_ITO[0], "attention": OKABE_ITO[1], "MLP": OKABE_ITO[2],
                "LM head": OKABE_ITO[3], "other": "#999999"}
 BYTE_COLORS = {"weights": OKABE_ITO[0], "activations": OKABE_ITO[4], "KV cache": OKABE_ITO[1],
@@ -292,7 +292,7 @@ def plot_roofline(ax, ops, hw_label: str = ""):
                        label=f"{hw_label} roofline: {F / 1e12:.0f} TFLOP/s, {B / 1e12:.2f} TB/s achievable")
     artists.append(ax.axvline(ridge, color="black", ls=":", lw=1))
     artists.append(ax.text(ridge * 1.08, F * 1.6, f"ridge {ridge:.0f} FLOP/B", fontsize=9))
-    markers = {"prefill": "o", "decode": "^"}
+    markers = {"prefill": "o", "decode": "^", "encode": "s"}
     for phase, d in ops.groupby("phase", sort=False):
         artists.append(ax.scatter(d["arithmetic_intensity"], d["flops_per_s"], marker=markers.get(phase, "o"),
                                   s=50, color=PHASE_COLORS.get(phase, "grey"), edgecolor="black", lw=0.5, zorder=3,
@@ -301,7 +301,7 @@ def plot_roofline(ax, ops, hw_label: str = ""):
     for k, g in enumerate(_clusters(ops), start=1):
         artists.append(ax.annotate(str(k), (g["ai"], g["y"]), xytext=(-4, 7), textcoords="offset points",
                                    fontsize=9, fontweight="bold", ha="right"))
-        names = [f"{phase}: {', '.join(g['ops'][phase])}" for phase in sorted(g["ops"], key=("prefill", "decode").index)]
+        names = [f"{phase}: {', '.join(g['ops'][phase])}" for phase in sorted(g["ops"], key=("encode", "prefill", "decode").index)]
         key.append(f"{k}. " + "; ".join(names))
     artists.append(ax.text(1.02, 1.0, "\n".join(_wrap_line(t) for t in key), transform=ax.transAxes,
                            va="top", ha="left", fontsize=8, family="monospace"))

@@ -253,6 +253,15 @@ def grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> tuple[
     return _as_int_columns(counts), "python-int"
 
 
+def require_decoder_only(spec: ModelSpec, what: str) -> None:
+    """The grid evaluation covers decoder-only models; encoder and encoder-decoder models (an
+    encode phase, cross-attention) are analysed one configuration at a time by ``report``."""
+    arch = getattr(spec, "arch", "decoder")
+    if arch != "decoder":
+        raise SpecError(f"{what} covers decoder-only models; {spec.name} is {arch} "
+                        "(use `costmodel report` for one configuration at a time)")
+
+
 def _merge_blocks(blocks) -> tuple[dict, str]:
     """Concatenate per-block count columns along the batch axis: int64 if every block ran in
     int64, else exact Python ints (converted back to int64 column by column where they fit)."""
@@ -292,6 +301,7 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
     import pandas as pd
 
     wl = workload or Workload()
+    require_decoder_only(spec, "sweep")
     _check_grid(batches, prompts, gens)
     batches, prompts, gens = (sorted({int(v) for v in x}) for x in (batches, prompts, gens))
     step = max(1, BLOCK_PAIRS // len(prompts))  # blocks of batch rows; each picks its own arithmetic

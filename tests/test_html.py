@@ -91,6 +91,19 @@ def test_report_html_without_device_has_two_plots(tmp_path):
     assert [i["alt"] for i in p.imgs] == ["phases plot", "kv-cache plot"]
 
 
+@pytest.mark.parametrize("model, plots", [("tiny-bert", ["memory plot", "roofline plot"]),
+                                          ("tiny-t5", ["kv-cache plot", "memory plot", "roofline plot",
+                                                       "latency plot"])])
+def test_report_html_encoder_models(tmp_path, model, plots):
+    # no phases plot (decoder-only); an encoder has no KV cache and no decode steps
+    page = tmp_path / "r.html"
+    r = run("report", model, "--prompt", "16", "--gpu", "h100-sxm", "--html", str(page))
+    assert r.exit_code == 0, r.output
+    p = _parse(page.read_text(encoding="utf-8"))
+    assert [i["alt"] for i in p.imgs] == plots
+    assert p.h2[2].startswith("Encode")
+
+
 def test_report_html_escapes_text():
     res = analyze(get_model("tiny-llama").with_(name="<b>&model"), Workload(prompt=8, gen=2))
     page = H.report_html(res, {})

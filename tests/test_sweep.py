@@ -245,6 +245,7 @@ def test_cli_parquet_without_pyarrow(tmp_path, monkeypatch):
     (["sweep", "tiny-gpt2", "--format", "parquet"], "needs --out FILE"),
     (["sweep", "tiny-gpt2", "--gpu", "no-such-gpu"], "unknown GPU"),
     (["sweep", "tiny-gpt2", "--out", "/no/such/dir/x.csv"], "does not exist"),
+    (["sweep", "tiny-t5", "--gen", "4"], "covers decoder-only models; tiny-t5 is encoder-decoder"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, words):
     r = run(*args)

@@ -75,9 +75,10 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     """
     from ..models import get_model
     from reports.files import check_writable_file
-    from reports.sweep import parse_range, sweep as run_sweep, write_frame
+    from reports.sweep import parse_range, require_decoder_only, sweep as run_sweep, write_frame
 
     spec = get_model(model)
+    require_decoder_only(spec, "sweep")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
     wl = _workload(kw)
     hw = _hardware(gpu, hardware_file)
@@ -132,7 +133,7 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     from ..models import get_model
     from reports import plots
     from reports.files import check_writable_dir
-    from reports.sweep import parse_range
+    from reports.sweep import parse_range, require_decoder_only
 
     check_writable_dir(out)
     wl = pop_workload(kw)
@@ -154,6 +155,8 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
             raise InputError(f"the {kind} plot needs MODEL (see `costmodel models`)")
         names = [m.strip() for m in model.split(",") if m.strip()] if kind == "compare" else [model]
         specs = [get_model(m) for m in names]
+        if kind == "phases":
+            require_decoder_only(specs[0], "the phases plot")
         stem = f"{kind}-" + "-vs-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", s.name) for s in specs)
     hws = _hardware_list(gpu, hardware_file)
     if kind in plots.NEEDS_HARDWARE and not hws:
