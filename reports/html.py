@@ -69,7 +69,9 @@ def _ai(flops, nbytes) -> str:
 def phase_rows(result, timing=None):
     """The phase comparison: one row per phase."""
     rows = []
-    times = timing.phases() if timing is not None and callable(getattr(timing, "phases", None)) else {}
+    times = {}
+    if timing is not None:
+        times = timing.phases() if callable(timing.phases) else timing.phases  # name -> PhaseTime
     for ph in result.phases.values():
         row = [ph.name, f"{ph.steps:,}", human_flops(ph.flops), f"{ph.flops:,}", human_flops(ph.matmul_flops),
                human_bytes(ph.bytes), _ai(ph.flops, ph.bytes)]

@@ -102,6 +102,7 @@ def test_report_html_encoder_models(tmp_path, model, plots):
     p = _parse(page.read_text(encoding="utf-8"))
     assert [i["alt"] for i in p.imgs] == plots
     assert p.h2[2].startswith("Encode")
+    assert page.read_text(encoding="utf-8").count(" ms</td>") + page.read_text(encoding="utf-8").count(" us</td>") >= 1
 
 
 def test_report_html_escapes_text():
