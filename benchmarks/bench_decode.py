@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from costmodel import ModelSpec, Workload, get_model  # noqa: E402
-from profiler.generate import Probe, decode_one_token, generate, prefill, random_prompt  # noqa: E402
+from costmodel import ModelSpec, Workload, analyze, get_model  # noqa: E402
+from profiler.generate import generate, prefill, random_prompt  # noqa: E402
 from profiler.model import build_model  # noqa: E402
 from profiler.runner import profile  # noqa: E402
 from profiler.sampling import Sampler, Strategy  # noqa: E402
@@ -115,11 +115,14 @@ def same_logits(hf, spec, prompt):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         import transformers
         hf_version = transformers.__version__
@@ -127,7 +130,8 @@ def main():
         hf_version = None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, transformers {hf_version}, "
           f"batch 1, prompt {args.prompt}, gen {args.gen} ({args.gen - 1} decode steps), fp32, greedy, "
-          f"median [min - max] of {args.runs} runs after 1 warm-up\n")
+          f"median [min - max] of {args.runs} runs after 1 warm-up; load average at start "
+          f"{os.getloadavg()[0]:.2f}\n")
     tokens = args.gen - 1
     rows, over = [], []
     for name in args.shapes:
@@ -136,9 +140,9 @@ def main():
         row = {"shape": f"{name} ({spec.num_params / 1e6:.1f}M)"}
         for att in ("eager", "sdpa"):
             m = build_model(spec, attention=att)
-            row[f"ref {att}"] = fmt_rate(tokens, reference_decode_seconds(m, spec, prompt, args.gen, args.runs))
-        m = build_model(spec, attention="sdpa")
-        nocache = reference_decode_seconds(m, spec, prompt, args.gen, args.runs, kv_cache=False)
+            cached = reference_decode_seconds(m, spec, prompt, args.gen, args.runs)
+            row[f"ref {att}"] = fmt_rate(tokens, cached)
+        nocache = reference_decode_seconds(m, spec, prompt, args.gen, args.runs, kv_cache=False)  # sdpa
         row["ref sdpa, no cache"] = fmt_rate(tokens, nocache)
         if hf_version:
             hf = hf_model(spec)
@@ -146,17 +150,18 @@ def main():
             row["max |logit diff|"] = f"{diff:.1e}"
             row["HF eager"] = fmt_rate(tokens, hf_decode_seconds(hf, prompt, args.gen, args.runs))
         rows.append(row)
-        # Overhead and cache speed-up through the profiler's own runner (FlopCounterMode count first).
+        # Overhead through the profiler's own runner (bare, phase timers, per-op hooks, interleaved).
         wl = Workload(batch=1, prompt=args.prompt, gen=args.gen, weight_dtype="fp32", act_dtype="fp32")
-        r = profile(spec, wl, repeat=args.runs, warmup=1, fvcore=False)
-        o, s = r.overhead, r.kv_cache_speedup
-        over.append({"shape": name, "bare": f"{o['bare_seconds'] * 1e3:.1f} ms",
+        r = profile(spec, wl, repeat=args.runs, warmup=1, fvcore=False, compare_cache=False)
+        o, saving = r.overhead, analyze(spec, wl).kv_cache_saving()
+        over.append({"shape": name, "bare generate": f"{o['bare_seconds'] * 1e3:.1f} ms",
                      "phase timers": f"{o['phase_timers_overhead']:+.1%}",
                      "per-op hooks": f"{o['per_op_hooks_overhead']:+.1%}",
-                     "cache speed-up measured": f"{s['measured_speedup']:.2f}x",
-                     "analytic FLOPs ratio": f"{s['analytic_flops_ratio']:.1f}x",
-                     "analytic bytes ratio": f"{s['analytic_bytes_ratio']:.1f}x"})
+                     "cache speed-up measured": f"{statistics.median(nocache) / statistics.median(cached):.2f}x",
+                     "analytic FLOPs ratio": f"{saving['flops_ratio']:.1f}x",
+                     "analytic bytes ratio": f"{saving['decode_bytes_without_cache'] / saving['decode_bytes_with_cache']:.1f}x"})
         print(f"done {name}", file=sys.stderr)
+    print(f"load average at end {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)\n")
     for table in (rows, over):
         keys = list(dict.fromkeys(k for r in table for k in r))
         print("| " + " | ".join(keys) + " |")
