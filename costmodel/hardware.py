@@ -35,7 +35,7 @@ DEFAULT_OP_OVERHEAD_S = 0.0  # per op launch/dispatch: 0 for catalog GPUs (CUDA-
 _ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 _REQUIRED = ("id", "name", "peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s")
-_OPTIONAL = ("kind", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
+_OPTIONAL = ("kind", "elementwise_flops_per_s", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
              "pcie_bandwidth_bytes_per_s", "flops_efficiency", "bandwidth_efficiency",
              "interconnect_efficiency", "link_latency_s", "op_overhead_s", "sources", "notes",
              "calibration")
@@ -51,6 +51,9 @@ class Hardware:
     memory_bytes: int  # capacity, SI
     memory_bandwidth_bytes_per_s: float
     kind: str = "gpu"
+    # FLOP/s of element-wise ops (vector units, exp/tanh) per dtype where it differs from the matmul
+    # peak (CPUs; a calibrated profile measures it); None: element-wise ops use peak_flops_per_s.
+    elementwise_flops_per_s: dict | None = field(default=None, hash=False)
     interconnect: str | None = None  # GPU-to-GPU fabric: NVLink, xGMI, ...
     interconnect_bandwidth_bytes_per_s: float | None = None  # per direction, per GPU
     interconnect_gpus: int = 1  # GPUs the fabric joins all-to-all (8: HGX baseboard; 2: a bridge)
@@ -89,6 +92,16 @@ class Hardware:
                             f"dtypes: {', '.join(FLOPS_DTYPES)}")
         object.__setattr__(self, "peak_flops_per_s", {d: None if v is None else float(v)
                                                       for d, v in peaks.items()})
+        if self.elementwise_flops_per_s is not None:
+            ew = self.elementwise_flops_per_s
+            if not isinstance(ew, dict) or set(ew) - set(FLOPS_DTYPES):
+                raise SpecError(f"{src}: elementwise_flops_per_s must be an object of dtype: FLOP/s with "
+                                f"dtypes from {', '.join(FLOPS_DTYPES)}, got {ew!r}")
+            for d, v in ew.items():
+                if v is not None:
+                    _positive(src, f"elementwise_flops_per_s.{d}", v)
+            object.__setattr__(self, "elementwise_flops_per_s",
+                               {d: None if ew.get(d) is None else float(ew[d]) for d in FLOPS_DTYPES})
         object.__setattr__(self, "memory_bytes", _positive_count(src, "memory_bytes", self.memory_bytes))
         _positive(src, "memory_bandwidth_bytes_per_s", self.memory_bandwidth_bytes_per_s)
         for f in ("interconnect_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s", "link_latency_s"):
@@ -136,6 +149,11 @@ class Hardware:
     def achievable_flops_per_s(self, dtype: str) -> float:
         return self.peak_for(dtype) * self.flops_efficiency_used
 
+    def achievable_elementwise_flops_per_s(self, dtype: str) -> float:
+        """Element-wise ops: their own peak where the profile has one, else the matmul peak."""
+        ew = (self.elementwise_flops_per_s or {}).get(dtype)
+        return (self.peak_for(dtype) if ew is None else ew) * self.flops_efficiency_used
+
     @property
     def achievable_bandwidth_bytes_per_s(self) -> float:
         return self.memory_bandwidth_bytes_per_s * self.bandwidth_efficiency_used
@@ -164,6 +182,8 @@ class Hardware:
         d = {
             "id": self.id, "name": self.name, "kind": self.kind,
             "peak_flops_per_s": dict(self.peak_flops_per_s),
+            "elementwise_flops_per_s": None if self.elementwise_flops_per_s is None
+            else dict(self.elementwise_flops_per_s),
             "memory_bytes": self.memory_bytes,
             "memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s,
             "interconnect": self.interconnect,

@@ -3,7 +3,8 @@
 The model, per op of one pass (an eager implementation: one kernel per op, attention scores
 materialised, as in :mod:`costmodel.analysis`)::
 
-    compute_s = flops / (peak_flops_per_s[act_dtype] * flops_efficiency)
+    compute_s = flops / (peak_flops_per_s[act_dtype] * flops_efficiency)  (element-wise ops:
+                the profile's elementwise_flops_per_s where it has one, e.g. a calibrated CPU)
     memory_s  = bytes / (memory_bandwidth_bytes_per_s * bandwidth_efficiency)
     seconds   = max(compute_s, memory_s) + op_overhead_s
 
@@ -39,16 +40,25 @@ class Rates:
     flops_per_s: float
     bytes_per_s: float
     op_overhead_s: float = 0.0
+    elementwise_flops_per_s: float | None = None  # None: the same as flops_per_s
+
+    def flops_rate(self, kind: str) -> float:
+        """Achievable FLOP/s for an op of ``kind`` ("matmul", "elementwise", "memory")."""
+        if kind == "elementwise" and self.elementwise_flops_per_s is not None:
+            return self.elementwise_flops_per_s
+        return self.flops_per_s
 
     def to_dict(self) -> dict:
-        return {"flops_per_s": self.flops_per_s, "bytes_per_s": self.bytes_per_s,
-                "op_overhead_s": self.op_overhead_s}
+        return {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
+                "bytes_per_s": self.bytes_per_s, "op_overhead_s": self.op_overhead_s}
 
 
 def rates(hw: Hardware, act_dtype: str) -> Rates:
-    """Achievable FLOP/s for ``act_dtype``, achievable bandwidth, per-op overhead of ``hw``."""
+    """Achievable FLOP/s for ``act_dtype`` (matmuls and element-wise ops), achievable bandwidth,
+    per-op overhead of ``hw``."""
+    ew = hw.achievable_elementwise_flops_per_s(act_dtype)
     return Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
-                 hw.op_overhead_s)
+                 hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class OpTime:
 
 def op_time(op: OpCost, r: Rates) -> OpTime:
     """One op of one pass: ``max(flops / F, bytes / B) + overhead``."""
-    c, m = op.flops / r.flops_per_s, op.bytes / r.bytes_per_s
+    c, m = op.flops / r.flops_rate(op.kind), op.bytes / r.bytes_per_s
     return OpTime(op.op, op.kind, op.flops, op.bytes, c, m, r.op_overhead_s,
                   max(c, m) + r.op_overhead_s, 1, int(c > m))
 
@@ -214,10 +224,11 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates) -> 
     """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3."""
     pf = _newton(o1.flops, o2.flops, o3.flops)
     pb = _newton(o1.bytes, o2.bytes, o3.bytes)
-    seconds, compute_steps = _sum_max(pf, pb, steps, r.flops_per_s, r.bytes_per_s)
+    F = r.flops_rate(o1.kind)
+    seconds, compute_steps = _sum_max(pf, pb, steps, F, r.bytes_per_s)
     flops, nbytes = _prefix(pf, steps), _prefix(pb, steps)
     overhead = steps * r.op_overhead_s
-    return OpTime(o1.op, o1.kind, flops, nbytes, flops / r.flops_per_s, nbytes / r.bytes_per_s,
+    return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / r.bytes_per_s,
                   overhead, seconds + overhead, steps, compute_steps)
 
 
@@ -434,7 +445,7 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
         for o1, o2, o3 in zip(a, b, c):
             f1, fd1, fd2 = _newton(o1.flops, o2.flops, o3.flops)
             b1, bd1, bd2 = _newton(o1.bytes, o2.bytes, o3.bytes)
-            f = (f1 + fd1 * x + fd2 * c2) / r.flops_per_s
+            f = (f1 + fd1 * x + fd2 * c2) / r.flops_rate(o1.kind)
             m = (b1 + bd1 * x + bd2 * c2) / r.bytes_per_s
             total += mult * (np.maximum(f, m) + r.op_overhead_s)
     return early + total.tolist()

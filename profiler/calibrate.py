@@ -9,8 +9,14 @@ the median: on a shared machine other processes only ever slow a call down; the 
 
 - matmul ``[m, k] @ [k, n]`` at several shapes per dtype (square and decode-like skinny ones):
   FLOP/s = 2 m k n / seconds; the profile's peak for a dtype is the best shape's.
-- memory bandwidth: a tensor copy (reads and writes N bytes: 2N moved) and an add (3N) over
-  buffers much larger than the last-level cache; the profile keeps the best.
+- memory bandwidth: a tensor copy (reads and writes N bytes: 2N moved) and an add (3N) into
+  preallocated buffers much larger than the last-level cache; the profile keeps the best. The same
+  add allocating its output, as eager ops do, is recorded too but not used: on a CPU a fresh large
+  allocation page-faults, slowing the writes of big outputs (not the reads of weights) several
+  times, which one bandwidth figure cannot express (see benchmarks/README.md).
+- element-wise FLOP/s: softmax (5 FLOP an element) and SiLU (4), the counts of
+  :mod:`costmodel.formulas`, over a cache-resident tensor, per floating-point dtype: on a CPU
+  exp-heavy element-wise ops run far below the matmul peak (``elementwise_flops_per_s``).
 - per-op overhead: a one-element add (allocating its output), the time of a kernel launch (cuda) or of an eager op's
   dispatch (cpu) with no work to do; the roofline adds it to every op.
 """
@@ -26,6 +32,7 @@ from datetime import datetime, timezone
 import torch
 
 from costmodel.errors import SpecError
+from costmodel.formulas import ACTIVATION_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 
 _TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
                  "fp16": torch.float16, "int8": torch.int8}
@@ -39,6 +46,7 @@ MATMUL_SHAPES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096,
 QUICK_MATMUL_SHAPES = ((128, 128, 128), (256, 256, 256))
 BANDWIDTH_BYTES = 256 * 2**20  # each buffer; well past any last-level cache
 QUICK_BANDWIDTH_BYTES = 16 * 2**20
+ELEMENTWISE_ELEMENTS = 1 << 18  # 1 MiB of fp32: cache-resident, so the arithmetic is what is timed
 
 
 def _sync(device: str):
@@ -90,10 +98,25 @@ def measure_bandwidth(nbytes: int, device: str, min_time_s: float) -> list[dict]
     c = torch.empty(n, device=device)
     rows = []
     for kernel, fn, moved in (("copy", lambda: c.copy_(a), 2 * 4 * n),
-                              ("add", lambda: torch.add(a, b, out=c), 3 * 4 * n)):
+                              ("add", lambda: torch.add(a, b, out=c), 3 * 4 * n),
+                              ("add (allocating)", lambda: torch.add(a, b), 3 * 4 * n)):
         s, med = time_call(fn, device, min_time_s)
         rows.append({"kernel": kernel, "bytes": moved, "seconds": s, "median_seconds": med,
                      "bytes_per_s": moved / s})
+    return rows
+
+
+def measure_elementwise(dtype: str, device: str, min_time_s: float,
+                        elements: int = ELEMENTWISE_ELEMENTS) -> list[dict]:
+    """FLOP/s of softmax and SiLU (FLOPs as costmodel.formulas counts them) per dtype."""
+    x = torch.randn(elements // 512, 512, device=device).to(_TORCH_DTYPES[dtype])
+    rows = []
+    for kernel, per_element, fn in (
+            ("softmax", SOFTMAX_FLOPS_PER_ELEMENT, lambda: torch.softmax(x, -1)),
+            ("silu", ACTIVATION_FLOPS_PER_ELEMENT["silu"], lambda: torch.nn.functional.silu(x))):
+        s, med = time_call(fn, device, min_time_s)
+        rows.append({"dtype": dtype, "kernel": kernel, "elements": elements, "flops_per_element": per_element,
+                     "seconds": s, "median_seconds": med, "flops_per_s": per_element * elements / s})
     return rows
 
 
@@ -158,10 +181,16 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
     with torch.inference_mode():
         matmul = [row for d in dtypes for row in measure_matmul(d, shapes, device, min_time)]
         bandwidth = measure_bandwidth(QUICK_BANDWIDTH_BYTES if quick else BANDWIDTH_BYTES, device, min_time)
+        elementwise = [row for d in dtypes if d in ("fp32", "bf16", "fp16")
+                       for row in measure_elementwise(d, device, min_time)]
         overhead = measure_op_overhead(device, 200 if quick else 2000)
     peaks = {d: None for d in ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")}
     for row in matmul:
         peaks[row["dtype"]] = max(peaks[row["dtype"]] or 0.0, row["flops_per_s"])
+    ew_peaks = {d: None for d in peaks}
+    for row in elementwise:
+        ew_peaks[row["dtype"]] = max(ew_peaks[row["dtype"]] or 0.0, row["flops_per_s"])
+    best_bw = max(b["bytes_per_s"] for b in bandwidth if b["kernel"] != "add (allocating)")
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         name, memory = props.name, props.total_memory
@@ -177,8 +206,9 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
         "name": name,
         "kind": "gpu" if device == "cuda" else "cpu",
         "peak_flops_per_s": peaks,
+        "elementwise_flops_per_s": ew_peaks,
         "memory_bytes": memory,
-        "memory_bandwidth_bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
+        "memory_bandwidth_bytes_per_s": best_bw,
         "interconnect": None,
         "interconnect_bandwidth_bytes_per_s": None,
         "interconnect_gpus": 1,
@@ -194,12 +224,14 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
             "memory_bytes": "torch.cuda.get_device_properties().total_memory" if device == "cuda"
             else "os.sysconf: physical pages x page size",
             "memory_bandwidth_bytes_per_s": f"{how}: best of a tensor copy (2 x bytes moved) and "
-                                            "add (3 x bytes)",
+                                            "add (3 x bytes) into preallocated buffers",
+            "elementwise_flops_per_s": f"{how}: best of softmax (5 FLOP/element) and SiLU (4) over "
+                                       f"{ELEMENTWISE_ELEMENTS} cache-resident elements per dtype",
             "op_overhead_s": f"{how}: per-call time of a one-element torch.add (fastest loop)",
         },
         "calibration": {
             "device": device, "torch_version": torch.__version__, "threads": nthreads, "quick": quick,
             "seconds_taken": time.perf_counter() - t_start,
-            "matmul": matmul, "bandwidth": bandwidth, "op_overhead_s": overhead,
+            "matmul": matmul, "elementwise": elementwise, "bandwidth": bandwidth, "op_overhead_s": overhead,
         },
     }

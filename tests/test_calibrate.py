@@ -33,10 +33,19 @@ def test_profile_is_a_valid_hardware_file(profile_file):
     assert [(m["m"], m["k"], m["n"]) for m in cal_["matmul"]] == list(cal.QUICK_MATMUL_SHAPES)
     # the peak is the best shape's measurement: 2 m k n / seconds
     assert raw["peak_flops_per_s"]["fp32"] == max(2 * m["m"] * m["k"] * m["n"] / m["seconds"] for m in cal_["matmul"])
-    assert raw["memory_bandwidth_bytes_per_s"] == max(b["bytes"] / b["seconds"] for b in cal_["bandwidth"])
-    assert [b["bytes"] for b in cal_["bandwidth"]] == [2 * cal.QUICK_BANDWIDTH_BYTES, 3 * cal.QUICK_BANDWIDTH_BYTES]
-    assert all(raw["sources"][k] for k in ("peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s",
-                                           "op_overhead_s"))
+    # bandwidth: the best of the copy (2 x bytes) and the add into a preallocated buffer (3 x bytes);
+    # the allocating add is recorded but not used
+    kernels = {b["kernel"]: b for b in cal_["bandwidth"]}
+    assert [b["bytes"] for b in cal_["bandwidth"]] == [2 * cal.QUICK_BANDWIDTH_BYTES] + [3 * cal.QUICK_BANDWIDTH_BYTES] * 2
+    assert raw["memory_bandwidth_bytes_per_s"] == max(kernels[k]["bytes"] / kernels[k]["seconds"] for k in ("copy", "add"))
+    # element-wise: softmax 5 FLOP and SiLU 4 FLOP an element, the best of the two
+    ew = {e["kernel"]: e for e in cal_["elementwise"]}
+    assert (ew["softmax"]["flops_per_element"], ew["silu"]["flops_per_element"]) == (5, 4)
+    assert raw["elementwise_flops_per_s"]["fp32"] == max(e["flops_per_element"] * e["elements"] / e["seconds"]
+                                                        for e in ew.values())
+    assert h.elementwise_flops_per_s["bf16"] is None
+    assert all(raw["sources"][k] for k in ("peak_flops_per_s", "elementwise_flops_per_s", "memory_bytes",
+                                           "memory_bandwidth_bytes_per_s", "op_overhead_s"))
 
 
 def test_profile_works_where_hardware_does(profile_file):

@@ -137,6 +137,8 @@ def test_user_file_single_object_list_and_wrapped(tmp_path):
     ({"id": "H100 SXM"}, "hardware id must be lowercase letters, digits and hyphens"),
     ({"kind": "tpu"}, "unknown kind 'tpu'; allowed: gpu, cpu"),
     ({"interconnect_gpus": 0}, "interconnect_gpus must be > 0"),
+    ({"elementwise_flops_per_s": {"bf16": 0}}, "elementwise_flops_per_s.bf16 must be > 0"),
+    ({"elementwise_flops_per_s": {"fp64": 1e9}}, "elementwise_flops_per_s must be an object of dtype"),
 ])
 def test_bad_entries_name_the_field(tmp_path, change, message):
     entry = {k: v for k, v in {**GOOD, **change}.items() if v is not None}

@@ -13,7 +13,7 @@ from costmodel.cli import main
 from costmodel.errors import SpecError
 from costmodel.hardware import Hardware, get_hardware
 from costmodel.roofline import (Rates, decode_seconds, decode_step_curve, decode_step_seconds, op_time,
-                                pass_seconds, predict, prefill_seconds, summed_op_time)
+                                pass_seconds, predict, prefill_seconds, rates, summed_op_time)
 
 # A round-number device: 1 TFLOP/s bf16, 100 GB/s, efficiencies 1.
 TOY = Hardware(id="toy", name="toy", peak_flops_per_s={"bf16": 1e12, "fp32": 0.5e12},
@@ -152,6 +152,20 @@ def test_phase_totals_and_throughput():
     assert t.tokens_per_s == 4 * 64 / t.e2e_s
     assert t.decode_tokens_per_s == 4 / t.tpot_mean_s
     assert t.tpot_first_s < t.tpot_mean_s < t.tpot_last_s  # the context grows every step
+
+
+def test_elementwise_ops_use_their_own_peak_when_the_profile_has_one():
+    cpu = Hardware(**{**TOY.to_dict(), "id": "toy-cpu", "elementwise_flops_per_s": {"bf16": 1e9}})
+    r = rates(cpu, "bf16")
+    assert (r.flops_rate("matmul"), r.flops_rate("elementwise"), r.flops_rate("memory")) == (1e12, 1e9, 1e12)
+    # softmax of 1e6 elements: 6e6 FLOP / 1e9 = 6 ms of compute > 4e6 bytes / 1e11 = 40 us
+    soft = OpCost("attn_softmax", "elementwise", 6 * 10**6, 0, act_read_bytes=2 * 10**6, act_write_bytes=2 * 10**6)
+    assert op_time(soft, r).seconds == 6e-3 and op_time(soft, r).bound == "compute"
+    assert op_time(soft, rates(TOY, "bf16")).seconds == 4e-5  # the matmul peak: memory-bound
+    spec, wl = get_model("tiny-llama"), Workload(batch=2, prompt=8, gen=12)
+    loop = sum(decode_step_seconds(spec, wl, cpu, i) for i in range(1, wl.gen))
+    assert decode_seconds(spec, wl, cpu) == pytest.approx(loop, rel=1e-12)
+    assert sum(decode_step_curve(spec, wl, cpu)) == pytest.approx(loop, rel=1e-12)
 
 
 def test_dtype_without_peak_is_refused():
