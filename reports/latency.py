@@ -4,7 +4,7 @@
 + overhead``, decode summed exactly over its steps). A sweep needs the same numbers for every
 (batch, prompt, gen) at once, so this module applies the same per-op model to numpy arrays:
 
-- prefill: ``sum over ops of max(flops / F, bytes / B) + overhead`` on the [B, P] grid;
+- encode and prefill: ``sum over ops of max(flops / F, bytes / B) + overhead`` on the [B, P] grid;
 - decode: for each op, FLOPs and bytes are polynomials of degree <= 2 in the step (from steps 1, 2
   and 3, as ``roofline.summed_op_time`` does), so ``g(i) = flops(i) / F - bytes(i) / B`` is a
   quadratic with at most two real roots. Between roots the sign of g is constant, so
@@ -21,10 +21,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from costmodel.analysis import decode_step_cost, prefill_cost
+from costmodel.analysis import decode_step_cost, encode_cost, prefill_cost
 from costmodel.roofline import predict, rates
 
-from .sweep import GridWorkload, _irregular_pairs
+from .sweep import _irregular_pairs, grid_workload, phases_of
 
 
 def _ops(cost):
@@ -81,8 +81,17 @@ def _newton(v1, v2, v3):
     return _f(a[0]), _f(a[1] - a[0]), _f(a[2] - 2 * a[1] + a[0])
 
 
+def _pass_seconds(cost, F, Bw, ovh):
+    """One pass on the grid: sum over ops of max(flops / F, bytes / B) + overhead."""
+    total = 0.0
+    for mult, o in _ops(cost):
+        total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + ovh)
+    return total
+
+
 def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False):
-    """Roofline seconds [B, P, G, 2] (prefill, decode total) for every grid point on ``hw``.
+    """Roofline seconds [B, P, G, F] for every grid point on ``hw``; the last axis is the phases of
+    :func:`reports.sweep.phases_of` (encode, prefill, decode total: those that apply).
 
     ``exact_ints``: compute the op counts in Python ints (when int64 could overflow; see
     :func:`reports.sweep.grid_counts`), else int64.
@@ -90,15 +99,19 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     r = rates(hw, wl.act_dtype)
     F, Bw, ovh = r.flops_per_s, r.bytes_per_s, r.op_overhead_s
     B, P, G = len(batches), len(prompts), len(gens)
+    phases = phases_of(spec)
     dt = object if exact_ints else np.int64
     b = np.array([int(x) for x in batches], dtype=dt).reshape(B, 1)
     p = np.array([int(x) for x in prompts], dtype=dt).reshape(1, P)
-    gw = GridWorkload(wl, b, p)
-    out = np.zeros((B, P, G, 2))
-    pre = 0.0
-    for mult, o in _ops(prefill_cost(spec, gw)):
-        pre = pre + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + ovh)
-    out[..., 0] = np.broadcast_to(pre, (B, P))[..., None]
+    gw = grid_workload(wl, b, p)
+    out = np.zeros((B, P, G, len(phases)))
+    for name, cost_of in (("encode", encode_cost), ("prefill", prefill_cost)):
+        if name in phases:
+            out[..., phases.index(name)] = np.broadcast_to(_pass_seconds(cost_of(spec, gw), F, Bw, ovh),
+                                                          (B, P))[..., None]
+    if "decode" not in phases:
+        return out
+    j = phases.index("decode")
     steps = [_ops(decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
     coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes))
               for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
@@ -107,9 +120,9 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
         dec = 0.0
         for mult, pf, pb in coeffs:
             dec = dec + mult * (_sum_max(pf, pb, n, F, Bw) + n * ovh)
-        out[:, :, k, 1] = np.broadcast_to(dec, (B, P))
+        out[:, :, k, j] = np.broadcast_to(dec, (B, P))
     for ib, ip in _irregular_pairs(spec, wl, batches, prompts):
         for k, g in enumerate(gens):
             t = predict(spec, replace(wl, batch=int(batches[ib]), prompt=int(prompts[ip]), gen=int(g)), hw)
-            out[ib, ip, k, 1] = t.decode.seconds
+            out[ib, ip, k, j] = t.decode.seconds
     return out

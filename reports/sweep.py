@@ -1,21 +1,35 @@
 """Sweeps: every (batch, prompt, gen) combination of a grid, one tidy row per phase, vectorized.
 
-How the grid is computed: the analytic model's own functions (:func:`~costmodel.analysis.prefill_cost`,
-:func:`~costmodel.analysis.decode_step_cost`, :func:`~costmodel.analysis.kv_cache_bytes`,
+Phases are those of the model's architecture (:data:`ARCH_PHASES`): ``prefill`` and ``decode``
+(decoder-only, MoE included), ``encode`` (encoder-only: one pass over the input; nothing is
+generated, so the gen axis is collapsed to gen = 1), ``encode``, ``prefill`` and ``decode``
+(encoder-decoder: ``prompt`` is the source the encoder reads, the decoder starts from the
+workload's ``decoder_prompt`` tokens, and prefill projects the cross-attention keys and values once).
+
+How the grid is computed: the analytic model's own functions (:func:`~costmodel.analysis.encode_cost`,
+:func:`~costmodel.analysis.prefill_cost`, :func:`~costmodel.analysis.decode_step_cost`,
+:func:`~costmodel.analysis.kv_cache_bytes`, :func:`~costmodel.analysis.cross_kv_cache_bytes`,
 :func:`~costmodel.analysis.activation_peak_bytes`) are called once with numpy arrays in place of the
 batch and prompt integers (``batch`` shaped [B, 1], ``prompt`` [1, P], broadcasting to [B, P]), so
-there is no second copy of the formulas to drift. Gen enters only through the exact decode sum: step
-costs are polynomials of degree <= 2 in the step number, so the decode total over gen - 1 steps is
-``sum_quadratic(step 1, step 2, step 3, gen - 1)`` (the same closed form :func:`~costmodel.analysis.decode_cost`
-uses, applied to phase totals instead of op by op: the sum is linear, so the integers are identical).
+there is no second copy of the formulas to drift. Where a formula branches on a size (``if
+cross_len:``), the arrays (:class:`GridArray`) insist that the branch is the same at every grid
+point. Gen enters only through the exact decode sum: step costs are polynomials of degree <= 2 in
+the step number, so the decode total over gen - 1 steps is ``sum_quadratic(step 1, step 2, step 3,
+gen - 1)`` (the same closed form :func:`~costmodel.analysis.decode_cost` uses, applied to phase
+totals instead of op by op: the sum is linear, so the integers are identical).
 
-How counts stay exact: the computation is first run as a float64 *shadow* in which every numpy
-operation records the largest magnitude it produced (inputs included). If no intermediate reaches
-2**62 the real computation runs in int64, where every step is then exact (float64 is off by at most
-~1e-13 relative, far inside the factor of two between 2**62 and int64's 2**63). Otherwise it runs on
-numpy object arrays of Python ints, which cannot overflow; columns whose values fit in int64 are
-converted back to int64, the others stay Python ints (CSV and JSON write them digit for digit).
-A second guard checks the decode sums on exact int64 inputs (see :func:`_check_decode_sums`).
+How counts stay exact: before a block runs in int64, its *corner* (largest batch, largest prompt,
+every gen) is run as a float64 *shadow* in which every numpy operation records the largest
+magnitude it produced (inputs included). Every quantity the formulas build is a sum and product of
+sizes with non-negative coefficients, a min or max of such, or a difference of two such, so its
+magnitude anywhere in the block is at most the largest magnitude at the corner (the one exception,
+the Newton differences of the decode sum, is checked exactly on the int64 block, see
+:func:`_check_decode_sums`; ``tests/test_sweep.py`` checks the corner bound against the element-wise
+shadow of whole grids for every kind of model). If the corner stays below 2**62 the block runs in
+int64, where every step is then exact (float64 is off by at most ~1e-13 relative, far inside the
+factor of two between 2**62 and int64's 2**63). Otherwise it runs on numpy object arrays of Python
+ints, which cannot overflow; columns whose values fit in int64 are converted back to int64, the
+others stay Python ints (CSV and JSON write them digit for digit).
 The grid is computed in blocks of batch rows (cache-sized arrays); each block decides for itself.
 Routed experts without a KV cache have a few decode steps that are not polynomial in the step;
 as :func:`~costmodel.analysis.decode_cost` does, those configurations are summed step by step.
@@ -32,14 +46,17 @@ import numpy as np
 
 from costmodel import analysis
 from costmodel import formulas as F
-from costmodel.analysis import (Phase, activation_peak_bytes, decode_cost, decode_step_cost,
-                                kv_cache_bytes, prefill_cost, weight_bytes)
+from costmodel.analysis import (Phase, activation_peak_bytes, cross_kv_cache_bytes, decode_cost,
+                                decode_step_cost, encode_cost, kv_cache_bytes, prefill_cost, weight_bytes)
+from costmodel.dtypes import nbytes
 from costmodel.errors import SpecError
 from costmodel.spec import ModelSpec, Workload
 
-PHASES = ("prefill", "decode")
+ARCH_PHASES = {"decoder": ("prefill", "decode"), "encoder": ("encode",),
+               "encoder-decoder": ("encode", "prefill", "decode")}
+PHASES = ARCH_PHASES["decoder"]
 COUNT_COLUMNS = ("steps", "flops", "matmul_flops", "bytes", "kv_cache_bytes", "weights_bytes",
-                 "activation_peak_bytes")
+                 "activation_peak_bytes", "cross_kv_cache_bytes")
 COLUMNS = ("batch", "prompt", "gen", "phase") + COUNT_COLUMNS[:4] + ("arithmetic_intensity",) + COUNT_COLUMNS[4:]
 INT64_SAFE = 2**62  # every intermediate below this: int64 arithmetic is exact
 MAX_RANGE_VALUES = 1_000_000  # values one range may expand to
@@ -48,6 +65,11 @@ BLOCK_PAIRS = 1 << 16  # (batch, prompt) pairs computed at once: the arrays stay
 
 _INT = r"\s*(\d+)\s*"
 _RANGE = re.compile(rf"^{_INT}:{_INT}(?::\s*([x+*])\s*(\d+)\s*)?$")
+
+
+def phases_of(spec: ModelSpec) -> tuple[str, ...]:
+    """The phases a sweep row can have for ``spec``, in execution order."""
+    return ARCH_PHASES[getattr(spec, "arch", "decoder")]
 
 
 def parse_range(text: str, name: str = "range") -> list[int]:
@@ -102,12 +124,30 @@ def parse_range(text: str, name: str = "range") -> list[int]:
     return sorted(values)
 
 
+
+
+class GridArray(np.ndarray):
+    """Integer sizes over the grid, standing in for one int in the analysis' formulas.
+
+    A formula may branch on a size (``if cross_len:``, ``if new_kv_tokens != 0``); the branch must
+    then be the same at every grid point: the truth of an array is True where every element is true,
+    False where none is, and an error otherwise, never a silent pick of one grid point's branch."""
+
+    def __bool__(self):
+        a = self.view(np.ndarray)
+        if bool(a.all()):
+            return True
+        if not bool(a.any()):
+            return False
+        raise TypeError("a formula branches differently across the sweep grid; sweep fewer values at once")
+
+
 @dataclass(frozen=True)
 class GridWorkload:
     """A :class:`Workload` whose ``batch`` and ``prompt`` are numpy arrays (broadcasting together).
 
-    Everything else (dtypes, logits, kv_cache, causal, beams, gen) is the base workload's, so the
-    analysis functions take it in place of a Workload and compute the whole grid at once.
+    Everything else (dtypes, logits, kv_cache, causal, beams, gen, decoder_prompt) is the base
+    workload's, so the analysis functions take it in place of a Workload and compute the whole grid.
     """
 
     base: Workload
@@ -116,6 +156,15 @@ class GridWorkload:
 
     def __getattr__(self, name):
         return getattr(self.base, name)
+
+
+def grid_workload(wl: Workload, batch, prompt) -> GridWorkload:
+    """``wl`` over arrays of batch and prompt values (:class:`GridArray` views: uniform branches;
+    subclasses such as the recording shadow are kept)."""
+    def grid(a):
+        return a if isinstance(a, GridArray) else np.asarray(a).view(GridArray)
+
+    return GridWorkload(wl, grid(batch), grid(prompt))
 
 
 def _peak_magnitude(fn, *args, dtype=np.float64):
@@ -128,11 +177,11 @@ def _peak_magnitude(fn, *args, dtype=np.float64):
     between :data:`INT64_SAFE` and int64's limit."""
     peak = [0.0]
 
-    class Shadow(np.ndarray):
+    class Shadow(GridArray):
         def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
             raw = []
             for x in inputs:
-                if isinstance(x, Shadow):
+                if isinstance(x, np.ndarray):
                     x = x.view(np.ndarray)
                 elif isinstance(x, (int, float)) and not isinstance(x, bool):
                     peak[0] = max(peak[0], abs(float(x)))
@@ -142,54 +191,88 @@ def _peak_magnitude(fn, *args, dtype=np.float64):
                 if out.size:
                     peak[0] = max(peak[0], float(out.max()), -float(out.min()))
                 return out.view(Shadow)
-            return out
+            return out.view(GridArray) if isinstance(out, np.ndarray) else out
 
     fn(*[np.asarray(a, dtype=dtype).view(Shadow) for a in args], dtype)
     return peak[0]
 
 
 def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -> dict:
-    """Count columns shaped [B, P, G, 2] (last axis: prefill, decode) of ``dtype`` arrays.
+    """Count columns shaped [B, P, G, F] of ``dtype`` arrays; the last axis is the phases of
+    :func:`phases_of` (e.g. prefill, decode).
 
     ``batches`` and ``prompts`` are 1-d arrays, ``gens`` a list of ints. Values that do not depend
-    on gen are computed once on the [B, P] grid and broadcast along G.
+    on gen are computed once on the [B, P] grid and broadcast along G. Per phase, as ``analyze``:
+    ``kv_cache_bytes`` is everything cached at the end of the phase (self-attention plus, for an
+    encoder-decoder from prefill on, the cross-attention keys and values of the source) and
+    ``cross_kv_cache_bytes`` its cross part; ``activation_peak_bytes`` the configuration's peak
+    over its first passes (encode, prefill).
     """
     B, P, G = len(batches), len(prompts), len(gens)
-    gw = GridWorkload(wl, batches.reshape(B, 1), prompts.reshape(1, P))
-    pre = Phase("prefill", 1, prefill_cost(spec, gw))
-    steps = [Phase("decode", 1, decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
-    out = {c: np.empty((B, P, G, 2), dtype=dtype) for c in COUNT_COLUMNS}
+    phases = phases_of(spec)
+    gw = grid_workload(wl, batches.reshape(B, 1), prompts.reshape(1, P))
+    out = {c: np.zeros((B, P, G, len(phases)), dtype=dtype) for c in COUNT_COLUMNS}
 
-    def both_phases(col, value):  # value broadcasts to [B, P]; the same for every gen
+    def put(col, phase, value):  # value broadcasts to [B, P]; the same for every gen
         a = np.asarray(value)
-        a = a[..., None] if a.ndim == 2 else a
-        out[col][..., 0] = a
-        out[col][..., 1] = a
+        out[col][..., phases.index(phase)] = a[..., None] if a.ndim == 2 else a
 
-    for col in ("flops", "matmul_flops", "bytes"):
-        a = np.asarray(getattr(pre, col))
-        out[col][..., 0] = a[..., None] if a.ndim == 2 else a
-    out["steps"][..., 0] = 1
-    kv = np.asarray(kv_cache_bytes(spec, gw, positions=gw.prompt))
-    out["kv_cache_bytes"][..., 0] = kv[..., None] if kv.ndim == 2 else kv
-    both_phases("activation_peak_bytes", activation_peak_bytes(spec, gw, pre.cost))
-    both_phases("weights_bytes", weight_bytes(spec, wl.weight_dtype))
+    def put_totals(phase: Phase):
+        for col in ("flops", "matmul_flops", "bytes"):
+            put(col, phase.name, getattr(phase, col))
+        put("steps", phase.name, phase.steps)
+
+    peaks = []
+    if "encode" in phases:
+        enc = Phase("encode", 1, encode_cost(spec, gw))
+        put_totals(enc)  # nothing is cached yet: the KV columns stay 0
+        peaks.append(activation_peak_bytes(spec, gw, enc.cost))
+    if "prefill" in phases:
+        pre = Phase("prefill", 1, prefill_cost(spec, gw))
+        put_totals(pre)
+        if spec.arch == "encoder-decoder":  # the encoder output stays alive through the prefill
+            start, cross = wl.decoder_prompt, cross_kv_cache_bytes(spec, gw)
+            peaks.append(activation_peak_bytes(
+                spec, gw, pre.cost, tokens=gw.batch * start,
+                held=nbytes(gw.batch * gw.prompt * spec.hidden_size, wl.act_dtype)))
+        else:
+            start, cross = gw.prompt, 0
+            peaks.append(activation_peak_bytes(spec, gw, pre.cost))
+        put("kv_cache_bytes", "prefill", kv_cache_bytes(spec, gw, positions=start) + cross)
+        put("cross_kv_cache_bytes", "prefill", cross)
+        put("cross_kv_cache_bytes", "decode", cross)
+        _decode_sums(spec, wl, gw, gens, out, phases.index("decode"), start, cross, dtype)
+    peak = peaks[0]
+    for p in peaks[1:]:
+        peak = np.maximum(peak, p)
+    for phase in phases:
+        put("activation_peak_bytes", phase, peak)
+        put("weights_bytes", phase, weight_bytes(spec, wl.weight_dtype))
+    return out
+
+
+def _decode_sums(spec, wl, gw, gens, out, j, start, cross, dtype) -> None:
+    """Decode totals over gen - 1 steps into ``out[..., k, j]`` for each gen (k), exactly."""
+    steps = [Phase("decode", 1, decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
     step_totals = {c: [getattr(s, c) for s in steps] for c in ("flops", "matmul_flops", "bytes")}
     if dtype is np.int64:
         _check_decode_sums(step_totals, max(gens) - 1)
     for k, g in enumerate(gens):
         n = g - 1  # decode steps: the exact closed-form sum over steps 1 .. n
         for col, (s1, s2, s3) in step_totals.items():
-            out[col][:, :, k, 1] = F.sum_quadratic(s1, s2, s3, n)
-        out["steps"][:, :, k, 1] = n
-        out["kv_cache_bytes"][:, :, k, 1] = kv_cache_bytes(spec, gw, positions=gw.prompt + n)
+            out[col][:, :, k, j] = F.sum_quadratic(s1, s2, s3, n)
+        out["steps"][:, :, k, j] = n
+        out["kv_cache_bytes"][:, :, k, j] = kv_cache_bytes(spec, gw, positions=start + n) + cross
+    batches, prompts = gw.batch.ravel(), gw.prompt.ravel()
     for ib, ip in _irregular_pairs(spec, wl, batches, prompts):
         for k, g in enumerate(gens):
             d = Phase("decode", g - 1, decode_cost(spec, replace(wl, batch=int(batches[ib]),
                                                                   prompt=int(prompts[ip]), gen=g)))
             for col in ("flops", "matmul_flops", "bytes"):
-                out[col][ib, ip, k, 1] = getattr(d, col)
-    return out
+                try:
+                    out[col][ib, ip, k, j] = getattr(d, col)
+                except OverflowError:  # past int64: the block is redone in Python ints
+                    raise _NeedsPythonInts from None
 
 
 class _NeedsPythonInts(Exception):
@@ -197,17 +280,17 @@ class _NeedsPythonInts(Exception):
 
 
 def _check_decode_sums(step_totals: dict, n: int) -> None:
-    """Second guard, on exact inputs: the float shadow can lose a small second difference d2 of
-    huge step costs to rounding, and d2 * C(n, 3) can still be large. Here d1 and d2 are exact
-    int64 (each step cost is below 2**62 by the shadow), so the float64 bound
-    n |f1| + |d1| C(n, 2) + |d2| C(n, 3), which covers every partial sum of ``sum_quadratic``
-    (and grows with n), is accurate to ~1e-16."""
-    c2, c3 = float(comb(n, 2)), float(comb(n, 3))
+    """Second guard, on exact inputs: the corner shadow bounds every step cost of the block, but
+    the Newton differences d1, d2 of the steps need not be largest at the corner (nor survive float
+    rounding of huge step costs), and d2 * C(n, 3) can still be large. Here s1, s2, s3 are exact
+    int64 (each below 2**62 by the shadow), so d1 and d2 are exact, and the bound
+    n max|s1| + max|d1| C(n, 2) + max|d2| C(n, 3), in Python ints over the whole block, covers
+    every partial sum of ``sum_quadratic`` at every point (and grows with n)."""
     for s1, s2, s3 in step_totals.values():
         s1, s2, s3 = (np.asarray(x, dtype=np.int64) for x in (s1, s2, s3))
         d1, d2 = s2 - s1, s3 - 2 * s2 + s1
-        bound = n * np.abs(s1.astype(np.float64)) + np.abs(d1.astype(np.float64)) * c2 + np.abs(d2.astype(np.float64)) * c3
-        if bound.size and float(bound.max()) >= INT64_SAFE:
+        m1, m2, m3 = (int(np.abs(x).max()) if x.size else 0 for x in (s1, d1, d2))
+        if n * m1 + m2 * comb(n, 2) + m3 * comb(n, 3) >= INT64_SAFE:
             raise _NeedsPythonInts
 
 
@@ -237,13 +320,22 @@ def _as_int_columns(counts: dict) -> dict:
     return out
 
 
-def grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> tuple[dict, str]:
-    """Exact count columns shaped [B, P, G, 2], and how they were computed ("int64" or "python-int")."""
+def corner_peak(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> float:
+    """Largest magnitude of any intermediate of the block's corner (largest batch and prompt, every
+    gen): by the sizes' monotonicity (module docstring) a bound for the whole block."""
     b = np.asarray(batches, dtype=np.int64)
     p = np.asarray(prompts, dtype=np.int64)
     g = [int(x) for x in gens]
-    peak = _peak_magnitude(lambda bb, pp, dt: _grid_counts(spec, wl, bb, pp, g, dt), b, p)
-    if peak < INT64_SAFE:
+    return _peak_magnitude(lambda bb, pp, dt: _grid_counts(spec, wl, bb, pp, g, dt),
+                           b.max(keepdims=True), p.max(keepdims=True))
+
+
+def grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> tuple[dict, str]:
+    """Exact count columns shaped [B, P, G, F], and how they were computed ("int64" or "python-int")."""
+    b = np.asarray(batches, dtype=np.int64)
+    p = np.asarray(prompts, dtype=np.int64)
+    g = [int(x) for x in gens]
+    if corner_peak(spec, wl, b, p, g) < INT64_SAFE:
         try:
             return _grid_counts(spec, wl, b, p, g, np.int64), "int64"
         except _NeedsPythonInts:
@@ -251,15 +343,6 @@ def grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens) -> tuple[
     counts = _grid_counts(spec, wl, np.array([int(x) for x in batches], dtype=object),
                           np.array([int(x) for x in prompts], dtype=object), g, object)
     return _as_int_columns(counts), "python-int"
-
-
-def require_decoder_only(spec: ModelSpec, what: str) -> None:
-    """The grid evaluation covers decoder-only models; encoder and encoder-decoder models (an
-    encode phase, cross-attention) are analysed one configuration at a time by ``report``."""
-    arch = getattr(spec, "arch", "decoder")
-    if arch != "decoder":
-        raise SpecError(f"{what} covers decoder-only models; {spec.name} is {arch} "
-                        "(use `costmodel report` for one configuration at a time)")
 
 
 def _merge_blocks(blocks) -> tuple[dict, str]:
@@ -289,21 +372,37 @@ def _check_grid(batches, prompts, gens) -> None:
 def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, hardware=None):
     """Tidy DataFrame: one row per (batch, prompt, gen, phase), every combination of the grid.
 
+    Phases are those of the architecture (:func:`phases_of`): prefill, decode (decoder-only);
+    encode (encoder-only); encode, prefill, decode (encoder-decoder, ``prompt`` = the source).
+    An encoder-only model generates nothing: its rows all have gen = 1 whatever ``gens`` says,
+    and ``attrs["warnings"]`` says so when ``gens`` held another value.
+
     ``workload`` supplies everything but batch, prompt and gen (dtypes, logits, KV cache, causal,
-    beams; its own batch/prompt/gen are ignored). Columns (:data:`COLUMNS`): exact integer counts
-    (int64, or Python ints where a value passes int64), ``arithmetic_intensity`` (FLOP/byte), and
-    ``seconds`` (roofline estimate of the phase) when ``hardware`` is given. ``steps`` is 1 for prefill
-    and gen - 1 for decode; decode counts are totals over those steps. ``kv_cache_bytes`` is the cache
-    held at the end of the phase (prompt, then prompt + gen - 1 positions, batch * beams sequences);
-    ``weights_bytes`` and ``activation_peak_bytes`` (prefill's peak) are per configuration.
+    beams, decoder_prompt; its own batch/prompt/gen are ignored). Columns (:data:`COLUMNS`): exact
+    integer counts (int64, or Python ints where a value passes int64), ``arithmetic_intensity``
+    (FLOP/byte), and ``seconds`` (roofline estimate of the phase) when ``hardware`` is given.
+    ``steps`` is 1 for encode and prefill and gen - 1 for decode; decode counts are totals over
+    those steps. ``kv_cache_bytes`` is everything cached at the end of the phase (0 after encode;
+    prompt, then prompt + gen - 1 self-attention positions, batch * beams sequences; plus, for an
+    encoder-decoder, the cross-attention cache of the source, also given alone as
+    ``cross_kv_cache_bytes``); ``weights_bytes`` and ``activation_peak_bytes`` (the peak of the
+    first passes) are per configuration. Every count equals ``analyze`` of that configuration.
     The frame's ``attrs["arithmetic"]`` says whether the counts ran in int64 or Python ints.
     """
     import pandas as pd
 
     wl = workload or Workload()
-    require_decoder_only(spec, "sweep")
     _check_grid(batches, prompts, gens)
+    wl.check_against(spec)  # what analyze refuses, the sweep refuses (warnings are the caller's)
     batches, prompts, gens = (sorted({int(v) for v in x}) for x in (batches, prompts, gens))
+    warnings = []
+    phases = phases_of(spec)
+    if phases == ("encode",) and gens != [1]:
+        warnings.append(f"{spec.name} is encoder-only: one encode pass, nothing generated; the gen axis "
+                        f"({', '.join(map(str, gens[:4]))}{', ...' if len(gens) > 4 else ''}) is ignored "
+                        "and every row has gen = 1")
+    if phases == ("encode",):
+        gens = [1]
     step = max(1, BLOCK_PAIRS // len(prompts))  # blocks of batch rows; each picks its own arithmetic
     blocks, seconds = [], []
     for i in range(0, len(batches), step):
@@ -315,13 +414,13 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
             seconds.append(latency.phase_seconds(spec, wl, hardware, batches[i:i + step], prompts, gens,
                                                  exact_ints=kind == "python-int"))
     counts, arithmetic = _merge_blocks(blocks)
-    shape = (len(batches), len(prompts), len(gens), 2)
+    shape = (len(batches), len(prompts), len(gens), len(phases))
     cols = {
         "batch": np.broadcast_to(np.asarray(batches, dtype=np.int64)[:, None, None, None], shape).ravel(),
         "prompt": np.broadcast_to(np.asarray(prompts, dtype=np.int64)[None, :, None, None], shape).ravel(),
         "gen": np.broadcast_to(np.asarray(gens, dtype=np.int64)[None, None, :, None], shape).ravel(),
-        "phase": pd.Categorical.from_codes(np.broadcast_to(np.arange(2, dtype=np.int8), shape).ravel(),
-                                           categories=list(PHASES)),
+        "phase": pd.Categorical.from_codes(np.broadcast_to(np.arange(len(phases), dtype=np.int8), shape).ravel(),
+                                           categories=list(phases)),
     }
     flat = {c: a.ravel() for c, a in counts.items()}
     for c in COUNT_COLUMNS[:4]:
@@ -334,6 +433,7 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
     if hardware is not None:
         df["seconds"] = np.concatenate(seconds).ravel()
     df.attrs["arithmetic"] = arithmetic
+    df.attrs["warnings"] = warnings
     return df
 
 

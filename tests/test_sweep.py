@@ -16,7 +16,9 @@ from costmodel import Workload, analyze, get_model, kv_cache_bytes
 from costmodel.errors import SpecError
 from costmodel.cli import main
 from reports.files import atomic_write
-from reports.sweep import COLUMNS, _peak_magnitude, parse_range, sweep, write_frame
+from reports.sweep import _check_decode_sums, _NeedsPythonInts
+from reports.sweep import _grid_counts as sweep_counts
+from reports.sweep import COLUMNS, _peak_magnitude, corner_peak, parse_range, phases_of, sweep, write_frame
 
 
 def run(*args):
@@ -60,13 +62,19 @@ def test_parse_range_rejects(text, words):
 # --- exactness against analyze -------------------------------------------------------------------
 
 def _expected(spec, wl, row):
+    """The row as `analyze` of its configuration gives it, phase by phase."""
     a = analyze(spec, replace(wl, batch=row["batch"], prompt=row["prompt"], gen=row["gen"]))
-    ph = a.prefill if row["phase"] == "prefill" else a.decode
-    kv = (a.memory.kv_cache_bytes if row["phase"] == "decode"
-          else kv_cache_bytes(spec, a.workload, positions=row["prompt"]))
+    ph, m, w = a.phases[row["phase"]], a.memory, a.workload
+    if row["phase"] == "decode":  # held after the last step: the analysis' memory figures
+        kv, cross = m.kv_cache_bytes, m.cross_kv_cache_bytes
+    elif row["phase"] == "prefill":  # the prompt's positions (decoder prompt's), and the cross cache
+        start = w.decoder_prompt if spec.arch == "encoder-decoder" else w.prompt
+        kv, cross = kv_cache_bytes(spec, w, positions=start) + m.cross_kv_cache_bytes, m.cross_kv_cache_bytes
+    else:  # encode: nothing cached yet
+        kv = cross = 0
     return {"steps": ph.steps, "flops": ph.flops, "matmul_flops": ph.matmul_flops, "bytes": ph.bytes,
-            "kv_cache_bytes": kv, "weights_bytes": a.memory.weights_bytes,
-            "activation_peak_bytes": a.memory.activation_peak_bytes}
+            "kv_cache_bytes": kv, "weights_bytes": m.weights_bytes,
+            "activation_peak_bytes": m.activation_peak_bytes, "cross_kv_cache_bytes": cross}
 
 
 WORKLOADS = [
@@ -77,18 +85,63 @@ WORKLOADS = [
 ]
 
 
-@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-mixtral", "tiny-qwen-moe", "llama-2-70b"])
+MODELS = ["tiny-gpt2", "tiny-llama", "tiny-mixtral", "tiny-qwen-moe", "llama-2-70b",  # decoder-only, MoE
+          "tiny-bert", "bert-base",  # encoder-only
+          "tiny-t5", "tiny-t5-gated", "t5-small", "transformer-base"]  # encoder-decoder
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("wl", WORKLOADS, ids=["default", "no-cache", "causal-beams-int4", "fp32-no-cache"])
 def test_sweep_equals_analyze_row_by_row(model, wl):
     spec = get_model(model)
     df = sweep(spec, wl, [1, 3, 7], [1, 2, 5, 64], [1, 2, 3, 4, 50])
-    assert len(df) == 3 * 4 * 5 * 2
+    phases = phases_of(spec)
+    gens = 1 if phases == ("encode",) else 5  # encoder-only: nothing generated, one gen (1)
+    assert len(df) == 3 * 4 * gens * len(phases)
     assert list(df.columns) == list(COLUMNS)
+    assert list(df["phase"].cat.categories) == list(phases)
     for row in df.to_dict("records"):
         exp = _expected(spec, wl, row)
         got = {k: row[k] for k in exp}
         assert got == exp, row
         assert isinstance(row["flops"], int)  # exact integers, never floats
+
+
+def test_encoder_decoder_with_a_longer_decoder_prompt():
+    spec, wl = get_model("t5-small"), Workload(decoder_prompt=7, kv_cache=True)
+    df = sweep(spec, wl, [2, 5], [3, 100], [1, 9])
+    for row in df.to_dict("records"):
+        assert {k: row[k] for k in _expected(spec, wl, row)} == _expected(spec, wl, row), row
+
+
+def test_phases_per_architecture():
+    assert phases_of(get_model("tiny-llama")) == ("prefill", "decode")
+    assert phases_of(get_model("tiny-mixtral")) == ("prefill", "decode")
+    assert phases_of(get_model("bert-base")) == ("encode",)
+    assert phases_of(get_model("t5-small")) == ("encode", "prefill", "decode")
+
+
+def test_hand_derived_tiny_t5_caches():
+    # tiny-t5: 2 decoder layers, 4 kv heads x 16 = 64; bf16: 2 (K, V) * 2 * 64 * 2 bytes = 512 bytes
+    # per position per sequence, self and cross alike. Batch 3, source 10, decoder prompt 1, gen 5.
+    df = sweep(get_model("tiny-t5"), Workload(), [3], [10], [5]).set_index("phase")
+    assert df.loc["encode", "kv_cache_bytes"] == 0 and df.loc["encode", "cross_kv_cache_bytes"] == 0
+    cross = 512 * 3 * 10  # the source's keys and values, projected once in prefill: 15,360
+    assert df.loc["prefill", "cross_kv_cache_bytes"] == df.loc["decode", "cross_kv_cache_bytes"] == cross
+    assert df.loc["prefill", "kv_cache_bytes"] == cross + 512 * 3 * 1  # + the decoder prompt: 16,896
+    assert df.loc["decode", "kv_cache_bytes"] == cross + 512 * 3 * (1 + 5 - 1)  # + 5 positions: 23,040
+    assert list(df["steps"]) == [1, 1, 4]
+
+
+def test_encoder_only_collapses_gen_and_says_so():
+    spec = get_model("tiny-bert")
+    df = sweep(spec, Workload(), [1, 2], [8], [1, 128])
+    assert list(df["gen"]) == [1, 1] and list(df["phase"]) == ["encode", "encode"]
+    assert "encoder-only" in df.attrs["warnings"][0] and "gen = 1" in df.attrs["warnings"][0]
+    assert (df["kv_cache_bytes"] == 0).all() and (df["cross_kv_cache_bytes"] == 0).all()
+    # tiny-bert: 133,504 parameters, bf16: 2 bytes each
+    assert (df["weights_bytes"] == 2 * 133_504).all()
+    assert sweep(spec, Workload(), [1], [8], [1]).attrs["warnings"] == []
 
 
 def test_rows_are_tidy_and_ordered():
@@ -146,6 +199,30 @@ def test_large_but_safe_grid_runs_in_int64_and_is_exact():
                                                           if k in ("flops", "bytes")}
 
 
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-mixtral", "tiny-qwen-moe", "tiny-bert", "tiny-t5", "llama-2-70b"])
+@pytest.mark.parametrize("wl", WORKLOADS[:3], ids=["default", "no-cache", "causal-beams-int4"])
+def test_the_corner_bounds_every_point(model, wl):
+    # The int64 decision rests on this: no intermediate anywhere in a block is larger than the
+    # largest intermediate at its corner (largest batch and prompt). Checked against the
+    # element-wise shadow of a whole grid. Gens up to 3 (decode sums of <= 2 steps): the Newton
+    # terms of longer sums need not peak at the corner (MoE without a cache: the polynomial through
+    # steps 1-3 of an unsaturated point extrapolates past the true sum), and are bounded exactly
+    # on the int64 block instead (next test).
+    spec = get_model(model)
+    b, p, g = np.array([1, 2, 3, 7, 16]), np.array([1, 2, 5, 64, 300]), [1, 2, 3]
+    full = _peak_magnitude(lambda bb, pp, dt: sweep_counts(spec, wl, bb, pp, g, dt), b, p)
+    assert 0 < full <= corner_peak(spec, wl, b, p, g)
+
+
+def test_decode_sum_guard_is_exact():
+    # steps 2**40, 2**40 + 1, 2**40 + 2 (d1 = 1, d2 = 0); bound n * 2**40 + C(n, 2):
+    # n = 2**22: 2**62 + (2**43 - 2**21) >= 2**62: Python ints; n = 2**21: 2**61 + ~2**41: int64.
+    s = [np.array([2**40 + k]) for k in range(3)]
+    with pytest.raises(_NeedsPythonInts):
+        _check_decode_sums({"flops": s}, 2**22)
+    _check_decode_sums({"flops": s}, 2**21)
+
+
 def test_shadow_records_the_largest_intermediate():
     # a * 3 + 2**40 on [1, 5]: intermediates 3, 15, then 2**40 + 15; the Python int 2**40 counts too
     peak = _peak_magnitude(lambda a, dt: a * 3 + 2**40, np.array([1, 5]))
@@ -156,16 +233,17 @@ def test_shadow_records_the_largest_intermediate():
 
 # --- roofline seconds ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("model", ["llama-2-7b", "bert-base", "t5-small", "tiny-mixtral"])
 @pytest.mark.parametrize("wl", [Workload(), Workload(kv_cache=False)], ids=["cache", "no-cache"])
-def test_seconds_match_roofline_predict(wl):
+def test_seconds_match_roofline_predict(model, wl):
     from costmodel.hardware import get_hardware
     from costmodel.roofline import predict
 
-    spec, hw = get_model("llama-2-7b"), get_hardware("h100-sxm")
+    spec, hw = get_model(model), get_hardware("h100-sxm")
     df = sweep(spec, wl, [1, 64], [16, 4096], [1, 2, 300], hardware=hw)
     for row in df.to_dict("records"):
         t = predict(spec, replace(wl, batch=row["batch"], prompt=row["prompt"], gen=row["gen"]), hw)
-        expected = t.prefill.seconds if row["phase"] == "prefill" else t.decode.seconds
+        expected = t.phases[row["phase"]].seconds
         assert row["seconds"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
@@ -245,13 +323,34 @@ def test_cli_parquet_without_pyarrow(tmp_path, monkeypatch):
     (["sweep", "tiny-gpt2", "--format", "parquet"], "needs --out FILE"),
     (["sweep", "tiny-gpt2", "--gpu", "no-such-gpu"], "unknown GPU"),
     (["sweep", "tiny-gpt2", "--out", "/no/such/dir/x.csv"], "does not exist"),
-    (["sweep", "tiny-t5", "--gen", "4"], "covers decoder-only models; tiny-t5 is encoder-decoder"),
+    (["sweep", "tiny-llama", "--decoder-prompt", "4"], "decoder_prompt is for encoder-decoder models"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, words):
     r = run(*args)
     assert r.exit_code == 2, r.output
     assert words in r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_cli_encoder_models():
+    r = run("sweep", "tiny-t5", "--batch", "2", "--prompt", "10", "--gen", "5", "--decoder-prompt", "3")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert [x["phase"] for x in rows] == ["encode", "prefill", "decode"]
+    a = analyze(get_model("tiny-t5"), Workload(batch=2, prompt=10, gen=5, decoder_prompt=3))
+    assert [int(x["flops"]) for x in rows] == [a.encode.flops, a.prefill.flops, a.decode.flops]
+    # tiny-t5 cross cache: 512 bytes a position and sequence (see above) * batch 2 * source 10
+    assert rows[2]["cross_kv_cache_bytes"] == str(512 * 2 * 10)
+    r = run("sweep", "tiny-bert", "--prompt", "8,16")  # gen defaults to 1 for encoder-only: no warning
+    assert r.exit_code == 0 and "Warning" not in r.output
+    assert [x["phase"] for x in csv.DictReader(io.StringIO(r.output))] == ["encode", "encode"]
+
+
+def test_cli_encoder_only_warns_about_gen():
+    r = CliRunner().invoke(main, ["sweep", "tiny-bert", "--prompt", "8", "--gen", "1,64"])
+    assert r.exit_code == 0, r.output
+    assert "encoder-only" in r.stderr and "gen = 1" in r.stderr
+    assert len(list(csv.DictReader(io.StringIO(r.stdout)))) == 1
 
 
 def test_cli_unwritable_out_leaves_no_file(tmp_path):

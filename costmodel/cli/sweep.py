@@ -25,25 +25,29 @@ def _dtype_options(fn):
         click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step."),
         click.option("--causal", is_flag=True, help="Count only the lower triangle of attention scores."),
         click.option("--beams", type=int, default=1, show_default=True, help="Beam width (multiplies the decode batch)."),
+        click.option("--decoder-prompt", type=int, default=1, show_default=True,
+                     help="Encoder-decoder: tokens the decoder starts from (--prompt is the source)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def _range_options(batch="1", prompt="512", gen="128"):
+def _range_options(batch="1", prompt="512", gen=None):
     def deco(fn):
         help_ = "N, N1,N2,..., START:STOP, START:STOP:+STEP or START:STOP:xFACTOR"
-        for name, short, default, what in reversed([("--batch", "-b", batch, "Batch sizes"),
-                                                    ("--prompt", "-s", prompt, "Prompt lengths"),
-                                                    ("--gen", "-n", gen, "Generated tokens")]):
-            fn = click.option(name, short, default=default, show_default=True, help=f"{what}: {help_}.")(fn)
+        for name, short, default, what in reversed([
+                ("--batch", "-b", batch, "Batch sizes"),
+                ("--prompt", "-s", prompt, "Prompt lengths (encoder models: input / source tokens)"),
+                ("--gen", "-n", gen, "Generated tokens [default: 128; encoder-only models: 1, the only value]")]):
+            fn = click.option(name, short, default=default, show_default=default is not None,
+                              help=f"{what}: {help_}.")(fn)
         return fn
     return deco
 
 
 def _workload(kw: dict, **sizes):
-    keys = ("dtype", "weight_dtype", "kv_dtype", "logits", "no_kv_cache", "causal", "beams")
+    keys = ("dtype", "weight_dtype", "kv_dtype", "logits", "no_kv_cache", "causal", "beams", "decoder_prompt")
     return build_workload(batch=sizes.get("batch", 1), prompt=sizes.get("prompt", 512),
                           gen=sizes.get("gen", 128), **{k: kw.pop(k) for k in keys})
 
@@ -67,18 +71,23 @@ def _hardware(gpu, hardware_file):
 def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
 
-    Columns: batch, prompt, gen, phase, steps, flops, matmul_flops, bytes, arithmetic_intensity,
-    kv_cache_bytes (held at the end of the phase), weights_bytes, activation_peak_bytes, and
-    seconds (roofline) with --gpu/--hardware. Counts are exact integers. Example:
+    Phases: prefill and decode (decoder-only); encode (encoder-only, e.g. BERT: gen is ignored,
+    every row has gen 1); encode, prefill and decode (encoder-decoder, e.g. T5: --prompt is the
+    source, --decoder-prompt the decoder's start). Columns: batch, prompt, gen, phase, steps, flops,
+    matmul_flops, bytes, arithmetic_intensity, kv_cache_bytes (everything cached at the end of the
+    phase, cross-attention included), weights_bytes, activation_peak_bytes, cross_kv_cache_bytes,
+    and seconds (roofline) with --gpu/--hardware. Counts are exact integers. Example:
 
         costmodel sweep llama-2-7b --batch 1,2,4,8 --prompt 128:32768:x2 --gen 128
     """
+    from dataclasses import replace
+
     from ..models import get_model
     from reports.files import check_writable_file
-    from reports.sweep import parse_range, require_decoder_only, sweep as run_sweep, write_frame
+    from reports.sweep import parse_range, sweep as run_sweep, write_frame
 
     spec = get_model(model)
-    require_decoder_only(spec, "sweep")
+    gen = gen if gen is not None else ("1" if spec.arch == "encoder" else "128")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
     wl = _workload(kw)
     hw = _hardware(gpu, hardware_file)
@@ -92,11 +101,13 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
                              "pip install 'costmodel[sweep]' (or use --format csv or json)") from None
     if out is not None:
         check_writable_file(out)
-    longest = max(grid["prompt"]) + max(grid["gen"]) - 1
-    if longest > spec.max_position_embeddings:
-        warn(f"context up to {longest} exceeds {spec.name}'s max_position_embeddings "
-             f"{spec.max_position_embeddings}")
+    largest = replace(wl, prompt=max(grid["prompt"]), gen=max(grid["gen"]))
+    for w in largest.check_against(spec):  # the longest contexts of the grid, as `report` words them
+        if "max_position_embeddings" in w:
+            warn(w)
     df = run_sweep(spec, wl, grid["batch"], grid["prompt"], grid["gen"], hardware=hw)
+    for w in df.attrs.get("warnings", ()):
+        warn(w)
     text = write_frame(df, fmt, out)
     if text is not None:
         click.echo(text, nl=False)
@@ -129,11 +140,13 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     """
     import json
     import re
+    from dataclasses import replace
 
+    from ..errors import SpecError
     from ..models import get_model
     from reports import plots
     from reports.files import check_writable_dir
-    from reports.sweep import parse_range, require_decoder_only
+    from reports.sweep import parse_range
 
     check_writable_dir(out)
     wl = pop_workload(kw)
@@ -155,8 +168,6 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
             raise InputError(f"the {kind} plot needs MODEL (see `costmodel models`)")
         names = [m.strip() for m in model.split(",") if m.strip()] if kind == "compare" else [model]
         specs = [get_model(m) for m in names]
-        if kind == "phases":
-            require_decoder_only(specs[0], "the phases plot")
         stem = f"{kind}-" + "-vs-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", s.name) for s in specs)
     hws = _hardware_list(gpu, hardware_file)
     if kind in plots.NEEDS_HARDWARE and not hws:
@@ -164,11 +175,16 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
                          "or --hardware FILE")
     batches = parse_range(batch_range, "--batch-range")
     contexts = parse_range(context_range, "--context-range")
+    longest = max(max(contexts) if kind in ("phases", "memory", "latency", "compare") else 0, wl.prompt)
     for s in specs:
-        longest = max(max(contexts) if kind in ("phases", "memory", "latency", "compare") else 0, wl.prompt) + wl.gen - 1
-        if longest > s.max_position_embeddings:
-            warn(f"contexts up to {longest} exceed {s.name}'s max_position_embeddings "
-                 f"{s.max_position_embeddings}")
+        try:
+            warnings = replace(wl, prompt=longest, decoder_prompt=1 if s.arch != "encoder-decoder"
+                               else wl.decoder_prompt).check_against(s)
+        except SpecError:
+            continue  # the plot itself reports it
+        for w in warnings:  # the longest contexts of the axes, as `report` words them
+            if "max_position_embeddings" in w:
+                warn(w.replace(" exceeds ", " on the plot's axes exceeds ", 1))
     fig = plots.build(kind, specs, wl, hws, batches, contexts, validation)
     for path in plots.save(fig, out, stem):
         click.echo(path)
