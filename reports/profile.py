@@ -108,9 +108,9 @@ def profile_table(r) -> str:
     s = r.kv_cache_speedup
     if s:
         lines.append(f"KV cache: decode {human_seconds(s['decode_seconds_with_cache'])} with vs "
-                     f"{human_seconds(s['decode_seconds_without_cache'])} without: measured {s['measured_speedup']:.2f}x "
-                     f"faster; analytic {s['analytic_flops_ratio']:.2f}x the FLOPs, "
-                     f"{s['analytic_bytes_ratio']:.2f}x the bytes without (median of {s['runs']} runs)")
+                     f"{human_seconds(s['decode_seconds_without_cache'])} without: measured speed-up "
+                     f"{s['measured_speedup']:.2f}x; analytic ratio {s['analytic_flops_ratio']:.2f}x the FLOPs, "
+                     f"{s['analytic_bytes_ratio']:.2f}x the bytes (without / with; median of {s['runs']} runs)")
     o = r.overhead
     lines.append(f"Instrumentation overhead (median of {o['runs']} runs, bare {human_seconds(o['bare_seconds'])}): "
                  f"phase timers {o['phase_timers_overhead']:+.1%}, per-op hooks {o['per_op_hooks_overhead']:+.1%}")
