@@ -30,8 +30,9 @@ dl.kv dt { color: #555; } dl.kv dd { margin: 0; }
 """
 
 CAPTIONS = {
-    "phases": "Prefill vs decode: FLOPs and bytes, FLOPs by textbook term (8bsh², 4bs²h, 16bsh² per "
-              "layer), decode bytes by kind, and arithmetic intensity, against context and against batch.",
+    "phases": "Each pass (encode, prefill, a decode step: those the model has): FLOPs and bytes, FLOPs by "
+              "textbook term (8bsh², 4bs²h, 16bsh² per layer), the last pass's bytes by kind, and "
+              "arithmetic intensity, against context and against batch.",
     "kv-cache": "KV cache against positions held, as configured and with/without GQA and at lower "
                 "precision, against the device memory.",
     "memory": "Weights, KV cache, activations and reserve against batch and context, with the device "
@@ -197,10 +198,11 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
 
 def report_kinds(hardware, spec=None, wl=None) -> list[str]:
     """The plots a report shows: the hardware-free ones, and the device ones when there is a device.
-    The phases plot covers decoder-only models; latency (TPOT) needs decode steps."""
+    An encoder-only model has no KV cache to plot; a generating model's latency (TPOT) needs decode
+    steps (an encoder-only model's latency plot is its encode pass)."""
     arch = getattr(spec, "arch", "decoder")
-    kinds = (["phases"] if arch == "decoder" else []) + (["kv-cache"] if arch != "encoder" else [])
-    device = ["memory", "roofline"] + (["latency"] if arch != "encoder" and (wl is None or wl.gen >= 2) else [])
+    kinds = ["phases"] + (["kv-cache"] if arch != "encoder" else [])
+    device = ["memory", "roofline"] + (["latency"] if arch == "encoder" or wl is None or wl.gen >= 2 else [])
     return kinds + (device if hardware is not None else [])
 
 

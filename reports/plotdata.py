@@ -12,10 +12,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from costmodel.analysis import decode_step_cost, kv_cache_bytes, prefill_cost, weight_bytes
+from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_cost, kv_cache_bytes,
+                                prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
 
-from .sweep import GridWorkload
+from .sweep import grid_workload, phases_of
 
 # Prefill FLOP terms, in the textbook's grouping (Kaplan et al. 2020, table 1; "Transformer
 # inference arithmetic"): per layer 8bsh^2 (QKVO projections, MHA), 4bs^2h (QK^T and PV),
@@ -25,7 +26,8 @@ BYTE_KINDS = ("weights", "activations", "KV cache")
 
 
 def term_of(op: str, kind: str) -> str:
-    """Which textbook term an op's FLOPs belong to."""
+    """Which textbook term an op's FLOPs belong to (cross-attention's ops as self-attention's)."""
+    op = op.removeprefix("cross_")
     if op in ("q_proj", "k_proj", "v_proj", "o_proj"):
         return "projections"
     if op in ("attn_scores", "attn_values"):
@@ -49,12 +51,19 @@ def term_labels(spec, causal: bool = False) -> dict:
     else:
         mlp = 2 * mats * spec.intermediate_size / h
     approx = "≈" if causal else ""
+    arch = getattr(spec, "arch", "decoder")
+    if arch == "encoder-decoder":  # self- and cross-attention: sizes of two different sequences
+        proj_text, attn_text = "QKVO projections, self and cross", "attention QKᵀ, PV, self and cross"
+    else:
+        proj_text = f"QKVO projections {proj:.3g}·bsh² per layer (8bsh² for MHA)"
+        attn_text = f"attention QKᵀ, PV {approx}{attn:.3g}·bs²h per layer (4bs²h)"
     return {
-        "projections": f"QKVO projections {proj:.3g}·bsh² per layer (8bsh² for MHA)",
-        "attention": f"attention QKᵀ, PV {approx}{attn:.3g}·bs²h per layer (4bs²h)",
+        "projections": proj_text,
+        "attention": attn_text,
         "MLP": f"MLP {mlp:.3g}·bsh² per layer (16bsh² for a 4h MLP)",
-        "LM head": "LM head 2·b·h·V (prefill: last position)",
-        "other": "norms, softmax, rotary, residuals, embedding",
+        "LM head": ("MLM head 2·b·s·h·V (every position)" if arch == "encoder"
+                    else "LM head 2·b·h·V (prefill: last position)"),
+        "other": "norms, softmax, position terms, residuals, embedding" + (", pooler" if arch == "encoder" else ""),
     }
 
 
@@ -81,22 +90,28 @@ def _op_rows(cost, phase, meta):
     return pd.concat(frames, ignore_index=True)
 
 
-def phase_terms(spec, wl, contexts, batches) -> pd.DataFrame:
-    """FLOPs by textbook term and bytes by kind, prefill (whole prompt) and decode (one step, the
-    first after the prompt), against context (batch = ``wl.batch``) and against batch
-    (prompt = ``wl.prompt``). Columns: axis ('context' or 'batch'), batch, prompt, phase, term,
-    flops, weights, activations, KV cache (bytes)."""
-    from .sweep import require_decoder_only
+def phase_passes(spec, gw) -> list[tuple[str, object]]:
+    """(phase, StepCost) of the passes the phases plot shows: encode (the whole input), prefill
+    (the whole prompt; encoder-decoder: the decoder prompt and the cross K/V projection) and one
+    decode step (the first after the prompt), those that apply to ``spec``'s architecture."""
+    make = {"encode": lambda: encode_cost(spec, gw), "prefill": lambda: prefill_cost(spec, gw),
+            "decode": lambda: decode_step_cost(spec, gw, 1)}
+    return [(phase, make[phase]()) for phase in phases_of(spec)]
 
-    require_decoder_only(spec, "the phases plot")
+
+def phase_terms(spec, wl, contexts, batches) -> pd.DataFrame:
+    """FLOPs by textbook term and bytes by kind of each pass of :func:`phase_passes`, against
+    context (prompt, or an encoder's input / source, at batch = ``wl.batch``) and against batch
+    (at prompt = ``wl.prompt``). Columns: axis ('context' or 'batch'), batch, prompt, phase, term,
+    flops, weights, activations, KV cache (bytes)."""
     frames = []
     for axis, b, p in (("context", np.array([[wl.batch]], dtype=object),
                         np.array([[int(c) for c in contexts]], dtype=object)),
                        ("batch", np.array([[int(x)] for x in batches], dtype=object),
                         np.array([[wl.prompt]], dtype=object))):
-        gw = GridWorkload(wl, b, p)
+        gw = grid_workload(wl, b, p)
         meta = {"batch": b.astype(np.int64), "prompt": p.astype(np.int64)}
-        for phase, cost in (("prefill", prefill_cost(spec, gw)), ("decode", decode_step_cost(spec, gw, 1))):
+        for phase, cost in phase_passes(spec, gw):
             f = _op_rows(cost, phase, meta)
             f["axis"] = axis
             frames.append(f)
@@ -132,7 +147,19 @@ def kv_cache_variants(spec, wl):
 def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
     """KV cache held against positions in the cache: rows (variant, positions, kv_cache_bytes) for
     positions from 1 to the longer of the request (prompt + gen - 1) and the model's
-    max_position_embeddings, geometrically spaced, the prompt and the request's end included."""
+    max_position_embeddings, geometrically spaced, the prompt and the request's end included.
+
+    Encoder-decoder: the curves are the decoder's self-attention cache against its positions; a
+    cross-attention position (one source token) takes exactly as many bytes, so the same curves
+    give the cross cache against the source length. ``attrs['request']`` has the request's self
+    and cross caches and their positions. Encoder-only: no rows (nothing is cached)."""
+    if getattr(spec, "arch", "decoder") == "encoder":
+        return pd.DataFrame(columns=["variant", "positions", "kv_cache_bytes"])
+    encdec = spec.arch == "encoder-decoder"
+    w = replace(wl, kv_cache=True)
+    self_positions = (wl.decoder_prompt if encdec else wl.prompt) + wl.gen - 1
+    request = {"self_positions": self_positions, "self_bytes": kv_cache_bytes(spec, w, positions=self_positions),
+               "cross_positions": wl.prompt if encdec else 0, "cross_bytes": cross_kv_cache_bytes(spec, w)}
     end = max(wl.final_context, spec.max_position_embeddings)
     positions = np.unique(np.concatenate([np.geomspace(1, end, points).round().astype(int),
                                           [wl.prompt, wl.final_context, end]]))
@@ -140,7 +167,9 @@ def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
     for label, s, w in kv_cache_variants(spec, replace(wl, kv_cache=True)):
         for pos in positions.tolist():
             rows.append({"variant": label, "positions": pos, "kv_cache_bytes": kv_cache_bytes(s, w, positions=pos)})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["request"] = request
+    return df
 
 
 def memory_curves(spec, wl, hw, batches, contexts) -> tuple[pd.DataFrame, dict]:
@@ -192,12 +221,17 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
 
 def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
     """TTFT and mean TPOT (roofline) against batch (at ``wl.prompt``) and context (at
-    ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits."""
+    ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits.
+    TTFT includes an encoder-decoder's encode pass; for an encoder-only model ``ttft_s`` is the
+    encode pass (its whole latency) and ``tpot_s`` is NaN."""
     from costmodel import plan
     from costmodel.roofline import predict
 
-    if wl.gen < 2:
+    encoder_only = getattr(spec, "arch", "decoder") == "encoder"
+    if wl.gen < 2 and not encoder_only:
         raise SpecError("the latency plot needs --gen 2 or more (TPOT is the time of a decode step)")
+    if encoder_only:  # one encode pass: its time is the latency; nothing is generated
+        wl = replace(wl, gen=1, beams=1)
     rows = []
     for hw in hws:
         for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
@@ -205,29 +239,40 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
             for w in configs:
                 t = predict(spec, w, hw)
                 rows.append({"hardware": hw.id, "axis": axis, "batch": w.batch, "prompt": w.prompt,
-                             "ttft_s": t.ttft_s, "tpot_s": t.tpot_mean_s,
+                             "ttft_s": t.ttft_s if t.ttft_s is not None else t.e2e_s,
+                             "tpot_s": t.tpot_mean_s if t.tpot_mean_s is not None else np.nan,
                              "fits": plan.memory_use(spec, hw, w).fits})
     return pd.DataFrame(rows)
 
 
 def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
-    """Several models (and GPUs) against context at ``wl.batch``: rows (model, hardware, prompt,
-    prefill_flops, decode_flops_per_step, memory_bytes (weights + KV cache), ttft_s, tpot_s)."""
+    """Several models (and GPUs) against context (prompt; an encoder's input or source) at
+    ``wl.batch``: rows (model, hardware, prompt, prefill_flops, decode_flops_per_step, memory_bytes
+    (weights + KV cache, self and cross), ttft_s, tpot_s).
+
+    ``prefill_flops`` is the work before the first output: encode + prefill for an encoder-decoder,
+    the encode pass of an encoder-only model (whose ``ttft_s`` is that pass's time, and whose
+    decode columns are NaN: it decodes nothing)."""
     from costmodel.roofline import predict
 
     rows = []
     for spec in specs:
+        arch = getattr(spec, "arch", "decoder")
         for c in contexts:
             w = replace(wl, prompt=int(c))
-            base = {"model": spec.name, "prompt": w.prompt,
-                    "prefill_flops": float(prefill_cost(spec, w).total("flops")),
-                    "decode_flops_per_step": float(decode_step_cost(spec, w, 1).total("flops")),
-                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype) + kv_cache_bytes(spec, w))}
+            if arch == "encoder":
+                w = replace(w, gen=1, beams=1)
+            first = sum(cost.total("flops") for phase, cost in phase_passes(spec, w) if phase != "decode")
+            decode = (float(decode_step_cost(spec, w, 1).total("flops")) if arch != "encoder" else np.nan)
+            base = {"model": spec.name, "prompt": w.prompt, "prefill_flops": float(first),
+                    "decode_flops_per_step": decode,
+                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype) + kv_cache_bytes(spec, w)
+                                          + cross_kv_cache_bytes(spec, w))}
             if not hws:
                 rows.append({**base, "hardware": None, "ttft_s": np.nan, "tpot_s": np.nan})
             for hw in hws:
                 t = predict(spec, w, hw)
-                rows.append({**base, "hardware": hw.id, "ttft_s": t.ttft_s,
+                rows.append({**base, "hardware": hw.id, "ttft_s": t.ttft_s if t.ttft_s is not None else t.e2e_s,
                              "tpot_s": t.tpot_mean_s if t.tpot_mean_s is not None else np.nan})
     return pd.DataFrame(rows)
 

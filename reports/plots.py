@@ -25,6 +25,7 @@ TERM_COLORS = {"projections": OKABE_ITO[0], "attention": OKABE_ITO[1], "MLP": OK
 BYTE_COLORS = {"weights": OKABE_ITO[0], "activations": OKABE_ITO[4], "KV cache": OKABE_ITO[1],
                "reserve": "#BBBBBB"}
 LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
 GB = 1e9
 
@@ -47,9 +48,17 @@ def _loglog(ax, xunit="", yunit=""):
     ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
     if yunit:
         ax.yaxis.set_major_formatter(_fmt(yunit))
-    # Where the y range spans less than ~2 decades, label minor ticks plainly (60, 200), not 6x10^1.
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    # Where the y range spans less than ~2 decades, label minor ticks plainly (60, 200, 0.6), not
+    # 6x10^1 or 6e-01.
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.grid(True, which="major", alpha=0.3)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of which minor ticks to label, written as plain numbers (0.6, 60)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
 
 
 def _count_label(x, _pos=None):
@@ -67,12 +76,30 @@ def _gb(x, _pos=None):
 
 # --- phases ---------------------------------------------------------------------------------------
 
-def plot_phase_totals(ax, totals, axis: str):
-    """FLOPs (solid) and bytes moved (dashed) of prefill and of one decode step, log-log."""
+PHASE_ORDER = ("encode", "prefill", "decode")
+PHASE_LABELS = {"encode": "encode (whole input)", "prefill": "prefill (whole prompt)", "decode": "decode (one step)"}
+
+
+def phase_labels(spec=None) -> dict:
+    """Legend text per pass of the phases plot; an encoder-decoder's prefill is its decoder prompt
+    plus the one-time projection of the cross-attention keys and values."""
+    if getattr(spec, "arch", "decoder") == "encoder-decoder":
+        return {**PHASE_LABELS, "encode": "encode (whole source)", "prefill": "prefill (decoder prompt + cross K/V)"}
+    return dict(PHASE_LABELS)
+
+
+def _phases_in(d) -> list:
+    return [p for p in PHASE_ORDER if (d["phase"] == p).any()]
+
+
+def plot_phase_totals(ax, totals, axis: str, labels=None):
+    """FLOPs (solid) and bytes moved (dashed) of each pass (encode, prefill, one decode step), log-log."""
     d = totals[totals["axis"] == axis]
     x = "prompt" if axis == "context" else "batch"
+    labels = labels or PHASE_LABELS
     artists = []
-    for phase, label in (("prefill", "prefill (whole prompt)"), ("decode", "decode (one step)")):
+    for phase in _phases_in(d):
+        label = labels[phase]
         p = d[d["phase"] == phase].sort_values(x)
         artists += ax.plot(p[x], p["flops"], "-o", ms=3, color=PHASE_COLORS[phase], label=f"{label}: FLOPs")
         artists += ax.plot(p[x], p["bytes"], "--s", ms=3, color=PHASE_COLORS[phase], label=f"{label}: bytes")
@@ -83,6 +110,12 @@ def plot_phase_totals(ax, totals, axis: str):
     ax.set_title("FLOPs and bytes moved")
     ax.legend(fontsize=7, loc="upper left")
     return artists
+
+
+def _context_label(arch: str) -> str:
+    """The context axis of an encoder model: its input (BERT) or source (T5) length."""
+    return ("input length: tokens (log₂)" if arch == "encoder"
+            else "source length: encoder input tokens (log₂)")
 
 
 def _xlabel(axis: str, fixed=None) -> str:
@@ -97,6 +130,7 @@ def plot_share_stack(ax, terms, axis: str, phase: str, parts, colors, labels=Non
         wide = d.pivot_table(index=x, columns="term", values="flops", aggfunc="sum")
     else:
         wide = d.groupby(x)[list(parts)].sum()
+        parts = [c for c in parts if wide[c].sum() > 0]  # e.g. no KV cache in an encode pass
     wide = wide.reindex(columns=list(parts)).fillna(0)
     share = 100 * wide.div(wide.sum(axis=1), axis=0)
     labels = labels or {}
@@ -113,11 +147,13 @@ def plot_share_stack(ax, terms, axis: str, phase: str, parts, colors, labels=Non
 
 
 def plot_intensity(ax, totals, axis: str, ridge: float | None = None, ridge_label: str = ""):
-    """Arithmetic intensity (FLOP/byte) of prefill and of a decode step, with the device ridge point."""
+    """Arithmetic intensity (FLOP/byte) of each pass (encode, prefill, a decode step), with the
+    device ridge point."""
     d = totals[totals["axis"] == axis]
     x = "prompt" if axis == "context" else "batch"
     artists = []
-    for phase, label in (("prefill", "prefill"), ("decode", "decode step")):
+    for phase in _phases_in(d):
+        label = "decode step" if phase == "decode" else phase
         p = d[d["phase"] == phase].sort_values(x)
         artists += ax.plot(p[x], p["arithmetic_intensity"], "-o", ms=3, color=PHASE_COLORS[phase], label=label)
     if ridge:
@@ -133,38 +169,52 @@ def plot_intensity(ax, totals, axis: str, ridge: float | None = None, ridge_labe
 
 
 def phases_figure(terms, spec, wl, hw=None) -> Figure:
-    """Prefill vs decode: rows against context (batch fixed) and against batch (prompt fixed);
-    columns: totals, prefill FLOPs by textbook term, decode FLOPs by term, decode bytes by kind,
-    arithmetic intensity."""
+    """The passes of the model side by side: rows against context (batch fixed) and against batch
+    (prompt fixed); columns: totals, FLOPs by textbook term of each pass (encode, prefill, a decode
+    step: those that apply), bytes by kind of the last pass, arithmetic intensity."""
     from .plotdata import BYTE_KINDS, TERMS, phase_totals, term_labels
 
     totals = phase_totals(terms)
     labels = term_labels(spec, wl.causal)
+    phases = _phases_in(terms)
+    arch = getattr(spec, "arch", "decoder")
     ridge = hw_ridge = None
     if hw is not None:
         ridge = hw.achievable_flops_per_s(wl.act_dtype) / hw.achievable_bandwidth_bytes_per_s
         hw_ridge = hw.id
-    fig, axes = new_figure(2, 5, 27, 10.5)
+    cols = len(phases) + 3
+    fig, axes = new_figure(2, cols, 5.4 * cols if cols <= 5 else 4.8 * cols, 10.5)
+    names = {"encode": "Encode", "prefill": "Prefill", "decode": "Decode step"}
+    last = phases[-1]
+    context = {"decoder": "prompt", "encoder": "input", "encoder-decoder": "source"}[arch]
     for r, axis in enumerate(("context", "batch")):
-        fixed = f"batch {wl.batch}" if axis == "context" else f"prompt {wl.prompt}"
-        plot_phase_totals(axes[r, 0], totals, axis)
-        plot_share_stack(axes[r, 1], terms, axis, "prefill", TERMS, TERM_COLORS, labels)
-        plot_share_stack(axes[r, 2], terms, axis, "decode", TERMS, TERM_COLORS, labels)
-        plot_share_stack(axes[r, 3], terms, axis, "decode", BYTE_KINDS, BYTE_COLORS, value="bytes")
-        plot_intensity(axes[r, 4], totals, axis, ridge, hw_ridge or "")
+        fixed = f"batch {wl.batch}" if axis == "context" else f"{context} {wl.prompt}"
+        plot_phase_totals(axes[r, 0], totals, axis, phase_labels(spec))
         axes[r, 0].set_title(f"FLOPs and bytes moved ({fixed})")
-        axes[r, 1].set_title(f"Prefill FLOPs by term ({fixed})")
-        axes[r, 2].set_title(f"Decode step FLOPs by term ({fixed})")
-        axes[r, 3].set_title(f"Decode step bytes by kind ({fixed})")
-        axes[r, 4].set_title(f"Arithmetic intensity ({fixed})")
+        for c, phase in enumerate(phases, start=1):
+            plot_share_stack(axes[r, c], terms, axis, phase, TERMS, TERM_COLORS, labels)
+            axes[r, c].set_title(f"{names[phase]} FLOPs by term ({fixed})")
+        plot_share_stack(axes[r, cols - 2], terms, axis, last, BYTE_KINDS, BYTE_COLORS, value="bytes")
+        axes[r, cols - 2].set_title(f"{names[last]} bytes by kind ({fixed})")
+        plot_intensity(axes[r, cols - 1], totals, axis, ridge, hw_ridge or "")
+        axes[r, cols - 1].set_title(f"Arithmetic intensity ({fixed})")
+        if axis == "context" and arch != "decoder":
+            for ax in axes[r]:
+                ax.set_xlabel(_context_label(arch))
+    # Term legends once, centre-left of the top row's first term panel; a decode step's attention
+    # grows with the context, not its square.
     axes[0, 1].legend(loc="center left", fontsize=7, framealpha=0.9)
-    axes[0, 2].legend(handles=axes[0, 2].collections[:len(TERMS)],
-                      labels=["QKVO projections", "attention QKᵀ, PV (4·b·s·h per layer, s = context)",
-                              "MLP", "LM head", "other"], loc="center left", fontsize=7, framealpha=0.9)
-    axes[0, 3].legend(loc="center left", fontsize=8, framealpha=0.9)
-    fig.suptitle(f"{spec.name}: prefill vs decode ({wl.weight_dtype} weights, {wl.act_dtype} activations; "
-                 f"decode = one step after the prompt{'' if wl.kv_cache else ', no KV cache'})",
-                 fontsize=14)
+    if "decode" in phases and len(phases) > 1:
+        k = phases.index("decode") + 1
+        axes[0, k].legend(handles=axes[0, k].collections[:len(TERMS)],
+                          labels=["QKVO projections", "attention QKᵀ, PV (4·b·s·h per layer, s = context)",
+                                  "MLP", "LM head", "other"], loc="center left", fontsize=7, framealpha=0.9)
+    axes[0, cols - 2].legend(loc="center left", fontsize=8, framealpha=0.9)
+    what = {"decoder": "prefill vs decode", "encoder": "the encode pass, the only pass of an encoder-only model",
+            "encoder-decoder": "encode, prefill and decode"}[arch]
+    step = "; decode = one step after the prompt" if "decode" in phases else ""
+    fig.suptitle(f"{spec.name}: {what} ({wl.weight_dtype} weights, {wl.act_dtype} activations{step}"
+                 f"{'' if wl.kv_cache or 'decode' not in phases else ', no KV cache'})", fontsize=14)
     return fig
 
 
@@ -206,26 +256,80 @@ def plot_kv_cache(ax, curves, capacity_bytes=None, weights_bytes=None, hw_label:
     return artists
 
 
+def plot_kv_cache_request(ax, request):
+    """An encoder-decoder request's two caches on the per-position curves: the self-attention cache
+    at its decoder positions, the cross-attention cache at its source positions, and their sum."""
+    total = request["self_bytes"] + request["cross_bytes"]
+    artists = ax.plot([request["self_positions"]], [request["self_bytes"]], "o", ms=9, color=OKABE_ITO[4],
+                      mec="black", zorder=4,
+                      label=f"this request's self-attention cache: {request['self_positions']:,} decoder "
+                            f"positions, {_bytes_label(request['self_bytes'])}")
+    artists += ax.plot([request["cross_positions"]], [request["cross_bytes"]], "s", ms=9, color=OKABE_ITO[2],
+                       mec="black", zorder=4,
+                       label=f"its cross-attention cache: {request['cross_positions']:,} source positions, "
+                             f"{_bytes_label(request['cross_bytes'])}")
+    artists.append(ax.axhline(total, color=OKABE_ITO[2], ls="--", lw=1.2,
+                              label=f"held by the request: self + cross = {_bytes_label(total)}"))
+    return artists
+
+
+def _bytes_label(n) -> str:
+    """Bytes in SI units, 3 significant digits, for a legend: 1.57 MB, 12 GB."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g} {prefix}B"
+    return f"{n:g} B"
+
+
+def no_kv_cache_panel(ax, spec):
+    """The KV-cache panel of an encoder-only model: there is none, said in words."""
+    ax.text(0.5, 0.55, f"{spec.name} is encoder-only: no KV cache", ha="center", va="center",
+            transform=ax.transAxes, fontsize=15, fontweight="bold")
+    ax.text(0.5, 0.40, "One bidirectional encode pass reads the whole input; nothing is generated,\n"
+            "so no keys or values are kept from one pass to the next.", ha="center", va="center",
+            transform=ax.transAxes, fontsize=11, color="dimgrey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("positions in the cache (none)")
+    ax.set_ylabel("KV cache (none)")
+
+
 def kv_cache_figure(curves, spec, wl, hw=None) -> Figure:
     from costmodel.analysis import weight_bytes
 
-    fig, axes = new_figure(1, 1, 10, 6.5)
-    plot_kv_cache(axes[0, 0], curves, hw.memory_bytes if hw else None,
-                  weight_bytes(spec, wl.weight_dtype), hw.id if hw else "", wl.prompt, wl.final_context)
-    axes[0, 0].set_title(f"{spec.name}: KV cache for {wl.batch * wl.beams} sequences "
-                         f"(prompt {wl.prompt}, {wl.gen} generated)")
+    arch = getattr(spec, "arch", "decoder")
+    fig, axes = new_figure(1, 1, 10, 3.5 if arch == "encoder" else 6.5)
+    ax = axes[0, 0]
+    if arch == "encoder":
+        no_kv_cache_panel(ax, spec)
+        ax.set_title(f"{spec.name}: KV cache (batch {wl.batch}, input {wl.prompt})")
+        return fig
+    encdec = arch == "encoder-decoder"
+    plot_kv_cache(ax, curves, hw.memory_bytes if hw else None, weight_bytes(spec, wl.weight_dtype),
+                  hw.id if hw else "", None if encdec else wl.prompt, None if encdec else wl.final_context)
+    n = wl.batch * wl.beams
+    seqs = f"{n} sequence{'s' if n > 1 else ''}"
+    if encdec:
+        plot_kv_cache_request(ax, curves.attrs["request"])
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel("positions in the cache, log₂: decoder tokens (self-attention) or source tokens "
+                      "(cross-attention: the same bytes a position)")
+        ax.set_title(f"{spec.name}: self- and cross-attention caches for {seqs}\n"
+                     f"(source {wl.prompt}, decoder prompt {wl.decoder_prompt}, {wl.gen} generated)")
+    else:
+        ax.set_title(f"{spec.name}: KV cache for {seqs} (prompt {wl.prompt}, {wl.gen} generated)")
     return fig
 
 
 # --- memory ------------------------------------------------------------------------------------------
 
-def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = ""):
+def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = "", kv_label: str | None = None):
     """Weights / KV cache / activations / reserve stacked against batch or context, with the
     device capacity and the largest batch (or context) that fits."""
     d = curves[curves["axis"] == axis]
     x = "batch" if axis == "batch" else "prompt"
     parts = ["weights", "KV cache", "activations", "reserve"]
-    labels = {"reserve": "runtime reserve (10 %)"}
+    labels = {"reserve": "runtime reserve (10 %)", "KV cache": kv_label or "KV cache"}
     artists = ax.stackplot(d[x].to_numpy(), *[d[p].to_numpy() for p in parts], colors=[BYTE_COLORS[p] for p in parts],
                            labels=[labels.get(p, p) for p in parts], alpha=0.85)
     cap = marks["capacity_bytes"]
@@ -233,11 +337,15 @@ def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = ""):
     best = marks["max_batch" if axis == "batch" else "max_context"]
     what = "max batch" if axis == "batch" else "max context"
     if best:
-        artists.append(ax.axvline(best, color=OKABE_ITO[1], ls="--", lw=1.5, label=f"{what} that fits: {best:,}"))
+        beyond = " (beyond this axis)" if best > d[x].max() else ""
+        artists.append(ax.axvline(best, color=OKABE_ITO[1], ls="--", lw=1.5, label=f"{what} that fits: {best:,}{beyond}"))
         artists += ax.plot([best], [cap], "o", color=OKABE_ITO[1], ms=8)
-    else:
-        ax.text(0.5, 0.9, f"does not fit on one GPU even at {'batch' if axis == 'batch' else 'context'} 1 ({what} = 0)", transform=ax.transAxes, ha="center",
-                color=OKABE_ITO[1], fontsize=11)
+    else:  # low in the axes (under the capacity line, clear of the legend), on a white box
+        artists.append(ax.text(0.5, 0.25, f"does not fit on one GPU\neven at {'batch' if axis == 'batch' else 'context'} 1 "
+                               f"({what} = 0)", transform=ax.transAxes, ha="center", va="center",
+                               color=OKABE_ITO[1], fontsize=11, fontweight="bold", zorder=5,
+                               bbox=dict(boxstyle="round,pad=0.4", facecolor="white", edgecolor=OKABE_ITO[1],
+                                         alpha=0.95)))
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
     ax.yaxis.set_major_formatter(FuncFormatter(_gb))
@@ -251,13 +359,24 @@ def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = ""):
 
 
 def memory_figure(curves, marks, spec, wl, hw) -> Figure:
+    arch = getattr(spec, "arch", "decoder")
     fig, axes = new_figure(1, 2, 15, 6)
-    plot_memory(axes[0, 0], curves, "batch", marks, hw.id)
-    plot_memory(axes[0, 1], curves, "context", marks, hw.id)
-    axes[0, 0].set_title(f"Against batch (prompt {wl.prompt} + gen {wl.gen})")
-    axes[0, 1].set_title(f"Against context (batch {wl.batch}, prefill only)")
-    fig.suptitle(f"{spec.name} on one {hw.name}: memory ({wl.weight_dtype} weights, {wl.kv_dtype} KV cache)",
-                 fontsize=13)
+    kv_label = {"encoder": "KV cache (none: encoder-only)", "encoder-decoder": "KV cache (self + cross)"}.get(arch)
+    plot_memory(axes[0, 0], curves, "batch", marks, hw.id, kv_label)
+    plot_memory(axes[0, 1], curves, "context", marks, hw.id, kv_label)
+    if arch == "encoder":
+        axes[0, 0].set_title(f"Against batch (input {wl.prompt}; one encode pass)")
+        axes[0, 1].set_title(f"Against input length (batch {wl.batch})")
+    elif arch == "encoder-decoder":
+        axes[0, 0].set_title(f"Against batch (source {wl.prompt}, decoder prompt {wl.decoder_prompt} + gen {wl.gen})")
+        axes[0, 1].set_title(f"Against source length (batch {wl.batch}, encode and prefill only)")
+    else:
+        axes[0, 0].set_title(f"Against batch (prompt {wl.prompt} + gen {wl.gen})")
+        axes[0, 1].set_title(f"Against context (batch {wl.batch}, prefill only)")
+    if arch != "decoder":
+        axes[0, 1].set_xlabel(_context_label(arch))
+    fig.suptitle(f"{spec.name} on one {hw.name}: memory ({wl.weight_dtype} weights"
+                 f"{'' if arch == 'encoder' else f', {wl.kv_dtype} KV cache'})", fontsize=13)
     return fig
 
 
@@ -303,6 +422,9 @@ def plot_roofline(ax, ops, hw_label: str = ""):
                                    fontsize=9, fontweight="bold", ha="right"))
         names = [f"{phase}: {', '.join(g['ops'][phase])}" for phase in sorted(g["ops"], key=("encode", "prefill", "decode").index)]
         key.append(f"{k}. " + "; ".join(names))
+    if ops.attrs.get("left_out"):  # in the key, not under the axes (where it met the x label)
+        key += ["", "Not shown (no arithmetic, nothing to place on a log axis): "
+                + ", ".join(ops.attrs["left_out"])]
     artists.append(ax.text(1.02, 1.0, "\n".join(_wrap_line(t) for t in key), transform=ax.transAxes,
                            va="top", ha="left", fontsize=8, family="monospace"))
     ax.set_xscale("log")
@@ -327,11 +449,11 @@ def _wrap_line(text: str, width: int = 48) -> str:
 def roofline_figure(ops, spec, wl, hw) -> Figure:
     fig, axes = new_figure(1, 1, 15, 8)
     plot_roofline(axes[0, 0], ops, hw.id)
-    axes[0, 0].set_title(f"{spec.name} on {hw.name}: every op of prefill and of decode "
-                         f"(batch {wl.batch}, prompt {wl.prompt}, gen {wl.gen})")
-    if ops.attrs.get("left_out"):
-        fig.text(0.01, 0.005, f"Not shown (no arithmetic, nothing to place on a log axis): "
-                 f"{', '.join(ops.attrs['left_out'])}", fontsize=8, color="dimgrey")
+    phases = [p for p in PHASE_ORDER if (ops["phase"] == p).any()]
+    sizes = (f"batch {wl.batch}, input {wl.prompt}" if getattr(spec, "arch", "decoder") == "encoder"
+             else f"batch {wl.batch}, {'source' if spec.arch == 'encoder-decoder' else 'prompt'} {wl.prompt}, gen {wl.gen}")
+    listed = " and ".join(phases) if len(phases) < 3 else ", ".join(phases[:-1]) + " and " + phases[-1]
+    axes[0, 0].set_title(f"{spec.name} on {hw.name}: every op of {listed} ({sizes})")
     return fig
 
 
@@ -363,12 +485,31 @@ def plot_latency(ax, curves, axis: str, metric: str):
 
 
 def latency_figure(curves, spec, wl) -> Figure:
-    fig, axes = new_figure(2, 2, 14, 10)
+    """TTFT and TPOT against batch and context; an encoder-only model's one column is its encode
+    pass (its whole latency: nothing is generated)."""
+    arch = getattr(spec, "arch", "decoder")
+    metrics = ("ttft_s",) if arch == "encoder" else ("ttft_s", "tpot_s")
+    if arch == "encoder":  # one metric: batch and context side by side
+        fig, grid = new_figure(1, 2, 14, 5.5)
+        axes = grid.T
+    else:
+        fig, axes = new_figure(2, 2, 14, 10)
+    context = {"decoder": "prompt", "encoder": "input", "encoder-decoder": "source"}[arch]
     for r, axis in enumerate(("batch", "context")):
-        fixed = f"prompt {wl.prompt}" if axis == "batch" else f"batch {wl.batch}"
-        for c, metric in enumerate(("ttft_s", "tpot_s")):
-            plot_latency(axes[r, c], curves, axis, metric)
-            axes[r, c].set_title(f"{'TTFT' if metric == 'ttft_s' else 'TPOT'} against {axis} ({fixed}, gen {wl.gen})")
+        fixed = f"{context} {wl.prompt}" if axis == "batch" else f"batch {wl.batch}"
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            plot_latency(ax, curves, axis, metric)
+            if arch == "encoder":
+                ax.set_title(f"Encode pass against {axis} ({fixed})")
+                ax.set_ylabel("encode pass: the whole latency (ms, log)")
+            else:
+                name = "TTFT" if metric == "ttft_s" else "TPOT"
+                ax.set_title(f"{name} against {axis} ({fixed}, gen {wl.gen})")
+                if metric == "ttft_s" and arch == "encoder-decoder":
+                    ax.set_ylabel("TTFT: encode + prefill (ms, log)")
+            if axis == "context" and arch != "decoder":
+                ax.set_xlabel(_context_label(arch))
     fig.suptitle(f"{spec.name}: roofline latency ({wl.weight_dtype} weights, {wl.act_dtype} compute)", fontsize=13)
     return fig
 
@@ -436,22 +577,28 @@ def plot_compare(ax, curves, metric: str, ylabel: str, unit_scale: float = 1.0, 
             d = curves[(curves["model"] == m) & ((curves["hardware"] == hw) if hw is not None
                                                  else curves["hardware"].isna())].sort_values("prompt")
             label = m if per_model or len(hws) == 1 else f"{m} on {hw}"
-            artists += ax.plot(d["prompt"], d[metric] / unit_scale, LINESTYLES[j % 4], marker="o", ms=3,
-                               color=OKABE_ITO[i % 7], label=label)
+            if d[metric].isna().all():  # an encoder-only model has no decode: say so, draw nothing
+                artists += ax.plot([], [], LINESTYLES[j % 4], marker=MARKERS[i % len(MARKERS)], ms=4,
+                                   color=OKABE_ITO[i % 7], label=f"{label}: none (encoder-only, no decode)")
+                continue
+            # markers differ by model too: models of similar size (bert-base, gpt2) overlap exactly
+            artists += ax.plot(d["prompt"], d[metric] / unit_scale, LINESTYLES[j % 4],
+                               marker=MARKERS[i % len(MARKERS)], ms=4, color=OKABE_ITO[i % 7], label=label)
     if capacity:
         for j, (hw, cap) in enumerate(capacity.items()):
             artists.append(ax.axhline(cap / unit_scale, color="black", ls=LINESTYLES[j % 4], lw=1,
                                       label=f"{hw} memory {cap / GB:g} GB"))
     _loglog(ax)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
-    ax.set_xlabel("context length: prompt tokens (log₂)")
+    ax.set_xlabel("context length: prompt tokens; encoders: input or source (log₂)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="upper left")
     return artists
 
 
 def compare_figure(curves, wl, hws=()) -> Figure:
-    panels = [("prefill_flops", "prefill FLOPs (TFLOP, log)", 1e12, "Prefill FLOPs"),
+    panels = [("prefill_flops", "prefill FLOPs, encoders: + encode (TFLOP, log)", 1e12,
+               "Prefill FLOPs (encoder models: encode + prefill)"),
               ("decode_flops_per_step", "decode step FLOPs (GFLOP, log)", 1e9, "Decode step FLOPs"),
               ("memory_bytes", "weights + KV cache (GB, log)", GB, "Memory: weights + KV cache")]
     if hws:

@@ -91,11 +91,12 @@ def test_report_html_without_device_has_two_plots(tmp_path):
     assert [i["alt"] for i in p.imgs] == ["phases plot", "kv-cache plot"]
 
 
-@pytest.mark.parametrize("model, plots", [("tiny-bert", ["memory plot", "roofline plot"]),
-                                          ("tiny-t5", ["kv-cache plot", "memory plot", "roofline plot",
-                                                       "latency plot"])])
+@pytest.mark.parametrize("model, plots", [("tiny-bert", ["phases plot", "memory plot", "roofline plot",
+                                                        "latency plot"]),
+                                          ("tiny-t5", ["phases plot", "kv-cache plot", "memory plot",
+                                                       "roofline plot", "latency plot"])])
 def test_report_html_encoder_models(tmp_path, model, plots):
-    # no phases plot (decoder-only); an encoder has no KV cache and no decode steps
+    # an encoder-only model has no KV cache to plot; its latency plot is the encode pass
     page = tmp_path / "r.html"
     r = run("report", model, "--prompt", "16", "--gpu", "h100-sxm", "--html", str(page))
     assert r.exit_code == 0, r.output

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -156,6 +157,7 @@ def test_phases_figure():
     assert any("ridge point" in s for s in t["legend"])
     assert "Prefill FLOPs by term (batch 2)" in t["titles"]
     assert "context length: prompt tokens (log₂)" in t["xlabels"]
+    assert fig._suptitle.get_text().startswith("tiny-llama: prefill vs decode")
     assert fig.axes[0].get_yscale() == "log" and fig.axes[0].get_xscale() == "log"
 
 
@@ -214,6 +216,88 @@ def test_compare_figure():
     assert {"tiny-llama", "tiny-gpt2"} <= set(t["legend"])
 
 
+# --- encoder and encoder-decoder models ---------------------------------------------------------------
+
+BERT, T5 = get_model("tiny-bert"), get_model("tiny-t5")
+ENC_WL = Workload(batch=2, prompt=16, gen=4)
+
+
+def test_phase_terms_of_encoder_models_sum_to_the_analysis():
+    for spec, phases in ((BERT, {"encode"}), (T5, {"encode", "prefill", "decode"})):
+        w = ENC_WL if spec is T5 else Workload(batch=2, prompt=16)
+        tot = D.phase_totals(D.phase_terms(spec, w, CONTEXTS, BATCHES))
+        assert set(tot["phase"]) == phases
+        row = tot[(tot["axis"] == "context") & (tot["prompt"] == 32)].set_index("phase")
+        a = analyze(spec, Workload(batch=2, prompt=32, gen=4 if spec is T5 else 1))
+        assert row.loc["encode", "flops"] == a.encode.flops and row.loc["encode", "bytes"] == a.encode.bytes
+        if spec is T5:
+            assert row.loc["prefill", "flops"] == a.prefill.flops
+            assert row.loc["decode", "flops"] == decode_step_cost(spec, a.workload, 1).total("flops")
+
+
+def test_cross_attention_ops_count_as_their_terms():
+    assert D.term_of("cross_k_proj", "matmul") == "projections"
+    assert D.term_of("cross_attn_values", "matmul") == "attention"
+
+
+def test_phases_figure_encoder_models():
+    fig = plots.build("phases", [BERT], Workload(batch=2, prompt=16), [H100], BATCHES, CONTEXTS)
+    t = _check_labelled(fig)
+    assert len(fig.axes) == 8  # totals, encode FLOPs by term, encode bytes by kind, intensity; x 2
+    assert "Encode FLOPs by term (batch 2)" in t["titles"] and "KV cache" not in t["legend"]
+    assert "input length: tokens (log₂)" in t["xlabels"]
+    fig = plots.build("phases", [T5], ENC_WL, [H100], BATCHES, CONTEXTS)
+    t = _check_labelled(fig)
+    assert len(fig.axes) == 12  # + prefill and decode FLOPs by term
+    assert {"Encode FLOPs by term (batch 2)", "Prefill FLOPs by term (batch 2)",
+            "Decode step FLOPs by term (batch 2)", "Decode step bytes by kind (batch 2)"} <= set(t["titles"])
+    assert "prefill (decoder prompt + cross K/V): FLOPs" in t["legend"]
+
+
+def test_kv_cache_figure_encoder_models():
+    fig = plots.build("kv-cache", [BERT], Workload(batch=2, prompt=16), [H100])
+    _check_labelled(fig)
+    assert "tiny-bert is encoder-only: no KV cache" in [x.get_text() for x in fig.axes[0].texts]
+    d = D.kv_cache_curves(T5, ENC_WL)
+    # tiny-t5: 2 (K, V) * 2 layers * 64 * 2 bytes = 512 bytes a position and sequence;
+    # self: batch 2 * (decoder prompt 1 + gen 4 - 1) = 8 positions -> 4,096; cross: 2 * 16 -> 16,384
+    assert d.attrs["request"] == {"self_positions": 4, "self_bytes": 4_096,
+                                  "cross_positions": 16, "cross_bytes": 16_384}
+    fig = plots.build("kv-cache", [T5], ENC_WL, [H100])
+    t = _check_labelled(fig)
+    assert any(s.startswith("held by the request: self + cross = 20.5 kB") for s in t["legend"])
+
+
+@pytest.mark.parametrize("spec", [BERT, T5])
+def test_memory_roofline_latency_figures_encoder_models(spec):
+    w = ENC_WL
+    for kind in ("memory", "roofline", "latency"):
+        fig = plots.build(kind, [spec], w, [H100], BATCHES, CONTEXTS)
+        t = _check_labelled(fig)
+        if kind == "roofline":
+            assert "encode ops" in t["legend"]
+        if kind == "latency":
+            assert len(fig.axes) == (2 if spec is BERT else 4)
+    curves = D.latency_curves(BERT, w, [H100], BATCHES, CONTEXTS)
+    assert curves["tpot_s"].isna().all() and (curves["ttft_s"] > 0).all()  # the encode pass
+
+
+def test_compare_mixes_families():
+    curves = D.compare_curves([BERT, T5, get_model("tiny-gpt2")], ENC_WL, [H100], [16, 32])
+    bert = curves[(curves["model"] == "tiny-bert") & (curves["prompt"] == 32)].iloc[0]
+    assert bert["prefill_flops"] == analyze(BERT, Workload(batch=2, prompt=32)).encode.flops
+    assert np.isnan(bert["decode_flops_per_step"]) and np.isnan(bert["tpot_s"])
+    t5 = curves[(curves["model"] == "tiny-t5") & (curves["prompt"] == 32)].iloc[0]
+    a = analyze(T5, Workload(batch=2, prompt=32, gen=4))
+    assert t5["prefill_flops"] == a.encode.flops + a.prefill.flops  # work before the first token
+    # weights + self cache (decoder prompt 1 + gen 4 - 1 = 4 positions) + cross cache (32 source
+    # positions), 512 bytes a position and sequence, batch 2
+    assert t5["memory_bytes"] == a.memory.weights_bytes + 512 * 2 * (4 + 32)
+    fig = plots.build("compare", [BERT, T5, get_model("tiny-gpt2")], ENC_WL, [H100], BATCHES, CONTEXTS)
+    t = _check_labelled(fig)
+    assert "tiny-bert: none (encoder-only, no decode)" in t["legend"]
+
+
 def test_colours_are_colour_blind_safe():
     fig = plots.build("latency", [get_model("tiny-llama")], WL, [H100], BATCHES, CONTEXTS)
     from matplotlib.colors import to_hex
@@ -237,8 +321,14 @@ def test_build_needs_a_device():
     ("latency", ["tiny-llama", "--gpu", "h100-sxm,l4"]),
     ("compare", ["tiny-llama,tiny-gpt2"]),
     ("validation", []),
+    ("phases", ["tiny-bert", "--gpu", "h100-sxm"]),
+    ("phases", ["tiny-t5", "--gpu", "h100-sxm"]),
+    ("kv-cache", ["tiny-bert"]),
+    ("kv-cache", ["tiny-t5", "--gpu", "h100-sxm"]),
+    ("latency", ["tiny-bert", "--gpu", "h100-sxm"]),
+    ("compare", ["tiny-bert,tiny-t5,tiny-gpt2", "--gpu", "h100-sxm"]),
 ])
-def test_cli_writes_png_and_svg(tmp_path, kind, args):
+def test_cli_writes_png_and_svg(tmp_path, kind, args):  # every family: decoder, encoder, encoder-decoder
     extra = []
     if kind == "validation":
         src = tmp_path / "validate.json"
@@ -254,7 +344,7 @@ def test_cli_writes_png_and_svg(tmp_path, kind, args):
     for p in paths:
         assert os.path.dirname(p) == str(out) and os.path.getsize(p) > 10_000
     w, h = _png_size(paths[0])
-    assert 800 <= w <= 3200 and 500 <= h <= 1400
+    assert 800 <= w <= 3600 and 350 <= h <= 1400  # 350: the one-line "no KV cache" panel of an encoder
     assert open(paths[1]).read(200).lstrip().startswith("<?xml")
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths)  # no temp files
 
