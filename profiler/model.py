@@ -235,9 +235,30 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+# Spec fields of other architectures, with the value a dense pre-norm decoder has.
+_DECODER_ONLY = {"arch": "decoder", "num_experts": 0, "norm_position": "pre", "type_vocab_size": 0,
+                 "embedding_norm": False, "pooler": False, "mlm_head": False, "relative_attention_buckets": 0,
+                 "attention_scale": True}
+
+
+def check_supported(spec: ModelSpec) -> None:
+    """Refuse, with one line, a spec the reference model cannot build (it builds dense decoders)."""
+    if spec.family not in ("gpt2", "llama"):
+        raise SpecError(f"{spec.name} is a {spec.family} model; the reference model builds decoder-only "
+                        "models of families gpt2, llama")
+    if getattr(spec, "num_experts", 0):
+        raise SpecError(f"{spec.name} is a mixture-of-experts model; the reference model builds dense "
+                        "GPT-2 and LLaMA style models only")
+    for f, want in _DECODER_ONLY.items():
+        if getattr(spec, f, want) != want:
+            raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds dense "
+                            f"pre-norm decoders ({f}={want!r})")
+
+
 class Transformer(nn.Module):
     def __init__(self, spec: ModelSpec, attention: str = "sdpa"):
         super().__init__()
+        check_supported(spec)
         if attention not in ATTENTION_PATHS:
             raise SpecError(f"unknown attention path {attention!r}; allowed: {', '.join(ATTENTION_PATHS)}")
         self.spec, self.attention = spec, attention
@@ -347,6 +368,7 @@ def build_model(spec: ModelSpec, *, dtype: str = "fp32", device: str = "cpu", se
     ``weights``: a folder holding ``*.safetensors`` in Hugging Face naming (see
     :func:`profiler.weights.load_hf_weights`).
     """
+    check_supported(spec)
     dev, dt = check_device(device), torch_dtype(dtype)
     check_fits(spec, dt, dev)
     model = Transformer(spec, attention)  # fp32 on the CPU, then moved and cast

@@ -22,7 +22,7 @@ from costmodel.spec import ModelSpec, Workload
 
 from .flops import SDPA_OPS, StepCount, count_call, fvcore_count, is_matmul_like
 from .generate import NO_PROBE, Probe, generate, random_prompt
-from .model import Transformer, build_model, check_device
+from .model import Transformer, build_model, check_device, check_supported
 from .sampling import Sampler, Strategy
 from .timing import Stats, TimingProbe
 
@@ -37,9 +37,7 @@ CONVENTIONS = {
 
 def check_buildable(spec: ModelSpec, wl: Workload) -> None:
     """Refuse, with one line, what the reference model cannot run."""
-    if getattr(spec, "num_experts", 0):
-        raise SpecError(f"{spec.name} is a mixture-of-experts model; the reference model builds "
-                        "dense GPT-2 and LLaMA style models only")
+    check_supported(spec)
     if wl.weight_dtype != wl.act_dtype or wl.kv_dtype != wl.act_dtype:
         raise SpecError("the reference model keeps weights, activations and the KV cache in one dtype; "
                         f"got weights {wl.weight_dtype}, activations {wl.act_dtype}, KV {wl.kv_dtype}")

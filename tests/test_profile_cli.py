@@ -131,14 +131,18 @@ def test_cuda_without_a_gpu_is_exit_2():
     assert r.output.startswith("Error: device 'cuda' is not available here") and r.output.endswith("allowed: cpu\n")
 
 
-def test_mixture_of_experts_is_refused():
+@pytest.mark.parametrize("model, message", [
+    ("tiny-mixtral", "tiny-mixtral is a mixture-of-experts model; the reference model builds dense"),
+    ("tiny-bert", "tiny-bert is a bert model; the reference model builds decoder-only models of families gpt2, llama"),
+    ("tiny-t5", "tiny-t5 is a t5 model; the reference model builds decoder-only models"),
+])
+def test_models_the_reference_cannot_build_are_refused(model, message):
     from costmodel.models import PRESETS
 
-    moe = [n for n, s in PRESETS.items() if getattr(s, "num_experts", 0)]
-    if not moe:
-        pytest.skip("no mixture-of-experts preset in this tree")
-    r = invoke("profile", moe[0])
-    assert r.exit_code == 2 and "mixture-of-experts model; the reference model builds dense" in r.output
+    if model not in PRESETS:
+        pytest.skip(f"no {model} preset in this tree")
+    r = invoke("profile", model)
+    assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", ["profile", "validate"])
