@@ -37,6 +37,10 @@ GRIDS = [
      Workload(), True),
     ("past int64: llama-2-70b to batch 4096, prompt 1M (Python ints)", "llama-2-70b", "1:4096:x2",
      "1024:1048576:x2", "1:16384:x2", Workload(), False),
+    ("encoder-decoder t5-small: 512 x 512 x 2 gens (3 phases)", "t5-small", "1:512", "64:32768:+64", "1,128",
+     Workload(), False),
+    ("encoder-only bert-base: 1024 x 1024 (1 phase)", "bert-base", "1:1024", "32:32768:+32", "1",
+     Workload(), False),
 ]
 
 
@@ -47,11 +51,17 @@ def check_rows(spec, wl, df, n, rng) -> tuple[int, int]:
     for i in idx:
         r = df.iloc[i]
         a = analyze(spec, replace(wl, batch=int(r["batch"]), prompt=int(r["prompt"]), gen=int(r["gen"])))
-        ph = a.prefill if r["phase"] == "prefill" else a.decode
-        kv = a.memory.kv_cache_bytes if r["phase"] == "decode" else kv_cache_bytes(spec, a.workload, positions=int(r["prompt"]))
+        ph, m = a.phases[r["phase"]], a.memory
+        if r["phase"] == "decode":
+            kv = m.kv_cache_bytes
+        elif r["phase"] == "prefill":
+            start = a.workload.decoder_prompt if spec.arch == "encoder-decoder" else int(r["prompt"])
+            kv = kv_cache_bytes(spec, a.workload, positions=start) + m.cross_kv_cache_bytes
+        else:
+            kv = 0
         got = (int(r["flops"]), int(r["matmul_flops"]), int(r["bytes"]), int(r["kv_cache_bytes"]),
                int(r["weights_bytes"]), int(r["activation_peak_bytes"]))
-        exp = (ph.flops, ph.matmul_flops, ph.bytes, kv, a.memory.weights_bytes, a.memory.activation_peak_bytes)
+        exp = (ph.flops, ph.matmul_flops, ph.bytes, kv, m.weights_bytes, m.activation_peak_bytes)
         bad += got != exp
     return len(idx), bad
 
@@ -67,13 +77,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sample", type=int, default=300, help="rows per grid checked against analyze")
+    ap.add_argument("--only", default="", help="run only the grids whose label contains this text")
     args = ap.parse_args()
     rng = random.Random(0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}; "
           f"Python {platform.python_version()}, numpy {np.__version__}; runs {args.runs} (after 1 warm-up)\n")
     print("| grid | rows | arithmetic | median s | rows/s (median) | rows/s (best) | rows checked vs analyze | mismatches |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
-    for label, model, b, p, g, wl, seconds in GRIDS:
+    only = [g for g in GRIDS if args.only and args.only in g[0]] or GRIDS
+    for label, model, b, p, g, wl, seconds in only:
         spec = get_model(model)
         hw = get_hardware("h100-sxm") if seconds else None
         grid = [parse_range(x) for x in (b, p, g)]
