@@ -29,6 +29,7 @@ from .analysis import OpCost, StepCost, analyze, decode_step_cost, prefill_cost
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
+from .parallel import activation_bytes, stage_layers  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -143,12 +144,6 @@ def shard_op(op: OpCost, tp: int) -> OpCost:
 def shard_step(cost: StepCost, tp: int) -> StepCost:
     return StepCost([shard_op(o, tp) for o in cost.before], [shard_op(o, tp) for o in cost.layer],
                     [shard_op(o, tp) for o in cost.after], cost.num_layers)
-
-
-def stage_layers(num_layers: int, pp: int) -> list[int]:
-    """Layers per pipeline stage: as even as possible, the first stages one larger."""
-    q, r = divmod(num_layers, pp)
-    return [q + (s < r) for s in range(pp)]
 
 
 def _replicated_layer_params(spec: ModelSpec) -> int:
@@ -311,7 +306,7 @@ def hop_seconds(hw: Hardware, layout: Layout, message_bytes: int) -> float:
 
 def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int) -> float:
     """Communication of one pass over ``tokens`` tokens: 2 all-reduces per layer and pp - 1 hops."""
-    message = nbytes(tokens * spec.hidden_size, wl.act_dtype)
+    message = activation_bytes(spec, wl, tokens)
     t = 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
     if layout.pp > 1:
         t += (layout.pp - 1) * hop_seconds(hw, layout, message)
