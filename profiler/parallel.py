@@ -1,0 +1,399 @@
+"""The reference transformer split over ranks (Megatron tensor parallel x pipeline stages).
+
+Each rank builds the FULL seeded model (:func:`profiler.model.build_model`) and keeps its shard
+(:func:`shard_model`): its query / kv heads and MLP columns, its rows of the LM head, the layers
+of its stage. Row-parallel o_proj and MLP down all-reduce their partial sums (bias added after);
+the last stage all-gathers the vocab-parallel logits and picks the greedy token, broadcast to
+every rank when pp > 1. Module names are the unsharded model's (``layers.{global i}...``), so
+FlopCounterMode attributes each rank's FLOPs to the analytic ops of
+:mod:`costmodel.parallel`, which :func:`run_parallel` holds them against, with the KV bytes and
+the payload bytes of every collective.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from costmodel import parallel as P
+from costmodel.errors import SpecError
+from costmodel.spec import ModelSpec, Workload
+
+from .distributed import Comm, launch
+from .flops import count_call, is_matmul_like
+from .generate import decode_one_token, generate, prefill, random_prompt
+from .model import KVCache, Transformer, build_model, torch_dtype
+from .runner import analytic_matmul, check_buildable
+from .sampling import Sampler, Strategy
+
+PHASES = ("prefill", "decode")
+
+
+class RowParallelLinear(nn.Linear):
+    """``x @ W_r^T`` on this rank's input columns, summed over the tp group, then the bias."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.comm.all_reduce(F.linear(x, self.weight), "tp")
+        return y if self.bias is None else y + self.bias
+
+
+class ShardedTransformer(Transformer):
+    """A :class:`Transformer` holding one rank's shard; ``forward`` runs its stage."""
+
+    def setup(self, spec: ModelSpec, split: P.Split, rank: int, comm: Comm) -> None:
+        self.full_spec, self.split, self.rank, self.comm = spec, split, rank, comm
+        self.stage = split.stage_of(rank)
+        self.layer_range = P.stage_range(spec.num_layers, split.pp, self.stage)
+        self.first, self.last = self.stage == 0, self.stage == split.pp - 1
+
+    def stage_layers(self):
+        return [self.layers[i] for i in self.layer_range]
+
+    def setup_caches(self, rows: int, max_len: int) -> None:
+        p = next(self.parameters())
+        for layer in self.stage_layers():
+            layer.attention.kv_cache = KVCache(rows, self.spec.num_kv_heads, max_len, self.spec.head_dim,
+                                               p.dtype, p.device)
+
+    def drop_caches(self) -> None:
+        for layer in self.stage_layers():
+            layer.attention.kv_cache = None
+
+    def caches(self) -> list[KVCache]:
+        return [la.attention.kv_cache for la in self.stage_layers() if la.attention.kv_cache is not None]
+
+    def forward(self, tokens: Tensor, input_pos: Tensor, kv_len: int, logits: str = "last") -> Tensor | None:
+        """This stage's share of a pass; the last stage returns the full logits ``[B, 1 or T, V]``."""
+        B, T = tokens.shape
+        split, dtype = self.split, next(self.parameters()).dtype
+        tp_rank = split.tp_rank_of(self.rank)
+        if self.first:
+            x = self.tok_embeddings(tokens)  # x: [B, T, h]
+            if self.pos_embeddings is not None:
+                x = x + self.pos_embeddings(input_pos)
+        else:
+            x = self.comm.recv((B, T, self.spec.hidden_size), dtype, split.rank(self.stage - 1, tp_rank))
+        rope = None
+        if self.spec.position_kind == "rotary":
+            rope = (self.rope_cos[input_pos].to(x.dtype), self.rope_sin[input_pos].to(x.dtype))
+        for layer in self.stage_layers():
+            x = layer(x, input_pos, kv_len, rope)
+        if not self.last:
+            self.comm.send(x, split.rank(self.stage + 1, tp_rank))
+            return None
+        x = self.final_norm(x)
+        if logits == "last":
+            x = x[:, -1:]
+        out = self.lm_head(x)  # [B, t, V / tp]
+        return self.comm.all_gather(out, "tp") if split.tp > 1 else out
+
+
+def _rows(w: Tensor, i: int, n: int) -> Tensor:
+    """Shard i of n along dim 0."""
+    k = w.shape[0] // n
+    return w[i * k:(i + 1) * k]
+
+
+def _cols(w: Tensor, i: int, n: int) -> Tensor:
+    k = w.shape[1] // n
+    return w[:, i * k:(i + 1) * k]
+
+
+def shard_model(full: Transformer, spec: ModelSpec, split: P.Split, rank: int, comm: Comm) -> ShardedTransformer:
+    """``rank``'s shard of the full model ``full`` (weights copied; ``full`` is left as it is)."""
+    tp, t = split.tp, split.tp_rank_of(rank)
+    sspec = P.shard_spec(spec, tp).with_(tie_word_embeddings=False)
+    dev, dt = full.tok_embeddings.weight.device, full.tok_embeddings.weight.dtype
+    m = ShardedTransformer(sspec, full.attention).to(device=dev, dtype=dt)
+    m.setup(spec, split, rank, comm)
+    with torch.no_grad():
+        if m.first:
+            m.tok_embeddings.weight.copy_(full.tok_embeddings.weight)
+            if m.pos_embeddings is not None:
+                m.pos_embeddings.weight.copy_(full.pos_embeddings.weight)
+        else:
+            m.tok_embeddings = m.pos_embeddings = None
+        if m.last:
+            m.final_norm.load_state_dict(full.final_norm.state_dict())
+            m.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size // tp, bias=False, device=dev, dtype=dt)
+            m.lm_head.weight.copy_(_rows(full.lm_head.weight, t, tp))
+        else:
+            m.final_norm = m.lm_head = None
+        for i in range(spec.num_layers):
+            if i not in m.layer_range:
+                m.layers[i] = nn.Identity()  # keeps the global layer numbers in module names
+                continue
+            src, dst = full.layers[i], m.layers[i]
+            dst.attn_norm.load_state_dict(src.attn_norm.state_dict())
+            dst.mlp_norm.load_state_dict(src.mlp_norm.state_dict())
+            column = [(dst.attention.q_proj, src.attention.q_proj), (dst.attention.k_proj, src.attention.k_proj),
+                      (dst.attention.v_proj, src.attention.v_proj), (dst.mlp.up, src.mlp.up)]
+            if src.mlp.gated:
+                column.append((dst.mlp.gate, src.mlp.gate))
+            for d, s in column:  # column-parallel: output rows (heads, MLP columns) split
+                d.weight.copy_(_rows(s.weight, t, tp))
+                if s.bias is not None:
+                    d.bias.copy_(_rows(s.bias, t, tp))
+            for owner, name in ((dst.attention, "o_proj"), (dst.mlp, "down")):
+                s = getattr(src.attention if owner is dst.attention else src.mlp, name)
+                d = getattr(owner, name)
+                if tp > 1:  # row-parallel: input columns split, partial sums all-reduced
+                    d = RowParallelLinear(d.in_features, d.out_features, bias=s.bias is not None,
+                                          device=dev, dtype=dt)
+                    d.comm = comm
+                    setattr(owner, name, d)
+                d.weight.copy_(_cols(s.weight, t, tp))
+                if s.bias is not None:
+                    d.bias.copy_(s.bias)
+    return m.eval()
+
+
+# --- one rank ------------------------------------------------------------------------------
+
+def _greedy(logits: Tensor) -> Tensor:
+    return logits[:, -1].argmax(dim=-1)  # [B]: the Sampler's greedy pick
+
+
+def rank_main(rank: int, comm: Comm, spec: ModelSpec, wl: Workload, split: P.Split, attention: str,
+              seed: int, device: str, reference: bool) -> dict:
+    """One rank: build the full seeded model, keep the shard, generate greedily under the
+    counters; rank 0 also generates with the unsharded model (``reference``) afterwards."""
+    import torch.distributed as dist
+
+    world = list(range(split.world))
+    comm.groups = {}
+    for s in range(split.pp):  # every rank creates every group, in the same order
+        ranks = split.tp_group(s)
+        pg = dist.new_group(ranks)
+        if rank in ranks:
+            comm.groups["tp"] = (pg, ranks)
+    comm.groups["world"] = (dist.group.WORLD, world)
+    full = build_model(spec, dtype=wl.act_dtype, device=str(comm.device.type), seed=seed, attention=attention)
+    if comm.device.type == "cuda":
+        full = full.to(comm.device)
+    model = shard_model(full, spec, split, rank, comm)
+    if not (reference and rank == 0):
+        del full
+    dev = comm.device
+    prompt = random_prompt(spec, wl.batch, wl.prompt, seed, dev)
+    B, S = prompt.shape
+    last_src = split.rank(split.pp - 1, 0)
+    counted: dict = {}  # (phase, step) -> {(layer, op): flops}
+    uncounted: set = set()
+    kv: dict[str, int] = {}
+
+    def run(phase, step, fn, *args):
+        out, sc = count_call(fn, model, *args)
+        counted[(phase, step)] = dict(sc.counted)
+        uncounted.update(op for op in sc.uncounted if is_matmul_like(op))
+        tok = _greedy(out) if out is not None else torch.empty(B, dtype=torch.int64, device=dev)
+        if split.pp > 1:
+            comm.broadcast(tok, last_src)
+        return tok
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.setup_caches(B, S + wl.gen - 1)
+        comm.phase = "prefill"
+        tok = run("prefill", 0, prefill, prompt, wl.logits)
+        kv["prefill"] = model.kv_cache_bytes()
+        seqs = [prompt, tok[:, None]]
+        comm.phase = "decode"
+        for i in range(1, wl.gen):
+            tok = run("decode", i, decode_one_token, tok[:, None], S + i - 1)
+            seqs.append(tok[:, None])
+        kv["decode"] = model.kv_cache_bytes()
+    seconds = time.perf_counter() - t0
+    tokens = torch.cat(seqs, dim=1).cpu().tolist()
+    out = {"rank": rank, "counted": counted, "kv_cache_bytes": kv, "comm": comm.summary(),
+           "uncounted_matmul_ops": sorted(str(o) for o in uncounted), "tokens": tokens, "seconds": seconds}
+    if reference and rank == 0:
+        with torch.no_grad():
+            ref = generate(full, prompt, wl.gen, Sampler(Strategy.of(wl), seed, dev), kv_cache=True,
+                           logits=wl.logits)
+        out["reference_tokens"] = ref.cpu().tolist()
+    return out
+
+
+# --- the parent: launch, compare --------------------------------------------------------------
+
+def check_parallel(spec: ModelSpec, wl: Workload, split: P.Split) -> None:
+    """Refuse, with one line, what the sharded reference cannot run."""
+    P.check_split(spec, split)
+    check_buildable(spec, wl)
+    if wl.strategy != "greedy" or wl.beams != 1:
+        raise SpecError(f"the sharded reference decodes greedily (one beam); got strategy {wl.strategy!r}")
+    if not wl.kv_cache:
+        raise SpecError("the sharded reference decodes with a KV cache; drop --no-kv-cache")
+    torch_dtype(wl.act_dtype)
+
+
+@dataclass
+class RankResult:
+    rank: int
+    stage: int
+    tp_rank: int
+    layers: range
+    analytic: dict  # phase -> {(layer, op): flops}
+    counted: dict  # phase -> {(layer, op): flops}
+    kv_cache_bytes: dict  # phase -> measured
+    analytic_kv_cache_bytes: dict
+    comm: dict  # phase -> kind -> {"calls", "bytes", "seconds"}
+    analytic_comm: dict  # phase -> kind -> bytes
+    uncounted_matmul_ops: list
+    mismatches: list  # one-line strings
+
+    def phase_dict(self, phase: str) -> dict:
+        comm = self.comm.get(phase, {})
+        return {
+            "analytic_matmul_flops": sum(self.analytic[phase].values()),
+            "counted_matmul_flops": sum(self.counted[phase].values()),
+            "kv_cache_bytes": self.kv_cache_bytes[phase],
+            "analytic_kv_cache_bytes": self.analytic_kv_cache_bytes[phase],
+            "communication": {k: {"analytic_bytes": self.analytic_comm[phase][k],
+                                  "measured_bytes": comm.get(k, {}).get("bytes", 0),
+                                  "calls": comm.get(k, {}).get("calls", 0),
+                                  "measured_seconds": comm.get(k, {}).get("seconds", 0.0)}
+                              for k in P.COLLECTIVES if self.analytic_comm[phase][k] or k in comm},
+        }
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "stage": self.stage, "tp_rank": self.tp_rank,
+                "layers": [self.layers.start, self.layers.stop - 1] if len(self.layers) else [],
+                **{p: self.phase_dict(p) for p in PHASES},
+                "uncounted_matmul_ops": self.uncounted_matmul_ops, "mismatches": self.mismatches}
+
+
+@dataclass
+class ParallelResult:
+    spec: ModelSpec
+    workload: Workload
+    split: P.Split
+    attention: str
+    device: str
+    ranks: list[RankResult]
+    tokens: list  # generated by the ranks (every rank the same)
+    reference_tokens: list | None  # the unsharded model's, same seed
+    seconds: float  # wall time, start-up included
+
+    @property
+    def tokens_match(self) -> bool | None:
+        return None if self.reference_tokens is None else self.tokens == self.reference_tokens
+
+    @property
+    def mismatches(self) -> list[str]:
+        out = [f"rank {r.rank}: {m}" for r in self.ranks for m in r.mismatches]
+        out += [f"rank {r.rank}: matmul op {op} ran without a FLOP count"
+                for r in self.ranks for op in r.uncounted_matmul_ops]
+        if self.tokens_match is False:
+            out.append("sharded greedy tokens differ from the unsharded model's")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def communication(self) -> dict:
+        """Per phase: payload bytes summed over ranks and kinds, analytic and measured; seconds
+        spent inside collectives (the slowest rank's sum); wire bytes a ring moves (analytic)."""
+        out = {}
+        for p in PHASES:
+            a = sum(sum(r.analytic_comm[p].values()) for r in self.ranks)
+            m = sum(v["bytes"] for r in self.ranks for v in r.comm.get(p, {}).values())
+            wire = sum(P.wire_bytes(self.split, k, b) for r in self.ranks for k, b in r.analytic_comm[p].items())
+            secs = max((sum(v["seconds"] for v in r.comm.get(p, {}).values()) for r in self.ranks), default=0.0)
+            out[p] = {"analytic_bytes": a, "measured_bytes": m, "measured_seconds": secs,
+                      "analytic_ring_wire_bytes": wire, "match": a == m}
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.spec.name, "tp": self.split.tp, "pp": self.split.pp, "world": self.split.world,
+            "backend": "nccl" if self.device == "cuda" else "gloo", "device": self.device,
+            "attention": self.attention, "workload": self.workload.resolved(),
+            "conventions": {
+                "flops": "2 FLOPs per multiply-add (FlopCounterMode in each rank); matmul FLOPs only",
+                "communication_bytes": "payload: per collective call, the bytes of the tensor this rank "
+                                       "passes in (all-reduce buffer, all-gather own shard, sent / "
+                                       "received tensor, broadcast buffer); summed over ranks",
+                "analytic_ring_wire_bytes": "bytes a ring sends per rank: all-reduce 2 (tp-1)/tp x "
+                                            "payload, all-gather (tp-1) x shard, send/broadcast x 1",
+                "measured_seconds": "wall time inside the collectives (waits for slower ranks "
+                                    "included), the slowest rank",
+                "decode": "totals over the gen - 1 decode steps",
+            },
+            "ranks": [r.to_dict() for r in self.ranks],
+            "communication": self.communication(),
+            "tokens": self.tokens, "reference_tokens": self.reference_tokens,
+            "tokens_match": self.tokens_match,
+            "mismatches": self.mismatches, "ok": self.ok, "seconds": self.seconds,
+        }
+
+
+def _analytic_by_op(cost, sdpa: bool, first_layer: int) -> dict:
+    return {(None if layer is None else layer + first_layer, op): v
+            for (layer, op), v in analytic_matmul(cost, sdpa).items()}
+
+
+def _compare(rank: int, phase: str, step, analytic: dict, counted: dict, out: list) -> None:
+    for key in sorted(set(analytic) | set(counted), key=lambda k: (k[0] is None, k[0] or 0, k[1])):
+        a, c = analytic.get(key, 0), counted.get(key, 0)
+        if a != c:
+            where = phase + (f" step {step}" if step else "") + (f" layer {key[0]}" if key[0] is not None else "")
+            out.append(f"{where} {key[1]}: counted_matmul_flops analytic {a:,} != measured {c:,}")
+
+
+def compare_rank(spec, wl, split, rank, sdpa: bool, raw: dict) -> RankResult:
+    """Hold one rank's counts against :mod:`costmodel.parallel`, step by step and op by op."""
+    rng = P.stage_range(spec.num_layers, split.pp, split.stage_of(rank))
+    mism: list[str] = []
+    _compare(rank, "prefill", None, _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa, rng.start),
+             raw["counted"][("prefill", 0)], mism)
+    dec = defaultdict(int)
+    for i in range(1, wl.gen):
+        c = raw["counted"][("decode", i)]
+        _compare(rank, "decode", i,
+                 _analytic_by_op(P.rank_decode_step_cost(spec, wl, split, rank, i), sdpa, rng.start), c, mism)
+        for k, v in c.items():
+            dec[k] += v
+    analytic = {"prefill": _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa, rng.start),
+                "decode": (_analytic_by_op(P.rank_decode_cost(spec, wl, split, rank), sdpa, rng.start)
+                           if wl.gen > 1 else {})}
+    counted = {"prefill": raw["counted"][("prefill", 0)], "decode": dict(dec)}
+    _compare(rank, "decode total", None, analytic["decode"], counted["decode"], mism)
+    akv = {"prefill": P.rank_kv_cache_bytes(spec, wl, split, rank, wl.prompt),
+           "decode": P.rank_kv_cache_bytes(spec, wl, split, rank)}
+    acomm = {p: P.rank_comm_bytes(spec, wl, split, rank, p) for p in PHASES}
+    for p in PHASES:
+        if akv[p] != raw["kv_cache_bytes"][p]:
+            mism.append(f"{p}: kv_cache_bytes analytic {akv[p]:,} != measured {raw['kv_cache_bytes'][p]:,}")
+        got = raw["comm"].get(p, {})
+        for k in P.COLLECTIVES:
+            m = got.get(k, {}).get("bytes", 0)
+            if m != acomm[p][k]:
+                mism.append(f"{p}: {k} bytes analytic {acomm[p][k]:,} != measured {m:,}")
+    return RankResult(rank, split.stage_of(rank), split.tp_rank_of(rank), rng, analytic, counted,
+                      raw["kv_cache_bytes"], akv, raw["comm"], acomm, raw["uncounted_matmul_ops"], mism)
+
+
+def run_parallel(spec: ModelSpec, wl: Workload, split: P.Split, *, attention: str = "sdpa",
+                 device: str = "cpu", seed: int = 0, reference: bool = True,
+                 timeout_s: float = 300.0) -> ParallelResult:
+    """Start ``tp * pp`` ranks, generate greedily, and compare every rank with the analytic split."""
+    check_parallel(spec, wl, split)
+    t0 = time.perf_counter()
+    raws = launch(rank_main, split.world, (spec, wl, split, attention, seed, device, reference),
+                  device=device, timeout_s=timeout_s)
+    sdpa = attention == "sdpa"
+    ranks = [compare_rank(spec, wl, split, r, sdpa, raw) for r, raw in enumerate(raws)]
+    tokens = raws[0]["tokens"]
+    for raw in raws[1:]:
+        if raw["tokens"] != tokens:
+            ranks[raw["rank"]].mismatches.append("generated tokens differ from rank 0's")
+    return ParallelResult(spec, wl, split, attention, device, ranks, tokens, raws[0].get("reference_tokens"),
+                          time.perf_counter() - t0)
