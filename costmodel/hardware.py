@@ -35,7 +35,7 @@ DEFAULT_OP_OVERHEAD_S = 0.0  # per op launch/dispatch: 0 for catalog GPUs (CUDA-
 _ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 _REQUIRED = ("id", "name", "peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s")
-_OPTIONAL = ("kind", "elementwise_flops_per_s", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
+_OPTIONAL = ("kind", "elementwise_flops_per_s", "matmul_bandwidth_bytes_per_s", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
              "pcie_bandwidth_bytes_per_s", "flops_efficiency", "bandwidth_efficiency",
              "interconnect_efficiency", "link_latency_s", "op_overhead_s", "sources", "notes",
              "calibration")
@@ -54,6 +54,10 @@ class Hardware:
     # FLOP/s of element-wise ops (vector units, exp/tanh) per dtype where it differs from the matmul
     # peak (CPUs; a calibrated profile measures it); None: element-wise ops use peak_flops_per_s.
     elementwise_flops_per_s: dict | None = field(default=None, hash=False)
+    # Weight-streaming rate of matmuls with few rows (decode), where it differs from the copy bandwidth
+    # (a CPU core streams a matrix through a GEMV slower than it copies memory; calibrate measures
+    # it); None: memory-bound matmuls use memory_bandwidth_bytes_per_s.
+    matmul_bandwidth_bytes_per_s: float | None = None
     interconnect: str | None = None  # GPU-to-GPU fabric: NVLink, xGMI, ...
     interconnect_bandwidth_bytes_per_s: float | None = None  # per direction, per GPU
     interconnect_gpus: int = 1  # GPUs the fabric joins all-to-all (8: HGX baseboard; 2: a bridge)
@@ -104,7 +108,8 @@ class Hardware:
                                {d: None if ew.get(d) is None else float(ew[d]) for d in FLOPS_DTYPES})
         object.__setattr__(self, "memory_bytes", _positive_count(src, "memory_bytes", self.memory_bytes))
         _positive(src, "memory_bandwidth_bytes_per_s", self.memory_bandwidth_bytes_per_s)
-        for f in ("interconnect_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s", "link_latency_s"):
+        for f in ("interconnect_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s", "link_latency_s",
+                  "matmul_bandwidth_bytes_per_s"):
             if getattr(self, f) is not None:
                 _positive(src, f, getattr(self, f))
         object.__setattr__(self, "interconnect_gpus",
@@ -157,6 +162,12 @@ class Hardware:
     @property
     def achievable_bandwidth_bytes_per_s(self) -> float:
         return self.memory_bandwidth_bytes_per_s * self.bandwidth_efficiency_used
+
+    @property
+    def achievable_matmul_bandwidth_bytes_per_s(self) -> float:
+        """Memory-bound matmuls: their own streaming rate where the profile has one."""
+        bw = self.matmul_bandwidth_bytes_per_s or self.memory_bandwidth_bytes_per_s
+        return bw * self.bandwidth_efficiency_used
 
     def link_for(self, gpus: int) -> tuple[str, float] | None:
         """The link ``gpus`` GPUs talk over and its per-direction bandwidth, or None if there is none.

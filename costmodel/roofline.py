@@ -41,6 +41,14 @@ class Rates:
     bytes_per_s: float
     op_overhead_s: float = 0.0
     elementwise_flops_per_s: float | None = None  # None: the same as flops_per_s
+    matmul_bytes_per_s: float | None = None  # memory-bound matmuls; None: the same as bytes_per_s
+
+    def bytes_rate(self, kind: str) -> float:
+        """Achievable bytes/s for an op of ``kind``: matmuls stream weights at their own rate
+        where the profile measured one (a calibrated CPU), every other op at ``bytes_per_s``."""
+        if kind == "matmul" and self.matmul_bytes_per_s is not None:
+            return self.matmul_bytes_per_s
+        return self.bytes_per_s
 
     def flops_rate(self, kind: str) -> float:
         """Achievable FLOP/s for an op of ``kind`` ("matmul", "elementwise", "memory")."""
@@ -50,15 +58,18 @@ class Rates:
 
     def to_dict(self) -> dict:
         return {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
-                "bytes_per_s": self.bytes_per_s, "op_overhead_s": self.op_overhead_s}
+                "bytes_per_s": self.bytes_per_s, "matmul_bytes_per_s": self.bytes_rate("matmul"),
+                "op_overhead_s": self.op_overhead_s}
 
 
 def rates(hw: Hardware, act_dtype: str) -> Rates:
     """Achievable FLOP/s for ``act_dtype`` (matmuls and element-wise ops), achievable bandwidth,
     per-op overhead of ``hw``."""
     ew = hw.achievable_elementwise_flops_per_s(act_dtype)
+    mm_bw = hw.achievable_matmul_bandwidth_bytes_per_s
     return Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
-                 hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew)
+                 hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew,
+                 None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw)
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class OpTime:
 
 def op_time(op: OpCost, r: Rates) -> OpTime:
     """One op of one pass: ``max(flops / F, bytes / B) + overhead``."""
-    c, m = op.flops / r.flops_rate(op.kind), op.bytes / r.bytes_per_s
+    c, m = op.flops / r.flops_rate(op.kind), op.bytes / r.bytes_rate(op.kind)
     return OpTime(op.op, op.kind, op.flops, op.bytes, c, m, r.op_overhead_s,
                   max(c, m) + r.op_overhead_s, 1, int(c > m))
 
@@ -224,11 +235,11 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates) -> 
     """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3."""
     pf = _newton(o1.flops, o2.flops, o3.flops)
     pb = _newton(o1.bytes, o2.bytes, o3.bytes)
-    F = r.flops_rate(o1.kind)
-    seconds, compute_steps = _sum_max(pf, pb, steps, F, r.bytes_per_s)
+    F, B = r.flops_rate(o1.kind), r.bytes_rate(o1.kind)
+    seconds, compute_steps = _sum_max(pf, pb, steps, F, B)
     flops, nbytes = _prefix(pf, steps), _prefix(pb, steps)
     overhead = steps * r.op_overhead_s
-    return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / r.bytes_per_s,
+    return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / B,
                   overhead, seconds + overhead, steps, compute_steps)
 
 
@@ -446,6 +457,6 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
             f1, fd1, fd2 = _newton(o1.flops, o2.flops, o3.flops)
             b1, bd1, bd2 = _newton(o1.bytes, o2.bytes, o3.bytes)
             f = (f1 + fd1 * x + fd2 * c2) / r.flops_rate(o1.kind)
-            m = (b1 + bd1 * x + bd2 * c2) / r.bytes_per_s
+            m = (b1 + bd1 * x + bd2 * c2) / r.bytes_rate(o1.kind)
             total += mult * (np.maximum(f, m) + r.op_overhead_s)
     return early + total.tolist()

@@ -17,6 +17,9 @@ the median: on a shared machine other processes only ever slow a call down; the 
 - element-wise FLOP/s: softmax (5 FLOP an element) and SiLU (4), the counts of
   :mod:`costmodel.formulas`, over a cache-resident tensor, per floating-point dtype: on a CPU
   exp-heavy element-wise ops run far below the matmul peak (``elementwise_flops_per_s``).
+- matmul weight streaming: ``F.linear`` with 1 and 8 rows over weights far larger than the cache,
+  as a decode step reads them (``matmul_bandwidth_bytes_per_s``): on a CPU core a GEMV streams a
+  matrix well below the copy bandwidth, and memory-bound matmuls are most of a decode step.
 - per-op overhead: a one-element add (allocating its output), the time of a kernel launch (cuda) or of an eager op's
   dispatch (cpu) with no work to do; the roofline adds it to every op.
 """
@@ -106,6 +109,28 @@ def measure_bandwidth(nbytes: int, device: str, min_time_s: float) -> list[dict]
     return rows
 
 
+def measure_matmul_streaming(nbytes: int, device: str, min_time_s: float, rows=(1, 8)) -> list[dict]:
+    """Weight-streaming rate of decode-like matmuls: ``F.linear(x[m, k], W[n, k])`` over a set of
+    fp32 weight matrices that together are far larger than the last-level cache, cycled so every
+    call reads its weights from memory. bytes_per_s = weight bytes / seconds (x and y are tiny)."""
+    k, n = 1024, 4096
+    count = max(2, nbytes // (4 * k * n))
+    weights = [torch.rand(n, k, device=device) for _ in range(count)]
+    out = []
+    for m in rows:
+        x = torch.rand(m, k, device=device)
+
+        def fn():
+            for w in weights:
+                torch.nn.functional.linear(x, w)
+
+        s, med = time_call(fn, device, min_time_s)
+        moved = count * 4 * k * n
+        out.append({"kernel": f"linear [{m}, {k}] x [{n}, {k}]^T, {count} matrices", "rows": m,
+                    "bytes": moved, "seconds": s, "median_seconds": med, "bytes_per_s": moved / s})
+    return out
+
+
 def measure_elementwise(dtype: str, device: str, min_time_s: float,
                         elements: int = ELEMENTWISE_ELEMENTS) -> list[dict]:
     """FLOP/s of softmax and SiLU (FLOPs as costmodel.formulas counts them) per dtype."""
@@ -181,6 +206,8 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
     with torch.inference_mode():
         matmul = [row for d in dtypes for row in measure_matmul(d, shapes, device, min_time)]
         bandwidth = measure_bandwidth(QUICK_BANDWIDTH_BYTES if quick else BANDWIDTH_BYTES, device, min_time)
+        streaming = measure_matmul_streaming(QUICK_BANDWIDTH_BYTES if quick else BANDWIDTH_BYTES, device,
+                                             min_time)
         elementwise = [row for d in dtypes if d in ("fp32", "bf16", "fp16")
                        for row in measure_elementwise(d, device, min_time)]
         overhead = measure_op_overhead(device, 200 if quick else 2000)
@@ -191,6 +218,7 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
     for row in elementwise:
         ew_peaks[row["dtype"]] = max(ew_peaks[row["dtype"]] or 0.0, row["flops_per_s"])
     best_bw = max(b["bytes_per_s"] for b in bandwidth if b["kernel"] != "add (allocating)")
+    matmul_bw = max(b["bytes_per_s"] for b in streaming)
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         name, memory = props.name, props.total_memory
@@ -209,6 +237,7 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
         "elementwise_flops_per_s": ew_peaks,
         "memory_bytes": memory,
         "memory_bandwidth_bytes_per_s": best_bw,
+        "matmul_bandwidth_bytes_per_s": matmul_bw,
         "interconnect": None,
         "interconnect_bandwidth_bytes_per_s": None,
         "interconnect_gpus": 1,
@@ -225,6 +254,8 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
             else "os.sysconf: physical pages x page size",
             "memory_bandwidth_bytes_per_s": f"{how}: best of a tensor copy (2 x bytes moved) and "
                                             "add (3 x bytes) into preallocated buffers",
+            "matmul_bandwidth_bytes_per_s": f"{how}: weight bytes / seconds of F.linear with 1 and 8 rows "
+                                            "over fp32 weight matrices far larger than the cache, best",
             "elementwise_flops_per_s": f"{how}: best of softmax (5 FLOP/element) and SiLU (4) over "
                                        f"{ELEMENTWISE_ELEMENTS} cache-resident elements per dtype",
             "op_overhead_s": f"{how}: per-call time of a one-element torch.add (fastest loop)",
@@ -232,6 +263,7 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
         "calibration": {
             "device": device, "torch_version": torch.__version__, "threads": nthreads, "quick": quick,
             "seconds_taken": time.perf_counter() - t_start,
-            "matmul": matmul, "elementwise": elementwise, "bandwidth": bandwidth, "op_overhead_s": overhead,
+            "matmul": matmul, "elementwise": elementwise, "bandwidth": bandwidth,
+            "matmul_streaming": streaming, "op_overhead_s": overhead,
         },
     }

@@ -185,7 +185,7 @@ def calibration_table(profile: dict) -> str:
              f"{profile['name']} ({profile['id']}): calibrated in {cal['seconds_taken']:.1f} s, torch {cal['torch_version']}",
              "", render(["dtype", "matmul m x k x n", "time", "GFLOP/s"], rows), ""]
     rows = [[b["kernel"], f"{b['bytes'] / 2**20:,.0f} MiB", f"{b['seconds'] * 1e3:.3f} ms",
-             f"{b['bytes_per_s'] / 1e9:,.2f}"] for b in cal["bandwidth"]]
+             f"{b['bytes_per_s'] / 1e9:,.2f}"] for b in cal["bandwidth"] + cal.get("matmul_streaming", [])]
     lines += [render(["kernel", "bytes moved", "time", "GB/s"], rows), ""]
     rows = [[e["dtype"], e["kernel"], f"{e['elements']:,}", f"{e['seconds'] * 1e6:.1f} us",
              f"{e['flops_per_s'] / 1e9:,.2f}"] for e in cal.get("elementwise", [])]
@@ -195,6 +195,8 @@ def calibration_table(profile: dict) -> str:
     ew = ", ".join(f"{d} {v / 1e9:,.2f} GFLOP/s" for d, v in (profile.get("elementwise_flops_per_s") or {}).items() if v)
     lines += [f"peak (best measured): {peaks}"] + ([f"element-wise peak (best measured): {ew}"] if ew else []) + [
               f"memory bandwidth (best measured): {profile['memory_bandwidth_bytes_per_s'] / 1e9:,.2f} GB/s",
+              *([f"matmul weight streaming (best measured): {profile['matmul_bandwidth_bytes_per_s'] / 1e9:,.2f} GB/s"]
+                if profile.get("matmul_bandwidth_bytes_per_s") else []),
               f"per-op dispatch overhead: {profile['op_overhead_s'] * 1e6:,.2f} us",
               f"memory: {profile['memory_bytes'] / 1e9:,.1f} GB",
               "efficiencies are 1: the peaks are what this machine reached"]

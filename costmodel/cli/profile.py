@@ -10,7 +10,7 @@ import sys
 import click
 
 from ..sampling import STRATEGIES
-from .common import emit_json, format_option, input_errors, main, model_argument
+from .common import InputError, emit_json, format_option, input_errors, main, model_argument
 
 
 def _progress(enabled: bool):
@@ -47,15 +47,21 @@ def _progress(enabled: bool):
               help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's count (it traces every step).")
 @click.option("--no-compare-cache", is_flag=True, help="Skip timing decode with the other KV-cache choice.")
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="Tensor-parallel ranks (Megatron split; starts tp x pp processes on gloo / nccl).")
+@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split in order).")
 @format_option(["table", "json"])
 @input_errors
 def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beams, device, dtype, attention,
-            logits, no_kv_cache, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, fmt):
+            logits, no_kv_cache, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
     analytic matmul FLOPs; KV-cache and weight bytes from the tensors; time per phase, layer and op
     (median and spread of --repeat runs); the decode loop with versus without a KV cache.
+
+    With --tp/--pp: the model split over tp x pp ranks, per rank and phase the counted matmul
+    FLOPs, KV-cache bytes and collective payload bytes and time beside the analytic split.
     """
     from ..models import get_model
     from ..spec import Workload
@@ -64,6 +70,12 @@ def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beam
     wl = Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=dtype, act_dtype=dtype, logits=logits,
                   kv_cache=not no_kv_cache, beams=beams, strategy=strategy, top_k=top_k, top_p=top_p,
                   temperature=temperature)
+    if tp != 1 or pp != 1:
+        from .parallel import profile_parallel
+
+        if weights:
+            raise InputError("--weights is not supported with --tp/--pp (seeded random weights only)")
+        return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt)
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
@@ -79,9 +91,16 @@ def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beam
 @main.command()
 @click.option("--quick", is_flag=True, help="Each case on its own attention path, FlopCounterMode only (< 1 min).")
 @click.option("--case", "cases", multiple=True, metavar="NAME", help="Run only this case (repeatable).")
+@click.option("--timing", is_flag=True, help="Instead: roofline-predicted vs measured seconds over prefill "
+              "and decode shapes (with --hardware FILE from `costmodel calibrate`).")
+@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="--timing: hardware profile.")
+@click.option("--gpu", default=None, metavar="NAME", help="--timing: a catalog device (with --device cuda).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="--timing: where the reference model runs.")
+@click.option("--threads", type=int, default=None, help="--timing: CPU threads (default: the profile's).")
 @format_option(["table", "json"])
 @input_errors
-def validate(quick, cases, fmt):
+def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     """Analytic vs counted FLOPs and KV bytes over a built-in matrix of cases; exit 1 on any mismatch.
 
     Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;

@@ -1,0 +1,53 @@
+"""``costmodel validate --timing``: predicted vs measured seconds (called from ``validate``)."""
+
+from __future__ import annotations
+
+import click
+
+from .common import emit_json
+
+
+def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> None:
+    """Time the reference model over prefill and decode shapes and hold each against the roofline
+    on ``--hardware FILE`` (or ``--gpu NAME``); without either, calibrate this machine first."""
+    from ..hardware import get_hardware, hardware_from_dict
+    from profiler.timing_validation import plan, run_timing, summary
+    from reports.text import human_seconds, render
+
+    if hardware_file is None and gpu is None:
+        from profiler.calibrate import calibrate
+
+        click.echo("no --hardware FILE: calibrating this machine first (quick; for the real figures run "
+                   "`costmodel calibrate --threads 1 --out cpu.json` and pass --hardware cpu.json)", err=True)
+        hw = hardware_from_dict(calibrate(device=device, quick=True, threads=threads), source="calibration")
+    else:
+        hw = get_hardware(gpu, hardware_file)
+    planned = len(plan(quick))
+    cases, interrupted = [], False
+    try:
+        for c in run_timing(hw, quick=quick, device=device, threads=threads):
+            cases.append(c)
+            click.echo(f"[{len(cases)}/{planned}] {c.phase} batch {c.batch} context {c.context}: "
+                       f"predicted {human_seconds(c.predicted_s)}, measured {human_seconds(c.measured_s)} "
+                       f"({c.error_pct:+.1f} %)", err=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        click.echo(f"interrupted: keeping the {len(cases)} finished cases", err=True)
+    s = summary(cases)
+    if fmt == "json":
+        from profiler.timing_validation import TIMING_SPEC
+
+        emit_json({"hardware": hw.id, "model": TIMING_SPEC.summary(), "device": device,
+                   "cases": [c.to_dict() for c in cases], "summary": s, "planned": planned,
+                   "interrupted": interrupted})
+    else:
+        rows = [[c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
+                 f"{c.error_pct:+.1f} %", c.bound] for c in cases]
+        click.echo(render(["phase", "batch", "context", "predicted", "measured", "error", "roofline"], rows,
+                          align=["l", "r", "r", "r", "r", "r", "l"]))
+        if cases:
+            click.echo(f"\n{s['cases']} cases on {hw.id}: median |error| {s['median_abs_error_pct']:.1f} %, "
+                       f"p90 {s['p90_abs_error_pct']:.1f} %, max {s['max_abs_error_pct']:.1f} % "
+                       "(measured: fastest of 5 passes after a warm-up; eager attention, fp32)")
+    if interrupted:
+        click.get_current_context().exit(130)
