@@ -397,3 +397,44 @@ def run_parallel(spec: ModelSpec, wl: Workload, split: P.Split, *, attention: st
             ranks[raw["rank"]].mismatches.append("generated tokens differ from rank 0's")
     return ParallelResult(spec, wl, split, attention, device, ranks, tokens, raws[0].get("reference_tokens"),
                           time.perf_counter() - t0)
+
+
+# --- validation cases ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParallelCase:
+    name: str
+    model: str  # a preset
+    tp: int
+    pp: int
+    covers: str
+    attention: str = "sdpa"
+    quick: bool = True  # in ``validate --quick``
+    workload: tuple = (("batch", 2), ("prompt", 12), ("gen", 5))
+
+    def build_workload(self) -> Workload:
+        return Workload(weight_dtype="fp32", act_dtype="fp32", **dict(self.workload))
+
+
+PARALLEL_CASES: tuple[ParallelCase, ...] = (
+    ParallelCase("tp2", "tiny-llama", 2, 1, "tensor parallel: GQA 4/2 heads -> 2/1 per rank, SwiGLU, untied"),
+    ParallelCase("pp2", "tiny-gpt2", 1, 2, "pipeline: 2 stages, learned positions, tied head on the last stage",
+                 "eager"),
+    ParallelCase("tp2-pp2", "tiny-qwen2", 2, 2, "4 ranks: tp 2 x pp 2, q/k/v bias, tied head", quick=False),
+)
+
+
+def parallel_case_names() -> list[str]:
+    return [c.name for c in PARALLEL_CASES]
+
+
+def run_parallel_cases(quick: bool = False, names=None, device: str = "cpu"):
+    """Yield (case, :class:`ParallelResult`) as each finishes."""
+    from costmodel.models import get_model
+
+    for case in PARALLEL_CASES:
+        if (names and case.name not in names) or (not names and quick and not case.quick):
+            continue
+        res = run_parallel(get_model(case.model), case.build_workload(), P.Split(case.tp, case.pp),
+                           attention=case.attention, device=device)
+        yield case, res

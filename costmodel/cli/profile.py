@@ -112,25 +112,35 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     from profiler.validate import plan, run_cases
     from reports.profile import validate_table
 
-    planned = len(plan(quick, cases or None))
-    results, interrupted = [], False
+    from .parallel import split_case_names, validate_parallel
+
+    single, parallel = split_case_names(cases)  # tp / pp cases run after the single-device ones
+    planned = len(plan(quick, single or None)) if single or not cases else 0
+    results, par_results, interrupted = [], [], False
     try:
-        for res in run_cases(quick=quick, names=cases or None):
+        for res in (run_cases(quick=quick, names=single or None) if planned else ()):
             results.append(res)
             click.echo(f"[{len(results)}/{planned}] {res.label}: {'ok' if res.ok else 'MISMATCH'} "
                        f"({res.seconds:.2f} s)", err=True)
+        if parallel or not cases:
+            validate_parallel(quick, parallel, par_results, lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
         interrupted = True
         click.echo(f"interrupted: keeping the {len(results)} finished cases", err=True)
-    ok = all(r.ok for r in results)
+    ok = all(r.ok for r in results) and all(r.ok for _, r in par_results)
     if fmt == "json":
         from profiler.runner import CONVENTIONS
 
         emit_json({"conventions": CONVENTIONS, "cases": [r.to_dict() for r in results], "planned": planned,
                    "finished": len(results),
+                   "parallel_cases": [{"case": c.name, **r.to_dict()} for c, r in par_results],
                    "interrupted": interrupted, "ok": ok})
     else:
         click.echo(validate_table(results, planned, interrupted))
+        if par_results:
+            from reports.parallel import parallel_cases_table
+
+            click.echo("\n" + parallel_cases_table(par_results))
     if not ok:
         click.get_current_context().exit(1)
     if interrupted:
