@@ -87,3 +87,16 @@ def parallel_cases_table(results) -> str:
         for m in r.mismatches:
             lines.append(f"MISMATCH {case.name}: {m}")
     return "\n".join(lines)
+
+
+def collectives_lines(profile: dict) -> list[str]:
+    """``calibrate --collectives``: measured vs the fitted ring model, per message size."""
+    c = profile["calibration"]["collectives"]
+    rows = [[f"{p['bytes']:,}", f"{p['seconds'] * 1e6:,.1f}", f"{p['predicted_seconds'] * 1e6:,.1f}",
+             f"{p['abs_error_pct']:.1f}"] for p in c["points"]]
+    return [f"all-reduce on {c['ranks']} ranks ({c['backend']}, {c['dtype']}), {c['seconds_taken']:.1f} s:",
+            render(["message bytes", "measured us", "ring model us", "abs error %"], rows),
+            f"fit: {c['model']}",
+            f"  interconnect_bandwidth_bytes_per_s {profile['interconnect_bandwidth_bytes_per_s'] / 1e9:,.3f} GB/s, "
+            f"link_latency_s {profile['link_latency_s'] * 1e6:,.1f} us (interconnect_efficiency 1)",
+            f"  abs error: median {c['median_abs_error_pct']:.1f} %, p90 {c['p90_abs_error_pct']:.1f} %"]

@@ -212,9 +212,11 @@ def calibration_table(profile: dict) -> str:
 @click.option("--id", "profile_id", default=None, help="Profile id (default: calibrated-<device>).")
 @click.option("--quick", is_flag=True, help="Small shapes and short timings (a few seconds; for tests).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: torch's).")
+@click.option("--collectives", is_flag=True, help="Also time all-reduces on 2 ranks (gloo on cpu, nccl on cuda) "
+              "and fit the plan's ring model: interconnect bandwidth and link latency.")
 @format_option(["table", "json"])
 @input_errors
-def calibrate(device, dtypes, out, profile_id, quick, threads, fmt):
+def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt):
     """Measure this machine (matmul FLOP/s per dtype, memory bandwidth, per-op overhead) and write
     a hardware profile usable wherever --hardware is."""
     try:
@@ -225,6 +227,14 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, fmt):
 
     profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
                             profile_id=profile_id)
+    if collectives:
+        from profiler.calibrate_collectives import calibrate_collectives
+
+        fit = calibrate_collectives(device=device, quick=quick)
+        profile.update(fit["fields"])
+        profile["sources"]["interconnect_bandwidth_bytes_per_s"] = profile["sources"]["link_latency_s"] = (
+            f"fitted by costmodel calibrate --collectives: {fit['collectives']['model']}")
+        profile["calibration"]["collectives"] = fit["collectives"]
     hardware_from_dict(profile, "calibrated profile")  # what --hardware will accept
     if out:
         try:
@@ -237,6 +247,10 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, fmt):
         emit_json(profile)
     else:
         click.echo(calibration_table(profile))
+        if collectives:
+            from reports.parallel import collectives_lines
+
+            click.echo("\n".join(["", *collectives_lines(profile)]))
         if out:
             click.echo(f"profile written to {out}; use it with --hardware {out}")
         else:
