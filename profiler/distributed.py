@@ -189,3 +189,13 @@ def launch(fn, world: int, args: tuple = (), *, device: str = "cpu", timeout_s: 
     if error is not None:
         raise RankError(error)
     return [got[r] for r in range(world)]
+
+
+def smoke(rank: int, comm: Comm, fail_rank: int | None = None) -> float:
+    """Sum of ``rank + 1`` over the ranks by one all-reduce; raises on ``fail_rank`` (to check
+    that a failing rank surfaces as one line, not a hang)."""
+    if rank == fail_rank:
+        raise ValueError(f"rank {rank} was told to fail")
+    t = torch.tensor([float(rank + 1)], device=comm.device)
+    dist.all_reduce(t)
+    return t.item()
