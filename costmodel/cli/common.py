@@ -87,16 +87,19 @@ def model_argument(fn):
 STRATEGY_CHOICES = ("greedy", "sample", "top_k", "top_p", "top_k_top_p", "beam")
 
 
-def workload_options(fn):
-    """--batch --prompt --gen --decoder-prompt --dtype --weight-dtype --kv-dtype --logits --no-kv-cache
-    --causal --beams --strategy --top-k --top-p --temperature."""
-    opts = [
+def _size_options():
+    return [
         click.option("--batch", "-b", type=int, default=1, show_default=True, help="Sequences in the batch."),
         click.option("--prompt", "-s", type=int, default=512, show_default=True,
                      help="Prompt length in tokens (encoder-decoder: the source; encoder: the input)."),
         click.option("--gen", "-n", type=int, default=None,
                      help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps). "
                           "[default: 128; 1 for encoder-only models]"),
+    ]
+
+
+def _other_workload_options():
+    return [
         click.option("--decoder-prompt", type=int, default=1, show_default=True,
                      help="Encoder-decoder: tokens the decoder starts from."),
         click.option("--dtype", default="bf16", show_default=True,
@@ -114,9 +117,23 @@ def workload_options(fn):
         click.option("--top-p", type=float, default=0.9, show_default=True, help="p of top_p and top_k_top_p."),
         click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature."),
     ]
+
+
+def _apply(opts, fn):
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def workload_options(fn):
+    """--batch --prompt --gen --decoder-prompt --dtype --weight-dtype --kv-dtype --logits --no-kv-cache
+    --causal --beams --strategy --top-k --top-p --temperature."""
+    return _apply(_size_options() + _other_workload_options(), fn)
+
+
+def workload_options_without_sizes(fn):
+    """The workload options but --batch, --prompt and --gen (commands that take ranges of them)."""
+    return _apply(_other_workload_options(), fn)
 
 
 def build_workload(batch, prompt, gen, dtype, weight_dtype, kv_dtype, logits, no_kv_cache, causal, beams,

@@ -8,29 +8,10 @@ from __future__ import annotations
 
 import click
 
-from .common import DTYPES, InputError, build_workload, input_errors, main, pop_workload, warn, workload_options
+from .common import (WORKLOAD_KEYS, InputError, build_workload, input_errors, main, pop_workload, warn,
+                     workload_options, workload_options_without_sizes)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
-
-
-def _dtype_options(fn):
-    """The workload options other than batch, prompt and gen (those are ranges here)."""
-    opts = [
-        click.option("--dtype", default="bf16", show_default=True,
-                     help=f"Weights and activations: {', '.join(DTYPES[:5])}."),
-        click.option("--weight-dtype", default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPES)}."),
-        click.option("--kv-dtype", default=None, help="KV cache (default: the activation dtype); int4 allowed."),
-        click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
-                     help="Prefill LM head for the last position only, or every position."),
-        click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step."),
-        click.option("--causal", is_flag=True, help="Count only the lower triangle of attention scores."),
-        click.option("--beams", type=int, default=1, show_default=True, help="Beam width (multiplies the decode batch)."),
-        click.option("--decoder-prompt", type=int, default=1, show_default=True,
-                     help="Encoder-decoder: tokens the decoder starts from (--prompt is the source)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
 
 
 def _range_options(batch="1", prompt="512", gen=None):
@@ -47,7 +28,7 @@ def _range_options(batch="1", prompt="512", gen=None):
 
 
 def _workload(kw: dict, **sizes):
-    keys = ("dtype", "weight_dtype", "kv_dtype", "logits", "no_kv_cache", "causal", "beams", "decoder_prompt")
+    keys = [k for k in WORKLOAD_KEYS if k not in ("batch", "prompt", "gen")]
     return build_workload(batch=sizes.get("batch", 1), prompt=sizes.get("prompt", 512),
                           gen=sizes.get("gen", 128), **{k: kw.pop(k) for k in keys})
 
@@ -61,7 +42,7 @@ def _hardware(gpu, hardware_file):
 @main.command()
 @click.argument("model", metavar="MODEL")
 @_range_options()
-@_dtype_options
+@workload_options_without_sizes
 @click.option("--gpu", default=None, help="Add a `seconds` column (roofline) for this GPU (see `costmodel hardware`).")
 @click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="Hardware profile file for `seconds`.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
@@ -177,6 +158,7 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     contexts = parse_range(context_range, "--context-range")
     longest = max(max(contexts) if kind in ("phases", "memory", "latency", "compare") else 0, wl.prompt)
     for s in specs:
+        wl.check_against(s)  # the request itself (e.g. --decoder-prompt on a decoder-only model)
         try:
             warnings = replace(wl, prompt=longest, decoder_prompt=1 if s.arch != "encoder-decoder"
                                else wl.decoder_prompt).check_against(s)
