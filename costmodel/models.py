@@ -109,6 +109,11 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _t5("tiny-t5", 2, 64, 4, 128, d_kv=16, vocab=256),
     _t5("tiny-t5-gated", 2, 64, 4, 96, d_kv=24, vocab=256, num_encoder_layers=3, mlp_kind="gated",
         activation="gelu_tanh", tie_word_embeddings=False),  # T5 v1.1 style, 3 encoder layers
+    ModelSpec(name="tiny-transformer", num_layers=2, num_encoder_layers=2, hidden_size=64, num_heads=4,
+              intermediate_size=256, vocab_size=256, max_position_embeddings=128, family="transformer",
+              arch="encoder-decoder", mlp_kind="plain", activation="relu", norm_kind="layernorm",
+              position_kind="sinusoidal", norm_position="post", attention_bias=True, attention_out_bias=True,
+              mlp_bias=True, tie_word_embeddings=True),  # transformer-base in miniature
     _llama("tiny-mixtral", 2, 64, 4, 2, 96, 256, 256, num_experts=4, experts_per_token=2),
     _llama("tiny-qwen-moe", 2, 64, 4, 4, 96, 256, 256, attention_bias=True, num_experts=6,
            experts_per_token=2, moe_intermediate_size=32, num_shared_experts=1,

@@ -72,12 +72,19 @@ def _op_of(parts: list[str]) -> str | None:
     if not parts:
         return None
     leaf = parts[-1]
-    if leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values", "lm_head"):
+    cross = "cross_" if "cross_attention" in parts else ""  # encoder-decoder: cross_q_proj, ...
+    if leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values"):
+        return cross + leaf
+    if leaf in ("lm_head", "pooler", "mlm_dense", "router", "shared_expert_gate"):
         return leaf
     if leaf == "sdpa":
-        return SDPA_OPS
+        return cross + SDPA_OPS
     if len(parts) >= 2 and parts[-2] == "mlp" and leaf in ("gate", "up", "down"):
         return f"mlp_{leaf}"
+    if len(parts) >= 3 and parts[-3] == "experts" and leaf in ("gate", "up", "down"):  # mlp.experts.{j}.up
+        return f"expert_{leaf}"
+    if len(parts) >= 2 and parts[-2] == "shared_expert" and leaf in ("gate", "up", "down"):
+        return f"shared_expert_{leaf}"
     return None
 
 
@@ -94,7 +101,8 @@ def attribute(by_module: dict[str, int], root_prefix: bool = True) -> dict[tuple
         op = _op_of(parts)
         if op is None:
             continue
-        layer = int(parts[1]) if parts[0] == "layers" else None
+        # layers.{i}...: decoder (or BERT) layer i; encoder.layers.{i}...: encoder layer i
+        layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else None
         out[(layer, op)] += flops
     return out
 

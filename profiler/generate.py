@@ -32,6 +32,13 @@ def decode_one_token(model: Transformer, token: Tensor, pos: int) -> Tensor:
     return model(token, torch.arange(pos, pos + 1, device=token.device), pos + 1, "last")
 
 
+def encode(model: Transformer, tokens: Tensor):
+    """The encoder over ``tokens: [B, S]``, bidirectional: BERT -> (MLM logits, pooled); an
+    encoder-decoder -> the encoder output ``[B, S, h]``, kept on the model for cross-attention."""
+    S = tokens.shape[1]
+    return model(tokens, torch.arange(S, device=tokens.device), S, stack="encoder")
+
+
 def forward_no_cache(model: Transformer, seqs: Tensor, logits: str = "last") -> Tensor:
     """Recompute the whole prefix: seqs [B, T] -> logits [B, 1 or T, V]. No cache is read or written."""
     T = seqs.shape[1]
@@ -58,18 +65,23 @@ NO_PROBE = Probe()
 
 @torch.no_grad()
 def generate(model: Transformer, prompt: Tensor, gen: int, sampler: Sampler, *, kv_cache: bool = True,
-             logits: str = "last", probe: Probe = NO_PROBE) -> Tensor:
+             logits: str = "last", probe: Probe = NO_PROBE, source: Tensor | None = None) -> Tensor:
     """Generate ``gen`` tokens after ``prompt: [B, S]``; returns ``[B, S + gen]`` (the best beam).
 
     With ``kv_cache`` the cache is preallocated for exactly the S + gen - 1 positions it will hold.
+    ``source: [B, S_src]``: an encoder-decoder's input, encoded first (phase ``encode``); ``prompt``
+    is then the decoder's, and the cross-attention cache holds the S_src encoder positions.
     """
     B, S = prompt.shape
     W = sampler.strategy.beams if sampler.strategy.name == "beam" else 1
     sampler.reset()
     if kv_cache:
-        model.setup_caches(B * W, S + gen - 1)
+        model.setup_caches(B * W, S + gen - 1, **({} if source is None else {"source_len": source.shape[1]}))
     else:
         model.drop_caches()
+    if source is not None:
+        with probe.phase("encode"):
+            probe.model("encode", 0, model, encode, source)
     with probe.phase("prefill"):
         out = probe.model("prefill", 0, model, prefill, prompt, logits)
         tok, origin = probe.sample("prefill", 0, sampler, out[:, -1])
@@ -80,6 +92,8 @@ def generate(model: Transformer, prompt: Tensor, gen: int, sampler: Sampler, *, 
                 seqs = seqs.index_select(0, origin)
                 for cache in model.caches():
                     cache.reorder(origin)
+                if source is not None and not kv_cache:  # the encoder output follows the beams too
+                    model.memory = model.memory.index_select(0, origin)
             seqs = torch.cat((seqs, tok[:, None]), dim=1)  # [rows, S + i]
             if kv_cache:
                 out = probe.model("decode", i, model, decode_one_token, tok[:, None], S + i - 1)

@@ -119,18 +119,29 @@ class MatMul(nn.Module):
 
 
 class EagerAttention(nn.Module):
-    """softmax(Q K^T / sqrt(d) + mask) V with explicit matmuls: every counter sees them."""
+    """softmax(Q K^T / sqrt(d) + mask) V with explicit matmuls: every counter sees them.
+
+    ``bias``: an additive score bias (T5's relative positions), ``[1, H, T, S]``; ``causal=False``:
+    every query sees every key (encoders, cross-attention); ``scale``: 1/sqrt(d) unless given.
+    """
 
     def __init__(self):
         super().__init__()
         self.attn_scores = MatMul()
         self.attn_values = MatMul()
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
+                scale: float | None = None) -> Tensor:
         # q: [B, H, T, d]; k, v: [B, H, S, d]; the T queries are the last T of the S positions
         T, S = q.shape[2], k.shape[2]
-        scores = self.attn_scores(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
-        if T > 1:
+        scores = self.attn_scores(q, k.transpose(-2, -1))  # [B, H, T, S]
+        if scale is None:
+            scores = scores * (1.0 / math.sqrt(q.shape[-1]))
+        elif scale != 1.0:
+            scores = scores * scale
+        if bias is not None:
+            scores = scores + bias
+        if causal and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
@@ -144,19 +155,26 @@ class SdpaAttention(nn.Module):
         super().__init__()
         self.sdpa = Sdpa()
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return self.sdpa(q, k, v)
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
+                scale: float | None = None) -> Tensor:
+        return self.sdpa(q, k, v, bias, causal, scale)
 
 
 class Sdpa(nn.Module):
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
+                scale: float | None = None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
-        if T == 1:
-            return F.scaled_dot_product_attention(q, k, v)
+        if bias is not None:  # T5: the position bias, with the causal mask folded in as -inf
+            if causal and T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+                bias = bias.masked_fill(~mask, float("-inf"))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+        if T == 1 or not causal:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if T == S:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # bottom-right causal
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -176,10 +194,12 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, attention: str):
+    def __init__(self, spec: ModelSpec, attention: str, causal: bool = True):
         super().__init__()
         h, d = spec.hidden_size, spec.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, d
+        self.causal = causal  # False: an encoder's bidirectional self-attention
+        self.scale = None if spec.attention_scale else 1.0  # None: 1/sqrt(d); T5 does not scale
         self.q_proj = nn.Linear(h, spec.q_size, bias=spec.attention_bias)
         self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.attention_bias)
         self.v_proj = nn.Linear(h, spec.kv_size, bias=spec.attention_bias)
@@ -187,7 +207,8 @@ class Attention(nn.Module):
         self.core = EagerAttention() if attention == "eager" else SdpaAttention()
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int, rope: tuple[Tensor, Tensor] | None,
+                bias: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # q: [B, H, T, d]
@@ -201,14 +222,16 @@ class Attention(nn.Module):
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # k: [B, Hkv, S, d], the filled prefix only
         if Hkv != H:  # GQA/MQA: each kv head serves H / Hkv query heads
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
-        y = self.core(q, k, v)  # [B, H, T, d]
+        y = self.core(q, k, v, bias, self.causal, self.scale)  # [B, H, T, d]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, inter: int | None = None):
+        """``inter``: the hidden width (default the spec's; an expert's for mixtures of experts)."""
         super().__init__()
-        h, inter, bias = spec.hidden_size, spec.intermediate_size, spec.mlp_bias
+        h, bias = spec.hidden_size, spec.mlp_bias and inter is None
+        inter = spec.intermediate_size if inter is None else inter
         self.gated = spec.mlp_kind == "gated"
         if self.gated:
             self.gate = nn.Linear(h, inter, bias=bias)
@@ -223,36 +246,61 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec, attention: str):
-        super().__init__()
-        self.attn_norm = _norm(spec)
-        self.attention = Attention(spec, attention)
-        self.mlp_norm = _norm(spec)
-        self.mlp = MLP(spec)
+    """Self-attention, (``cross``: cross-attention over the encoder output,) MLP or experts; each
+    sublayer pre-norm ``x + f(norm(x))`` or post-norm ``norm(x + f(x))`` (BERT, the 2017 Transformer)."""
 
-    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int, rope) -> Tensor:
-        x = x + self.attention(self.attn_norm(x), input_pos, kv_len, rope)
+    def __init__(self, spec: ModelSpec, attention: str, causal: bool = True, cross: bool = False):
+        super().__init__()
+        self.post_norm = spec.norm_position == "post"
+        self.attn_norm = _norm(spec)
+        self.attention = Attention(spec, attention, causal)
+        self.cross_attention = None
+        if cross:
+            from .encdec import CrossAttention  # built on this module's attention cores
+
+            self.cross_attn_norm = _norm(spec)
+            self.cross_attention = CrossAttention(spec, attention)
+        self.mlp_norm = _norm(spec)
+        if spec.num_experts:
+            from .moe import MoE  # built on this module's MLP
+
+            self.mlp = MoE(spec)
+        else:
+            self.mlp = MLP(spec)
+
+    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int, rope, bias: Tensor | None = None,
+                memory: Tensor | None = None) -> Tensor:
+        if self.post_norm:
+            x = self.attn_norm(x + self.attention(x, input_pos, kv_len, rope, bias))
+            if self.cross_attention is not None:
+                x = self.cross_attn_norm(x + self.cross_attention(x, memory))
+            return self.mlp_norm(x + self.mlp(x))
+        x = x + self.attention(self.attn_norm(x), input_pos, kv_len, rope, bias)
+        if self.cross_attention is not None:
+            x = x + self.cross_attention(self.cross_attn_norm(x), memory)
         return x + self.mlp(self.mlp_norm(x))
 
 
-# Spec fields of other architectures, with the value a dense pre-norm decoder has.
-_DECODER_ONLY = {"arch": "decoder", "num_experts": 0, "norm_position": "pre", "type_vocab_size": 0,
-                 "embedding_norm": False, "pooler": False, "mlm_head": False, "relative_attention_buckets": 0,
-                 "attention_scale": True}
+# Spec fields the decoder-only path does not implement, with the value it needs (encoder stacks do).
+_DECODER_ONLY = {"norm_position": "pre", "embedding_norm": False}
 
 
 def check_supported(spec: ModelSpec) -> None:
-    """Refuse, with one line, a spec the reference model cannot build (it builds dense decoders)."""
-    if spec.family not in ("gpt2", "llama"):
-        raise SpecError(f"{spec.name} is a {spec.family} model; the reference model builds decoder-only "
-                        "models of families gpt2, llama")
-    if getattr(spec, "num_experts", 0):
-        raise SpecError(f"{spec.name} is a mixture-of-experts model; the reference model builds dense "
-                        "GPT-2 and LLaMA style models only")
+    """Refuse, with one line, a spec the reference model cannot build.
+
+    It builds decoder-only models (dense or mixture of experts), encoder-only models (BERT) and
+    encoder-decoders (T5, the 2017 Transformer); a decoder-only spec with an encoder's embedding
+    parts (sinusoidal or relative positions, post-norm, an embedding norm) has no reference.
+    """
+    if spec.arch != "decoder":
+        return
+    if spec.position_kind not in ("learned", "rotary"):
+        raise SpecError(f"{spec.name} is decoder-only with {spec.position_kind} positions; the reference model "
+                        "builds decoder-only models with learned or rotary positions")
     for f, want in _DECODER_ONLY.items():
         if getattr(spec, f, want) != want:
-            raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds dense "
-                            f"pre-norm decoders ({f}={want!r})")
+            raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds "
+                            f"decoder-only models with {f}={want!r}")
 
 
 class Transformer(nn.Module):
@@ -265,11 +313,16 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.pos_embeddings = (nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
                                if spec.position_kind == "learned" else None)
-        self.layers = nn.ModuleList(Block(spec, attention) for _ in range(spec.num_layers))
+        self.layers = nn.ModuleList(Block(spec, attention, causal=spec.arch != "encoder",
+                                          cross=spec.arch == "encoder-decoder") for _ in range(spec.num_layers))
         self.final_norm = _norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
+        if spec.arch != "decoder":  # BERT's heads; T5's and the 2017 Transformer's encoder stack
+            from .encdec import add_encoder_parts
+
+            add_encoder_parts(self, spec, attention)
         if spec.position_kind == "rotary":
             d = spec.head_dim
             inv_freq = 1.0 / spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
@@ -279,23 +332,38 @@ class Transformer(nn.Module):
             self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
     # --- caches -------------------------------------------------------------------------------
-    def setup_caches(self, rows: int, max_len: int) -> None:
-        """Preallocate a KV cache of ``rows`` sequences and ``max_len`` positions in every layer."""
+    def setup_caches(self, rows: int, max_len: int, source_len: int = 0) -> None:
+        """Preallocate a KV cache of ``rows`` sequences and ``max_len`` positions in every layer;
+        ``source_len``: an encoder-decoder's cross-attention cache of that many encoder positions."""
         p = self.tok_embeddings.weight
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(rows, self.spec.num_kv_heads, max_len, self.spec.head_dim,
                                                p.dtype, p.device)
+            if layer.cross_attention is not None:
+                layer.cross_attention.kv_cache = KVCache(rows, self.spec.num_kv_heads, source_len,
+                                                         self.spec.head_dim, p.dtype, p.device)
 
     def drop_caches(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
+            if layer.cross_attention is not None:
+                layer.cross_attention.kv_cache = None
 
     def caches(self) -> list[KVCache]:
-        return [la.attention.kv_cache for la in self.layers if la.attention.kv_cache is not None]
+        """Every cache: self-attention, then (encoder-decoder) cross-attention."""
+        return [la.attention.kv_cache for la in self.layers if la.attention.kv_cache is not None] + self.cross_caches()
+
+    def cross_caches(self) -> list[KVCache]:
+        return [la.cross_attention.kv_cache for la in self.layers
+                if la.cross_attention is not None and la.cross_attention.kv_cache is not None]
 
     def kv_cache_bytes(self) -> int:
-        """Bytes of cache tensors holding written keys and values, all layers."""
+        """Bytes of cache tensors holding written keys and values, all layers (self and cross)."""
         return sum(c.filled_bytes() for c in self.caches())
+
+    def cross_kv_cache_bytes(self) -> int:
+        """Bytes of the written cross-attention caches (encoder-decoder), all layers."""
+        return sum(c.filled_bytes() for c in self.cross_caches())
 
     def kv_cache_allocated_bytes(self) -> int:
         return sum(c.allocated_bytes() for c in self.caches())
@@ -308,12 +376,18 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, input_pos: Tensor, kv_len: int, logits: str = "last") -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor, kv_len: int, logits: str = "last",
+                stack: str = "decoder") -> Tensor:
         """tokens: [B, T] at positions ``input_pos: [T]``, attending over ``kv_len`` keys.
 
         Returns logits ``[B, 1, V]`` (``logits="last"``: the LM head runs on the last position
-        only) or ``[B, T, V]`` (``"all"``).
+        only) or ``[B, T, V]`` (``"all"``). ``stack="encoder"``: the encoder pass of an encoder
+        or encoder-decoder model (see :func:`profiler.encdec.forward`).
         """
+        if self.spec.arch != "decoder":
+            from .encdec import forward
+
+            return forward(self, tokens, input_pos, kv_len, logits, stack)
         x = self.tok_embeddings(tokens)  # x: [B, T, h]
         if self.pos_embeddings is not None:
             x = x + self.pos_embeddings(input_pos)

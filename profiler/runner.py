@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from costmodel.analysis import Analysis, analyze, decode_step_cost, kv_cache_bytes, prefill_cost
+from costmodel.analysis import (Analysis, analyze, cross_kv_cache_bytes, decode_step_cost, encode_cost,
+                                kv_cache_bytes, prefill_cost)
 from costmodel.errors import SpecError
 from costmodel.spec import ModelSpec, Workload
 
 from .flops import SDPA_OPS, StepCount, count_call, fvcore_count, is_matmul_like
-from .generate import NO_PROBE, Probe, generate, random_prompt
+from .generate import NO_PROBE, Probe, encode, generate, random_prompt
 from .model import Transformer, build_model, check_device, check_supported
 from .sampling import Sampler, Strategy
 from .timing import Stats, TimingProbe
@@ -44,10 +45,14 @@ def check_buildable(spec: ModelSpec, wl: Workload) -> None:
     if wl.causal:
         raise SpecError("the counters count full attention scores (the mask is applied after the matmul); "
                         "profile with causal=False")
-    if wl.final_context > spec.max_position_embeddings:
+    if spec.arch == "decoder" and wl.final_context > spec.max_position_embeddings:
         raise SpecError(f"context {wl.final_context} (prompt {wl.prompt} + gen {wl.gen} - 1) exceeds "
                         f"{spec.name}'s max_position_embeddings {spec.max_position_embeddings}")
-    wl.check_against(spec)
+    warnings = wl.check_against(spec)
+    if spec.arch != "decoder":  # learned or sinusoidal tables end at max_position_embeddings
+        too_long = [w for w in warnings if "exceeds" in w]
+        if too_long:
+            raise SpecError(too_long[0])
 
 
 # --- analytic side ------------------------------------------------------------------------
@@ -59,7 +64,9 @@ def analytic_matmul(cost, sdpa: bool) -> dict[tuple, int]:
         if o.op.startswith("sampling_"):
             out[(None, SAMPLING)] += o.matmul_flops
         elif o.kind == "matmul":
-            op = SDPA_OPS if sdpa and o.op in ("attn_scores", "attn_values") else o.op
+            op = o.op
+            if sdpa and op in ("attn_scores", "attn_values", "cross_attn_scores", "cross_attn_values"):
+                op = ("cross_" if op.startswith("cross_") else "") + SDPA_OPS
             out[(layer, op)] += o.matmul_flops
     return out
 
@@ -130,6 +137,14 @@ class CountResult:
     flop_counter_uncounted_ops: dict[str, int]  # aten op -> calls that FlopCounterMode had no formula for
     fvcore_skipped_ops: dict[str, int] | None  # op -> calls fvcore did not count
     steps: int
+    # encoder-decoder: the cross-attention part of kv_cache_bytes, measured and analytic, per phase
+    cross_kv_cache_bytes: dict[str, int] = field(default_factory=dict)
+    analytic_cross_kv_cache_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases run and compared: encode, prefill, decode where they apply (decode: gen > 1)."""
+        return tuple(p for p in self.analysis.phases if p != "decode" or self.workload.gen > 1)
 
     def phase_total(self, phase: str, key: str) -> int | None:
         vals = [getattr(r, key) for r in self.rows if r.phase == phase]
@@ -142,13 +157,19 @@ class CountResult:
         return not self.mismatches
 
     def phase_dict(self, phase: str) -> dict:
-        return {
+        d = {
             "analytic_matmul_flops": self.phase_total(phase, "analytic_matmul_flops"),
             "counted_matmul_flops": self.phase_total(phase, "counted_matmul_flops"),
             "fvcore_matmul_flops": self.phase_total(phase, "fvcore_matmul_flops"),  # x2 to our convention
             "kv_cache_bytes": self.kv_cache_bytes[phase],
             "analytic_kv_cache_bytes": self.analytic_kv_cache_bytes[phase],
         }
+        if self.spec.arch == "encoder-decoder":  # the total above split into self and cross caches
+            cross, a_cross = self.cross_kv_cache_bytes[phase], self.analytic_cross_kv_cache_bytes[phase]
+            d.update(self_kv_cache_bytes=d["kv_cache_bytes"] - cross,
+                     analytic_self_kv_cache_bytes=d["analytic_kv_cache_bytes"] - a_cross,
+                     cross_kv_cache_bytes=cross, analytic_cross_kv_cache_bytes=a_cross)
+        return d
 
     def uncounted_matmul_ops(self) -> list[str]:
         """Matmul-class ops a counter skipped: must be empty for the counts to be complete."""
@@ -162,6 +183,7 @@ class CountingProbe(Probe):
         self.model_ref, self.fvcore = model, fvcore
         self.steps: dict[tuple[str, int], StepCount] = {}
         self.kv_bytes: dict[str, int] = {}
+        self.cross_kv_bytes: dict[str, int] = {}
         self.uncounted: Counter = Counter()
         self.fvcore_skipped: Counter = Counter()
 
@@ -169,6 +191,8 @@ class CountingProbe(Probe):
     def phase(self, name):
         yield
         self.kv_bytes[name] = self.model_ref.kv_cache_bytes()
+        if hasattr(self.model_ref, "cross_kv_cache_bytes"):
+            self.cross_kv_bytes[name] = self.model_ref.cross_kv_cache_bytes()
 
     def model(self, phase, step, model, fn, *args):
         fv = fvcore_count(model, fn, *args) if self.fvcore else None  # runs the pass once (same writes)
@@ -203,15 +227,36 @@ def _compare(phase, step, analytic: dict, sc: StepCount, mismatches: list) -> No
                 mismatches.append(Mismatch(phase, step, layer, op, "fvcore_matmul_flops_x2", a, f))
 
 
-_OP_ORDER = ["q_proj", "k_proj", "v_proj", "attn_scores", SDPA_OPS, "attn_values", "o_proj", "mlp_gate",
-             "mlp_up", "mlp_down", "lm_head", SAMPLING, "unattributed"]
+_OP_ORDER = ["q_proj", "k_proj", "v_proj", "attn_scores", SDPA_OPS, "attn_values", "o_proj",
+             "cross_q_proj", "cross_k_proj", "cross_v_proj", "cross_attn_scores", "cross_" + SDPA_OPS,
+             "cross_attn_values", "cross_o_proj", "mlp_gate", "mlp_up", "mlp_down", "router", "expert_gate",
+             "expert_up", "expert_down", "shared_expert_gate", "shared_expert_up", "shared_expert_down",
+             "pooler", "mlm_dense", "lm_head", SAMPLING, "unattributed"]
+_AFTER_BLOCKS = ("pooler", "mlm_dense", "lm_head", SAMPLING, "unattributed")
 
 
 def _order(key):
     layer, op = key
-    return (-1 if layer is None and op not in ("lm_head", SAMPLING, "unattributed") else
+    return (-1 if layer is None and op not in _AFTER_BLOCKS else
             (10**9 if layer is None else layer),
             _OP_ORDER.index(op) if op in _OP_ORDER else len(_OP_ORDER), op)
+
+
+def inputs(spec: ModelSpec, wl: Workload, seed: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Seeded token ids: (prompt, None), or for an encoder-decoder (decoder prompt, source)."""
+    if spec.arch == "encoder-decoder":
+        return (random_prompt(spec, wl.batch, wl.decoder_prompt, seed + 1, device),
+                random_prompt(spec, wl.batch, wl.prompt, seed, device))
+    return random_prompt(spec, wl.batch, wl.prompt, seed, device), None
+
+
+def run_workload(model: Transformer, wl: Workload, prompt, source, sampler: Sampler, probe: Probe = NO_PROBE):
+    """One run of ``wl``: an encoder-only model's encode pass, or a generation (encoder first, if any)."""
+    if model.spec.arch == "encoder":  # BERT: one bidirectional pass, nothing generated
+        with probe.phase("encode"):
+            return probe.model("encode", 0, model, encode, prompt)
+    return generate(model, prompt, wl.gen, sampler, kv_cache=wl.kv_cache, logits=wl.logits, probe=probe,
+                    **({} if source is None else {"source": source}))
 
 
 def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str = "cpu", seed: int = 0,
@@ -222,19 +267,21 @@ def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str
         model = build_model(spec, dtype=wl.act_dtype, device=device, seed=seed, attention=attention,
                             weights=weights)
     dev = next(model.parameters()).device
-    prompt = random_prompt(spec, wl.batch, wl.prompt, seed, dev)
+    prompt, source = inputs(spec, wl, seed, dev)
     probe = CountingProbe(model, fvcore)
-    generate(model, prompt, wl.gen, Sampler(Strategy.of(wl), seed, dev), kv_cache=wl.kv_cache,
-             logits=wl.logits, probe=probe)
+    run_workload(model, wl, prompt, source, Sampler(Strategy.of(wl), seed, dev), probe)
     sdpa = model.attention == "sdpa"
     result = analyze(spec, wl)
     mismatches: list[Mismatch] = []
-    # Per step: prefill, and each decode step against decode_step_cost(i).
-    _compare("prefill", None, analytic_matmul(prefill_cost(spec, wl), sdpa), probe.steps[("prefill", 0)],
-             mismatches)
+    phases = [p for p in result.phases if p != "decode" or wl.gen > 1]
+    # Per pass: encode and prefill once, each decode step against decode_step_cost(i).
+    one_pass = {"encode": encode_cost, "prefill": prefill_cost}
+    for p in phases:
+        if p in one_pass:
+            _compare(p, None, analytic_matmul(one_pass[p](spec, wl), sdpa), probe.steps[(p, 0)], mismatches)
     dec_counted = StepCount()
     dec_counted.fvcore = {} if fvcore else None
-    for i in range(1, wl.gen):
+    for i in range(1, wl.gen if "decode" in phases else 1):
         sc = probe.steps[("decode", i)]
         _compare("decode", i, analytic_matmul(decode_step_cost(spec, wl, i), sdpa), sc, mismatches)
         for k, v in sc.counted.items():
@@ -244,10 +291,9 @@ def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str
                 dec_counted.fvcore[k] = dec_counted.fvcore.get(k, 0) + v
     # Phase totals: decode summed over the N - 1 steps (the analytic side by its closed form).
     rows = []
-    for phase, analytic, sc in (("prefill", analytic_matmul(result.prefill.cost, sdpa), probe.steps[("prefill", 0)]),
-                                ("decode", analytic_matmul(result.decode.cost, sdpa), dec_counted)):
-        if phase == "decode" and wl.gen == 1:
-            continue
+    for phase in phases:
+        analytic = analytic_matmul(result.phases[phase].cost, sdpa)
+        sc = dec_counted if phase == "decode" else probe.steps[(phase, 0)]
         keys = set(analytic) | set(sc.counted) | set(sc.fvcore or {})
         for layer, op in sorted(keys, key=_order):
             rows.append(OpRow(phase, layer, op, analytic.get((layer, op), 0), sc.counted.get((layer, op), 0),
@@ -255,19 +301,34 @@ def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str
         if phase == "decode":  # the phase total, from the closed form, against the sum of the steps
             _compare("decode", None, analytic, sc, mismatches)
     # KV cache: measured bytes of the written part of the cache tensors vs the analytic bytes.
-    # After prefill the cache holds the prompt of the batch's sequences (beams fan out at the first
-    # decode step); after decode, prompt + gen - 1 positions of batch * beams rows.
-    analytic_kv = {"prefill": kv_cache_bytes(spec, replace(wl, beams=1), positions=wl.prompt),
+    # The encoder caches nothing. After prefill the cache holds the (decoder) prompt of the batch's
+    # sequences (beams fan out at the first decode step), and an encoder-decoder's cross cache the
+    # source; after decode, (decoder) prompt + gen - 1 positions of batch * beams rows.
+    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+    one = replace(wl, beams=1)
+    analytic_cross = {"encode": 0, "prefill": cross_kv_cache_bytes(spec, one),
+                      "decode": result.memory.cross_kv_cache_bytes}
+    analytic_kv = {"encode": 0, "prefill": kv_cache_bytes(spec, one, positions=start) + analytic_cross["prefill"],
                    "decode": result.memory.kv_cache_bytes}
-    kv = {"prefill": probe.kv_bytes["prefill"], "decode": probe.kv_bytes["decode"]}
-    for phase in ("prefill", "decode") if wl.gen > 1 else ("prefill",):
-        if kv[phase] != analytic_kv[phase]:
+    analytic_kv = {p: analytic_kv[p] for p in result.phases}
+    analytic_cross = {p: analytic_cross[p] for p in result.phases}
+    kv = {p: probe.kv_bytes.get(p, 0) for p in result.phases}
+    cross = {p: probe.cross_kv_bytes.get(p, 0) for p in result.phases}
+    for phase in phases:
+        if spec.arch == "encoder-decoder":  # self-attention and cross-attention caches, each exact
+            for what, a, m in (("self_kv_cache_bytes", analytic_kv[phase] - analytic_cross[phase],
+                                kv[phase] - cross[phase]),
+                               ("cross_kv_cache_bytes", analytic_cross[phase], cross[phase])):
+                if a != m:
+                    mismatches.append(Mismatch(phase, None, None, what[:-len("_bytes")], what, a, m))
+        elif kv[phase] != analytic_kv[phase]:
             mismatches.append(Mismatch(phase, None, None, "kv_cache", "kv_cache_bytes", analytic_kv[phase], kv[phase]))
     weight = model.weight_bytes()
     if weight != result.memory.weights_bytes:
         mismatches.append(Mismatch("model", None, None, "weights", "weight_bytes", result.memory.weights_bytes, weight))
     return CountResult(spec, wl, model.attention, result, rows, kv, analytic_kv, weight, mismatches,
-                       dict(probe.uncounted), dict(probe.fvcore_skipped) if fvcore else None, wl.decode_steps)
+                       dict(probe.uncounted), dict(probe.fvcore_skipped) if fvcore else None, wl.decode_steps,
+                       cross, analytic_cross)
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -305,7 +366,8 @@ class ProfileResult:
         d.update(st.to_dict())
         d["analytic_flops"] = a.flops
         d["achieved_matmul_flops_per_s"] = d["analytic_matmul_flops"] / st.median if st.median else None
-        tokens = wl.batch * (wl.prompt if phase == "prefill" else wl.decode_steps)
+        start = wl.decoder_prompt if self.counts.spec.arch == "encoder-decoder" else wl.prompt
+        tokens = wl.batch * {"encode": wl.prompt, "prefill": start}.get(phase, wl.decode_steps)
         d["tokens"] = tokens
         d["tokens_per_s"] = tokens / st.median if st.median else None
         d["peak_memory_bytes"] = None if self.peak_memory_bytes is None else self.peak_memory_bytes.get(phase)
@@ -313,7 +375,10 @@ class ProfileResult:
 
     def to_dict(self) -> dict:
         c = self.counts
-        phases = ("prefill", "decode") if c.workload.gen > 1 else ("prefill",)
+        phases = c.phases
+        mem = {}
+        if c.spec.arch == "encoder-decoder":
+            mem = {k: v for k, v in c.phase_dict(phases[-1]).items() if "self_kv" in k or "cross_kv" in k}
         return {
             "conventions": CONVENTIONS,
             "model": c.spec.summary(),
@@ -325,8 +390,8 @@ class ProfileResult:
             "warmup": self.warmup,
             **{p: self.phase_dict(p) for p in phases},
             "memory": {"weight_bytes": c.weight_bytes, "analytic_weight_bytes": c.analysis.memory.weights_bytes,
-                       "kv_cache_bytes": c.kv_cache_bytes["decode" if c.workload.gen > 1 else "prefill"],
-                       "analytic_kv_cache_bytes": c.analysis.memory.kv_cache_bytes,
+                       "kv_cache_bytes": c.kv_cache_bytes[phases[-1]],
+                       "analytic_kv_cache_bytes": c.analysis.memory.kv_cache_bytes, **mem,
                        "peak_memory_bytes": self.peak_memory_bytes},
             "kv_cache_speedup": self.kv_cache_speedup,
             "instrumentation_overhead": self.overhead,
@@ -375,13 +440,13 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
     model = build_model(spec, dtype=wl.act_dtype, device=device, seed=seed, attention=attention, weights=weights)
     say("counting FLOPs (FlopCounterMode" + (", fvcore)" if fvcore else ")"))
     counts = count(spec, wl, model=model, fvcore=fvcore, seed=seed)
-    prompt = random_prompt(spec, wl.batch, wl.prompt, seed, dev)
+    prompt, source = inputs(spec, wl, seed, dev)
 
     def run(w: Workload, probe: Probe = NO_PROBE) -> float:
         sampler = Sampler(Strategy.of(w), seed, dev)
         _sync(dev)
         t0 = time.perf_counter()
-        generate(model, prompt, w.gen, sampler, kv_cache=w.kv_cache, logits=w.logits, probe=probe)
+        run_workload(model, w, prompt, source, sampler, probe)
         _sync(dev)
         return time.perf_counter() - t0
 
@@ -403,14 +468,14 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
         finally:
             tpo.detach()
         part_runs.append(tpo.totals())
-    phases = ("prefill", "decode")
+    phases = tuple(counts.analysis.phases)  # encode, prefill, decode where they apply
     phase_seconds = {p: Stats.of(r[(p, None, "total")] for r in phase_runs) for p in phases}
     b, ph, ho = Stats.of(bare), Stats.of(phased), Stats.of(hooked)
     overhead = {"bare_seconds": b.median, "phase_timers_seconds": ph.median, "per_op_hooks_seconds": ho.median,
                 "phase_timers_overhead": ph.median / b.median - 1, "per_op_hooks_overhead": ho.median / b.median - 1,
                 "runs": repeat}
     speedup = None
-    if compare_cache and wl.gen > 1:
+    if compare_cache and wl.gen > 1 and spec.arch != "encoder":
         other = replace(wl, kv_cache=not wl.kv_cache)
         say("timing decode " + ("without" if wl.kv_cache else "with") + " a KV cache")
         run(other)  # warm-up of the other mode

@@ -73,7 +73,7 @@ def make_timer(device: torch.device):
 # Modules timed per op, by their path in the model: (suffix, part)
 _PARTS = (("attention.q_proj", "projections"), ("attention.k_proj", "projections"),
           ("attention.v_proj", "projections"), ("attention.o_proj", "projections"),
-          ("attention.core", "attention core"), ("mlp", "mlp"))
+          ("attention.core", "attention core"), ("mlp", "mlp"), ("cross_attention", "cross-attention"))
 
 
 class TimingProbe(Probe):
@@ -98,7 +98,8 @@ class TimingProbe(Probe):
         parts = dict(_PARTS)
         for name, mod in model.named_modules():
             key = None
-            path = name.split(".", 2)  # layers, i, rest
+            # layers, i, rest (an encoder-decoder's encoder.layers.i: the same keys, in phase encode)
+            path = name.removeprefix("encoder.").split(".", 2)
             if name == "lm_head":
                 key = (None, "lm_head")
             elif path[0] == "layers" and len(path) == 2:

@@ -70,6 +70,23 @@ CASES: tuple[Case, ...] = (
     Case("bf16", "tiny-llama", "bf16 weights, activations and cache (2-byte KV)", "sdpa",
          dict(batch=2, prompt=16, gen=4, dtype="bf16")),
     Case("fp16-gpt2", "tiny-gpt2", "fp16 on GPT-2 style", "sdpa", dict(batch=2, prompt=8, gen=4, dtype="fp16")),
+    # Encoder-only, encoder-decoder and mixture-of-experts models (phases encode, prefill, decode).
+    Case("bert-encode", "tiny-bert", "BERT: one bidirectional encode pass, post-norm, token types, pooler, "
+         "tied MLM head with bias", "sdpa", dict(batch=2, prompt=16, gen=1)),
+    Case("t5", "tiny-t5", "T5: encode; prefill projects cross K/V once into the cross cache; decode reads "
+         "it; relative bias, unscaled scores", "eager", dict(batch=2, prompt=16, gen=6)),
+    Case("t5-gated", "tiny-t5-gated", "T5 v1.1: 3 encoder + 2 decoder layers, gated GELU, untied, "
+         "decoder prompt 3", "sdpa", dict(batch=1, prompt=12, gen=5, decoder_prompt=3)),
+    Case("transformer-2017", "tiny-transformer", "2017 Transformer: post-norm, sinusoidal positions, "
+         "biases, tied", "sdpa", dict(batch=2, prompt=10, gen=5)),
+    Case("t5-no-cache", "tiny-t5", "T5 decode without caches: prefix and cross K/V recomputed each step",
+         "sdpa", dict(batch=2, prompt=12, gen=5, kv_cache=False)),
+    Case("mixtral-b3", "tiny-mixtral", "MoE: 4 experts, top 2 renormalised, decode at batch 3", "eager",
+         dict(batch=3, prompt=12, gen=6)),
+    Case("qwen-moe", "tiny-qwen-moe", "MoE: 6 experts, top 2, sigmoid-gated shared expert, q/k/v bias",
+         "sdpa", dict(batch=2, prompt=12, gen=5)),
+    Case("moe-no-cache", "tiny-mixtral", "MoE decode without a KV cache: the routed prefix recomputed",
+         "sdpa", dict(batch=2, prompt=6, gen=4, kv_cache=False)),
 )
 
 
@@ -94,7 +111,7 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         c = self.counts
-        phases = ("prefill", "decode") if c.workload.gen > 1 else ("prefill",)
+        phases = c.phases
         return {
             "case": self.case.name, "model": self.case.model, "covers": self.case.covers,
             "attention": self.attention, "workload": c.workload.resolved(),

@@ -37,7 +37,7 @@ def _skipped_line(name: str, ops: dict | None, limit: int = 8) -> str:
 def counts_lines(c) -> list[str]:
     """The per-op FLOP comparison and the memory checks of a CountResult."""
     w = c.workload
-    phases = ("prefill", "decode") if w.gen > 1 else ("prefill",)
+    phases = c.phases
     out = []
     rows = [[r.phase, _layer(r.layer), r.op, _n(r.analytic_matmul_flops), _n(r.counted_matmul_flops),
              _diff(r.analytic_matmul_flops, r.counted_matmul_flops), _n(r.fvcore_matmul_flops),
@@ -56,6 +56,9 @@ def counts_lines(c) -> list[str]:
         d = c.phase_dict(p)
         out.append(f"KV cache after {p}: measured {d['kv_cache_bytes']:,} B, analytic {d['analytic_kv_cache_bytes']:,} B "
                    f"({'equal' if d['kv_cache_bytes'] == d['analytic_kv_cache_bytes'] else 'DIFFERENT'})")
+        for part in ("self", "cross") if "cross_kv_cache_bytes" in d else ():  # encoder-decoder
+            m, a = d[f"{part}_kv_cache_bytes"], d[f"analytic_{part}_kv_cache_bytes"]
+            out.append(f"  {part}-attention: measured {m:,} B, analytic {a:,} B ({'equal' if m == a else 'DIFFERENT'})")
     a = c.analysis.memory.weights_bytes
     out.append(f"Weights: measured {c.weight_bytes:,} B, analytic {a:,} B ({'equal' if a == c.weight_bytes else 'DIFFERENT'})")
     out.append("Ops the counters ran without counting them (element-wise and data movement; FlopCounterMode "
@@ -79,7 +82,7 @@ def _header(c, extra: str = "") -> str:
 def profile_table(r) -> str:
     """The ``costmodel profile`` table: phases, per-op FLOPs, per-layer/op timing, memory, overheads."""
     c, w = r.counts, r.counts.workload
-    phases = ("prefill", "decode") if w.gen > 1 else ("prefill",)
+    phases = c.phases
     lines = [_header(c, f"; {r.device}; {r.repeat} timed runs after {r.warmup} warm-up"), ""]
     rows = []
     for p in phases:
@@ -129,18 +132,18 @@ def validate_table(results, planned: int, interrupted: bool = False) -> str:
     rows = []
     for res in results:
         c = res.counts
-        pre = c.phase_dict("prefill")
-        dec = c.phase_dict("decode") if c.workload.gen > 1 else None
-        kv = dec or pre
-        rows.append([res.case.name, res.attention, res.case.model,
-                     _n(pre["analytic_matmul_flops"]), _n(pre["counted_matmul_flops"]),
-                     _n(dec["analytic_matmul_flops"]) if dec else "-", _n(dec["counted_matmul_flops"]) if dec else "-",
+        ph = {p: c.phase_dict(p) for p in c.phases}
+        kv = ph[c.phases[-1]]
+        flops = [_n(ph[p][k]) if p in ph else "-" for p in ("encode", "prefill", "decode")
+                 for k in ("analytic_matmul_flops", "counted_matmul_flops")]
+        rows.append([res.case.name, res.attention, res.case.model, *flops,
                      _n(kv["analytic_kv_cache_bytes"]), _n(kv["kv_cache_bytes"]), "ok" if res.ok else "MISMATCH"])
-    lines = [render(["case", "attention", "model", "prefill analytic", "prefill counted", "decode analytic",
-                     "decode counted", "KV B analytic", "KV B measured", "result"], rows,
-                    align=["l", "l", "l"] + ["r"] * 6 + ["l"])]
+    lines = [render(["case", "attention", "model", "encode analytic", "encode counted", "prefill analytic",
+                     "prefill counted", "decode analytic", "decode counted", "KV B analytic", "KV B measured",
+                     "result"], rows, align=["l", "l", "l"] + ["r"] * 8 + ["l"])]
     lines.append("Matmul FLOPs (2 per multiply-add), compared per op, per layer and per decode step; "
-                 "decode columns sum the gen - 1 steps; KV bytes of the cache tensors after the last step.")
+                 "decode columns sum the gen - 1 steps; KV bytes of the cache tensors after the last step "
+                 "(encoder-decoder: self- plus cross-attention, each compared on its own).")
     bad = [res for res in results if not res.ok]
     for res in bad:
         for m in res.counts.mismatches:
