@@ -371,3 +371,30 @@ def test_cli_unwritable_out_leaves_no_file(tmp_path):
 def test_help(command):
     r = run(command, "--help")
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_sweep_interrupted_keeps_finished_chunks(tmp_path, monkeypatch):
+    """Ctrl-C during a chunk: the rows of the chunks before it are written, exit code 130."""
+    import costmodel.cli.sweep as cli_sweep
+    import reports.sweep as rs
+    from click.testing import CliRunner
+
+    from costmodel.cli import main
+
+    monkeypatch.setattr(cli_sweep, "CHUNK_CONFIGS", 2)  # 1 batch a chunk: 2 prompts x 1 gen
+    real, calls = rs.sweep, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rs, "sweep", flaky)
+    out = tmp_path / "rows.csv"
+    r = CliRunner().invoke(main, ["sweep", "tiny-llama", "--batch", "1,2,3,4", "--prompt", "8,16", "--gen", "4",
+                                  "--format", "csv", "--out", str(out)])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: kept the 8 rows finished (batches 3, 4 not computed)" in r.output
+    lines = out.read_text().strip().splitlines()
+    assert len(lines) == 1 + 8  # header + 2 batches x 2 prompts x 2 phases

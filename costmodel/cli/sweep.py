@@ -86,7 +86,7 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     for w in largest.check_against(spec):  # the longest contexts of the grid, as `report` words them
         if "max_position_embeddings" in w:
             warn(w)
-    df = run_sweep(spec, wl, grid["batch"], grid["prompt"], grid["gen"], hardware=hw)
+    df, interrupted = _sweep_in_chunks(run_sweep, spec, wl, grid, hw)
     for w in df.attrs.get("warnings", ()):
         warn(w)
     text = write_frame(df, fmt, out)
@@ -94,6 +94,37 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {len(df):,} rows to {out}", err=True)
+    if interrupted:
+        click.echo(f"interrupted: kept the {len(df):,} rows finished (batches {', '.join(map(str, interrupted))} "
+                   "not computed)", err=True)
+        click.get_current_context().exit(130)
+
+
+CHUNK_CONFIGS = 1 << 20  # about a second of work: Ctrl-C keeps every chunk finished before it
+
+
+def _sweep_in_chunks(run_sweep, spec, wl, grid, hw):
+    """The sweep over chunks of batch sizes; Ctrl-C keeps the chunks finished. (frame, batches left)"""
+    import pandas as pd
+
+    per_batch = len(grid["prompt"]) * len(grid["gen"])
+    step = max(1, CHUNK_CONFIGS // per_batch)
+    batches = grid["batch"]
+    frames = []
+    for i in range(0, len(batches), step):
+        try:
+            frames.append(run_sweep(spec, wl, batches[i:i + step], grid["prompt"], grid["gen"], hardware=hw))
+        except KeyboardInterrupt:
+            if not frames:
+                raise
+            done = pd.concat(frames, ignore_index=True)
+            done.attrs = frames[0].attrs
+            return done, batches[i:]
+    if len(frames) == 1:
+        return frames[0], []
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs = frames[0].attrs
+    return df, []
 
 
 @main.command()
