@@ -106,8 +106,12 @@ def _llama_names(spec, hf: dict[str, Tensor]):
 
 def load_hf_weights(model, folder: str) -> None:
     """Copy the checkpoint in ``folder`` into ``model`` (in place), checking names and shapes."""
-    hf = read_safetensors(folder)
     spec = model.spec
+    if spec.arch != "decoder" or spec.num_experts:
+        kind = f"arch {spec.arch!r}" if spec.arch != "decoder" else "a mixture-of-experts model"
+        raise SpecError(f"{spec.name} is {kind}: real weights load into dense decoder-only models "
+                        "(GPT-2, LLaMA families); profile it with seeded random weights")
+    hf = read_safetensors(folder)
     mapped, leftover = (_gpt2_names if spec.family == "gpt2" else _llama_names)(spec, hf)
     mapped = {k: v for k, v in mapped.items() if v is not None}
     if leftover:

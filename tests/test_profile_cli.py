@@ -132,16 +132,11 @@ def test_cuda_without_a_gpu_is_exit_2():
 
 
 @pytest.mark.parametrize("model, message", [
-    ("tiny-mixtral", "tiny-mixtral is a mixture-of-experts model; the reference model builds dense"),
-    ("tiny-bert", "tiny-bert is a bert model; the reference model builds decoder-only models of families gpt2, llama"),
-    ("tiny-t5", "tiny-t5 is a t5 model; the reference model builds decoder-only models"),
+    ("tiny-bert", "tiny-bert is arch 'encoder': real weights load into dense decoder-only models"),
+    ("tiny-mixtral", "tiny-mixtral is a mixture-of-experts model: real weights load into dense decoder-only"),
 ])
-def test_models_the_reference_cannot_build_are_refused(model, message):
-    from costmodel.models import PRESETS
-
-    if model not in PRESETS:
-        pytest.skip(f"no {model} preset in this tree")
-    r = invoke("profile", model)
+def test_real_weights_for_other_families_are_refused_in_one_line(tmp_path, model, message):
+    r = invoke("profile", model, "--weights", str(tmp_path), *FAST)
     assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1
 
 

@@ -28,7 +28,11 @@ def test_the_matrix_covers_what_the_issue_lists():
     assert len(CASES) >= 12
     kv = {(s.num_kv_heads == s.num_heads, s.num_kv_heads == 1) for s in specs.values()}
     assert {(True, False), (False, False), (False, True)} <= kv  # MHA, GQA, MQA
-    assert {s.family for s in specs.values()} == {"gpt2", "llama"}
+    assert {s.family for s in specs.values()} == {"gpt2", "llama", "bert", "t5", "transformer"}
+    assert {s.arch for s in specs.values()} == {"decoder", "encoder", "encoder-decoder"}
+    assert any(s.num_experts and s.shared_expert_gate for s in specs.values())  # Qwen-MoE
+    assert any(s.num_experts and wls[n].batch > 1 for n, s in specs.items())  # Mixtral at batch > 1
+    assert any(s.arch == "encoder-decoder" and not wls[n].kv_cache for n, s in specs.items())  # T5 no cache
     assert {s.tie_word_embeddings for s in specs.values()} == {True, False}
     assert any(s.attention_bias and s.family == "llama" for s in specs.values())  # Qwen2 q/k/v bias
     assert any(s.head_dim * s.num_heads != s.hidden_size for s in specs.values())  # Gemma
