@@ -305,13 +305,18 @@ class StepCost:
 
     def rows(self):
         """(layer, op) in execution order: layer is None outside the blocks."""
-        for o in self.before:
-            yield None, o
-        for i in range(self.num_layers):
-            for o in self.layer:
-                yield i, o
-        for o in self.after:
-            yield None, o
+        return layered_rows(self.before, self.layer, self.after, self.num_layers)
+
+
+def layered_rows(before, layer, after, num_layers):
+    """(layer, item) in execution order: ``before`` and ``after`` with layer None, ``layer`` once per block."""
+    for o in before:
+        yield None, o
+    for i in range(num_layers):
+        for o in layer:
+            yield i, o
+    for o in after:
+        yield None, o
 
 
 def step_cost(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int,
@@ -362,7 +367,7 @@ def _sum_ops(ops1, ops2, ops3, steps):
             for o1, o2, o3 in zip(ops1, ops2, ops3)]
 
 
-def _first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
+def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
     """First decode step from which every cost is a polynomial (degree <= 2) in the step number.
 
     Always 1, but for routed experts without a KV cache: the experts read, min(E, tokens * k),
@@ -379,7 +384,7 @@ def decode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """All gen - 1 decode steps summed exactly, op by op: closed form where costs are polynomial
     in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that."""
     n = wl.decode_steps
-    first = min(_first_polynomial_step(spec, wl), n + 1)
+    first = min(first_polynomial_step(spec, wl), n + 1)
     looped = [decode_step_cost(spec, wl, i) for i in range(1, first)]
     s1, s2, s3 = (decode_step_cost(spec, wl, i) for i in (first, first + 1, first + 2))
     parts = [_sum_ops(s1.before, s2.before, s3.before, n - first + 1),

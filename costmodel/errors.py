@@ -11,6 +11,22 @@ class SpecError(ValueError):
     """Invalid user input: the message names the field, the value and the allowed values."""
 
 
+def read_json_file(path: str, what: str):
+    """The parsed JSON of the file at ``path``; a SpecError naming ``what`` (``config``, ``hardware
+    file``) and the path when it cannot be read or is not JSON."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"malformed {what} {path!r}: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
 def require_positive_int(field: str, value: object) -> int:
     """Return ``value`` if it is an int > 0 (bools are refused), else raise :class:`SpecError`."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .errors import SpecError
+from .errors import SpecError, read_json_file
 
 FLOPS_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 KINDS = ("gpu", "cpu")
@@ -284,16 +284,7 @@ def parse_hardware(data: object, source: str) -> list[Hardware]:
 
 def load_hardware_file(path: str) -> list[Hardware]:
     """Read a user's hardware file (a calibrated profile, or entries in the catalog's format)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise SpecError(f"cannot read hardware file {path!r}: {e.strerror or e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(f"malformed hardware file {path!r}: {e.msg} at line {e.lineno} "
-                        f"column {e.colno}") from None
+    data = read_json_file(path, "hardware file")
     return parse_hardware(data, f"hardware file {os.path.basename(path)!r}")
 
 

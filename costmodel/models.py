@@ -8,10 +8,9 @@ field is a :class:`SpecError` naming it.
 
 from __future__ import annotations
 
-import json
 import os
 
-from .errors import SpecError
+from .errors import SpecError, read_json_file
 from .spec import ModelSpec
 
 # GPT-2 family: LayerNorm, GELU (tanh) 4h MLP, learned positions, biases everywhere, tied LM head.
@@ -149,15 +148,7 @@ _HF_ACTIVATIONS = {
 def load_hf_config(path: str) -> ModelSpec:
     """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise SpecError(f"cannot read config {file!r}: {e.strerror or e}") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(f"malformed config {file!r}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    cfg = read_json_file(file, "config")
     if not isinstance(cfg, dict):
         raise SpecError(f"malformed config {file!r}: expected a JSON object, got {type(cfg).__name__}")
     folder = os.path.basename(os.path.dirname(os.path.abspath(file)))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from math import comb
 
 from . import analysis as _analysis
-from .analysis import OpCost, StepCost, decode_step_cost, prefill_cost, step_cost
+from .analysis import OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost
 from .hardware import Hardware
 from .spec import ModelSpec, Workload
 
@@ -138,13 +138,7 @@ class PhaseTime:
 
     def rows(self):
         """(layer, OpTime) in execution order, as ``StepCost.rows``."""
-        for o in self.before:
-            yield None, o
-        for i in range(self.num_layers):
-            for o in self.layer:
-                yield i, o
-        for o in self.after:
-            yield None, o
+        return _analysis.layered_rows(self.before, self.layer, self.after, self.num_layers)
 
     def bound_seconds(self) -> dict:
         """Seconds spent in compute-bound and memory-bound op steps, and in overhead."""
@@ -346,13 +340,6 @@ class Timing:
             "efficiency": hw.efficiencies(),
             "achievable": self.rates.to_dict(),
         }
-
-
-def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
-    """First decode step from which every op's cost is a polynomial (degree <= 2) in the step: 1,
-    except where the analysis says otherwise (routed experts without a KV cache)."""
-    f = getattr(_analysis, "_first_polynomial_step", None)
-    return f(spec, wl) if f is not None else 1
 
 
 def _add(a: OpTime, b: OpTime) -> OpTime:

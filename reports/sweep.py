@@ -301,11 +301,10 @@ def _irregular_pairs(spec: ModelSpec, wl: Workload, batches, prompts) -> list[tu
     grow until the recomputed prefix covers E); :func:`~costmodel.analysis.decode_cost` sums those
     steps one by one, and so does the sweep, for just those configurations.
     """
-    first_step = getattr(analysis, "_first_polynomial_step", None)
-    if first_step is None or not getattr(spec, "num_experts", 0) or wl.kv_cache:
+    if not spec.num_experts or wl.kv_cache:
         return []
     return [(ib, ip) for ib, b in enumerate(batches) for ip, p in enumerate(prompts)
-            if first_step(spec, replace(wl, batch=int(b), prompt=int(p))) > 1]
+            if analysis.first_polynomial_step(spec, replace(wl, batch=int(b), prompt=int(p))) > 1]
 
 
 def _as_int_columns(counts: dict) -> dict:
