@@ -52,11 +52,19 @@ def test_full_matrix_is_exact_on_both_attention_paths_and_both_counters():
     d = json.loads(r.stdout)
     assert d["ok"] and not d["interrupted"] and d["finished"] == d["planned"] == 2 * len(CASES)
     for case in d["cases"]:
-        phases = ["prefill", "decode"] if case["workload"]["gen"] > 1 else ["prefill"]
+        arch = get_model(case["model"]).arch
+        phases = {"decoder": ["prefill", "decode"], "encoder": ["encode"],
+                  "encoder-decoder": ["encode", "prefill", "decode"]}[arch]
+        if case["workload"]["gen"] == 1:
+            phases = [p for p in phases if p != "decode"]
+        assert [p for p in ("encode", "prefill", "decode") if p in case] == phases, case["case"]
         for p in phases:
             x = case[p]
             assert x["counted_matmul_flops"] == x["analytic_matmul_flops"] == x["fvcore_matmul_flops"], case["case"]
             assert x["kv_cache_bytes"] == x["analytic_kv_cache_bytes"], case["case"]
+            if arch == "encoder-decoder":  # self- and cross-attention caches, each exact
+                assert x["self_kv_cache_bytes"] == x["analytic_self_kv_cache_bytes"], case["case"]
+                assert x["cross_kv_cache_bytes"] == x["analytic_cross_kv_cache_bytes"], case["case"]
         assert case["weight_bytes"] == case["analytic_weight_bytes"]
         assert case["uncounted_matmul_ops"] == [] and case["mismatches"] == []
 
