@@ -108,7 +108,14 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     without a KV cache; every decoding strategy. The full run takes each case on both attention
     paths (eager and SDPA) and adds fvcore as a second counter. Ctrl-C keeps and prints the
     finished cases.
+
+    With --timing: the roofline's predicted seconds against the reference model's measured ones
+    over prefill and decode shapes, with the median and 90th-percentile absolute error.
     """
+    if timing:
+        from .validate_timing import run_timing_validation
+
+        return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
     from profiler.validate import plan, run_cases
     from reports.profile import validate_table
 
