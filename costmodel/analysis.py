@@ -232,7 +232,7 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
                        "shared_expert")
         if spec.shared_expert_gate:
             # sigmoid(x @ w[h, 1]) * shared + routed: sigmoid 4 per token, mul and add per element
-            ops += [_matmul("shared_expert_gate", t, h, 1, wl),
+            ops += [_matmul("shared_expert_score", t, h, 1, wl),
                     _elementwise("shared_expert_combine", 4 * t + 2 * t * h, 2 * t * h + t, t * h, wl)]
         else:
             ops.append(_elementwise("shared_expert_combine", t * h, 2 * t * h, t * h, wl))
@@ -254,8 +254,9 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
                      act_write_bytes=nbytes(n, wl.act_dtype))]
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", n, n, n, wl, params=q_len * h))
-    elif spec.position_kind == "sinusoidal":  # a fixed table [q_len, h], added
-        before.append(_elementwise("pos_embedding", n, n + q_len * h, n, wl))
+    elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
+        before += [_elementwise("embedding_scale", n, n, n, wl),
+                   _elementwise("pos_embedding", n, n + q_len * h, n, wl)]
     if spec.type_vocab_size:
         before.append(_elementwise("token_type_embedding", n, n, n, wl, params=spec.type_vocab_size * h))
     if spec.embedding_norm:

@@ -75,8 +75,10 @@ def _op_of(parts: list[str]) -> str | None:
     cross = "cross_" if "cross_attention" in parts else ""  # encoder-decoder: cross_q_proj, ...
     if leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values"):
         return cross + leaf
-    if leaf in ("lm_head", "pooler", "mlm_dense", "router", "shared_expert_gate"):
+    if leaf in ("lm_head", "pooler", "mlm_dense", "router"):
         return leaf
+    if leaf == "shared_expert_gate":  # Qwen-MoE's sigmoid gate x @ w[h, 1] (not the expert's gate matrix)
+        return "shared_expert_score"
     if leaf == "sdpa":
         return cross + SDPA_OPS
     if len(parts) >= 2 and parts[-2] == "mlp" and leaf in ("gate", "up", "down"):

@@ -8,10 +8,10 @@ token picks k distinct experts: sum_j n_j = t * k). Module names map onto the an
     layers.{i}.mlp.router                        router           x @ W_r: [t, h] @ [h, E]
     layers.{i}.mlp.experts.{j}.{gate,up,down}    expert_gate, expert_up, expert_down
     layers.{i}.mlp.shared_expert.{gate,up,down}  shared_expert_gate, shared_expert_up, shared_expert_down
-    layers.{i}.mlp.shared_expert_gate            shared_expert_gate (Qwen's sigmoid gate, x @ w[h, 1])
+    layers.{i}.mlp.shared_expert_gate            shared_expert_score (Qwen's sigmoid gate, x @ w[h, 1])
 
-NB: the analytic model names both the shared expert's gate matrix and Qwen's sigmoid gate
-``shared_expert_gate``; both modules are attributed there, so that row compares their sum.
+The module ``shared_expert_gate`` keeps Hugging Face's name; its op is ``shared_expert_score``, so
+that it does not collide with the shared expert's own gate matrix (``shared_expert_gate``).
 """
 
 from __future__ import annotations

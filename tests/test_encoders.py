@@ -117,6 +117,13 @@ def test_encdec_decode_total_equals_the_loop(spec, wl):
         assert dec.total(f) == sum(s.total(f) for s in steps), f
 
 
+def test_transformer_2017_scales_the_embedding():
+    spec = get_model("transformer-base")  # h 512; 2 sequences x 8 source tokens = 16 tokens
+    o = ops(encode_cost(spec, WL))
+    assert o["embedding_scale"].flops == 16 * 512  # x * sqrt(d_model), one multiply an element
+    assert o["pos_embedding"].flops == 16 * 512 and o["pos_embedding"].weight_bytes == 0  # a fixed table
+
+
 def test_decoder_prompt():
     r = analyze(T5, replace(WL, decoder_prompt=4))
     assert ops(r.prefill.cost)["q_proj"].matmul_flops == 2 * 8 * 64 * 64  # 2 sequences x 4 tokens

@@ -38,7 +38,8 @@ def test_mixtral_ops_by_hand():
 
 def test_shared_expert_with_gate():
     o = ops(prefill_cost(QMOE, WL))
-    assert o["shared_expert_gate"].matmul_flops == 2 * 16 * 64 * 1  # sigmoid gate x @ w[h, 1]
+    assert o["shared_expert_score"].matmul_flops == 2 * 16 * 64 * 1  # sigmoid gate x @ w[h, 1]
+    assert o["shared_expert_gate"].matmul_flops == 2 * 16 * 64 * 64  # the shared expert's gate matrix
     assert o["shared_expert_up"].matmul_flops == 2 * 16 * 64 * 64  # every token, width 64
     assert o["expert_up"].matmul_flops == 2 * 32 * 64 * 32  # routed: 2 per token, width 32
     assert o["shared_expert_combine"].flops == 4 * 16 + 2 * 16 * 64
