@@ -119,3 +119,24 @@ def test_decode_cost_is_independent_of_how_it_is_summed(spec, wl):
     first = decode_cost(spec, replace(wl, gen=n // 2 + 1))
     second = sum(decode_step_cost(spec, wl, i).total("flops") for i in range(n // 2 + 1, n + 1))
     assert whole.total("flops") == first.total("flops") + second
+
+
+PLAN_MODELS = ["gpt2", "llama-2-7b", "llama-2-70b", "mistral-7b", "mixtral-8x7b", "t5-large", "bert-large",
+               "gemma-7b"]
+PLAN_GPUS = ["l4", "a10g", "rtx-4090", "a100-sxm-40gb", "h100-sxm", "mi300x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(PLAN_MODELS), st.sampled_from(PLAN_GPUS), st.integers(1, 8192), st.integers(1, 2048),
+       st.sampled_from(["bf16", "fp8", "int4"]), st.sampled_from([1, 2, 4, 8]))
+def test_plan_max_batch_fits_and_one_more_does_not(model, gpu, prompt, gen, kv_dtype, tp):
+    from costmodel import get_hardware, get_model
+    from costmodel.plan import Layout, allowed_tp, max_batch, memory_use
+
+    spec, hw = get_model(model), get_hardware(gpu)
+    layout = Layout(tp=tp if spec.arch == "decoder" and tp in allowed_tp(spec) else 1)
+    wl = Workload(prompt=prompt, gen=gen, kv_dtype=kv_dtype)
+    n = max_batch(spec, hw, wl, layout)
+    if n:
+        assert memory_use(spec, hw, replace(wl, batch=n), layout).fits
+    assert not memory_use(spec, hw, replace(wl, batch=n + 1), layout).fits
