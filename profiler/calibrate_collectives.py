@@ -20,8 +20,11 @@ import time
 
 import torch
 
+from costmodel.errors import SpecError
+
 SIZES = tuple(4 ** k * 1024 for k in range(0, 8))  # 1 KiB .. 16 MiB
-QUICK_SIZES = tuple(4 ** k * 1024 for k in range(0, 5))  # 1 KiB .. 256 KiB
+# quick: small messages, where gloo's time is nearly flat, plus 1 and 4 MiB so the slope shows
+QUICK_SIZES = (1024, 16384, 262144, 1 << 20, 1 << 22)
 
 
 def allreduce_rank(rank: int, comm, sizes, min_time_s: float, batches: int) -> list[dict]:
@@ -72,7 +75,8 @@ def fit_ring(points: list[tuple[int, float]], tp: int) -> tuple[float, float]:
     a = (sx1 * syy - sy1 * sxy) / det  # seconds per byte
     b = (sxx * sy1 - sxy * sx1) / det  # seconds
     if a <= 0:
-        raise ValueError("all-reduce time did not grow with the message size; calibrate again on a quieter machine")
+        raise SpecError("all-reduce time did not grow with the message size; calibrate again on a quieter "
+                        "machine (or without --quick)")
     bw = 2 * (tp - 1) / tp / a
     lat = max(b, 0.0) / (2 * (tp - 1))
     return bw, lat

@@ -176,7 +176,7 @@ def launch(fn, world: int, args: tuple = (), *, device: str = "cpu", timeout_s: 
             if ok:
                 got[rank] = payload
             else:
-                error = f"rank {rank} failed: {payload}"
+                error = _root_cause([(rank, payload)], results)
     finally:
         for p in procs:
             if error is not None and p.is_alive():
@@ -189,6 +189,26 @@ def launch(fn, world: int, args: tuple = (), *, device: str = "cpu", timeout_s: 
     if error is not None:
         raise RankError(error)
     return [got[r] for r in range(world)]
+
+
+_PEER_FAILURE_WORDS = ("connection closed by peer", "connection reset", "broken pipe", "remote worker")
+
+
+def _root_cause(failures: list, results, grace_s: float = 2.0) -> str:
+    """The error to show when ranks fail: one rank's own exception makes its peers fail too, in a
+    collective ("Connection closed by peer"), often first; wait ``grace_s`` for the other reports
+    and prefer a failure that is not such a consequence."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            rank, ok, payload = results.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue_mod.Empty:
+            break
+        if not ok:
+            failures.append((rank, payload))
+    own = [f for f in failures if not any(w in str(f[1]).lower() for w in _PEER_FAILURE_WORDS)]
+    rank, payload = (own or failures)[0]
+    return f"rank {rank} failed: {payload}"
 
 
 def smoke(rank: int, comm: Comm, fail_rank: int | None = None) -> float:
