@@ -50,6 +50,11 @@ class Split:
     def world(self) -> int:
         return self.tp * self.pp
 
+    @property
+    def gpus(self) -> int:
+        """GPUs of one replica: the same as ``world`` (the planning word; plan's Layout is a Split)."""
+        return self.world
+
     def stage_of(self, rank: int) -> int:
         return rank // self.tp
 

@@ -29,7 +29,7 @@ from .analysis import OpCost, StepCost, analyze, decode_step_cost, prefill_cost
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
-from .parallel import activation_bytes, stage_layers  # the one model of the split
+from .parallel import Split, activation_bytes, stage_layers  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -55,16 +55,7 @@ ASSUMPTIONS = (
 
 # --- Layout --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Layout:
-    """How one replica spreads over GPUs: ``tp`` tensor-parallel x ``pp`` pipeline stages."""
-
-    tp: int = 1
-    pp: int = 1
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp
+Layout = Split  # how one replica spreads over GPUs: tp tensor-parallel x pp pipeline stages
 
 
 def allowed_tp(spec: ModelSpec) -> list[int]:

@@ -35,25 +35,17 @@ from torch import Tensor, nn
 
 from costmodel.spec import ModelSpec
 
-from .model import Block, EagerAttention, KVCache, SdpaAttention, _norm, repeat_kv
+from .model import Attention, Block, _norm, repeat_kv
 
 T5_MAX_DISTANCE = 128  # relative_attention_max_distance of every T5 config
 
 
-class CrossAttention(nn.Module):
-    """Decoder queries over the encoder output: bidirectional, keys and values from ``memory``."""
+class CrossAttention(Attention):
+    """Decoder queries over the encoder output: bidirectional, keys and values from ``memory``.
+    The same projections and core as :class:`~profiler.model.Attention`; only ``forward`` differs."""
 
     def __init__(self, spec: ModelSpec, attention: str):
-        super().__init__()
-        h, d = spec.hidden_size, spec.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, d
-        self.scale = None if spec.attention_scale else 1.0
-        self.q_proj = nn.Linear(h, spec.q_size, bias=spec.attention_bias)
-        self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.attention_bias)
-        self.v_proj = nn.Linear(h, spec.kv_size, bias=spec.attention_bias)
-        self.o_proj = nn.Linear(spec.q_size, h, bias=spec.attention_out_bias)
-        self.core = EagerAttention() if attention == "eager" else SdpaAttention()
-        self.kv_cache: KVCache | None = None
+        super().__init__(spec, attention, causal=False)
 
     def forward(self, x: Tensor, memory: Tensor | None) -> Tensor:
         """``memory``: the encoder output to project keys and values from (and cache, with a

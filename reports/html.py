@@ -174,7 +174,7 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
         mem_rows.append([f"{hardware.name} capacity", human_bytes(hardware.memory_bytes), f"{hardware.memory_bytes:,}"])
     parts += ["<h2>Memory</h2>", _table(["", "size", "bytes"], mem_rows, total_rows=(4,))]
     parts += ["<h2>Per-layer ops</h2>",
-              f'<p class="note">Block ops are identical in every layer and shown once'
+              '<p class="note">Block ops are identical in every layer and shown once'
               + (f"; decode columns are totals over {result.decode.steps:,} steps" if result.decode is not None else "")
               + ".</p>",
               ]

@@ -81,7 +81,7 @@ def _header(c, extra: str = "") -> str:
 
 def profile_table(r) -> str:
     """The ``costmodel profile`` table: phases, per-op FLOPs, per-layer/op timing, memory, overheads."""
-    c, w = r.counts, r.counts.workload
+    c = r.counts
     phases = c.phases
     lines = [_header(c, f"; {r.device}; {r.repeat} timed runs after {r.warmup} warm-up"), ""]
     rows = []

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from costmodel.cli import main  # noqa: E402
 from costmodel.errors import SpecError  # noqa: E402
-from costmodel.hardware import get_hardware, hardware_from_dict, load_hardware_file  # noqa: E402
+from costmodel.hardware import hardware_from_dict, load_hardware_file  # noqa: E402
 from profiler import calibrate as cal  # noqa: E402
 
 
