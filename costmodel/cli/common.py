@@ -64,8 +64,15 @@ def main() -> None:
     """What running a transformer costs: FLOPs, bytes, memory and latency, prefill versus decode."""
 
 
+# Optional dependencies and the extra that installs each.
+_EXTRAS = {"torch": "profile", "fvcore": "profile", "safetensors": "profile", "matplotlib": "plots",
+           "pyarrow": "sweep"}
+
+
 def input_errors(fn):
-    """Turn the library's :class:`SpecError` into a one-line exit-2 error."""
+    """Turn the library's :class:`SpecError` into a one-line exit-2 error, and a missing optional
+    dependency (torch for the commands that run a model, matplotlib for plots) into one line that
+    names the extra to install."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -73,6 +80,14 @@ def input_errors(fn):
             return fn(*args, **kwargs)
         except SpecError as e:
             raise InputError(str(e)) from None
+        except ModuleNotFoundError as e:
+            root = (e.name or "").split(".")[0]
+            if root not in _EXTRAS:
+                raise
+            ctx = click.get_current_context(silent=True)
+            what = ctx.command_path if ctx is not None else "this command"
+            raise InputError(f"{what} needs {root}, which is not installed: "
+                             f"pip install 'costmodel[{_EXTRAS[root]}]'") from None
 
     return wrapper
 
