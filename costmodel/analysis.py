@@ -485,6 +485,34 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, toke
     return held + residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
+def memory_of(spec: ModelSpec, wl: Workload, *, encode: StepCost | None = None,
+              prefill: StepCost | None = None) -> Memory:
+    """What :attr:`Analysis.memory` holds, costing only the first passes (encode, prefill; never
+    the decode steps), so a capacity search can probe it cheaply. ``encode`` / ``prefill``: those
+    passes' costs when already computed."""
+    b, h = wl.batch, spec.hidden_size
+    peaks = []
+    if spec.arch != "decoder":
+        enc = encode if encode is not None else encode_cost(spec, wl)
+        peaks.append(activation_peak_bytes(spec, wl, enc))
+    if spec.arch != "encoder":
+        pre = prefill if prefill is not None else prefill_cost(spec, wl)
+        if spec.arch == "encoder-decoder":  # the encoder output stays alive through the prefill
+            peaks.append(activation_peak_bytes(spec, wl, pre, tokens=b * wl.decoder_prompt,
+                                               held=nbytes(b * wl.prompt * h, wl.act_dtype)))
+        else:
+            peaks.append(activation_peak_bytes(spec, wl, pre))
+    self_kv, cross_kv = kv_cache_bytes(spec, wl), cross_kv_cache_bytes(spec, wl)
+    return Memory(
+        weights_bytes=weight_bytes(spec, wl.weight_dtype),
+        kv_cache_bytes=self_kv + cross_kv,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, wl.kv_dtype) if spec.arch != "encoder" else 0,
+        activation_peak_bytes=max(peaks),
+        self_kv_cache_bytes=self_kv,
+        cross_kv_cache_bytes=cross_kv,
+    )
+
+
 def _largest(values):
     """``max(values)`` that also works element-wise when the values are numpy arrays (the
     vectorized sweep in ``reports.sweep``), without importing numpy: exact on ints."""
@@ -594,30 +622,13 @@ def analyze(spec: ModelSpec, workload: Workload | None = None, **workload_fields
     """Costs of running ``spec`` on ``workload`` (or a Workload built from keyword arguments)."""
     wl = workload if workload is not None else Workload(**workload_fields)
     warnings = tuple(wl.check_against(spec))
-    b, h = wl.batch, spec.hidden_size
     encode = prefill = decode = alternative = None
-    peaks = []
     if spec.arch != "decoder":
-        enc = encode_cost(spec, wl)
-        encode = Phase("encode", 1, enc)
-        peaks.append(activation_peak_bytes(spec, wl, enc))
+        encode = Phase("encode", 1, encode_cost(spec, wl))
     if spec.arch != "encoder":
-        pre = prefill_cost(spec, wl)
-        prefill = Phase("prefill", 1, pre)
+        prefill = Phase("prefill", 1, prefill_cost(spec, wl))
         decode = Phase("decode", wl.decode_steps, decode_cost(spec, wl))
         alternative = Phase("decode", wl.decode_steps, decode_cost(spec, replace(wl, kv_cache=not wl.kv_cache)))
-        if spec.arch == "encoder-decoder":  # the encoder output stays alive through the prefill
-            peaks.append(activation_peak_bytes(spec, wl, pre, tokens=b * wl.decoder_prompt,
-                                               held=nbytes(b * wl.prompt * h, wl.act_dtype)))
-        else:
-            peaks.append(activation_peak_bytes(spec, wl, pre))
-    self_kv, cross_kv = kv_cache_bytes(spec, wl), cross_kv_cache_bytes(spec, wl)
-    memory = Memory(
-        weights_bytes=weight_bytes(spec, wl.weight_dtype),
-        kv_cache_bytes=self_kv + cross_kv,
-        kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, wl.kv_dtype) if spec.arch != "encoder" else 0,
-        activation_peak_bytes=max(peaks),
-        self_kv_cache_bytes=self_kv,
-        cross_kv_cache_bytes=cross_kv,
-    )
+    memory = memory_of(spec, wl, encode=encode.cost if encode else None,
+                       prefill=prefill.cost if prefill else None)
     return Analysis(spec, wl, prefill, decode, memory, alternative, warnings, encode)

@@ -22,26 +22,44 @@ passes in (all-reduce: the buffer reduced in place; all-gather: its own shard; s
 tensor sent or received; broadcast: the buffer). :func:`wire_bytes` gives what a ring moves per
 rank for that payload (all-reduce ``2 (tp - 1) / tp`` x payload, the plan's timing model).
 
-``costmodel.plan`` sizes memory and time from the same split (its stage layers and all-reduce
-message come from here); it rounds uneven shares up where this module refuses them.
+Two views of the same split live here, and ``costmodel.plan`` and the sharded reference both read
+them, with one validator (:func:`check_split`):
+
+- per op (:func:`shard_op`, :func:`shard_step`, :func:`stage_view`): each op of the whole model's
+  pass is cut as :func:`_tp_split_of` says (column, row, split or replicated); the plan sizes one
+  GPU's memory and time this way;
+- per spec (:func:`shard_spec`, :func:`rank_prefill_cost` ...): a rank's blocks are those of the
+  sharded spec, as the reference builds them; its figures are held against the measured ones.
+
+Both take a ``rounding`` mode (:data:`ROUNDINGS`): ``"exact"`` refuses a share that does not
+divide evenly (the reference: every rank holds whole heads, MLP columns and vocabulary rows);
+``"ceil"`` rounds a per-GPU share up (the plan: the fullest GPU of an uneven split). For an even
+split they agree but for rotary's cos/sin reads, which the per-op view divides (see
+:func:`_tp_split_of`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .analysis import StepCost, decode_cost, decode_step_cost, kv_cache_bytes, prefill_cost
+from dataclasses import replace
+
+from .analysis import OpCost, StepCost, decode_cost, decode_step_cost, kv_cache_bytes, prefill_cost
 from .dtypes import nbytes
-from .errors import SpecError
+from .errors import SpecError, require_choice
 from .spec import ModelSpec, Workload
 
 COLLECTIVES = ("all_reduce", "all_gather", "send", "recv", "broadcast")
 TOKEN_ID_BYTES = 8  # the picked token ids travel as int64
+ROUNDINGS = ("exact", "ceil")  # uneven tensor-parallel shares: refused, or rounded up per GPU
 
 
 @dataclass(frozen=True)
 class Split:
-    """``tp`` tensor-parallel ranks x ``pp`` pipeline stages; rank = stage * tp + tp_rank."""
+    """``tp`` tensor-parallel ranks x ``pp`` pipeline stages; rank = stage * tp + tp_rank.
+
+    The planner calls the same type a ``Layout`` (how one replica spreads over its GPUs).
+    """
 
     tp: int = 1
     pp: int = 1
@@ -52,7 +70,7 @@ class Split:
 
     @property
     def gpus(self) -> int:
-        """GPUs of one replica: the same as ``world`` (the planning word; plan's Layout is a Split)."""
+        """GPUs of one replica: the same as ``world`` (the planning word)."""
         return self.world
 
     def stage_of(self, rank: int) -> int:
@@ -66,6 +84,9 @@ class Split:
 
     def tp_group(self, stage: int) -> list[int]:
         return [self.rank(stage, t) for t in range(self.tp)]
+
+
+Layout = Split  # the planning name of the same type (costmodel.Layout)
 
 
 def stage_layers(num_layers: int, pp: int) -> list[int]:
@@ -86,9 +107,26 @@ def activation_bytes(spec: ModelSpec, wl: Workload, tokens: int) -> int:
     return nbytes(tokens * spec.hidden_size, wl.act_dtype)
 
 
-def check_split(spec: ModelSpec, split: Split) -> None:
-    """SpecError unless the split can run exactly: a dense decoder, tp dividing the heads, kv
-    heads, MLP width and vocabulary, and pp <= layers."""
+# --- Validation --------------------------------------------------------------------------------
+
+# Spec fields tp must divide, in the groups an error names together: "exact" needs every share
+# whole; "ceil" only whole heads (MLP columns, vocabulary rows and expert widths are rounded up).
+_MUST_DIVIDE = {"exact": (("num_heads",), ("num_kv_heads",), ("intermediate_size",), ("vocab_size",)),
+                "ceil": (("num_heads", "num_kv_heads"),)}
+
+
+def allowed_tp(spec: ModelSpec, rounding: str = "ceil") -> list[int]:
+    """Tensor-parallel degrees whose shares of ``spec`` are whole where ``rounding`` needs them."""
+    need = [getattr(spec, f) for group in _MUST_DIVIDE[rounding] for f in group]
+    return [t for t in range(1, spec.num_heads + 1) if all(n % t == 0 for n in need)]
+
+
+def check_split(spec: ModelSpec, split: Split, rounding: str = "exact") -> None:
+    """SpecError unless ``split`` can run ``spec`` under ``rounding``: positive tp and pp, a
+    decoder-only model, pp <= layers, and tp dividing the heads and kv heads; ``"exact"`` (the
+    sharded reference) also needs tp to divide the MLP width and the vocabulary, and a dense model
+    (expert parallelism is not modelled); ``"ceil"`` (the plan) rounds those shares up."""
+    require_choice("rounding", rounding, ROUNDINGS)
     tp, pp = split.tp, split.pp
     for name, v in (("tp", tp), ("pp", pp)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -97,22 +135,99 @@ def check_split(spec: ModelSpec, split: Split) -> None:
     if split.world > 1 and arch != "decoder":
         raise SpecError(f"tensor and pipeline parallelism supports decoder-only models; {spec.name} is "
                         f"arch {arch!r}: use tp = pp = 1")
-    if split.world > 1 and getattr(spec, "num_experts", 0):
+    if split.world > 1 and rounding == "exact" and getattr(spec, "num_experts", 0):
         raise SpecError(f"{spec.name} is a mixture-of-experts model; tensor and pipeline parallelism "
                         "here splits dense models only (expert parallelism is not modelled)")
-    for field, n in (("num_heads", spec.num_heads), ("num_kv_heads", spec.num_kv_heads),
-                     ("intermediate_size", spec.intermediate_size), ("vocab_size", spec.vocab_size)):
-        if n % tp:
-            allowed = [t for t in range(1, n + 1) if n % t == 0]
-            raise SpecError(f"tp={tp} must divide {field} ({n}) of {spec.name}; divisors: "
+    for group in _MUST_DIVIDE[rounding]:
+        if any(getattr(spec, f) % tp for f in group):
+            fields = " and ".join(f"{f} ({getattr(spec, f)})" for f in group)
+            allowed = allowed_tp(spec, rounding)
+            raise SpecError(f"tp={tp} must divide {fields} of {spec.name}; allowed tp: "
                             f"{', '.join(map(str, allowed[:16]))}{' ...' if len(allowed) > 16 else ''}")
     if pp > spec.num_layers:
         raise SpecError(f"pp={pp} exceeds the {spec.num_layers} layers of {spec.name}; "
                         f"allowed pp: 1 to {spec.num_layers}")
 
 
+# --- Per op: one GPU's share of each op of the whole model's pass ---------------------------------
+
+_FFN = ("mlp", "expert", "shared_expert")
+_COLUMN = {"q_proj", "k_proj", "v_proj", "lm_head"} | {f"{p}_{m}" for p in _FFN for m in ("gate", "up")}
+_ROW = {"o_proj"} | {f"{p}_down" for p in _FFN}
+_SPLIT = ({"qkv_bias", "rotary", "kv_cache_update", "attn_scores", "attn_softmax", "attn_values"}
+          | {f"{p}_{m}" for p in _FFN for m in ("act", "mul", "up_bias")})
+
+# Which cost fields each kind of op divides over the tp GPUs (the others stay whole).
+_SHARDED_FIELDS = {
+    # column-parallel matmuls read the whole (replicated) input and write their slice
+    "column": ("flops", "matmul_flops", "weight_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes"),
+    # row-parallel ones read a slice and write full-size partial sums (then all-reduced)
+    "row": ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "kv_read_bytes", "kv_write_bytes"),
+    # ops inside the split region divide entirely
+    "split": ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "act_write_bytes",
+              "kv_read_bytes", "kv_write_bytes"),
+    "replicated": (),
+}
+
+
+def _tp_split_of(op_name: str) -> str:
+    """How tensor parallelism cuts ``op_name``: "column", "row", "split" or "replicated".
+
+    NB: rotary counts as "split", so its cos/sin table reads divide by tp too, although every GPU
+    reads the whole tables (the per-spec view counts them whole).
+    """
+    if op_name in _COLUMN:
+        return "column"
+    if op_name in _ROW:
+        return "row"
+    if op_name in _SPLIT:
+        return "split"
+    return "replicated"
+
+
+def tp_share(value: int, tp: int, rounding: str = "ceil", what: str = "share") -> int:
+    """One GPU's share of ``value`` split over ``tp``: rounded up (``"ceil"``) or, for
+    ``"exact"``, whole or refused."""
+    if rounding == "exact":
+        if value % tp:
+            raise SpecError(f"{what} of {value} does not split evenly over tp={tp}; rounding 'exact' "
+                            "refuses uneven shares (allowed: rounding 'ceil' rounds them up)")
+        return value // tp
+    require_choice("rounding", rounding, ROUNDINGS)
+    return -(-value // tp)
+
+
+def shard_op(op: OpCost, tp: int, rounding: str = "ceil") -> OpCost:
+    """One GPU's share of ``op`` under tensor parallelism (:func:`_tp_split_of` says which fields
+    divide; ``rounding`` says what an uneven share becomes)."""
+    if tp == 1:
+        return op
+    split = _SHARDED_FIELDS[_tp_split_of(op.op)]
+    if not split:
+        return op
+    return replace(op, **{f: tp_share(getattr(op, f), tp, rounding, f"{op.op} {f}") for f in split})
+
+
+def shard_step(cost: StepCost, tp: int, rounding: str = "ceil") -> StepCost:
+    """Every op of ``cost`` cut as :func:`shard_op` (all layers kept: see :func:`stage_view`)."""
+    return StepCost([shard_op(o, tp, rounding) for o in cost.before],
+                    [shard_op(o, tp, rounding) for o in cost.layer],
+                    [shard_op(o, tp, rounding) for o in cost.after], cost.num_layers)
+
+
+def stage_view(cost: StepCost, split: Split, stage: int) -> StepCost:
+    """What pipeline stage ``stage`` runs of ``cost``: the ops before the blocks on the first
+    stage, those after them on the last, and the blocks of its layers."""
+    return StepCost(cost.before if stage == 0 else [], cost.layer,
+                    cost.after if stage == split.pp - 1 else [],
+                    stage_layers(cost.num_layers, split.pp)[stage])
+
+
+# --- Per spec: the blocks one rank of the sharded reference builds -------------------------------
+
 def shard_spec(spec: ModelSpec, tp: int) -> ModelSpec:
-    """The spec one tensor-parallel rank's blocks compute: heads, kv heads and MLP width / tp."""
+    """The spec one tensor-parallel rank's blocks compute: heads, kv heads and MLP width / tp
+    (exact: call :func:`check_split` first)."""
     if tp == 1:
         return spec
     return spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp,
@@ -123,15 +238,21 @@ def _rank_view(spec: ModelSpec, split: Split, rank: int, cost_of) -> StepCost:
     """``cost_of(spec) -> StepCost`` restricted to what ``rank`` runs."""
     stage = split.stage_of(rank)
     sharded = shard_spec(spec, split.tp)
-    full = cost_of(sharded)
-    before = full.before if stage == 0 else []
-    after = []
-    if stage == split.pp - 1:
-        after = full.after
-        if split.tp > 1:  # vocab-parallel LM head: V / tp output columns
-            head = {o.op: o for o in cost_of(sharded.with_(vocab_size=spec.vocab_size // split.tp)).after}
-            after = [head["lm_head"] if o.op == "lm_head" else o for o in after]
-    return StepCost(before, full.layer, after, stage_layers(spec.num_layers, split.pp)[stage])
+    view = stage_view(cost_of(sharded), split, stage)
+    if stage == split.pp - 1 and split.tp > 1:  # vocab-parallel LM head: V / tp output columns
+        head = {o.op: o for o in cost_of(sharded.with_(vocab_size=spec.vocab_size // split.tp)).after}
+        view = replace(view, after=[head["lm_head"] if o.op == "lm_head" else o for o in view.after])
+    return view
+
+
+def stage_kv_cache_bytes(spec: ModelSpec, wl: Workload, split: Split, stage: int,
+                         positions: int | None = None) -> int:
+    """KV cache one tensor-parallel GPU of ``stage`` holds: its kv heads (tp divides them in
+    either rounding), in the layers of its stage."""
+    tp, layers = split.tp, stage_layers(spec.num_layers, split.pp)[stage]
+    stage_spec = spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp,
+                            head_dim=spec.head_dim, num_layers=layers)
+    return kv_cache_bytes(stage_spec, wl, positions)
 
 
 def rank_prefill_cost(spec: ModelSpec, wl: Workload, split: Split, rank: int) -> StepCost:
@@ -154,8 +275,7 @@ def rank_kv_cache_bytes(spec: ModelSpec, wl: Workload, split: Split, rank: int,
                         positions: int | None = None) -> int:
     """KV cache ``rank`` holds: its kv heads, in the layers of its stage."""
     check_split(spec, split)
-    layers = stage_layers(spec.num_layers, split.pp)[split.stage_of(rank)]
-    return kv_cache_bytes(shard_spec(spec, split.tp).with_(num_layers=layers), wl, positions)
+    return stage_kv_cache_bytes(spec, wl, split, split.stage_of(rank), positions)
 
 
 def pass_comm_bytes(spec: ModelSpec, wl: Workload, split: Split, rank: int, rows: int, q_len: int,

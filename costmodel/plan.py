@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import OpCost, StepCost, analyze, decode_step_cost, prefill_cost
-from .dtypes import DTYPE_BITS, nbytes
+from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost
+from .dtypes import DTYPE_BITS
 from .errors import SpecError
 from .hardware import Hardware
-from .parallel import Split, activation_bytes, stage_layers  # the one model of the split
+from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
+                       stage_layers, stage_view, tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -53,37 +54,20 @@ ASSUMPTIONS = (
 )
 
 
-# --- Layout --------------------------------------------------------------------------------------
+# --- Layout (costmodel.parallel.Split: tp tensor-parallel x pp pipeline stages) -----------------
 
-Layout = Split  # how one replica spreads over GPUs: tp tensor-parallel x pp pipeline stages
-
-
-def allowed_tp(spec: ModelSpec) -> list[int]:
-    """Tensor-parallel degrees that divide both num_heads and num_kv_heads."""
-    return [t for t in range(1, spec.num_heads + 1)
-            if spec.num_heads % t == 0 and spec.num_kv_heads % t == 0]
-
-
-def check_layout(spec: ModelSpec, hw: Hardware, layout: Layout) -> None:
-    """SpecError unless ``tp`` divides the heads and kv heads, ``pp`` <= layers, and links exist."""
-    tp, pp = layout.tp, layout.pp
-    for name, v in (("tp", tp), ("pp", pp)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecError(f"{name} must be a positive integer, got {v!r}")
-    if spec.num_heads % tp or spec.num_kv_heads % tp:
-        raise SpecError(f"tp={tp} must divide num_heads ({spec.num_heads}) and num_kv_heads "
-                        f"({spec.num_kv_heads}) of {spec.name}; allowed tp: "
-                        f"{', '.join(map(str, allowed_tp(spec)))}")
-    if pp > spec.num_layers:
-        raise SpecError(f"pp={pp} exceeds the {spec.num_layers} layers of {spec.name}; "
-                        f"allowed pp: 1 to {spec.num_layers}")
-    arch = getattr(spec, "arch", "decoder")
-    if layout.gpus > 1 and arch != "decoder":
-        raise SpecError(f"tensor and pipeline parallel planning supports decoder-only models; "
-                        f"{spec.name} is arch {arch!r}: use tp = pp = 1")
+def check_links(hw: Hardware, layout: Layout) -> None:
+    """SpecError unless ``hw`` has a link to join the GPUs of ``layout``."""
     if layout.gpus > 1 and hw.link_for(layout.gpus) is None:
         raise SpecError(f"{hw.id} has no interconnect or PCIe bandwidth in its profile, so tp and pp "
                         "must be 1 (add pcie_bandwidth_bytes_per_s to a --hardware file)")
+
+
+def check_layout(spec: ModelSpec, hw: Hardware, layout: Layout) -> None:
+    """SpecError unless the plan can split ``spec`` as ``layout`` (:func:`costmodel.parallel.check_split`,
+    uneven shares rounded up) and ``hw`` links its GPUs."""
+    check_split(spec, layout, rounding="ceil")
+    check_links(hw, layout)
 
 
 def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
@@ -98,44 +82,7 @@ def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
     return layout
 
 
-# --- Per-GPU costs under tensor / pipeline parallelism ---------------------------------------------
-
-_FFN = ("mlp", "expert", "shared_expert")
-_COLUMN = {"q_proj", "k_proj", "v_proj", "lm_head"} | {f"{p}_{m}" for p in _FFN for m in ("gate", "up")}
-_ROW = {"o_proj"} | {f"{p}_down" for p in _FFN}
-_SPLIT = ({"qkv_bias", "rotary", "kv_cache_update", "attn_scores", "attn_softmax", "attn_values"}
-          | {f"{p}_{m}" for p in _FFN for m in ("act", "mul", "up_bias")})
-
-
-def _ceil_div(x: int, n: int) -> int:
-    return -(-x // n)
-
-
-def shard_op(op: OpCost, tp: int) -> OpCost:
-    """One GPU's share of ``op`` under tensor parallelism (rounded up when uneven).
-
-    Column-parallel matmuls read the whole (replicated) input and write their slice; row-parallel
-    ones read a slice and write full-size partial sums (then all-reduced); ops inside the split
-    region divide entirely; everything else is replicated.
-    """
-    if tp == 1:
-        return op
-    if op.op in _COLUMN:
-        split = ("flops", "matmul_flops", "weight_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
-    elif op.op in _ROW:
-        split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "kv_read_bytes", "kv_write_bytes")
-    elif op.op in _SPLIT:
-        split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "act_write_bytes",
-                 "kv_read_bytes", "kv_write_bytes")
-    else:
-        return op
-    return replace(op, **{f: _ceil_div(getattr(op, f), tp) for f in split})
-
-
-def shard_step(cost: StepCost, tp: int) -> StepCost:
-    return StepCost([shard_op(o, tp) for o in cost.before], [shard_op(o, tp) for o in cost.layer],
-                    [shard_op(o, tp) for o in cost.after], cost.num_layers)
-
+# --- Per-GPU memory under tensor / pipeline parallelism ----------------------------------------------
 
 def _replicated_layer_params(spec: ModelSpec) -> int:
     """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
@@ -156,21 +103,21 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     tp, pp = layout.tp, layout.pp
     layers = stage_layers(spec.num_layers, pp)[stage]
     rep = _replicated_layer_params(spec)
-    params = layers * (_ceil_div(spec.layer_params() - rep, tp) + rep)
+    params = layers * (tp_share(spec.layer_params() - rep, tp) + rep)
     vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
     first, last = stage == 0, stage == pp - 1
     if first:
-        params += _ceil_div(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
+        params += tp_share(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
     if last:
         params += spec.norm_params()
         if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
-            params += _ceil_div(vocab_rows, tp)
+            params += tp_share(vocab_rows, tp)
     return params
 
 
 def _bytes_of(params: int, dtype: str) -> int:
     """Bytes of ``params`` values of ``dtype``, rounded up to a whole byte (sub-byte shards)."""
-    return _ceil_div(params * DTYPE_BITS[dtype], 8)
+    return -(-params * DTYPE_BITS[dtype] // 8)
 
 
 @dataclass(frozen=True)
@@ -216,35 +163,28 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
                reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryUse:
     """Memory of the fullest GPU running ``wl`` laid out as ``layout``.
 
-    On one GPU these are the analysis' figures (weights, KV cache, activation peak) for any
-    architecture; split over GPUs (decoder-only models) each GPU holds its shares.
+    The analysis' memory formulas (:func:`costmodel.analysis.memory_of`): on one GPU its figures
+    for any architecture; split over GPUs (decoder-only models) its KV cache and activation peak
+    over each GPU's shares (:mod:`costmodel.parallel`, uneven ones rounded up). Only the prefill
+    pass is costed, never the decode steps, so the max_batch / max_context searches stay cheap.
     """
     reserve = reserve_bytes(hw, reserve_fraction)
     if layout.gpus == 1:
-        m = analyze(spec, wl).memory
+        m = memory_of(spec, wl)
         return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.memory_bytes)
-    pre = shard_step(prefill_cost(spec, wl), layout.tp)
-    # As analysis.activation_peak_bytes: the residual stream plus the largest op's inputs and outputs.
-    residual = nbytes(wl.batch * wl.prompt * spec.hidden_size, wl.act_dtype)
-    seqs = wl.batch * wl.beams
-    positions = wl.final_context if wl.kv_cache else 0
+    pre = shard_step(prefill_cost(spec, wl), layout.tp)  # per-GPU shares, rounded up
     best = None
-    for s, layers in enumerate(stage_layers(spec.num_layers, layout.pp)):
-        ops = list(pre.layer)
-        if s == 0:
-            ops += pre.before
-        if s == layout.pp - 1:
-            ops += pre.after
-        act = residual + max(o.act_read_bytes + o.act_write_bytes for o in ops)
-        kv = nbytes(2 * layers * (spec.kv_size // layout.tp) * positions * seqs, wl.kv_dtype)
-        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype), kv, act,
+    for s in range(layout.pp):
+        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
+                      stage_kv_cache_bytes(spec, wl, layout, s),
+                      activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
                       reserve, hw.memory_bytes, s)
         if best is None or m.total_bytes > best.total_bytes:
             best = m
     return best
 
 
-def _largest(ok) -> int:
+def _largest_passing(ok) -> int:
     """Largest n >= 1 with ok(n) for ok monotone (true then false); 0 if ok(1) is false."""
     if not ok(1):
         return 0
@@ -265,7 +205,7 @@ def _largest(ok) -> int:
 def max_batch(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
               reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
     """Largest batch of ``wl`` (its prompt, gen and dtypes) that fits; 0 if not even one sequence."""
-    return _largest(lambda b: memory_use(spec, hw, replace(wl, batch=b), layout, reserve_fraction).fits)
+    return _largest_passing(lambda b: memory_use(spec, hw, replace(wl, batch=b), layout, reserve_fraction).fits)
 
 
 def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
@@ -273,7 +213,7 @@ def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = La
     """Longest context (positions in the KV cache) that fits at ``wl.batch``: a prompt of that
     length prefilled at once (gen = 1). Memory-bound only: compare with the model's
     max_position_embeddings yourself. 0 if not even one position fits."""
-    return _largest(lambda c: memory_use(spec, hw, replace(wl, prompt=c, gen=1), layout,
+    return _largest_passing(lambda c: memory_use(spec, hw, replace(wl, prompt=c, gen=1), layout,
                                          reserve_fraction).fits)
 
 
@@ -504,7 +444,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
 
     limit = min(b, mb)
     if limit > 0 and (ttft_slo_s is not None or tpot_slo_s is not None):
-        serving = _largest(lambda bb: bb <= limit and meets(bb))
+        serving = _largest_passing(lambda bb: bb <= limit and meets(bb))
         if serving == 0:
             t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout)
             first = t1.ttft_s if t1.ttft_s is not None else t1.e2e_s
