@@ -22,27 +22,25 @@ passes in (all-reduce: the buffer reduced in place; all-gather: its own shard; s
 tensor sent or received; broadcast: the buffer). :func:`wire_bytes` gives what a ring moves per
 rank for that payload (all-reduce ``2 (tp - 1) / tp`` x payload, the plan's timing model).
 
-Two views of the same split live here, and ``costmodel.plan`` and the sharded reference both read
-them, with one validator (:func:`check_split`):
+Two views of the same split live here, read by ``costmodel.plan`` and the sharded reference
+alike, with one validator (:func:`check_split`):
 
 - per op (:func:`shard_op`, :func:`shard_step`, :func:`stage_view`): each op of the whole model's
-  pass is cut as :func:`_tp_split_of` says (column, row, split or replicated); the plan sizes one
+  pass cut as :func:`_tp_split_of` says (column, row, split or replicated); the plan sizes one
   GPU's memory and time this way;
 - per spec (:func:`shard_spec`, :func:`rank_prefill_cost` ...): a rank's blocks are those of the
   sharded spec, as the reference builds them; its figures are held against the measured ones.
 
-Both take a ``rounding`` mode (:data:`ROUNDINGS`): ``"exact"`` refuses a share that does not
-divide evenly (the reference: every rank holds whole heads, MLP columns and vocabulary rows);
-``"ceil"`` rounds a per-GPU share up (the plan: the fullest GPU of an uneven split). For an even
-split they agree but for rotary's cos/sin reads, which the per-op view divides (see
-:func:`_tp_split_of`).
+Uneven shares follow a ``rounding`` mode (:data:`ROUNDINGS`): ``"exact"`` refuses them (the
+reference, whose ranks hold whole heads, MLP columns and vocabulary rows; the per-spec view is
+always exact); ``"ceil"`` rounds a per-GPU share up (the plan: the fullest GPU of an uneven split).
+For an even split the two views agree on every cost but rotary's cos/sin reads, which the per-op
+view divides (see :func:`_tp_split_of`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from .analysis import OpCost, StepCost, decode_cost, decode_step_cost, kv_cache_bytes, prefill_cost
 from .dtypes import nbytes
@@ -186,14 +184,12 @@ def _tp_split_of(op_name: str) -> str:
 
 
 def tp_share(value: int, tp: int, rounding: str = "ceil", what: str = "share") -> int:
-    """One GPU's share of ``value`` split over ``tp``: rounded up (``"ceil"``) or, for
-    ``"exact"``, whole or refused."""
-    if rounding == "exact":
-        if value % tp:
-            raise SpecError(f"{what} of {value} does not split evenly over tp={tp}; rounding 'exact' "
-                            "refuses uneven shares (allowed: rounding 'ceil' rounds them up)")
-        return value // tp
+    """One GPU's share of ``value`` split over ``tp``: an uneven one rounded up (``"ceil"``) or
+    refused (``"exact"``)."""
     require_choice("rounding", rounding, ROUNDINGS)
+    if rounding == "exact" and value % tp:
+        raise SpecError(f"{what} = {value} does not split evenly over tp={tp} under rounding 'exact'; "
+                        "rounding 'ceil' rounds uneven shares up")
     return -(-value // tp)
 
 

@@ -284,3 +284,12 @@ def test_cli_plan_bad_input(args, message):
 def test_help(command):
     r = CliRunner().invoke(main, [command, "--help"])
     assert r.exit_code == 0 and "Usage:" in r.output
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mixtral", "tiny-bert", "tiny-t5"])
+def test_memory_on_one_gpu_is_the_analysis_memory(name):
+    # memory_use costs only the first passes; analyze() also the decode: the same bytes
+    spec, wl = get_model(name), Workload(batch=3, prompt=24, gen=5)
+    m, a = memory_use(spec, MINI, wl), analyze(spec, wl).memory
+    assert (m.weights_bytes, m.kv_bytes, m.activations_bytes) == (a.weights_bytes, a.kv_cache_bytes,
+                                                                  a.activation_peak_bytes)
