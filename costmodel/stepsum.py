@@ -41,11 +41,19 @@ def at(p, i):
 
 
 def prefix_sum(p, m):
-    """f(1) + ... + f(m), exact: m v1 + d1 C(m, 2) + d2 C(m, 3) (0 for m = 0).
+    """f(1) + ... + f(m), exact: m v1 + d1 C(m, 2) + d2 C(m, 3) (0 for m = 0)."""
+    return _dot(p, _binomials(m))
 
-    m (m - 1) (m - 2) is divisible by 6 (three consecutive integers), so ``// 6`` is exact."""
-    v1, d1, d2 = p
-    return m * v1 + d1 * (m * (m - 1) // 2) + d2 * (m * (m - 1) * (m - 2) // 6)
+
+def _binomials(m):
+    """(m, C(m, 2), C(m, 3)); m (m - 1) is even and m (m - 1) (m - 2) / 2 divisible by 3
+    (consecutive integers), so the ``//`` are exact."""
+    c2 = m * (m - 1) // 2
+    return m, c2, c2 * (m - 2) // 3
+
+
+def _dot(p, c):
+    return p[0] * c[0] + p[1] * c[1] + p[2] * c[2]
 
 
 class _Scalar:
@@ -63,6 +71,10 @@ class _Scalar:
     def any(c):
         return bool(c)
 
+    @classmethod
+    def bisect(cls, pf, pb, F, B, wa, lo, hi):
+        return _bisect(cls, pf, pb, F, B, wa, lo, hi)
+
 
 class _Array:
     """Selects for numpy arrays: step numbers as float64 (exact below 2**53; the sums they weigh
@@ -76,6 +88,19 @@ class _Array:
 
     def index(self, x):
         return self.np.asarray(x, dtype=self.np.float64)
+
+    def bisect(self, pf, pb, F, B, wa, lo, hi):
+        """:func:`_bisect` on just the grid points that have a change to find."""
+        np = self.np
+        arrays = np.broadcast_arrays(*pf, *pb, wa, lo, hi)
+        lo, hi = (x.ravel() for x in arrays[-2:])
+        todo = np.flatnonzero(hi - lo > 1)
+        if not todo.size:
+            return arrays[-2]
+        pf, pb, (wa,) = ([x.ravel()[todo] for x in xs] for xs in (arrays[:3], arrays[3:6], arrays[6:7]))
+        found = lo.copy()
+        found[todo] = _bisect(self, pf, pb, F, B, wa, lo[todo], hi[todo])
+        return found.reshape(arrays[-2].shape)
 
 
 def _ops_for(*values):
@@ -103,29 +128,47 @@ def sum_max(pf, pb, n: int, flops_per_s: float, bytes_per_s: float):
         return _sum_max(ops, pf, pb, n, flops_per_s, bytes_per_s)
 
 
+def _wins(pf, pb, F, B, i):
+    """Compute wins at step i: f(i) / F > b(i) / B."""
+    return at(pf, i) / F > at(pb, i) / B
+
+
+def _bisect(ops, pf, pb, F, B, wa, lo, hi):
+    """The last step in [lo, hi) where ``_wins`` is ``wa``, given that it is at lo and is not at hi
+    (lo where hi <= lo + 1)."""
+    where = ops.where
+    while ops.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        wide, w = hi - lo > 1, _wins(pf, pb, F, B, mid)
+        lo, hi = where(wide & (w == wa), mid, lo), where(wide & (w != wa), mid, hi)
+    return lo
+
+
 def _sum_max(ops, pf, pb, n, F, B):
     where = ops.where
 
-    def wins(i):  # compute wins at step i
-        return at(pf, i) / F > at(pb, i) / B
+    def wins(i):
+        return _wins(pf, pb, F, B, i)
 
     c1, c2 = pf[1] / F - pb[1] / B, pf[2] / F - pb[2] / B
     kf = (1.5 - c1 / where(c2 != 0, c2, 1.0)) // 1
     k = ops.index(where((c2 != 0) & (kf >= 1) & (kf < n), kf, n))
-    flops = nbytes = steps = 0
+    bounds, sides = [0], []  # steps bounds[j] + 1 .. bounds[j + 1]: compute wins where sides[j]
     for a, b in ((ops.index(1), k), (k + 1, ops.index(n))):  # (k + 1, n) is empty when k = n
         wa, wb = wins(a), wins(b)
         search = (wa != wb) & (a < b)
-        lo, hi = a, where(search, b, a)  # wins(lo) == wa, wins(hi) != wa
-        while ops.any(hi - lo > 1):
-            mid = (lo + hi) // 2
-            wide, w = hi - lo > 1, wins(mid)
-            lo, hi = where(wide & (w == wa), mid, lo), where(wide & (w != wa), mid, hi)
-        last = where(search, lo, b)  # the last step of the first piece
-        for lo, hi, w in ((a, last, wa), (last + 1, b, wb)):  # (b + 1, b) is empty: adds 0
-            flops = flops + where(w, prefix_sum(pf, hi) - prefix_sum(pf, lo - 1), 0)
-            nbytes = nbytes + where(w, 0, prefix_sum(pb, hi) - prefix_sum(pb, lo - 1))
-            steps = steps + where(w, hi - lo + 1, 0)
+        last = where(search, ops.bisect(pf, pb, F, B, wa, a, where(search, b, a)), b)
+        bounds += [last, b]  # steps a .. last: wa; last + 1 .. b: wb (none when last = b)
+        sides += [wa, wb]
+    flops = nbytes = steps = 0
+    pf0 = pb0 = 0
+    for t0, t1, w in zip(bounds, bounds[1:], sides):
+        c = _binomials(t1)
+        pf1, pb1 = _dot(pf, c), _dot(pb, c)
+        flops = flops + where(w, pf1 - pf0, 0)
+        nbytes = nbytes + where(w, 0, pb1 - pb0)
+        steps = steps + where(w, t1 - t0, 0)
+        pf0, pb0 = pf1, pb1
     return flops / F + nbytes / B, steps
 
 
