@@ -11,7 +11,8 @@
   float64 arrays: the same vertex split and binary search for the steps where compute wins, the
   same prefix sums. The tests check against ``roofline.predict`` to 1e-9.
 
-The rates (achievable FLOP/s and bandwidth, per-op overhead) are ``roofline.rates(hw, act_dtype)``.
+The rates (achievable FLOP/s and bandwidth, per-op overhead) are ``roofline.rates(hw, act_dtype)``,
+each op at its kind's rates as in ``roofline.op_time``.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def _newton(v1, v2, v3):
     return tuple(_f(x) for x in stepsum.newton(*a))
 
 
-def _pass_seconds(cost, F, Bw, ovh):
-    """One pass on the grid: sum over ops of max(flops / F, bytes / B) + overhead."""
+def _pass_seconds(cost, r):
+    """One pass on the grid: sum over ops of max(flops / F, bytes / B) + overhead, with each op's
+    rates (``Rates.flops_rate``, ``Rates.bytes_rate``: a calibrated CPU has its own element-wise
+    peak and matmul bandwidth)."""
     total = 0.0
     for mult, o in _ops(cost):
-        total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + ovh)
+        F, Bw = r.flops_rate(o.kind), r.bytes_rate(o.kind)
+        total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + r.op_overhead_s)
     return total
 
 
@@ -62,7 +66,6 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     :func:`reports.sweep.grid_counts`), else int64.
     """
     r = rates(hw, wl.act_dtype)
-    F, Bw, ovh = r.flops_per_s, r.bytes_per_s, r.op_overhead_s
     B, P, G = len(batches), len(prompts), len(gens)
     phases = phases_of(spec)
     dt = object if exact_ints else np.int64
@@ -72,19 +75,20 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     out = np.zeros((B, P, G, len(phases)))
     for name, cost_of in (("encode", encode_cost), ("prefill", prefill_cost)):
         if name in phases:
-            out[..., phases.index(name)] = np.broadcast_to(_pass_seconds(cost_of(spec, gw), F, Bw, ovh),
+            out[..., phases.index(name)] = np.broadcast_to(_pass_seconds(cost_of(spec, gw), r),
                                                           (B, P))[..., None]
     if "decode" not in phases:
         return out
     j = phases.index("decode")
     steps = [_ops(decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
-    coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes))
+    coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes),
+               r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
               for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
     for k, g in enumerate(gens):
         n = int(g) - 1
         dec = 0.0
-        for mult, pf, pb in coeffs:
-            dec = dec + mult * (stepsum.sum_max(pf, pb, n, F, Bw)[0] + n * ovh)
+        for mult, pf, pb, F, Bw in coeffs:
+            dec = dec + mult * (stepsum.sum_max(pf, pb, n, F, Bw)[0] + n * r.op_overhead_s)
         out[:, :, k, j] = np.broadcast_to(dec, (B, P))
     for ib, ip in irregular_pairs(spec, wl, batches, prompts):
         for k, g in enumerate(gens):
