@@ -25,7 +25,7 @@ Per-row constants (the one square root of a norm, a softmax's one reciprocal) ar
 
 from __future__ import annotations
 
-from math import comb
+from . import stepsum
 
 NORM_FLOPS_PER_ELEMENT = {"layernorm": 7, "rmsnorm": 4}
 ACTIVATION_FLOPS_PER_ELEMENT = {"gelu": 8, "gelu_tanh": 8, "silu": 4, "relu": 1}
@@ -90,13 +90,9 @@ def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:
 
 
 def sum_quadratic(f1, f2, f3, steps: int):
-    """Exact sum of f(1) + ... + f(steps) for f a polynomial of degree <= 2 in the step number.
-
-    Newton's forward differences: with g(j) = f(j + 1), g(j) = g0 + d1 * C(j, 1) + d2 * C(j, 2),
-    and sum_{j < M} C(j, k) = C(M, k + 1) (hockey stick), so the sum is
-    M * f1 + d1 * C(M, 2) + d2 * C(M, 3): integers only, no loop over the steps.
-    Decode costs are of this form: affine in the context with a KV cache, quadratic without.
+    """Exact sum of f(1) + ... + f(steps) for f a polynomial of degree <= 2 in the step number,
+    from f(1), f(2), f(3): Newton's forward differences and the hockey stick identity, integers only
+    (see :mod:`costmodel.stepsum`). Decode costs are of this form: affine in the context with a KV
+    cache, quadratic without.
     """
-    d1 = f2 - f1
-    d2 = f3 - 2 * f2 + f1
-    return steps * f1 + d1 * comb(steps, 2) + d2 * comb(steps, 3)
+    return stepsum.prefix_sum(stepsum.newton(f1, f2, f3), steps)

@@ -17,17 +17,17 @@ Phases: time to first token (TTFT) is the prefill pass. Decode step i (1-based) 
 ``prompt + i`` keys, so its time grows with the context; the decode phase is the exact sum over
 steps i = 1 .. gen - 1 of each op's ``max(compute, memory)``, never one step times N. The sum is
 closed-form: an op's FLOPs and bytes are polynomials of degree <= 2 in i (affine with a KV cache),
-so ``compute(i) - memory(i)`` changes sign at most twice; :func:`_sum_max` finds where (a vertex
-split and an integer binary search) and sums each piece with Faulhaber-style integer sums.
+so ``compute(i) - memory(i)`` changes sign at most twice; :func:`costmodel.stepsum.sum_max` finds
+where (a vertex split and an integer binary search) and sums each piece with exact integer prefix sums.
 No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from math import comb
 
 from . import analysis as _analysis
+from . import stepsum
 from .analysis import OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost
 from .hardware import Hardware
 from .spec import ModelSpec, Workload
@@ -166,72 +166,13 @@ def step_time(cost: StepCost, r: Rates, name: str = "step", extra_s: float = 0.0
 
 # --- Decode: exact sum over steps ----------------------------------------------------------------
 
-def _newton(v1: int, v2: int, v3: int) -> tuple[int, int, int]:
-    """f(i) = v1 + d1 * (i - 1) + d2 * C(i - 1, 2) through f(1), f(2), f(3)."""
-    return v1, v2 - v1, v3 - 2 * v2 + v1
-
-
-def _at(p, i: int) -> int:
-    v1, d1, d2 = p
-    return v1 + d1 * (i - 1) + d2 * comb(i - 1, 2)
-
-
-def _prefix(p, m: int) -> int:
-    """f(1) + ... + f(m), exact (hockey stick: sum_{j<m} C(j, k) = C(m, k + 1))."""
-    v1, d1, d2 = p
-    return m * v1 + d1 * comb(m, 2) + d2 * comb(m, 3)
-
-
-def _sum_max(pf, pb, n: int, F: float, B: float) -> tuple[float, int]:
-    """sum_{i=1..n} max(f(i) / F, b(i) / B) for polynomial FLOPs f and bytes b (degree <= 2).
-
-    Returns (seconds, number of steps where compute wins). g(i) = f(i)/F - b(i)/B is a quadratic
-    in i, monotone on each side of its vertex; on each monotone run its sign changes at most once,
-    found by an integer binary search. Each run is summed with exact integer prefix sums.
-    """
-    if n <= 0:
-        return 0.0, 0
-
-    def compute_wins(i: int) -> bool:
-        return _at(pf, i) / F > _at(pb, i) / B
-
-    runs = [(1, n)]
-    c1, c2 = pf[1] / F - pb[1] / B, pf[2] / F - pb[2] / B
-    if c2 != 0:
-        # g(x) = c0 + c1 x + c2 x (x - 1) / 2 with x = i - 1: vertex at x = 1/2 - c1 / c2.
-        v = 1.5 - c1 / c2
-        k = int(v // 1) if abs(v) < 2 ** 62 else (0 if v < 0 else n)
-        if 1 <= k < n:
-            runs = [(1, k), (k + 1, n)]
-    flops = nbytes = steps = 0
-    for a, b in runs:
-        wa, wb = compute_wins(a), compute_wins(b)
-        pieces = [(a, b, wa)]
-        if wa != wb:
-            lo, hi = a, b  # compute_wins(lo) == wa, compute_wins(hi) != wa
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if compute_wins(mid) == wa:
-                    lo = mid
-                else:
-                    hi = mid
-            pieces = [(a, lo, wa), (hi, b, wb)]
-        for lo, hi, wins in pieces:
-            if wins:
-                flops += _prefix(pf, hi) - _prefix(pf, lo - 1)
-                steps += hi - lo + 1
-            else:
-                nbytes += _prefix(pb, hi) - _prefix(pb, lo - 1)
-    return flops / F + nbytes / B, steps
-
-
 def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates) -> OpTime:
     """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3."""
-    pf = _newton(o1.flops, o2.flops, o3.flops)
-    pb = _newton(o1.bytes, o2.bytes, o3.bytes)
+    pf = stepsum.newton(o1.flops, o2.flops, o3.flops)
+    pb = stepsum.newton(o1.bytes, o2.bytes, o3.bytes)
     F, B = r.flops_rate(o1.kind), r.bytes_rate(o1.kind)
-    seconds, compute_steps = _sum_max(pf, pb, steps, F, B)
-    flops, nbytes = _prefix(pf, steps), _prefix(pb, steps)
+    seconds, compute_steps = stepsum.sum_max(pf, pb, steps, F, B)
+    flops, nbytes = stepsum.prefix_sum(pf, steps), stepsum.prefix_sum(pb, steps)
     overhead = steps * r.op_overhead_s
     return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / B,
                   overhead, seconds + overhead, steps, compute_steps)
@@ -426,24 +367,20 @@ def decode_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
 
 def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float]:
     """Predicted seconds of every decode step 1..gen-1, vectorised over steps with numpy
-    (imported here only). Its sum equals :func:`decode_seconds` up to float rounding."""
-    import numpy as np
-
+    (:func:`~costmodel.stepsum.max_step_curve`). Its sum equals :func:`decode_seconds` up to float
+    rounding."""
     r = rates(hw, wl.act_dtype)
     n = wl.decode_steps
     p0 = min(first_polynomial_step(spec, wl), n + 1)
     early = [decode_step_seconds(spec, wl, hw, i) for i in range(1, p0)]
-    x = np.arange(n - (p0 - 1), dtype=np.float64)  # i - p0
-    c2 = x * (x - 1) / 2
-    total = np.zeros(len(x))
+    total = 0.0
     s = [decode_step_cost(spec, wl, i) for i in (p0, p0 + 1, p0 + 2)]
     groups = [(1, s[0].before + s[0].after, s[1].before + s[1].after, s[2].before + s[2].after),
               (spec.num_layers, s[0].layer, s[1].layer, s[2].layer)]
     for mult, a, b, c in groups:
         for o1, o2, o3 in zip(a, b, c):
-            f1, fd1, fd2 = _newton(o1.flops, o2.flops, o3.flops)
-            b1, bd1, bd2 = _newton(o1.bytes, o2.bytes, o3.bytes)
-            f = (f1 + fd1 * x + fd2 * c2) / r.flops_rate(o1.kind)
-            m = (b1 + bd1 * x + bd2 * c2) / r.bytes_rate(o1.kind)
-            total += mult * (np.maximum(f, m) + r.op_overhead_s)
+            step = stepsum.max_step_curve(stepsum.newton(o1.flops, o2.flops, o3.flops),
+                                          stepsum.newton(o1.bytes, o2.bytes, o3.bytes), n - (p0 - 1),
+                                          r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
+            total = total + mult * (step + r.op_overhead_s)
     return early + total.tolist()

@@ -6,13 +6,13 @@
 
 - encode and prefill: ``sum over ops of max(flops / F, bytes / B) + overhead`` on the [B, P] grid;
 - decode: for each op, FLOPs and bytes are polynomials of degree <= 2 in the step (from steps 1, 2
-  and 3, as ``roofline.summed_op_time`` does), so ``g(i) = flops(i) / F - bytes(i) / B`` is a
-  quadratic with at most two real roots. Between roots the sign of g is constant, so
-  ``sum_i max(flops / F, bytes / B) = sum_i bytes(i) / B + sum over the pieces where g > 0 of g``,
-  each piece a closed-form prefix sum. Float roots can only misplace a step where g is ~0, which
-  changes the sum by ~0; the tests check against ``roofline.predict`` to 1e-9.
+  and 3, as ``roofline.summed_op_time`` does), and ``sum_i max(flops / F, bytes / B)`` is
+  :func:`costmodel.stepsum.sum_max`, the same code that sums one configuration, run element-wise on
+  float64 arrays: the same vertex split and binary search for the steps where compute wins, the
+  same prefix sums. The tests check against ``roofline.predict`` to 1e-9.
 
-The rates (achievable FLOP/s and bandwidth, per-op overhead) are ``roofline.rates(hw, act_dtype)``.
+The rates (achievable FLOP/s and bandwidth, per-op overhead) are ``roofline.rates(hw, act_dtype)``,
+each op at its kind's rates as in ``roofline.op_time``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from costmodel import stepsum
 from costmodel.analysis import decode_step_cost, encode_cost, prefill_cost
 from costmodel.roofline import predict, rates
 
-from .sweep import _irregular_pairs, grid_workload, phases_of
+from .grid import grid_workload, irregular_pairs, phases_of
 
 
 def _ops(cost):
@@ -37,67 +38,34 @@ def _f(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def _prefix(v1, d1, d2, m):
-    """sum_{x < m} (v1 + d1 x + d2 x (x - 1) / 2) = m v1 + d1 C(m, 2) + d2 C(m, 3), in float."""
-    return m * v1 + d1 * (m * (m - 1) / 2) + d2 * (m * (m - 1) * (m - 2) / 6)
-
-
-def _sum_max(pf, pb, n, F, B):
-    """sum_{i=1..n} max(f(i) / F, b(i) / B), element-wise; pf, pb: (v1, d1, d2) float arrays."""
-    if n <= 0:
-        return 0.0
-    g1, gd1, gd2 = (f / F - b / B for f, b in zip(pf, pb))
-    total = _prefix(*(b / B for b in pb), n)
-    # g(x) = A x^2 + Bq x + C with x = i - 1 in [0, n)
-    A, Bq, C = gd2 / 2, gd1 - gd2 / 2, g1
-    A, Bq, C = np.broadcast_arrays(_f(A), _f(Bq), _f(C))
-    r1 = np.full(A.shape, float(n))
-    r2 = np.full(A.shape, float(n))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lin = (A == 0) & (Bq != 0)
-        r1 = np.where(lin, -C / np.where(Bq == 0, 1, Bq), r1)
-        disc = Bq * Bq - 4 * A * C
-        quad = (A != 0) & (disc >= 0)
-        sq = np.sqrt(np.where(quad, disc, 0))
-        a2 = np.where(A == 0, 1, 2 * A)
-        lo, hi = (-Bq - sq) / a2, (-Bq + sq) / a2
-        r1 = np.where(quad, np.minimum(lo, hi), r1)
-        r2 = np.where(quad, np.maximum(lo, hi), r2)
-        k1 = np.clip(np.ceil(np.nan_to_num(r1, nan=n, posinf=n, neginf=0)), 0, n)
-        k2 = np.clip(np.ceil(np.nan_to_num(r2, nan=n, posinf=n, neginf=0)), 0, n)
-    k1, k2 = np.minimum(k1, k2), np.maximum(k1, k2)
-    for a, b in ((np.zeros_like(k1), k1), (k1, k2), (k2, np.full_like(k1, n))):
-        mid = a + np.floor((b - a - 1) / 2)
-        positive = (b > a) & (A * mid * mid + Bq * mid + C > 0)
-        total = total + np.where(positive, _prefix(g1, gd1, gd2, b) - _prefix(g1, gd1, gd2, a), 0.0)
-    return total
-
-
 def _newton(v1, v2, v3):
-    """(v1, v2 - v1, v3 - 2 v2 + v1) exactly in integers, then as floats."""
+    """:func:`costmodel.stepsum.newton` exactly in integers (Python ints where int64 could
+    overflow), then as float64."""
     a = [np.asarray(v) for v in (v1, v2, v3)]
     if any(x.dtype != object and x.size and int(np.abs(x).max()) >= 2**60 for x in a):
         a = [x.astype(object) for x in a]
-    return _f(a[0]), _f(a[1] - a[0]), _f(a[2] - 2 * a[1] + a[0])
+    return tuple(_f(x) for x in stepsum.newton(*a))
 
 
-def _pass_seconds(cost, F, Bw, ovh):
-    """One pass on the grid: sum over ops of max(flops / F, bytes / B) + overhead."""
+def _pass_seconds(cost, r):
+    """One pass on the grid: sum over ops of max(flops / F, bytes / B) + overhead, with each op's
+    rates (``Rates.flops_rate``, ``Rates.bytes_rate``: a calibrated CPU has its own element-wise
+    peak and matmul bandwidth)."""
     total = 0.0
     for mult, o in _ops(cost):
-        total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + ovh)
+        F, Bw = r.flops_rate(o.kind), r.bytes_rate(o.kind)
+        total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + r.op_overhead_s)
     return total
 
 
 def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False):
     """Roofline seconds [B, P, G, F] for every grid point on ``hw``; the last axis is the phases of
-    :func:`reports.sweep.phases_of` (encode, prefill, decode total: those that apply).
+    :func:`reports.grid.phases_of` (encode, prefill, decode total: those that apply).
 
     ``exact_ints``: compute the op counts in Python ints (when int64 could overflow; see
     :func:`reports.sweep.grid_counts`), else int64.
     """
     r = rates(hw, wl.act_dtype)
-    F, Bw, ovh = r.flops_per_s, r.bytes_per_s, r.op_overhead_s
     B, P, G = len(batches), len(prompts), len(gens)
     phases = phases_of(spec)
     dt = object if exact_ints else np.int64
@@ -107,21 +75,22 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     out = np.zeros((B, P, G, len(phases)))
     for name, cost_of in (("encode", encode_cost), ("prefill", prefill_cost)):
         if name in phases:
-            out[..., phases.index(name)] = np.broadcast_to(_pass_seconds(cost_of(spec, gw), F, Bw, ovh),
+            out[..., phases.index(name)] = np.broadcast_to(_pass_seconds(cost_of(spec, gw), r),
                                                           (B, P))[..., None]
     if "decode" not in phases:
         return out
     j = phases.index("decode")
     steps = [_ops(decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
-    coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes))
+    coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes),
+               r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
               for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
     for k, g in enumerate(gens):
         n = int(g) - 1
         dec = 0.0
-        for mult, pf, pb in coeffs:
-            dec = dec + mult * (_sum_max(pf, pb, n, F, Bw) + n * ovh)
+        for mult, pf, pb, F, Bw in coeffs:
+            dec = dec + mult * (stepsum.sum_max(pf, pb, n, F, Bw)[0] + n * r.op_overhead_s)
         out[:, :, k, j] = np.broadcast_to(dec, (B, P))
-    for ib, ip in _irregular_pairs(spec, wl, batches, prompts):
+    for ib, ip in irregular_pairs(spec, wl, batches, prompts):
         for k, g in enumerate(gens):
             t = predict(spec, replace(wl, batch=int(batches[ib]), prompt=int(prompts[ip]), gen=int(g)), hw)
             out[ib, ip, k, j] = t.decode.seconds

@@ -16,7 +16,7 @@ from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_c
                                 prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
 
-from .sweep import grid_workload, phases_of
+from .grid import grid_workload, phases_of
 
 # Prefill FLOP terms, in the textbook's grouping (Kaplan et al. 2020, table 1; "Transformer
 # inference arithmetic"): per layer 8bsh^2 (QKVO projections, MHA), 4bs^2h (QK^T and PV),

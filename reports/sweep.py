@@ -14,9 +14,10 @@ batch and prompt integers (``batch`` shaped [B, 1], ``prompt`` [1, P], broadcast
 there is no second copy of the formulas to drift. Where a formula branches on a size (``if
 cross_len:``), the arrays (:class:`GridArray`) insist that the branch is the same at every grid
 point. Gen enters only through the exact decode sum: step costs are polynomials of degree <= 2 in
-the step number, so the decode total over gen - 1 steps is ``sum_quadratic(step 1, step 2, step 3,
-gen - 1)`` (the same closed form :func:`~costmodel.analysis.decode_cost` uses, applied to phase
-totals instead of op by op: the sum is linear, so the integers are identical).
+the step number, so the decode total over gen - 1 steps is the exact prefix sum of
+:mod:`costmodel.stepsum` from steps 1, 2 and 3 (the same closed form
+:func:`~costmodel.analysis.decode_cost` uses, applied to phase totals instead of op by op: the sum is
+linear, so the integers are identical).
 
 How counts stay exact: before a block runs in int64, its *corner* (largest batch, largest prompt,
 every gen) is run as a float64 *shadow* in which every numpy operation records the largest
@@ -39,21 +40,20 @@ Nothing is ever rounded through float; ``arithmetic_intensity`` and ``seconds`` 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from math import comb
+from dataclasses import replace
 
 import numpy as np
 
-from costmodel import analysis
-from costmodel import formulas as F
+from costmodel import stepsum
 from costmodel.analysis import (Phase, activation_peak_bytes, cross_kv_cache_bytes, decode_cost,
                                 decode_step_cost, encode_cost, kv_cache_bytes, prefill_cost, weight_bytes)
 from costmodel.dtypes import nbytes
 from costmodel.errors import SpecError
 from costmodel.spec import ModelSpec, Workload
 
-ARCH_PHASES = {"decoder": ("prefill", "decode"), "encoder": ("encode",),
-               "encoder-decoder": ("encode", "prefill", "decode")}
+from . import latency
+from .grid import ARCH_PHASES, GridArray, grid_workload, irregular_pairs, phases_of
+
 PHASES = ARCH_PHASES["decoder"]
 COUNT_COLUMNS = ("steps", "flops", "matmul_flops", "bytes", "kv_cache_bytes", "weights_bytes",
                  "activation_peak_bytes", "cross_kv_cache_bytes")
@@ -65,11 +65,6 @@ BLOCK_PAIRS = 1 << 16  # (batch, prompt) pairs computed at once: the arrays stay
 
 _INT = r"\s*(\d+)\s*"
 _RANGE = re.compile(rf"^{_INT}:{_INT}(?::\s*([x+*])\s*(\d+)\s*)?$")
-
-
-def phases_of(spec: ModelSpec) -> tuple[str, ...]:
-    """The phases a sweep row can have for ``spec``, in execution order."""
-    return ARCH_PHASES[getattr(spec, "arch", "decoder")]
 
 
 def parse_range(text: str, name: str = "range") -> list[int]:
@@ -124,47 +119,6 @@ def parse_range(text: str, name: str = "range") -> list[int]:
     return sorted(values)
 
 
-
-
-class GridArray(np.ndarray):
-    """Integer sizes over the grid, standing in for one int in the analysis' formulas.
-
-    A formula may branch on a size (``if cross_len:``, ``if new_kv_tokens != 0``); the branch must
-    then be the same at every grid point: the truth of an array is True where every element is true,
-    False where none is, and an error otherwise, never a silent pick of one grid point's branch."""
-
-    def __bool__(self):
-        a = self.view(np.ndarray)
-        if bool(a.all()):
-            return True
-        if not bool(a.any()):
-            return False
-        raise TypeError("a formula branches differently across the sweep grid; sweep fewer values at once")
-
-
-@dataclass(frozen=True)
-class GridWorkload:
-    """A :class:`Workload` whose ``batch`` and ``prompt`` are numpy arrays (broadcasting together).
-
-    Everything else (dtypes, logits, kv_cache, causal, beams, gen, decoder_prompt) is the base
-    workload's, so the analysis functions take it in place of a Workload and compute the whole grid.
-    """
-
-    base: Workload
-    batch: object  # integer array, e.g. shape [B, 1]
-    prompt: object  # integer array, e.g. shape [1, P]
-
-    def __getattr__(self, name):
-        return getattr(self.base, name)
-
-
-def grid_workload(wl: Workload, batch, prompt) -> GridWorkload:
-    """``wl`` over arrays of batch and prompt values (:class:`GridArray` views: uniform branches;
-    subclasses such as the recording shadow are kept)."""
-    def grid(a):
-        return a if isinstance(a, GridArray) else np.asarray(a).view(GridArray)
-
-    return GridWorkload(wl, grid(batch), grid(prompt))
 
 
 def _peak_magnitude(fn, *args, dtype=np.float64):
@@ -260,11 +214,11 @@ def _decode_sums(spec, wl, gw, gens, out, j, start, cross, dtype) -> None:
     for k, g in enumerate(gens):
         n = g - 1  # decode steps: the exact closed-form sum over steps 1 .. n
         for col, (s1, s2, s3) in step_totals.items():
-            out[col][:, :, k, j] = F.sum_quadratic(s1, s2, s3, n)
+            out[col][:, :, k, j] = stepsum.prefix_sum(stepsum.newton(s1, s2, s3), n)
         out["steps"][:, :, k, j] = n
         out["kv_cache_bytes"][:, :, k, j] = kv_cache_bytes(spec, gw, positions=start + n) + cross
     batches, prompts = gw.batch.ravel(), gw.prompt.ravel()
-    for ib, ip in _irregular_pairs(spec, wl, batches, prompts):
+    for ib, ip in irregular_pairs(spec, wl, batches, prompts):
         for k, g in enumerate(gens):
             d = Phase("decode", g - 1, decode_cost(spec, replace(wl, batch=int(batches[ib]),
                                                                   prompt=int(prompts[ip]), gen=g)))
@@ -285,26 +239,12 @@ def _check_decode_sums(step_totals: dict, n: int) -> None:
     rounding of huge step costs), and d2 * C(n, 3) can still be large. Here s1, s2, s3 are exact
     int64 (each below 2**62 by the shadow), so d1 and d2 are exact, and the bound
     n max|s1| + max|d1| C(n, 2) + max|d2| C(n, 3), in Python ints over the whole block, covers
-    every partial sum of ``sum_quadratic`` at every point (and grows with n)."""
+    every partial sum of ``stepsum.prefix_sum`` at every point (and grows with n)."""
     for s1, s2, s3 in step_totals.values():
-        s1, s2, s3 = (np.asarray(x, dtype=np.int64) for x in (s1, s2, s3))
-        d1, d2 = s2 - s1, s3 - 2 * s2 + s1
-        m1, m2, m3 = (int(np.abs(x).max()) if x.size else 0 for x in (s1, d1, d2))
-        if n * m1 + m2 * comb(n, 2) + m3 * comb(n, 3) >= INT64_SAFE:
+        p = stepsum.newton(*(np.asarray(x, dtype=np.int64) for x in (s1, s2, s3)))
+        bound = tuple(int(np.abs(x).max()) if x.size else 0 for x in p)
+        if stepsum.prefix_sum(bound, n) >= INT64_SAFE:  # n m1 + m2 C(n, 2) + m3 C(n, 3)
             raise _NeedsPythonInts
-
-
-def _irregular_pairs(spec: ModelSpec, wl: Workload, batches, prompts) -> list[tuple[int, int]]:
-    """(batch, prompt) indices whose decode costs are not polynomial in the step from step 1.
-
-    Only routed experts without a KV cache have such steps (the experts read, min(E, tokens * k),
-    grow until the recomputed prefix covers E); :func:`~costmodel.analysis.decode_cost` sums those
-    steps one by one, and so does the sweep, for just those configurations.
-    """
-    if not spec.num_experts or wl.kv_cache:
-        return []
-    return [(ib, ip) for ib, b in enumerate(batches) for ip, p in enumerate(prompts)
-            if analysis.first_polynomial_step(spec, replace(wl, batch=int(b), prompt=int(p))) > 1]
 
 
 def _as_int_columns(counts: dict) -> dict:
@@ -408,8 +348,6 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
         counts, kind = grid_counts(spec, wl, batches[i:i + step], prompts, gens)
         blocks.append((counts, kind))
         if hardware is not None:
-            from . import latency
-
             seconds.append(latency.phase_seconds(spec, wl, hardware, batches[i:i + step], prompts, gens,
                                                  exact_ints=kind == "python-int"))
     counts, arithmetic = _merge_blocks(blocks)

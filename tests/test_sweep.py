@@ -247,6 +247,23 @@ def test_seconds_match_roofline_predict(model, wl):
         assert row["seconds"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
+
+def test_seconds_use_each_ops_rates_like_predict():
+    # a profile with its own element-wise peak (a calibrated CPU): softmax, norms and activations
+    # at 1e9 FLOP/s, matmuls at 1e12; the sweep's seconds must use the same per-kind rates as predict
+    from costmodel.hardware import Hardware
+    from costmodel.roofline import predict
+
+    cpu = Hardware(id="toy-cpu", name="toy", peak_flops_per_s={"bf16": 1e12},
+                   elementwise_flops_per_s={"bf16": 1e9}, memory_bytes=10**10,
+                   memory_bandwidth_bytes_per_s=1e11, flops_efficiency=1.0, bandwidth_efficiency=1.0)
+    spec = get_model("tiny-llama")
+    for wl in (Workload(), Workload(kv_cache=False)):
+        df = sweep(spec, wl, [1, 4], [8, 64], [2, 12], hardware=cpu)
+        for row in df.to_dict("records"):
+            t = predict(spec, replace(wl, batch=row["batch"], prompt=row["prompt"], gen=row["gen"]), cpu)
+            assert row["seconds"] == pytest.approx(t.phases[row["phase"]].seconds, rel=1e-9)
+
 # --- files ---------------------------------------------------------------------------------------
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
