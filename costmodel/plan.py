@@ -29,6 +29,7 @@ from .analysis import OpCost, StepCost, analyze, decode_step_cost, prefill_cost
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
+from .ops import op_info
 from .parallel import Split, activation_bytes, stage_layers  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
@@ -100,11 +101,8 @@ def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
 
 # --- Per-GPU costs under tensor / pipeline parallelism ---------------------------------------------
 
-_FFN = ("mlp", "expert", "shared_expert")
-_COLUMN = {"q_proj", "k_proj", "v_proj", "lm_head"} | {f"{p}_{m}" for p in _FFN for m in ("gate", "up")}
-_ROW = {"o_proj"} | {f"{p}_down" for p in _FFN}
-_SPLIT = ({"qkv_bias", "rotary", "kv_cache_update", "attn_scores", "attn_softmax", "attn_values"}
-          | {f"{p}_{m}" for p in _FFN for m in ("act", "mul", "up_bias")})
+# How the registry (costmodel.ops) says tensor parallelism splits an op; anything else is replicated
+_COLUMN, _ROW, _SPLIT = ("column", "vocabulary"), ("row",), ("split",)
 
 
 def _ceil_div(x: int, n: int) -> int:
@@ -120,11 +118,11 @@ def shard_op(op: OpCost, tp: int) -> OpCost:
     """
     if tp == 1:
         return op
-    if op.op in _COLUMN:
+    if op_info(op.op).tp in _COLUMN:
         split = ("flops", "matmul_flops", "weight_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
-    elif op.op in _ROW:
+    elif op_info(op.op).tp in _ROW:
         split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "kv_read_bytes", "kv_write_bytes")
-    elif op.op in _SPLIT:
+    elif op_info(op.op).tp in _SPLIT:
         split = ("flops", "matmul_flops", "weight_bytes", "act_read_bytes", "act_write_bytes",
                  "kv_read_bytes", "kv_write_bytes")
     else:
