@@ -129,29 +129,32 @@ def kv_elements(tokens: int, kv_size: int) -> int:
 
 
 def rotary_table_elements(q_len: int, head_dim: int) -> int:
-    """The cos and sin tables [q_len, head_dim], each read twice (for q and for k)."""
+    """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
+    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin."""
     return 2 * 2 * q_len * head_dim
 
 
 def pooler_activation_flops(rows: int, hidden: int) -> int:
-    """BERT's pooler tanh(x W + b) after its matmul: bias add and tanh on [rows, hidden]."""
+    """BERT's pooler tanh(x W + b) after its matmul (Devlin et al. 2019; HF ``BertPooler``): bias
+    add and tanh on [rows, hidden]."""
     return add_flops(rows * hidden) + TANH_FLOPS_PER_ELEMENT * rows * hidden
 
 
 def router_topk_flops(tokens: int, experts: int, k: int, renormalize: bool) -> int:
     """Top-k of each token's E router probabilities: one comparison per probability; renormalising
-    the k kept weights (Mixtral) sums and divides them: 2 per kept weight."""
+    the k kept weights (Mixtral, Jiang et al. 2024; HF ``MixtralSparseMoeBlock``) sums and divides
+    them: 2 per kept weight."""
     return tokens * experts + (2 * tokens * k if renormalize else 0)
 
 
 def expert_combine_flops(tokens: int, k: int, hidden: int) -> int:
     """sum_j w_j * expert_j(x) over the k experts of each token: a multiply and an add per
-    element of the k outputs [tokens, k, hidden]."""
+    element of the k outputs [tokens, k, hidden] (Shazeer et al. 2017, eq. 1)."""
     return 2 * tokens * k * hidden
 
 
 def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
-    """Shared experts' output added to the routed one; Qwen-MoE gates it first,
+    """Shared experts' output added to the routed one; Qwen-MoE (HF ``Qwen2MoeSparseMoeBlock``) gates it first,
     sigmoid(x @ w[h, 1]) * shared + routed: the sigmoid 4 per token (negate, exp, add, divide),
     then a multiply and an add per element."""
     if gated:
