@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KINDS = ("matmul", "elementwise", "memory")
-TERMS = ("projections", "attention", "MLP", "LM head", "other")  # today's plot labels
+TERMS = ("projections", "attention", "MLP", "LM head", "other")  # the plots' textbook grouping (reports.plotdata)
 TP_SPLITS = ("column", "row", "split", "vocabulary", "replicated")
 
 
