@@ -228,8 +228,6 @@ def _compare(phase, step, analytic: dict, sc: StepCount, mismatches: list) -> No
                 mismatches.append(Mismatch(phase, step, layer, op, "fvcore_matmul_flops_x2", a, f))
 
 
-
-
 def _measured_order() -> list[str]:
     """Keys of the measured ops in execution order: the registered ops a reference module produces
     (costmodel.ops), the fused SDPA key after each ``attn_scores``, then the sampler, the rest."""
