@@ -97,7 +97,7 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     a, c = wl.act_dtype, wl.kv_dtype
     t = batch * q_len  # query tokens in this pass
     new = t if new_kv_tokens is None else new_kv_tokens  # tokens whose k and v are projected here
-    pairs = batch * heads * F.attended_pairs(q_len, kv_len, causal)  # score elements
+    pairs = F.attention_score_elements(batch, heads, q_len, kv_len, causal)
     kv_elems = batch * kv_len * kv
     kv_read = nbytes(kv_elems, c) if cached else 0
     kv_act_read = 0 if cached else nbytes(kv_elems, a)
@@ -106,15 +106,16 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     if new_kv_tokens != 0:
         ops += [_matmul(f"{p}k_proj", new, h, kv, wl), _matmul(f"{p}v_proj", new, h, kv, wl)]
     if spec.attention_bias:
-        n = t * q + (0 if new_kv_tokens == 0 else new * 2 * kv)
+        n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
-        ops.append(_elementwise(f"{p}qkv_bias", n, n, n, wl, params=params))
+        ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
     if rotary:
-        n = t * (q + kv)  # q and k rotated; cos/sin tables [q_len, d] read twice (q, k)
+        n = t * (q + kv)  # q and k rotated
         ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
-                          act_read_bytes=nbytes(n + 2 * 2 * q_len * d, a), act_write_bytes=nbytes(n, a)))
+                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, d), a),
+                          act_write_bytes=nbytes(n, a)))
     if cached and new_kv_tokens != 0:
-        n = new * 2 * kv  # new keys and values copied into the cache
+        n = F.kv_elements(new, kv)  # new keys and values copied into the cache
         ops.append(OpCost(f"{p}kv_cache_update", "memory", act_read_bytes=nbytes(n, a),
                           kv_write_bytes=nbytes(n, c)))
     score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, causal)
@@ -122,24 +123,25 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
                       act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
                       kv_read_bytes=kv_read))
     if position_bias:  # T5: the [heads, q, kv] relative position bias added to the scores
-        ops.append(_elementwise(f"{p}attn_position_bias", pairs, 2 * pairs, pairs, wl))
-    per_element = F.ATTENTION_SOFTMAX_FLOPS_PER_ELEMENT - (0 if spec.attention_scale else 1)
+        ops.append(_elementwise(f"{p}attn_position_bias", F.add_flops(pairs), 2 * pairs, pairs, wl))
+    softmax_flops = F.attention_softmax_flops(batch, heads, q_len, kv_len, causal, spec.attention_scale)
+    value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, d, causal)
     ops += [
-        _elementwise(f"{p}attn_softmax", per_element * pairs, pairs, pairs, wl),
-        OpCost(f"{p}attn_values", "matmul", score_flops, score_flops,
+        _elementwise(f"{p}attn_softmax", softmax_flops, pairs, pairs, wl),
+        OpCost(f"{p}attn_values", "matmul", value_flops, value_flops,
                act_read_bytes=nbytes(pairs, a) + kv_act_read, act_write_bytes=nbytes(t * q, a),
                kv_read_bytes=kv_read),
         _matmul(f"{p}o_proj", t, q, h, wl),
     ]
     if spec.attention_out_bias:
-        ops.append(_elementwise(f"{p}o_bias", t * h, t * h, t * h, wl, params=h))
+        ops.append(_elementwise(f"{p}o_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
     return ops
 
 
 def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
     """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
     n = tokens * spec.hidden_size
-    add = _elementwise(residual, n, 2 * n, n, wl)
+    add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
     if spec.norm_position == "pre":
         return [_norm(norm, tokens, spec, wl), *body, add]
     return [*body, add, _norm(norm, tokens, spec, wl)]
@@ -178,17 +180,17 @@ def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias
         ops += [_matmul(f"{prefix}_gate", t, h, inter, wl, weight_copies),
                 _matmul(f"{prefix}_up", t, h, inter, wl, weight_copies)]
         if bias:
-            ops.append(_elementwise(f"{prefix}_up_bias", 2 * m, 2 * m, 2 * m, wl, params=2 * inter))
+            ops.append(_elementwise(f"{prefix}_up_bias", F.add_flops(2 * m), 2 * m, 2 * m, wl, params=2 * inter))
         ops += [_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl),
-                _elementwise(f"{prefix}_mul", m, 2 * m, m, wl)]
+                _elementwise(f"{prefix}_mul", F.mul_flops(m), 2 * m, m, wl)]
     else:
         ops.append(_matmul(f"{prefix}_up", t, h, inter, wl, weight_copies))
         if bias:
-            ops.append(_elementwise(f"{prefix}_up_bias", m, m, m, wl, params=inter))
+            ops.append(_elementwise(f"{prefix}_up_bias", F.add_flops(m), m, m, wl, params=inter))
         ops.append(_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl))
     ops.append(_matmul(f"{prefix}_down", t, inter, h, wl, weight_copies))
     if bias:
-        ops.append(_elementwise(f"{prefix}_down_bias", t * h, t * h, t * h, wl, params=h))
+        ops.append(_elementwise(f"{prefix}_down_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
     return ops
 
 
@@ -217,25 +219,27 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     """
     h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
     a = wl.act_dtype
-    topk_flops = t * e + (2 * t * k if spec.moe_renormalize else 0)  # compare; sum + divide
+    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
     ops = [
         _matmul("router", t, h, e, wl),
-        _elementwise("router_softmax", F.SOFTMAX_FLOPS_PER_ELEMENT * t * e, t * e, t * e, wl),
+        _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
         OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
                act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
     ]
     ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert",
                    weight_copies=experts_touched(spec, t))
-    ops.append(_elementwise("expert_combine", 2 * t * k * h, t * k * (h + 1), t * h, wl))
+    ops.append(_elementwise("expert_combine", F.expert_combine_flops(t, k, h), t * k * (h + 1), t * h, wl))
     if spec.num_shared_experts:
         ops += mlp_ops(spec, wl, t, spec.num_shared_experts * spec.shared_expert_intermediate_size,
                        "shared_expert")
         if spec.shared_expert_gate:
-            # sigmoid(x @ w[h, 1]) * shared + routed: sigmoid 4 per token, mul and add per element
+            # sigmoid(x @ w[h, 1]) * shared + routed
             ops += [_matmul("shared_expert_score", t, h, 1, wl),
-                    _elementwise("shared_expert_combine", 4 * t + 2 * t * h, 2 * t * h + t, t * h, wl)]
+                    _elementwise("shared_expert_combine", F.shared_expert_combine_flops(t, h, gated=True),
+                                 2 * t * h + t, t * h, wl)]
         else:
-            ops.append(_elementwise("shared_expert_combine", t * h, 2 * t * h, t * h, wl))
+            ops.append(_elementwise("shared_expert_combine", F.shared_expert_combine_flops(t, h, gated=False),
+                                    2 * t * h, t * h, wl))
     return ops
 
 
@@ -253,12 +257,12 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
                      act_write_bytes=nbytes(n, wl.act_dtype))]
     if spec.position_kind == "learned":
-        before.append(_elementwise("pos_embedding", n, n, n, wl, params=q_len * h))
+        before.append(_elementwise("pos_embedding", F.add_flops(n), n, n, wl, params=q_len * h))
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
-        before += [_elementwise("embedding_scale", n, n, n, wl),
-                   _elementwise("pos_embedding", n, n + q_len * h, n, wl)]
+        before += [_elementwise("embedding_scale", F.mul_flops(n), n, n, wl),
+                   _elementwise("pos_embedding", F.add_flops(n), n + q_len * h, n, wl)]
     if spec.type_vocab_size:
-        before.append(_elementwise("token_type_embedding", n, n, n, wl, params=spec.type_vocab_size * h))
+        before.append(_elementwise("token_type_embedding", F.add_flops(n), n, n, wl, params=spec.type_vocab_size * h))
     if spec.embedding_norm:
         before.append(_norm("embedding_norm", t, spec, wl))
     if spec.relative_attention_buckets:
@@ -270,17 +274,19 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
             after += [_matmul("pooler", batch, h, h, wl),
-                      _elementwise("pooler_act", 2 * batch * h, batch * h, batch * h, wl, params=h)]
+                      _elementwise("pooler_act", F.pooler_activation_flops(batch, h), batch * h, batch * h, wl,
+                                   params=h)]
         if spec.mlm_head:  # every position: dense, bias, GELU, LayerNorm, decoder, bias
             m = t * spec.vocab_size
             after += [_matmul("mlm_dense", t, h, h, wl),
-                      _elementwise("mlm_act", n + F.activation_flops(n, spec.activation), n, n, wl, params=h),
+                      _elementwise("mlm_act", F.add_flops(n) + F.activation_flops(n, spec.activation), n, n, wl,
+                                   params=h),
                       _norm("mlm_norm", t, spec, wl), _matmul("lm_head", t, h, spec.vocab_size, wl),
-                      _elementwise("lm_head_bias", m, m, m, wl, params=spec.vocab_size)]
+                      _elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size)]
         return before, after
     rows = batch * logits_positions
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
-        after.append(_elementwise("lm_head_scale", rows * h, rows * h, rows * h, wl))
+        after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
     after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),

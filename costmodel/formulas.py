@@ -19,6 +19,8 @@ SiLU                  4    negate, exp, add, divide
 ReLU                  1    max(x, 0)
 rotary embedding      3    x * cos + rotate_half(x) * sin
 add (residual, bias)  1
+mul (gate, scale)     1
+tanh (BERT pooler)    1
 ====================  ===  ==========================================================
 Per-row constants (the one square root of a norm, a softmax's one reciprocal) are not counted.
 """
@@ -32,6 +34,9 @@ ACTIVATION_FLOPS_PER_ELEMENT = {"gelu": 8, "gelu_tanh": 8, "silu": 4, "relu": 1}
 ATTENTION_SOFTMAX_FLOPS_PER_ELEMENT = 6  # 1 for the 1/sqrt(d) scale + 5 for the softmax
 SOFTMAX_FLOPS_PER_ELEMENT = 5
 ROTARY_FLOPS_PER_ELEMENT = 3
+ADD_FLOPS_PER_ELEMENT = 1  # residual, bias, position table
+MUL_FLOPS_PER_ELEMENT = 1  # gate * up, a scale
+TANH_FLOPS_PER_ELEMENT = 1
 
 
 def matmul_flops(m: int, k: int, n: int) -> int:
@@ -54,6 +59,11 @@ def attended_pairs(q_len: int, kv_len: int, causal: bool) -> int:
     if not causal:
         return q_len * kv_len
     return q_len * (kv_len - q_len) + q_len * (q_len + 1) // 2
+
+
+def attention_score_elements(batch: int, heads: int, q_len: int, kv_len: int, causal: bool = False) -> int:
+    """Scores [batch, heads, q_len, kv_len] written by Q K^T (the causal triangle only if ``causal``)."""
+    return batch * heads * attended_pairs(q_len, kv_len, causal)
 
 
 def attention_score_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int,
@@ -80,8 +90,76 @@ def activation_flops(elements: int, kind: str) -> int:
 
 
 def attention_softmax_flops(batch: int, heads: int, q_len: int, kv_len: int,
-                            causal: bool = False) -> int:
-    return ATTENTION_SOFTMAX_FLOPS_PER_ELEMENT * batch * heads * attended_pairs(q_len, kv_len, causal)
+                            causal: bool = False, scaled: bool = True) -> int:
+    """softmax(scores / sqrt(d)) over every score element: 6 FLOPs each, 5 when the scores are not
+    scaled (T5: ``attention_scale`` False)."""
+    per_element = ATTENTION_SOFTMAX_FLOPS_PER_ELEMENT - (0 if scaled else 1)
+    return per_element * attention_score_elements(batch, heads, q_len, kv_len, causal)
+
+
+def softmax_flops(elements: int) -> int:
+    """An unscaled softmax (the MoE router's over its experts): 5 FLOPs per element."""
+    return SOFTMAX_FLOPS_PER_ELEMENT * elements
+
+
+def add_flops(elements: int) -> int:
+    """a + b element-wise: a residual add, a bias, a position table (1 FLOP per element)."""
+    return ADD_FLOPS_PER_ELEMENT * elements
+
+
+def mul_flops(elements: int) -> int:
+    """a * b element-wise: act(gate) * up, a scale by a constant (1 FLOP per element)."""
+    return MUL_FLOPS_PER_ELEMENT * elements
+
+
+def residual_add_flops(tokens: int, hidden: int) -> int:
+    """x + f(x) on the residual stream [tokens, hidden]."""
+    return add_flops(tokens * hidden)
+
+
+def qkv_elements(q_tokens: int, kv_tokens: int, q_size: int, kv_size: int) -> int:
+    """Outputs of the q, k and v projections: q [q_tokens, q_size], k and v [kv_tokens, kv_size]
+    each (their bias adds one per element)."""
+    return q_tokens * q_size + 2 * kv_tokens * kv_size
+
+
+def kv_elements(tokens: int, kv_size: int) -> int:
+    """Keys and values of ``tokens`` positions: 2 * tokens * num_kv_heads * head_dim (one layer)."""
+    return 2 * tokens * kv_size
+
+
+def rotary_table_elements(q_len: int, head_dim: int) -> int:
+    """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
+    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin."""
+    return 2 * 2 * q_len * head_dim
+
+
+def pooler_activation_flops(rows: int, hidden: int) -> int:
+    """BERT's pooler tanh(x W + b) after its matmul (Devlin et al. 2019; HF ``BertPooler``): bias
+    add and tanh on [rows, hidden]."""
+    return add_flops(rows * hidden) + TANH_FLOPS_PER_ELEMENT * rows * hidden
+
+
+def router_topk_flops(tokens: int, experts: int, k: int, renormalize: bool) -> int:
+    """Top-k of each token's E router probabilities: one comparison per probability; renormalising
+    the k kept weights (Mixtral, Jiang et al. 2024; HF ``MixtralSparseMoeBlock``) sums and divides
+    them: 2 per kept weight."""
+    return tokens * experts + (2 * tokens * k if renormalize else 0)
+
+
+def expert_combine_flops(tokens: int, k: int, hidden: int) -> int:
+    """sum_j w_j * expert_j(x) over the k experts of each token: a multiply and an add per
+    element of the k outputs [tokens, k, hidden] (Shazeer et al. 2017, eq. 1)."""
+    return 2 * tokens * k * hidden
+
+
+def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
+    """Shared experts' output added to the routed one; Qwen-MoE (HF ``Qwen2MoeSparseMoeBlock``) gates it first,
+    sigmoid(x @ w[h, 1]) * shared + routed: the sigmoid 4 per token (negate, exp, add, divide),
+    then a multiply and an add per element."""
+    if gated:
+        return 4 * tokens + 2 * tokens * hidden
+    return add_flops(tokens * hidden)
 
 
 def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:

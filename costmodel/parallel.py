@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from .analysis import OpCost, StepCost, decode_cost, decode_step_cost, kv_cache_bytes, prefill_cost
 from .dtypes import nbytes
 from .errors import SpecError, require_choice
+from .ops import op_info
 from .spec import ModelSpec, Workload
 
 COLLECTIVES = ("all_reduce", "all_gather", "send", "recv", "broadcast")
@@ -149,12 +150,6 @@ def check_split(spec: ModelSpec, split: Split, rounding: str = "exact") -> None:
 
 # --- Per op: one GPU's share of each op of the whole model's pass ---------------------------------
 
-_FFN = ("mlp", "expert", "shared_expert")
-_COLUMN = {"q_proj", "k_proj", "v_proj", "lm_head"} | {f"{p}_{m}" for p in _FFN for m in ("gate", "up")}
-_ROW = {"o_proj"} | {f"{p}_down" for p in _FFN}
-_SPLIT = ({"qkv_bias", "rotary", "kv_cache_update", "attn_scores", "attn_softmax", "attn_values"}
-          | {f"{p}_{m}" for p in _FFN for m in ("act", "mul", "up_bias")})
-
 # Which cost fields each kind of op divides over the tp GPUs (the others stay whole).
 _SHARDED_FIELDS = {
     # column-parallel matmuls read the whole (replicated) input and write their slice
@@ -169,18 +164,15 @@ _SHARDED_FIELDS = {
 
 
 def _tp_split_of(op_name: str) -> str:
-    """How tensor parallelism cuts ``op_name``: "column", "row", "split" or "replicated".
+    """How tensor parallelism cuts ``op_name``: "column", "row", "split" or "replicated", as the op
+    registry (:mod:`costmodel.ops`) says; a vocabulary-parallel op (the LM head) cuts as "column".
+    An unregistered name fails loudly (:class:`~costmodel.ops.UnknownOpError`).
 
     NB: rotary counts as "split", so its cos/sin table reads divide by tp too, although every GPU
     reads the whole tables (the per-spec view counts them whole).
     """
-    if op_name in _COLUMN:
-        return "column"
-    if op_name in _ROW:
-        return "row"
-    if op_name in _SPLIT:
-        return "split"
-    return "replicated"
+    tp = op_info(op_name).tp
+    return "column" if tp == "vocabulary" else tp
 
 
 def tp_share(value: int, tp: int, rounding: str = "ceil", what: str = "share") -> int:

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
+from costmodel.ops import op_of_module
+
 aten = torch.ops.aten
 
 SDPA_OPS = "attn_scores+attn_values"  # the fused SDPA kernel is both attention matmuls at once
@@ -71,23 +73,9 @@ def _op_of(parts: list[str]) -> str | None:
     """Analytic op of a module path (root name removed), or None for a container."""
     if not parts:
         return None
-    leaf = parts[-1]
-    cross = "cross_" if "cross_attention" in parts else ""  # encoder-decoder: cross_q_proj, ...
-    if leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values"):
-        return cross + leaf
-    if leaf in ("lm_head", "pooler", "mlm_dense", "router"):
-        return leaf
-    if leaf == "shared_expert_gate":  # Qwen-MoE's sigmoid gate x @ w[h, 1] (not the expert's gate matrix)
-        return "shared_expert_score"
-    if leaf == "sdpa":
-        return cross + SDPA_OPS
-    if len(parts) >= 2 and parts[-2] == "mlp" and leaf in ("gate", "up", "down"):
-        return f"mlp_{leaf}"
-    if len(parts) >= 3 and parts[-3] == "experts" and leaf in ("gate", "up", "down"):  # mlp.experts.{j}.up
-        return f"expert_{leaf}"
-    if len(parts) >= 2 and parts[-2] == "shared_expert" and leaf in ("gate", "up", "down"):
-        return f"shared_expert_{leaf}"
-    return None
+    if parts[-1] == "sdpa":  # one fused module for both attention matmuls, not an op of its own
+        return ("cross_" if "cross_attention" in parts else "") + SDPA_OPS
+    return op_of_module(parts)  # the modules each op is registered with in costmodel.ops
 
 
 def attribute(by_module: dict[str, int], root_prefix: bool = True) -> dict[tuple, int]:

@@ -19,6 +19,7 @@ import torch
 from costmodel.analysis import (Analysis, analyze, cross_kv_cache_bytes, decode_step_cost, encode_cost,
                                 kv_cache_bytes, prefill_cost)
 from costmodel.errors import SpecError
+from costmodel.ops import registered
 from costmodel.spec import ModelSpec, Workload
 
 from .flops import SDPA_OPS, StepCount, count_call, fvcore_count, is_matmul_like
@@ -227,11 +228,19 @@ def _compare(phase, step, analytic: dict, sc: StepCount, mismatches: list) -> No
                 mismatches.append(Mismatch(phase, step, layer, op, "fvcore_matmul_flops_x2", a, f))
 
 
-_OP_ORDER = ["q_proj", "k_proj", "v_proj", "attn_scores", SDPA_OPS, "attn_values", "o_proj",
-             "cross_q_proj", "cross_k_proj", "cross_v_proj", "cross_attn_scores", "cross_" + SDPA_OPS,
-             "cross_attn_values", "cross_o_proj", "mlp_gate", "mlp_up", "mlp_down", "router", "expert_gate",
-             "expert_up", "expert_down", "shared_expert_gate", "shared_expert_up", "shared_expert_down",
-             "pooler", "mlm_dense", "lm_head", SAMPLING, "unattributed"]
+def _measured_order() -> list[str]:
+    """Keys of the measured ops in execution order: the registered ops a reference module produces
+    (costmodel.ops), the fused SDPA key after each ``attn_scores``, then the sampler, the rest."""
+    order = []
+    for info in registered():
+        if info.modules:
+            order.append(info.name)
+            if info.name.endswith("attn_scores"):
+                order.append(info.name.removesuffix("attn_scores") + SDPA_OPS)
+    return order + [SAMPLING, "unattributed"]
+
+
+_OP_ORDER = _measured_order()
 _AFTER_BLOCKS = ("pooler", "mlm_dense", "lm_head", SAMPLING, "unattributed")
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from costmodel.ops import timing_parts
+
 from .generate import Probe
 
 
@@ -70,10 +72,8 @@ def make_timer(device: torch.device):
     return CudaTimer() if device.type == "cuda" else CpuTimer()
 
 
-# Modules timed per op, by their path in the model: (suffix, part)
-_PARTS = (("attention.q_proj", "projections"), ("attention.k_proj", "projections"),
-          ("attention.v_proj", "projections"), ("attention.o_proj", "projections"),
-          ("attention.core", "attention core"), ("mlp", "mlp"), ("cross_attention", "cross-attention"))
+# Modules timed per op, by their path in a block: (suffix, part), as registered in costmodel.ops
+_PARTS = timing_parts()
 
 
 class TimingProbe(Probe):

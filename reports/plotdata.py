@@ -15,28 +15,22 @@ import pandas as pd
 from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_cost, kv_cache_bytes,
                                 prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
+from costmodel.ops import TERMS, op_info
 
 from .grid import grid_workload, phases_of
 
 # Prefill FLOP terms, in the textbook's grouping (Kaplan et al. 2020, table 1; "Transformer
 # inference arithmetic"): per layer 8bsh^2 (QKVO projections, MHA), 4bs^2h (QK^T and PV),
 # 16bsh^2 (a 4h MLP); everything else (norms, softmax, rotary, residuals, LM head) apart.
-TERMS = ("projections", "attention", "MLP", "LM head", "other")
+# TERMS: the labels of costmodel.ops, where each op is given its term.
 BYTE_KINDS = ("weights", "activations", "KV cache")
 
 
-def term_of(op: str, kind: str) -> str:
-    """Which textbook term an op's FLOPs belong to (cross-attention's ops as self-attention's)."""
-    op = op.removeprefix("cross_")
-    if op in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        return "projections"
-    if op in ("attn_scores", "attn_values"):
-        return "attention"
-    if kind == "matmul" and op.startswith(("mlp_", "expert_", "shared_expert", "router")):
-        return "MLP"
-    if op == "lm_head":
-        return "LM head"
-    return "other"
+def term_of(op: str, kind: str | None = None) -> str:
+    """Which textbook term an op's FLOPs belong to (cross-attention's ops as self-attention's), as
+    registered in :mod:`costmodel.ops`; an unregistered op raises. ``kind``: unused, the registry
+    knows it (kept for callers)."""
+    return op_info(op).term
 
 
 def term_labels(spec, causal: bool = False) -> dict:
