@@ -77,7 +77,7 @@ def check_layout(spec: ModelSpec, hw: Hardware, layout: Layout) -> None:
     if pp > spec.num_layers:
         raise SpecError(f"pp={pp} exceeds the {spec.num_layers} layers of {spec.name}; "
                         f"allowed pp: 1 to {spec.num_layers}")
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     if layout.gpus > 1 and arch != "decoder":
         raise SpecError(f"tensor and pipeline parallel planning supports decoder-only models; "
                         f"{spec.name} is arch {arch!r}: use tp = pp = 1")

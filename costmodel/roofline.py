@@ -419,7 +419,7 @@ def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
     bidirectional pass over the input; an encoder-only model has no prefill or decode.
     """
     r = rates(hw, wl.act_dtype)
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
     if arch == "encoder":
         return Timing(hw, r, wl.batch, wl.gen, None, None, None, None, encode)

@@ -69,7 +69,7 @@ _RANGE = re.compile(rf"^{_INT}:{_INT}(?::\s*([x+*])\s*(\d+)\s*)?$")
 
 def phases_of(spec: ModelSpec) -> tuple[str, ...]:
     """The phases a sweep row can have for ``spec``, in execution order."""
-    return ARCH_PHASES[getattr(spec, "arch", "decoder")]
+    return ARCH_PHASES[spec.arch]
 
 
 def parse_range(text: str, name: str = "range") -> list[int]:
