@@ -15,6 +15,7 @@ import pandas as pd
 from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_cost, kv_cache_bytes,
                                 prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
+from costmodel.spec import decoder_start
 
 from .sweep import grid_workload, phases_of
 
@@ -157,7 +158,7 @@ def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
         return pd.DataFrame(columns=["variant", "positions", "kv_cache_bytes"])
     encdec = spec.arch == "encoder-decoder"
     w = replace(wl, kv_cache=True)
-    self_positions = (wl.decoder_prompt if encdec else wl.prompt) + wl.gen - 1
+    self_positions = decoder_start(spec, wl) + wl.gen - 1
     request = {"self_positions": self_positions, "self_bytes": kv_cache_bytes(spec, w, positions=self_positions),
                "cross_positions": wl.prompt if encdec else 0, "cross_bytes": cross_kv_cache_bytes(spec, w)}
     end = max(wl.final_context, spec.max_position_embeddings)

@@ -10,6 +10,7 @@ import csv
 import io
 
 from costmodel.roofline import join_by_key
+from costmodel.spec import decoder_start
 
 _COLUMNS = ("phase", "layer", "op", "kind", "flops", "matmul_flops", "bytes", "weight_bytes",
             "act_read_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
@@ -160,7 +161,7 @@ def _memory_lines(result) -> list[str]:
     elif not w.kv_cache:
         kv = f"KV cache none (would be {human_bytes(mem.kv_cache_bytes_per_token)}/token)"
     else:
-        positions = (w.decoder_prompt if m.arch == "encoder-decoder" else w.prompt) + w.gen - 1
+        positions = decoder_start(m, w) + w.gen - 1
         kv = (f"KV cache {human_bytes(mem.kv_cache_bytes)} ({human_bytes(mem.kv_cache_bytes_per_token)}/token x "
               f"{positions} positions x {seqs} sequences")
         if mem.cross_kv_cache_bytes:
