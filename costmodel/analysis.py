@@ -479,10 +479,10 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, toke
     tokens = wl.batch * wl.prompt if tokens is None else tokens
     residual = nbytes(tokens * spec.hidden_size, wl.act_dtype)
     ops = prefill.before + prefill.layer + prefill.after
-    return held + residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
+    return held + residual + _elementwise_max(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
-def _largest(values):
+def _elementwise_max(values):
     """``max(values)`` that also works element-wise when the values are numpy arrays (the
     vectorized sweep in ``reports.sweep``), without importing numpy: exact on ints."""
     values = iter(values)
