@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from costmodel import Workload, analyze, get_model, kv_cache_bytes  # noqa: E402
 from costmodel.hardware import get_hardware  # noqa: E402
+from costmodel.spec import decoder_start  # noqa: E402
 from reports.sweep import parse_range, sweep  # noqa: E402
 
 GRIDS = [
@@ -55,7 +56,7 @@ def check_rows(spec, wl, df, n, rng) -> tuple[int, int]:
         if r["phase"] == "decode":
             kv = m.kv_cache_bytes
         elif r["phase"] == "prefill":
-            start = a.workload.decoder_prompt if spec.arch == "encoder-decoder" else int(r["prompt"])
+            start = decoder_start(spec, a.workload)
             kv = kv_cache_bytes(spec, a.workload, positions=start) + m.cross_kv_cache_bytes
         else:
             kv = 0

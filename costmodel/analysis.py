@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from . import formulas as F
 from .dtypes import nbytes
 from .sampling import INDEX_BYTES, sampling_ops
-from .spec import ModelSpec, Workload
+from .spec import ModelSpec, Workload, decoder_start
 
 PHASES = ("prefill", "decode")
 
@@ -345,11 +345,9 @@ def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
 def prefill_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """The first decoder pass: the prompt (decoder-only), or the decoder prompt with the one-time
     projection of the cross-attention keys and values from the encoder output (encoder-decoder)."""
-    if spec.arch == "encoder-decoder":
-        s = wl.decoder_prompt
-        return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1, cross_len=wl.prompt)
-    s = wl.prompt
-    return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1)
+    s = decoder_start(spec, wl)
+    cross = dict(cross_len=wl.prompt) if spec.arch == "encoder-decoder" else {}
+    return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1, **cross)
 
 
 def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
@@ -361,7 +359,7 @@ def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
     encoder-decoder then also projects the cross keys and values again (the encoder output is kept).
     """
     encdec = spec.arch == "encoder-decoder"
-    b, ctx = wl.batch * wl.beams, (wl.decoder_prompt if encdec else wl.prompt) + i
+    b, ctx = wl.batch * wl.beams, decoder_start(spec, wl) + i
     cross = dict(cross_len=wl.prompt, project_cross=not wl.kv_cache) if encdec else {}
     if wl.kv_cache:
         return step_cost(spec, wl, b, 1, ctx, 1, **cross)
@@ -383,7 +381,7 @@ def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
     if not spec.num_experts or wl.kv_cache:
         return 1
     rows = wl.batch * wl.beams * spec.experts_per_token
-    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+    start = decoder_start(spec, wl)
     return max(1, -(-spec.num_experts // rows) - start)
 
 
@@ -455,8 +453,7 @@ def cached_positions(spec: ModelSpec, wl: Workload) -> int:
     prompt + gen - 1 (encoder-decoder), 0 (encoder-only: nothing is cached)."""
     if spec.arch == "encoder":
         return 0
-    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
-    return start + wl.gen - 1
+    return decoder_start(spec, wl) + wl.gen - 1
 
 
 def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None) -> int:
@@ -488,7 +485,7 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, toke
     tokens = wl.batch * wl.prompt if tokens is None else tokens
     residual = nbytes(tokens * spec.hidden_size, wl.act_dtype)
     ops = prefill.before + prefill.layer + prefill.after
-    return held + residual + _largest(o.act_read_bytes + o.act_write_bytes for o in ops)
+    return held + residual + _elementwise_max(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
 def memory_of(spec: ModelSpec, wl: Workload, *, encode: StepCost | None = None,
@@ -519,7 +516,7 @@ def memory_of(spec: ModelSpec, wl: Workload, *, encode: StepCost | None = None,
     )
 
 
-def _largest(values):
+def _elementwise_max(values):
     """``max(values)`` that also works element-wise when the values are numpy arrays (the
     vectorized sweep in ``reports.sweep``), without importing numpy: exact on ints."""
     values = iter(values)
@@ -590,7 +587,7 @@ class Analysis:
         d = {"num_experts": spec.num_experts, "experts_per_token": spec.experts_per_token,
              "total_params": spec.num_params, "active_params": spec.active_params,
              "expert_bytes": expert_bytes}
-        start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+        start = decoder_start(spec, wl)
         passes = {"encode": wl.batch * wl.prompt, "prefill": wl.batch * start,
                   "decode_step": wl.batch * wl.beams * (1 if wl.kv_cache else start + 1)}
         layers = {"encode": spec.num_encoder_layers or spec.num_layers}

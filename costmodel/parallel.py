@@ -130,11 +130,11 @@ def check_split(spec: ModelSpec, split: Split, rounding: str = "exact") -> None:
     for name, v in (("tp", tp), ("pp", pp)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpecError(f"{name} must be a positive integer, got {v!r}")
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     if split.world > 1 and arch != "decoder":
         raise SpecError(f"tensor and pipeline parallelism supports decoder-only models; {spec.name} is "
                         f"arch {arch!r}: use tp = pp = 1")
-    if split.world > 1 and rounding == "exact" and getattr(spec, "num_experts", 0):
+    if split.world > 1 and rounding == "exact" and spec.num_experts:
         raise SpecError(f"{spec.name} is a mixture-of-experts model; tensor and pipeline parallelism "
                         "here splits dense models only (expert parallelism is not modelled)")
     for group in _MUST_DIVIDE[rounding]:

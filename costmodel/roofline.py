@@ -261,15 +261,24 @@ class Timing:
         for name, phase in self.phases.items():
             report[name]["seconds"] = phase.seconds
         if "ops" in report:
-            times = [o for ph in self.phases.values() for _, o in ph.rows()]
-            assert len(times) == len(report["ops"]), "op rows and op times are out of step"
-            for row, o in zip(report["ops"], times):
-                assert row["op"] == o.op, (row["op"], o.op)
+            for row, o in join_by_key(report["ops"], self.op_times()):
                 row["seconds"] = o.seconds
                 row["bound"] = o.bound
         report.update(self.summary())
         report["timing"] = self.assumptions()
         return report
+
+    def op_times(self) -> dict:
+        """{(phase, layer, op): OpTime} for every op of every phase, keyed as the op rows of
+        ``Analysis.rows()`` (:func:`op_key`); layer is None outside the blocks."""
+        out = {}
+        for name, phase in self.phases.items():
+            for layer, o in phase.rows():
+                key = (name, layer, o.op)
+                if key in out:
+                    raise ValueError(f"two op times for {key}: an op's time cannot be found by its key")
+                out[key] = o
+        return out
 
     def assumptions(self) -> dict:
         hw = self.hardware
@@ -281,6 +290,28 @@ class Timing:
             "efficiency": hw.efficiencies(),
             "achievable": self.rates.to_dict(),
         }
+
+
+def op_key(row: dict) -> tuple:
+    """The key that finds an op row's time: (phase, layer, op), as :meth:`Timing.op_times` keys it."""
+    return row["phase"], row["layer"], row["op"]
+
+
+def join_by_key(rows, times: dict, key=op_key) -> list[tuple]:
+    """(row, its time) for each of ``rows`` in order, the time found as ``times[key(row)]``: costs
+    and times are joined by key, never by position. A row without a time, two rows with one key,
+    or a time that no row has raises ValueError naming the key."""
+    rows = list(rows)
+    keys = [key(r) for r in rows]
+    seen = set(keys)
+    problems = [f"no time for op {k}" for k in keys if k not in times]
+    if len(seen) != len(keys):
+        problems += [f"two op rows with the key {k}" for k in dict.fromkeys(keys) if keys.count(k) > 1]
+    problems += [f"a time for op {k} that no op row has" for k in times if k not in seen]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"op times do not match the op rows: {problems[0]}{more}")
+    return [(r, times[key(r)]) for r in rows]
 
 
 def _add(a: OpTime, b: OpTime) -> OpTime:
@@ -329,7 +360,7 @@ def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
     bidirectional pass over the input; an encoder-only model has no prefill or decode.
     """
     r = rates(hw, wl.act_dtype)
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
     if arch == "encoder":
         return Timing(hw, r, wl.batch, wl.gen, None, None, None, None, encode)

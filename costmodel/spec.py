@@ -391,3 +391,12 @@ class Workload:
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
         }
+
+
+def decoder_start(spec: ModelSpec, wl: Workload) -> int:
+    """Tokens the decoder starts from, before the first new one: ``wl.decoder_prompt`` on an
+    encoder-decoder (whose ``prompt`` is the source), else ``wl.prompt`` (an encoder's input).
+
+    A function of the workload passed, not a Workload method: the sweep's grid workload hands
+    unknown attributes to its base Workload, whose method would read the base's scalar prompt."""
+    return wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt

@@ -298,7 +298,7 @@ def check_supported(spec: ModelSpec) -> None:
         raise SpecError(f"{spec.name} is decoder-only with {spec.position_kind} positions; the reference model "
                         "builds decoder-only models with learned or rotary positions")
     for f, want in _DECODER_ONLY.items():
-        if getattr(spec, f, want) != want:
+        if getattr(spec, f) != want:
             raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds "
                             f"decoder-only models with {f}={want!r}")
 

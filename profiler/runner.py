@@ -20,7 +20,7 @@ from costmodel.analysis import (Analysis, analyze, cross_kv_cache_bytes, decode_
                                 kv_cache_bytes, prefill_cost)
 from costmodel.errors import SpecError
 from costmodel.ops import registered
-from costmodel.spec import ModelSpec, Workload
+from costmodel.spec import ModelSpec, Workload, decoder_start
 
 from .flops import SDPA_OPS, StepCount, count_call, fvcore_count, is_matmul_like
 from .generate import NO_PROBE, Probe, encode, generate, random_prompt
@@ -313,7 +313,7 @@ def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str
     # The encoder caches nothing. After prefill the cache holds the (decoder) prompt of the batch's
     # sequences (beams fan out at the first decode step), and an encoder-decoder's cross cache the
     # source; after decode, (decoder) prompt + gen - 1 positions of batch * beams rows.
-    start = wl.decoder_prompt if spec.arch == "encoder-decoder" else wl.prompt
+    start = decoder_start(spec, wl)
     one = replace(wl, beams=1)
     analytic_cross = {"encode": 0, "prefill": cross_kv_cache_bytes(spec, one),
                       "decode": result.memory.cross_kv_cache_bytes}
@@ -375,7 +375,7 @@ class ProfileResult:
         d.update(st.to_dict())
         d["analytic_flops"] = a.flops
         d["achieved_matmul_flops_per_s"] = d["analytic_matmul_flops"] / st.median if st.median else None
-        start = wl.decoder_prompt if self.counts.spec.arch == "encoder-decoder" else wl.prompt
+        start = decoder_start(self.counts.spec, wl)
         tokens = wl.batch * {"encode": wl.prompt, "prefill": start}.get(phase, wl.decode_steps)
         d["tokens"] = tokens
         d["tokens_per_s"] = tokens / st.median if st.median else None

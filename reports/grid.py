@@ -21,7 +21,7 @@ ARCH_PHASES = {"decoder": ("prefill", "decode"), "encoder": ("encode",),
 
 def phases_of(spec: ModelSpec) -> tuple[str, ...]:
     """The phases a sweep row can have for ``spec``, in execution order."""
-    return ARCH_PHASES[getattr(spec, "arch", "decoder")]
+    return ARCH_PHASES[spec.arch]
 
 
 class GridArray(np.ndarray):

@@ -184,7 +184,7 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
                              "decode bytes", "FLOP/B"], rows, total_rows=(len(rows) - 1,), left=2))
     else:
         for ph in result.phases.values():
-            rows = single_phase_rows(ph, getattr(ph.cost, "num_layers", m.num_layers))
+            rows = single_phase_rows(ph, ph.cost.num_layers)
             parts += [f"<h3>{_e(ph.name)}</h3>",
                       _table(["op", "scope", "FLOPs", "bytes", "FLOP/B"], rows, total_rows=(len(rows) - 1,), left=2)]
     if figures:
@@ -200,7 +200,7 @@ def report_kinds(hardware, spec=None, wl=None) -> list[str]:
     """The plots a report shows: the hardware-free ones, and the device ones when there is a device.
     An encoder-only model has no KV cache to plot; a generating model's latency (TPOT) needs decode
     steps (an encoder-only model's latency plot is its encode pass)."""
-    arch = getattr(spec, "arch", "decoder")
+    arch = "decoder" if spec is None else spec.arch
     kinds = ["phases"] + (["kv-cache"] if arch != "encoder" else [])
     device = ["memory", "roofline"] + (["latency"] if arch == "encoder" or wl is None or wl.gen >= 2 else [])
     return kinds + (device if hardware is not None else [])

@@ -16,6 +16,7 @@ from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_c
                                 prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
 from costmodel.ops import TERMS, op_info
+from costmodel.spec import decoder_start
 
 from .grid import grid_workload, phases_of
 
@@ -39,13 +40,13 @@ def term_labels(spec, causal: bool = False) -> dict:
     proj = 2 * (2 * h * q + 2 * h * kv) / h**2  # q, o: h x q each; k, v: h x kv each
     attn = 4 * q / h * (0.5 if causal else 1)
     mats = 3 if spec.mlp_kind == "gated" else 2
-    inter = getattr(spec, "moe_intermediate_size", None) if getattr(spec, "num_experts", 0) else None
+    inter = spec.moe_intermediate_size if spec.num_experts else None
     if inter:
         mlp = 2 * mats * inter * spec.experts_per_token / h
     else:
         mlp = 2 * mats * spec.intermediate_size / h
     approx = "≈" if causal else ""
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     if arch == "encoder-decoder":  # self- and cross-attention: sizes of two different sequences
         proj_text, attn_text = "QKVO projections, self and cross", "attention QKᵀ, PV, self and cross"
     else:
@@ -147,11 +148,11 @@ def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
     cross-attention position (one source token) takes exactly as many bytes, so the same curves
     give the cross cache against the source length. ``attrs['request']`` has the request's self
     and cross caches and their positions. Encoder-only: no rows (nothing is cached)."""
-    if getattr(spec, "arch", "decoder") == "encoder":
+    if spec.arch == "encoder":
         return pd.DataFrame(columns=["variant", "positions", "kv_cache_bytes"])
     encdec = spec.arch == "encoder-decoder"
     w = replace(wl, kv_cache=True)
-    self_positions = (wl.decoder_prompt if encdec else wl.prompt) + wl.gen - 1
+    self_positions = decoder_start(spec, wl) + wl.gen - 1
     request = {"self_positions": self_positions, "self_bytes": kv_cache_bytes(spec, w, positions=self_positions),
                "cross_positions": wl.prompt if encdec else 0, "cross_bytes": cross_kv_cache_bytes(spec, w)}
     end = max(wl.final_context, spec.max_position_embeddings)
@@ -197,7 +198,7 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
 
     t = predict(spec, wl, hw)
     rows, left_out = [], set()
-    for phase in (p for p in (getattr(t, "encode", None), t.prefill, t.decode) if p is not None):
+    for phase in (p for p in (t.encode, t.prefill, t.decode) if p is not None):
         for o in phase.before + phase.layer + phase.after:
             busy = o.seconds - o.overhead_s
             if o.flops == 0 or o.bytes == 0 or busy <= 0:
@@ -221,7 +222,7 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
     from costmodel import plan
     from costmodel.roofline import predict
 
-    encoder_only = getattr(spec, "arch", "decoder") == "encoder"
+    encoder_only = spec.arch == "encoder"
     if wl.gen < 2 and not encoder_only:
         raise SpecError("the latency plot needs --gen 2 or more (TPOT is the time of a decode step)")
     if encoder_only:  # one encode pass: its time is the latency; nothing is generated
@@ -251,7 +252,7 @@ def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
 
     rows = []
     for spec in specs:
-        arch = getattr(spec, "arch", "decoder")
+        arch = spec.arch
         for c in contexts:
             w = replace(wl, prompt=int(c))
             if arch == "encoder":

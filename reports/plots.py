@@ -83,7 +83,7 @@ PHASE_LABELS = {"encode": "encode (whole input)", "prefill": "prefill (whole pro
 def phase_labels(spec=None) -> dict:
     """Legend text per pass of the phases plot; an encoder-decoder's prefill is its decoder prompt
     plus the one-time projection of the cross-attention keys and values."""
-    if getattr(spec, "arch", "decoder") == "encoder-decoder":
+    if spec is not None and spec.arch == "encoder-decoder":
         return {**PHASE_LABELS, "encode": "encode (whole source)", "prefill": "prefill (decoder prompt + cross K/V)"}
     return dict(PHASE_LABELS)
 
@@ -177,7 +177,7 @@ def phases_figure(terms, spec, wl, hw=None) -> Figure:
     totals = phase_totals(terms)
     labels = term_labels(spec, wl.causal)
     phases = _phases_in(terms)
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     ridge = hw_ridge = None
     if hw is not None:
         ridge = hw.achievable_flops_per_s(wl.act_dtype) / hw.achievable_bandwidth_bytes_per_s
@@ -297,7 +297,7 @@ def no_kv_cache_panel(ax, spec):
 def kv_cache_figure(curves, spec, wl, hw=None) -> Figure:
     from costmodel.analysis import weight_bytes
 
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     fig, axes = new_figure(1, 1, 10, 3.5 if arch == "encoder" else 6.5)
     ax = axes[0, 0]
     if arch == "encoder":
@@ -359,7 +359,7 @@ def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = "", kv_label
 
 
 def memory_figure(curves, marks, spec, wl, hw) -> Figure:
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     fig, axes = new_figure(1, 2, 15, 6)
     kv_label = {"encoder": "KV cache (none: encoder-only)", "encoder-decoder": "KV cache (self + cross)"}.get(arch)
     plot_memory(axes[0, 0], curves, "batch", marks, hw.id, kv_label)
@@ -450,7 +450,7 @@ def roofline_figure(ops, spec, wl, hw) -> Figure:
     fig, axes = new_figure(1, 1, 15, 8)
     plot_roofline(axes[0, 0], ops, hw.id)
     phases = [p for p in PHASE_ORDER if (ops["phase"] == p).any()]
-    sizes = (f"batch {wl.batch}, input {wl.prompt}" if getattr(spec, "arch", "decoder") == "encoder"
+    sizes = (f"batch {wl.batch}, input {wl.prompt}" if spec.arch == "encoder"
              else f"batch {wl.batch}, {'source' if spec.arch == 'encoder-decoder' else 'prompt'} {wl.prompt}, gen {wl.gen}")
     listed = " and ".join(phases) if len(phases) < 3 else ", ".join(phases[:-1]) + " and " + phases[-1]
     axes[0, 0].set_title(f"{spec.name} on {hw.name}: every op of {listed} ({sizes})")
@@ -487,7 +487,7 @@ def plot_latency(ax, curves, axis: str, metric: str):
 def latency_figure(curves, spec, wl) -> Figure:
     """TTFT and TPOT against batch and context; an encoder-only model's one column is its encode
     pass (its whole latency: nothing is generated)."""
-    arch = getattr(spec, "arch", "decoder")
+    arch = spec.arch
     metrics = ("ttft_s",) if arch == "encoder" else ("ttft_s", "tpot_s")
     if arch == "encoder":  # one metric: batch and context side by side
         fig, grid = new_figure(1, 2, 14, 5.5)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 
+from costmodel.roofline import join_by_key
+from costmodel.spec import decoder_start
+
 _COLUMNS = ("phase", "layer", "op", "kind", "flops", "matmul_flops", "bytes", "weight_bytes",
             "act_read_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
 
@@ -76,11 +79,16 @@ def _merge_names(lists) -> list[str]:
     return merged
 
 
-def _phase_op_rows(result):
+def _phase_op_rows(result, timing=None):
     """Rows of the summary: each block op once (identical in every layer), then model-level ops;
-    one column group per phase (prefill and decode; encode for encoder models)."""
+    one column group per phase (prefill and decode; encode for encoder models), and with a
+    ``timing`` one (time, bound) pair per phase, each op's time found by its (phase, layer, op) key."""
     phases = list(result.phases.values())
     layer_counts = {p.cost.num_layers for p in phases}
+    times = {}
+    if timing is not None:
+        times = timing.op_times()
+        join_by_key(result.rows(), times)  # every op row has its time and every time its row, or ValueError
 
     def cells(name, scope, values):
         out = [name, scope]
@@ -88,23 +96,37 @@ def _phase_op_rows(result):
             out += ["-", "-", ""] if v is None else [human_flops(v[0]), human_bytes(v[1]), _intensity(*v)]
         return out
 
+    def timed(row, pair):
+        """``row`` and, with a timing, the two cells ``pair(phase name)`` gives for each phase."""
+        return row if timing is None else row + [c for p in phases for c in pair(p.name)]
+
+    def op_time(o):
+        return ["-", ""] if o is None else [human_seconds(o.seconds), o.bound]
+
     def section(attr, scope):
+        layer = 0 if attr == "layer" else None  # every block is alike: layer 0 stands for all
         by_phase = [{o.op: o for o in getattr(p.cost, attr)} for p in phases]
         names = _merge_names([[o.op for o in getattr(p.cost, attr)] for p in phases])
-        return [cells(n, scope, [(d[n].flops, d[n].bytes) if n in d else None for d in by_phase]) for n in names]
+        return [timed(cells(n, scope, [(d[n].flops, d[n].bytes) if n in d else None for d in by_phase]),
+                      lambda name: op_time(times.get((name, layer, n)))) for n in names]
+
+    def layer_s(name):
+        return sum(o.seconds for o in timing.phases[name].layer)
 
     rows = section("before", "model") + section("layer", "each layer")
     per_layer = [(sum(o.flops for o in p.cost.layer), sum(o.bytes for o in p.cost.layer)) for p in phases]
-    rows.append(cells("layer total", "each layer", per_layer))
+    rows.append(timed(cells("layer total", "each layer", per_layer), lambda name: [human_seconds(layer_s(name)), ""]))
     label = f"{layer_counts.pop()} layers" if len(layer_counts) == 1 else "all layers"
-    rows.append(cells(label, "all layers", [(p.cost.num_layers * f, p.cost.num_layers * b)
-                                            for p, (f, b) in zip(phases, per_layer)]))
+    rows.append(timed(cells(label, "all layers", [(p.cost.num_layers * f, p.cost.num_layers * b)
+                                                  for p, (f, b) in zip(phases, per_layer)]),
+                      lambda name: [human_seconds(timing.phases[name].num_layers * layer_s(name)), ""]))
     rows += section("after", "model")
-    rows.append(cells("TOTAL", "", [(p.flops, p.bytes) for p in phases]))
+    rows.append(timed(cells("TOTAL", "", [(p.flops, p.bytes) for p in phases]),
+                      lambda name: [human_seconds(timing.phases[name].seconds), ""]))
     matmul = ["  of which matmul", ""]
     for p in phases:
         matmul += [human_flops(p.matmul_flops), "", ""]
-    rows.append(matmul)
+    rows.append(timed(matmul, lambda name: ["", ""]))
     return rows
 
 
@@ -139,7 +161,7 @@ def _memory_lines(result) -> list[str]:
     elif not w.kv_cache:
         kv = f"KV cache none (would be {human_bytes(mem.kv_cache_bytes_per_token)}/token)"
     else:
-        positions = (w.decoder_prompt if m.arch == "encoder-decoder" else w.prompt) + w.gen - 1
+        positions = decoder_start(m, w) + w.gen - 1
         kv = (f"KV cache {human_bytes(mem.kv_cache_bytes)} ({human_bytes(mem.kv_cache_bytes_per_token)}/token x "
               f"{positions} positions x {seqs} sequences")
         if mem.cross_kv_cache_bytes:
@@ -168,39 +190,13 @@ def _memory_lines(result) -> list[str]:
 
 
 def _summary(result, timing, markdown=False) -> str:
-    rows, headers = _phase_op_rows(result), ["op", "scope"]
+    rows, headers = _phase_op_rows(result, timing), ["op", "scope"]
     for name in result.phases:
         headers += [f"{name} FLOPs", f"{name} bytes", "FLOP/B"]
     if timing is not None:  # roofline time and bound of each row, one column pair per phase
-        for name in timing.phases:
+        for name in result.phases:
             headers += [f"{name} time", "bound"]
-        rows = [r + t for r, t in zip(rows, _time_cells(timing))]
     return render(headers, rows, markdown=markdown, align=["l", "l"] + ["r"] * (len(headers) - 2))
-
-
-def _time_cells(timing) -> list[list[str]]:
-    """Cells aligned with :func:`_phase_op_rows`: seconds and bound per op and phase, then totals."""
-    phases = list(timing.phases.values())
-
-    def cells(values):
-        out = []
-        for o in values:
-            out += ["-", ""] if o is None else [human_seconds(o.seconds), o.bound]
-        return out
-
-    def section(attr):
-        by_phase = [{o.op: o for o in getattr(p, attr)} for p in phases]
-        names = _merge_names([[o.op for o in getattr(p, attr)] for p in phases])
-        return [cells([d.get(n) for d in by_phase]) for n in names]
-
-    per_layer = [sum(o.seconds for o in p.layer) for p in phases]
-    out = section("before") + section("layer")
-    out.append([c for t in per_layer for c in (human_seconds(t), "")])
-    out.append([c for p, t in zip(phases, per_layer) for c in (human_seconds(p.num_layers * t), "")])
-    out += section("after")
-    out.append([c for p in phases for c in (human_seconds(p.seconds), "")])
-    out.append(["", ""] * len(phases))
-    return out
 
 
 def _timing_lines(timing) -> list[str]:
@@ -257,11 +253,10 @@ def ops_csv(result, timing=None) -> str:
     columns = _COLUMNS if timing is None else _COLUMNS + ("seconds", "bound")
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    times = None if timing is None else iter([o for ph in timing.phases.values() for _, o in ph.rows()])
-    for row in result.rows():
+    rows = [(r, None) for r in result.rows()] if timing is None else join_by_key(result.rows(), timing.op_times())
+    for row, o in rows:
         row = {**row, "layer": "" if row["layer"] is None else row["layer"]}
-        if times is not None:
-            o = next(times)
+        if o is not None:
             row.update(seconds=repr(o.seconds), bound=o.bound)
         writer.writerow(row)
     return buf.getvalue()
