@@ -182,7 +182,7 @@ _HF_DEFAULTS: dict[str, dict] = {
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
-# head_dim is no field of qwen2, phi3 and qwen2_moe: their modeling code reads it when given.
+# head_dim is no field of qwen2, phi3 and qwen2_moe: their attention reads it when given (and fails on null).
 _HF_NULLABLE: dict[str, set] = {
     "gpt2": {"n_inner"}, "t5": {"num_decoder_layers"}, "llama": {"num_key_value_heads", "head_dim"},
     "mistral": {"head_dim"}, "qwen2": {"num_key_value_heads"}, "phi3": {"num_key_value_heads"},
