@@ -2,12 +2,15 @@
 
 :func:`get_model` is the one entry point: a preset name (``llama-2-7b``), or a path to a
 ``config.json`` file or to a folder holding one. No ``transformers`` import: the config is read
-as JSON and its fields mapped per ``model_type``; unknown fields are ignored, a missing required
-field is a :class:`SpecError` naming it.
+as JSON and its fields mapped per ``model_type``; unknown fields are ignored. A missing size
+(layers, width, heads, MLP width, vocabulary, experts) is a :class:`SpecError` naming it; any other
+missing field takes the default of transformers' config class for that ``model_type``. A value of
+the wrong JSON type (``"false"`` for a flag, ``4096.0`` or ``true`` for a count) is refused, never coerced.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from .errors import SpecError, read_json_file
@@ -144,6 +147,48 @@ _HF_ACTIVATIONS = {
     "gelu_fast": "gelu_tanh", "silu": "silu", "swish": "silu", "relu": "relu",
 }
 
+# What transformers' config class for each model_type uses for a field a config.json leaves out
+# (transformers 5.23.0, src/transformers/models/<type>/configuration_<type>.py, `XConfig().to_dict()`).
+# None: derived from other fields, as the class does it (num_key_value_heads: num_attention_heads;
+# head_dim: hidden_size // num_attention_heads; n_inner: 4 * n_embd; num_decoder_layers: num_layers).
+# Biases the modeling code fixes (qwen2: q, k, v; mistral, mixtral, phi3: none) are not fields.
+# The sizes have no default here: layers, width, heads, MLP width, vocabulary and the routed
+# experts (number, top-k, width) must be in the config, or it describes no particular checkpoint.
+_HF_DEFAULTS: dict[str, dict] = {
+    "gpt2": dict(n_positions=1024, n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                 tie_word_embeddings=True),
+    "bert": dict(max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12),
+    "roberta": dict(max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12),
+    "t5": dict(d_kv=64, num_decoder_layers=None, relative_attention_num_buckets=32, feed_forward_proj="relu",
+               layer_norm_epsilon=1e-6, tie_word_embeddings=True),
+    "llama": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                  mlp_bias=False),
+    "mistral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+    "qwen2": dict(num_key_value_heads=32, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+    "gemma": dict(num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  rope_theta=10000.0, attention_bias=False),
+    "phi3": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=4096,
+                 rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0),
+    "mixtral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1000000.0),
+    "qwen2_moe": dict(num_key_value_heads=16, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, qkv_bias=True,
+                      shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
+                      mlp_only_layers=None),
+}
+# Fields the class declares `int | None` (or a list or None): null there means derived (None above),
+# as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
+# head_dim is no field of qwen2, phi3 and qwen2_moe: their attention reads it when given (and fails on null).
+_HF_NULLABLE: dict[str, set] = {
+    "gpt2": {"n_inner"}, "t5": {"num_decoder_layers"}, "llama": {"num_key_value_heads", "head_dim"},
+    "mistral": {"head_dim"}, "qwen2": {"num_key_value_heads"}, "phi3": {"num_key_value_heads"},
+    "mixtral": {"head_dim"}, "qwen2_moe": {"num_key_value_heads", "mlp_only_layers"},
+}
+
 
 def load_hf_config(path: str) -> ModelSpec:
     """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
@@ -165,111 +210,194 @@ def spec_from_hf_dict(cfg: dict, name: str, source: str = "config") -> ModelSpec
         raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
 
-def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
-    model_type = cfg.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise SpecError(f"{source}: unsupported model_type {model_type!r}; "
-                        f"supported: {', '.join(HF_MODEL_TYPES)}")
+_MISSING = object()
 
-    def req(*keys):
-        for k in keys:
-            if k in cfg and cfg[k] is not None:
-                return _as_int(cfg[k], k)
-        raise SpecError(f"{source}: missing required field {keys[0]!r} for model_type {model_type!r}")
 
-    def _as_int(v, k):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise SpecError(f"{source}: field {k!r} must be an integer, got {v!r}")
+def _shown(value) -> str:
+    """A config value as the user wrote it: strings quoted, the rest as JSON (null, true, 4096.0)."""
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+
+
+class _HFFields:
+    """Typed reads of one parsed config: a missing field takes transformers' default for the
+    ``model_type`` (``_HF_DEFAULTS``), a value of the wrong JSON type is a one-line SpecError naming
+    the field, the value and the type it needs; never a coercion (``"false"`` is not false, ``4096.0``
+    and ``true`` are not integers)."""
+
+    def __init__(self, cfg: dict, model_type: str):
+        self.cfg, self.model_type = cfg, model_type
+        self.defaults = _HF_DEFAULTS[model_type]
+        self.nullable = _HF_NULLABLE.get(model_type, set())
+
+    def _get(self, key: str, aliases: tuple = ()):
+        """(the key found, its value); an alias (transformers' attribute_map standard name, e.g.
+        ``hidden_size`` for GPT-2's ``n_embd``) wins over the field, as it does in transformers."""
+        for k in (*aliases, key):
+            if k in self.cfg:
+                return k, self.cfg[k]
+        return key, _MISSING
+
+    def required_int(self, key: str, *aliases: str) -> int:
+        k, v = self._get(key, aliases)
+        if v is _MISSING:
+            raise SpecError(f"missing required field {key!r} for model_type {self.model_type!r}")
+        return _int_value(k, v)
+
+    def optional_int(self, key: str, *aliases: str) -> int | None:
+        """The integer, its default if missing, None (derived) if null where the class allows null."""
+        k, v = self._get(key, aliases)
+        if v is _MISSING:
+            return self.defaults[key]
+        if v is None and key in self.nullable:
+            return None
+        return _int_value(k, v)
+
+    def number(self, key: str) -> float:
+        """A float; an integer too (config writers drop the ``.0`` of ``10000.0``)."""
+        v = self.cfg.get(key, self.defaults[key])
+        return _float_value(key, v)
+
+    def flag(self, key: str) -> bool:
+        v = self.cfg.get(key, self.defaults[key])
+        if not isinstance(v, bool):
+            raise SpecError(f"field {key!r} must be true or false, got {_shown(v)}")
         return v
 
-    def opt_float(key, default):
-        v = cfg.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise SpecError(f"{source}: field {key!r} must be a number, got {v!r}")
-        return float(v)
+    def string(self, key: str) -> str:
+        v = self.cfg.get(key, self.defaults[key])
+        if not isinstance(v, str):
+            raise SpecError(f"field {key!r} must be a string, got {_shown(v)}")
+        return v
 
-    def opt_int(key, default):
-        v = cfg.get(key)
-        return default if v is None else _as_int(v, key)
+    def int_list(self, key: str) -> list:
+        v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return []
+        if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v):
+            raise SpecError(f"field {key!r} must be a list of integers, got {_shown(v)}")
+        return v
 
-    def activation(key, default):
-        act = cfg.get(key) or default
+    def activation(self, key: str) -> str:
+        act = self.string(key)
         if act not in _HF_ACTIVATIONS:
-            raise SpecError(f"{source}: unsupported {key} {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
+            raise SpecError(f"unsupported {key} {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
         return _HF_ACTIVATIONS[act]
 
+    def rope_theta(self) -> float:
+        """transformers 5 keeps it in ``rope_parameters`` (a legacy ``rope_scaling`` dict, when given,
+        takes its place); a top-level ``rope_theta`` fills in when that dict has none."""
+        found, params = None, {}
+        for key in ("rope_scaling", "rope_parameters"):
+            v = self.cfg.get(key)
+            if v is not None and not isinstance(v, dict):
+                raise SpecError(f"field {key!r} must be an object or null, got {_shown(v)}")
+            if v and not params:
+                found, params = key, v
+        if "rope_theta" in params:
+            return _float_value(f"{found}.rope_theta", params["rope_theta"])
+        return self.number("rope_theta")
+
+
+def _int_value(key: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(f"field {key!r} must be an integer, got {_shown(v)}")
+    return v
+
+
+def _float_value(key: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SpecError(f"field {key!r} must be a number, got {_shown(v)}")
+    return float(v)
+
+
+def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
+    if "model_type" not in cfg:
+        raise SpecError(f"missing required field 'model_type'; supported: {', '.join(HF_MODEL_TYPES)}")
+    model_type = cfg["model_type"]
+    if not isinstance(model_type, str) or model_type not in HF_MODEL_TYPES:
+        raise SpecError(f"unsupported model_type {_shown(model_type)}; supported: {', '.join(HF_MODEL_TYPES)}")
+    f = _HFFields(cfg, model_type)
+
     if model_type == "gpt2":
-        hidden = req("n_embd", "hidden_size")
+        hidden = f.required_int("n_embd", "hidden_size")
+        inner = f.optional_int("n_inner")
         return ModelSpec(
-            name=name, num_layers=req("n_layer", "num_hidden_layers"), hidden_size=hidden,
-            num_heads=req("n_head", "num_attention_heads"),
-            intermediate_size=opt_int("n_inner", 4 * hidden),  # HF: n_inner null means 4 * n_embd
-            vocab_size=req("vocab_size"), max_position_embeddings=req("n_positions", "n_ctx"),
-            **{**_GPT2, "activation": activation("activation_function", "gelu_new"),
-               "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True))},
-            norm_eps=opt_float("layer_norm_epsilon", 1e-5))
+            name=name, num_layers=f.required_int("n_layer", "num_hidden_layers"), hidden_size=hidden,
+            num_heads=f.required_int("n_head", "num_attention_heads"),
+            intermediate_size=4 * hidden if inner is None else inner,  # HF: n_inner null means 4 * n_embd
+            vocab_size=f.required_int("vocab_size"),
+            max_position_embeddings=f.optional_int("n_positions", "max_position_embeddings"),
+            **{**_GPT2, "activation": f.activation("activation_function"),
+               "tie_word_embeddings": f.flag("tie_word_embeddings")},
+            norm_eps=f.number("layer_norm_epsilon"))
 
     if model_type in ("bert", "roberta"):
         # BertModel / RobertaModel: the encoder with its pooler (the counts model cards quote)
-        hidden = req("hidden_size")
         return ModelSpec(
-            name=name, num_layers=req("num_hidden_layers"), hidden_size=hidden,
-            num_heads=req("num_attention_heads"), intermediate_size=req("intermediate_size"),
-            vocab_size=req("vocab_size"), max_position_embeddings=req("max_position_embeddings"),
-            **{**_BERT, "activation": activation("hidden_act", "gelu"),
-               "type_vocab_size": opt_int("type_vocab_size", 2),
-               "norm_eps": opt_float("layer_norm_eps", 1e-12)})
+            name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=f.required_int("hidden_size"),
+            num_heads=f.required_int("num_attention_heads"), intermediate_size=f.required_int("intermediate_size"),
+            vocab_size=f.required_int("vocab_size"), max_position_embeddings=f.optional_int("max_position_embeddings"),
+            **{**_BERT, "activation": f.activation("hidden_act"), "type_vocab_size": f.optional_int("type_vocab_size"),
+               "norm_eps": f.number("layer_norm_eps")})
 
     if model_type == "t5":
-        ff = cfg.get("feed_forward_proj", "relu")
-        kinds = {"relu": ("plain", "relu"), "gated-gelu": ("gated", "gelu_tanh"), "gelu": ("plain", "gelu"),
-                 "gated-relu": ("gated", "relu"), "gated-silu": ("gated", "silu")}
-        if ff not in kinds:
-            raise SpecError(f"{source}: unsupported feed_forward_proj {ff!r}; supported: {', '.join(kinds)}")
-        mlp_kind, act = kinds[ff]
-        layers = req("num_layers")
+        mlp_kind, act = _t5_feed_forward(f.string("feed_forward_proj"))
+        layers = f.required_int("num_layers", "num_hidden_layers")
+        decoder_layers = f.optional_int("num_decoder_layers")
+        n_positions = cfg.get("n_positions", 512)  # no T5Config field: relative positions have no limit
         return ModelSpec(
-            name=name, num_layers=opt_int("num_decoder_layers", layers), hidden_size=req("d_model"),
-            num_heads=req("num_heads"), head_dim=req("d_kv"), intermediate_size=req("d_ff"),
-            vocab_size=req("vocab_size"), max_position_embeddings=opt_int("n_positions", 512),
+            name=name, num_layers=layers if decoder_layers is None else decoder_layers,
+            hidden_size=f.required_int("d_model", "hidden_size"),
+            num_heads=f.required_int("num_heads", "num_attention_heads"), head_dim=f.optional_int("d_kv", "head_dim"),
+            intermediate_size=f.required_int("d_ff"), vocab_size=f.required_int("vocab_size"),
+            max_position_embeddings=_int_value("n_positions", n_positions),
             **{**_T5, "num_encoder_layers": layers, "mlp_kind": mlp_kind, "activation": act,
-               "relative_attention_buckets": opt_int("relative_attention_num_buckets", 32),
-               "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True)),
-               "norm_eps": opt_float("layer_norm_epsilon", 1e-6)})
+               "relative_attention_buckets": f.optional_int("relative_attention_num_buckets"),
+               # T5Config 5.x sets its attribute to true whatever is given; v1.1 (false) has its own LM head
+               "tie_word_embeddings": f.flag("tie_word_embeddings"),
+               "norm_eps": f.number("layer_norm_epsilon")})
 
-    heads = req("num_attention_heads")
+    heads = f.required_int("num_attention_heads")
     kw = dict(_LLAMA)
-    # Defaults below are those of the transformers config class for each model_type.
-    if model_type in ("qwen2", "qwen2_moe"):
-        kw["attention_bias"] = True  # Qwen2 always has q/k/v biases, none on o_proj
-    elif model_type in ("llama", "mistral"):
-        bias = bool(cfg.get("attention_bias", False))  # LLaMA's flag puts biases on q, k, v and o
-        kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bool(cfg.get("mlp_bias", False)))
+    # Biases as each modeling_<type>.py builds its projections.
+    if model_type == "qwen2":
+        kw["attention_bias"] = True  # q, k, v: bias=True; o_proj: bias=False
+    elif model_type in ("llama", "gemma"):
+        bias = f.flag("attention_bias")  # one flag for q, k, v and o
+        kw.update(attention_bias=bias, attention_out_bias=bias)
+        if model_type == "llama":
+            kw["mlp_bias"] = f.flag("mlp_bias")
     if model_type == "mixtral":
-        kw.update(num_experts=req("num_local_experts"), experts_per_token=req("num_experts_per_tok"))
+        kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
+                  experts_per_token=f.required_int("num_experts_per_tok"))
     elif model_type == "qwen2_moe":
-        if opt_int("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-            raise SpecError(f"{source}: dense layers between MoE layers (decoder_sparse_step, "
-                            "mlp_only_layers) are not supported; allowed: decoder_sparse_step 1, no mlp_only_layers")
-        shared = opt_int("shared_expert_intermediate_size", 0)
-        kw.update(attention_bias=True, num_experts=req("num_experts"),
-                  experts_per_token=req("num_experts_per_tok"),
-                  moe_intermediate_size=req("moe_intermediate_size"),
+        if f.optional_int("decoder_sparse_step") != 1 or f.int_list("mlp_only_layers"):
+            raise SpecError("dense layers between MoE layers (decoder_sparse_step, mlp_only_layers) are not "
+                            "supported; allowed: decoder_sparse_step 1, no mlp_only_layers")
+        shared = f.optional_int("shared_expert_intermediate_size")  # 0: no shared expert
+        kw.update(attention_bias=f.flag("qkv_bias"), num_experts=f.required_int("num_experts"),
+                  experts_per_token=f.required_int("num_experts_per_tok"),
+                  moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
-                  shared_expert_intermediate_size=shared or None,
-                  moe_renormalize=bool(cfg.get("norm_topk_prob", False)))
-    if model_type == "gemma":
-        act = activation("hidden_activation", "gelu_pytorch_tanh")
-        tie_default = True
-    else:
-        act = activation("hidden_act", "silu")
-        tie_default = False
+                  shared_expert_intermediate_size=shared or None, moe_renormalize=f.flag("norm_topk_prob"))
+    act = f.activation("hidden_act")
+    if model_type == "gemma" and act == "gelu":
+        act = "gelu_tanh"  # GemmaConfig: the releases' legacy "gelu" means the tanh approximation
     return ModelSpec(
-        name=name, num_layers=req("num_hidden_layers"), hidden_size=req("hidden_size"),
-        num_heads=heads, num_kv_heads=opt_int("num_key_value_heads", heads),
-        head_dim=opt_int("head_dim", None), intermediate_size=req("intermediate_size"),
-        vocab_size=req("vocab_size"), max_position_embeddings=req("max_position_embeddings"),
-        **{**kw, "activation": act,
-           "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", tie_default))},
-        rope_theta=opt_float("rope_theta", 10000.0),
-        norm_eps=opt_float("rms_norm_eps", 1e-6 if model_type in ("gemma", "qwen2") else 1e-5))
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=f.required_int("hidden_size"),
+        num_heads=heads, num_kv_heads=f.optional_int("num_key_value_heads"), head_dim=f.optional_int("head_dim"),
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"),
+        **{**kw, "activation": act, "tie_word_embeddings": f.flag("tie_word_embeddings")},
+        rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
+
+
+def _t5_feed_forward(ff: str) -> tuple[str, str]:
+    """(mlp_kind, activation) of T5's ``feed_forward_proj``: ``ACT`` or ``gated-ACT``, as T5Config
+    splits it (``gated-gelu`` is the tanh GELU, ``gelu_new``, for backward compatibility)."""
+    parts = ff.split("-")
+    act = "gelu_new" if ff == "gated-gelu" else parts[-1]
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in _HF_ACTIVATIONS:
+        raise SpecError(f"unsupported feed_forward_proj {ff!r}; supported: an activation "
+                        f"({', '.join(_HF_ACTIVATIONS)}) or gated-<activation>")
+    return ("gated" if len(parts) == 2 else "plain"), _HF_ACTIVATIONS[act]
