@@ -109,6 +109,8 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
         ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
+    if not p:
+        ops += _qk_ops(spec, wl, batch, q_len, new, rotary)
     if rotary:
         n = t * (q + kv)  # q and k rotated
         ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
@@ -124,6 +126,12 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
                       kv_read_bytes=kv_read))
     if position_bias:  # T5: the [heads, q, kv] relative position bias added to the scores
         ops.append(_elementwise(f"{p}attn_position_bias", F.add_flops(pairs), 2 * pairs, pairs, wl))
+    if spec.attn_logit_softcapping is not None and not p:  # Gemma 2: tanh(scores / c) * c
+        ops.append(_elementwise(f"{p}attn_softcap", F.softcap_flops(pairs), pairs, pairs, wl))
+    if spec.attn_sinks and not p:  # gpt-oss: [scores | sink] concatenated for the softmax
+        rows = batch * heads * q_len
+        ops.append(_elementwise(f"{p}attn_sinks", F.attention_sink_flops(batch, heads, q_len), pairs,
+                                pairs + rows, wl, params=heads))
     softmax_flops = F.attention_softmax_flops(batch, heads, q_len, kv_len, causal, spec.attention_scale)
     value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, d, causal)
     ops += [
@@ -138,35 +146,63 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     return ops
 
 
-def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
-    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
+def _qk_ops(spec: ModelSpec, wl: Workload, batch, q_len, new_kv_tokens, rotary: bool) -> list[OpCost]:
+    """Self-attention's work on q and k between the projections and the scores: the q and k norms
+    over each head (Gemma 3 "head"; Llama 4 "l2", on its rotary layers only) and Llama 4's
+    temperature tuning of the queries on its NoPE layers."""
+    d, t = spec.head_dim, batch * q_len
+    ops = []
+    if spec.qk_norm == "head" or (spec.qk_norm == "l2" and rotary):
+        weighted = spec.qk_norm == "head"
+        for op, tokens, heads in (("q_norm", t, spec.num_heads), ("k_norm", new_kv_tokens, spec.num_kv_heads)):
+            n = tokens * heads * d
+            ops.append(_elementwise(op, F.head_norm_flops(tokens, heads, d, weighted), n, n, wl,
+                                    params=d if weighted else 0))
+    if spec.attn_temperature_tuning and not rotary:
+        n = t * spec.q_size
+        ops.append(_elementwise("attn_temperature", F.attn_temperature_flops(q_len, t, spec.q_size), n, n, wl))
+    return ops
+
+
+def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost],
+              post_norm: str | None = None):
+    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add;
+    ``post_norm``: the name of a second norm on the body's output (Gemma's sandwich norms)."""
     n = tokens * spec.hidden_size
     add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
+    if spec.sandwich_norms and post_norm:
+        body = [*body, _norm(post_norm, tokens, spec, wl)]
     if spec.norm_position == "pre":
         return [_norm(norm, tokens, spec, wl), *body, add]
     return [*body, add, _norm(norm, tokens, spec, wl)]
 
 
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
-              encoder: bool = False, cross_len: int = 0, project_cross: bool = True) -> list[OpCost]:
+              encoder: bool = False, cross_len: int = 0, project_cross: bool = True,
+              layer: int | None = None) -> list[OpCost]:
     """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys.
 
     ``encoder``: a bidirectional encoder block (no cache, never causal). ``cross_len``: a decoder
     block of an encoder-decoder attending over ``cross_len`` encoder positions; ``project_cross``:
     its cross keys and values are projected in this pass (prefill, or every step without a cache).
+    ``layer``: the decoder layer's index, where layers differ (``spec.mlp_layer_types``, NoPE
+    layers without rotary positions); None: a layer of the model's common kind (MoE if it has
+    experts, rotary if its positions are).
     """
     t = batch * q_len  # tokens in this pass
     cached = wl.kv_cache and not encoder
+    rotary = spec.position_kind == "rotary" if layer is None or encoder else spec.uses_rope(layer)
     ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
-        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0))
+        rotary=rotary, position_bias=spec.relative_attention_buckets > 0), post_norm="post_attn_norm")
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
             spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
-    mlp = moe_ops(spec, wl, t) if spec.num_experts else mlp_ops(
+    moe = spec.num_experts and (layer is None or encoder or spec.mlp_layer_types[layer] == "moe")
+    mlp = moe_ops(spec, wl, t) if moe else mlp_ops(
         spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
-    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", mlp)
+    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", mlp, post_norm="post_mlp_norm")
 
 
 def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias: bool = False,
@@ -180,9 +216,13 @@ def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias
         ops += [_matmul(f"{prefix}_gate", t, h, inter, wl, weight_copies),
                 _matmul(f"{prefix}_up", t, h, inter, wl, weight_copies)]
         if bias:
-            ops.append(_elementwise(f"{prefix}_up_bias", F.add_flops(2 * m), 2 * m, 2 * m, wl, params=2 * inter))
-        ops += [_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl),
-                _elementwise(f"{prefix}_mul", F.mul_flops(m), 2 * m, m, wl)]
+            ops.append(_elementwise(f"{prefix}_up_bias", F.add_flops(2 * m), 2 * m, 2 * m, wl,
+                                    params=2 * inter * weight_copies))
+        if prefix == "expert" and spec.swiglu_limit is not None:  # gpt-oss's clamped SwiGLU
+            act, mul = F.clamped_swiglu_act_flops(m), F.clamped_swiglu_mul_flops(m)
+        else:
+            act, mul = F.activation_flops(m, spec.activation), F.mul_flops(m)
+        ops += [_elementwise(f"{prefix}_act", act, m, m, wl), _elementwise(f"{prefix}_mul", mul, 2 * m, m, wl)]
     else:
         ops.append(_matmul(f"{prefix}_up", t, h, inter, wl, weight_copies))
         if bias:
@@ -190,7 +230,8 @@ def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias
         ops.append(_elementwise(f"{prefix}_act", F.activation_flops(m, spec.activation), m, m, wl))
     ops.append(_matmul(f"{prefix}_down", t, inter, h, wl, weight_copies))
     if bias:
-        ops.append(_elementwise(f"{prefix}_down_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
+        ops.append(_elementwise(f"{prefix}_down_bias", F.add_flops(t * h), t * h, t * h, wl,
+                                params=h * weight_copies))
     return ops
 
 
@@ -199,6 +240,8 @@ def experts_touched(spec: ModelSpec, tokens):
     min(num_experts, tokens * experts_per_token). Exact and conservative (all experts once
     tokens * k >= E); :func:`expected_experts_touched` gives the mean under uniform routing."""
     a, b = spec.num_experts, tokens * spec.experts_per_token
+    if spec.moe_all_experts:  # every expert runs on every token
+        return a + 0 * b
     return (a + b - abs(a - b)) // 2  # min(a, b), element-wise on arrays too
 
 
@@ -206,6 +249,8 @@ def expected_experts_touched(spec: ModelSpec, tokens: int) -> float:
     """Mean distinct experts read when each of ``tokens`` tokens picks k of E uniformly:
     E * (1 - (1 - k/E) ** tokens) (an expert is missed by one token with probability 1 - k/E)."""
     e, k = spec.num_experts, spec.experts_per_token
+    if spec.moe_all_experts:
+        return float(e)
     return e * (1.0 - (1.0 - k / e) ** tokens)
 
 
@@ -220,15 +265,28 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
     a = wl.act_dtype
     topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
-    ops = [
-        _matmul("router", t, h, e, wl),
-        _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
-        OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
-               act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
-    ]
-    ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert",
-                   weight_copies=experts_touched(spec, t))
-    ops.append(_elementwise("expert_combine", F.expert_combine_flops(t, k, h), t * k * (h + 1), t * h, wl))
+    topk = OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                  act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k)
+    scoring = F.router_scoring_flops(t, e, k, spec.router_scoring)
+    ops = [_matmul("router", t, h, e, wl)]
+    if spec.router_bias:
+        ops.append(_elementwise("router_bias", F.add_flops(t * e), t * e, t * e, wl, params=e))
+    if spec.router_scoring == "softmax":  # softmax over E, then the top k (Mixtral)
+        ops += [_elementwise("router_softmax", scoring, t * e, t * e, wl), topk]
+    elif spec.router_scoring == "topk_softmax":  # top k of the logits, softmax over them (gpt-oss)
+        ops += [topk, _elementwise("router_softmax", scoring, t * k, t * k, wl)]
+    else:  # top k scattered into [t, E] of -inf, sigmoid over all of it (Llama 4)
+        ops += [topk, _elementwise("router_sigmoid", scoring, t * e, t * e, wl)]
+    if spec.moe_all_experts:  # Llama 4 as transformers runs it: x * score through every expert, summed
+        n = t * e * h
+        ops.append(_elementwise("expert_input_scale", F.mul_flops(n), n + t * e, n, wl))
+        ops += mlp_ops(spec, wl, t * e, spec.moe_intermediate_size, "expert", bias=spec.expert_bias,
+                       weight_copies=e)
+        ops.append(_elementwise("expert_combine", F.expert_sum_flops(t, e, h), n, t * h, wl))
+    else:
+        ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert", bias=spec.expert_bias,
+                       weight_copies=experts_touched(spec, t))
+        ops.append(_elementwise("expert_combine", F.expert_combine_flops(t, k, h), t * k * (h + 1), t * h, wl))
     if spec.num_shared_experts:
         ops += mlp_ops(spec, wl, t, spec.num_shared_experts * spec.shared_expert_intermediate_size,
                        "shared_expert")
@@ -261,6 +319,8 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
         before += [_elementwise("embedding_scale", F.mul_flops(n), n, n, wl),
                    _elementwise("pos_embedding", F.add_flops(n), n + q_len * h, n, wl)]
+    if spec.embedding_multiplier is not None and spec.position_kind != "sinusoidal":  # Gemma: x sqrt(h)
+        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.type_vocab_size:
         before.append(_elementwise("token_type_embedding", F.add_flops(n), n, n, wl, params=spec.type_vocab_size * h))
     if spec.embedding_norm:
@@ -288,6 +348,9 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
     after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
+    if spec.final_logit_softcapping is not None:  # Gemma 2: tanh(logits / c) * c
+        m = rows * spec.vocab_size
+        after.append(_elementwise("logits_softcap", F.softcap_flops(m), m, m, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
                      act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)

@@ -21,8 +21,15 @@ rotary embedding      3    x * cos + rotate_half(x) * sin
 add (residual, bias)  1
 mul (gate, scale)     1
 tanh (BERT pooler)    1
+L2 norm (no weight)   3    square, sum, scale by 1/rms (Llama 4's q/k norm)
+soft-capping          3    divide by c, tanh, multiply by c (Gemma 2, scores and logits)
+sigmoid               4    negate, exp, add, divide
+clamped SwiGLU        7+4  gpt-oss, per element of the gate: clamp, scale by alpha, sigmoid (4),
+                           multiply (the act, 7); of the up: clamp both sides (2), add 1, multiply
+                           by the act (the mul, 4)
 ====================  ===  ==========================================================
-Per-row constants (the one square root of a norm, a softmax's one reciprocal) are not counted.
+Per-row constants (the one square root of a norm, a softmax's one reciprocal) are not counted, nor
+is work on the weights alone (Gemma's RMSNorm multiplies by 1 + w: hidden adds per call, not per token).
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ ROTARY_FLOPS_PER_ELEMENT = 3
 ADD_FLOPS_PER_ELEMENT = 1  # residual, bias, position table
 MUL_FLOPS_PER_ELEMENT = 1  # gate * up, a scale
 TANH_FLOPS_PER_ELEMENT = 1
+L2_NORM_FLOPS_PER_ELEMENT = 3  # RMSNorm without its weight
+SOFTCAP_FLOPS_PER_ELEMENT = 3  # x / c, tanh, * c
+SIGMOID_FLOPS_PER_ELEMENT = 4
+CLAMPED_SWIGLU_ACT_FLOPS_PER_ELEMENT = 7  # min(g, l), alpha * g, sigmoid (4), g * sigmoid
+CLAMPED_SWIGLU_MUL_FLOPS_PER_ELEMENT = 4  # clamp(u, -l, l) (2), u + 1, (u + 1) * act
+ATTN_TEMPERATURE_FLOPS_PER_POSITION = 6  # p + 1, / floor_scale, floor, log1p, * attn_scale, + 1
 
 
 def matmul_flops(m: int, k: int, n: int) -> int:
@@ -153,6 +166,12 @@ def expert_combine_flops(tokens: int, k: int, hidden: int) -> int:
     return 2 * tokens * k * hidden
 
 
+def expert_sum_flops(tokens: int, experts: int, hidden: int) -> int:
+    """Llama 4's routed output as transformers computes it (HF ``Llama4TextMoe``): the outputs of
+    all E experts [E, tokens, hidden], each already weighted through its input, summed over E."""
+    return add_flops((experts - 1) * tokens * hidden)
+
+
 def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
     """Shared experts' output added to the routed one; Qwen-MoE (HF ``Qwen2MoeSparseMoeBlock``) gates it first,
     sigmoid(x @ w[h, 1]) * shared + routed: the sigmoid 4 per token (negate, exp, add, divide),
@@ -160,6 +179,61 @@ def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
     if gated:
         return 4 * tokens + 2 * tokens * hidden
     return add_flops(tokens * hidden)
+
+
+def head_norm_flops(tokens: int, heads: int, head_dim: int, weighted: bool = True) -> int:
+    """A norm over head_dim on each of ``heads`` heads of ``tokens`` tokens (q/k norm): RMSNorm, 4
+    per element (Gemma 3; Henry et al. 2020 "Query-Key Normalization"), or 3 without its weight
+    (Llama 4's ``Llama4TextL2Norm``)."""
+    per_element = NORM_FLOPS_PER_ELEMENT["rmsnorm"] if weighted else L2_NORM_FLOPS_PER_ELEMENT
+    return per_element * tokens * heads * head_dim
+
+
+def softcap_flops(elements: int) -> int:
+    """Soft-capping tanh(x / c) * c of scores or logits (Gemma 2, Gemma Team 2024 sec. 2; HF
+    ``Gemma2Attention``, ``Gemma2ForCausalLM``): 3 FLOPs per element."""
+    return SOFTCAP_FLOPS_PER_ELEMENT * elements
+
+
+def attention_sink_flops(batch: int, heads: int, q_len: int) -> int:
+    """gpt-oss's sinks (HF ``GptOssAttention``): each softmax row [.., kv_len] gets one more logit,
+    the head's learned sink, concatenated and dropped after the softmax; its share of the unscaled
+    softmax is 5 FLOPs (max, subtract, exp, sum, divide) per row of batch * heads * q_len."""
+    return SOFTMAX_FLOPS_PER_ELEMENT * batch * heads * q_len
+
+
+def sigmoid_flops(elements: int) -> int:
+    """sigmoid(x) = 1 / (1 + exp(-x)): negate, exp, add, divide."""
+    return SIGMOID_FLOPS_PER_ELEMENT * elements
+
+
+def clamped_swiglu_act_flops(elements: int) -> int:
+    """gpt-oss's gate (HF ``GptOssExperts._apply_gate``): g = min(g, limit); g * sigmoid(alpha * g)."""
+    return CLAMPED_SWIGLU_ACT_FLOPS_PER_ELEMENT * elements
+
+
+def clamped_swiglu_mul_flops(elements: int) -> int:
+    """gpt-oss's up half: (clamp(u, -limit, limit) + 1) * act."""
+    return CLAMPED_SWIGLU_MUL_FLOPS_PER_ELEMENT * elements
+
+
+def attn_temperature_flops(q_len: int, tokens: int, q_size: int) -> int:
+    """Llama 4's temperature tuning on a NoPE layer (HF ``Llama4TextAttention``): a scale
+    log1p(floor((p + 1) / floor_scale)) * attn_scale + 1 per position p of the pass (6 FLOPs each,
+    shared by the batch), then every query element multiplied by its position's scale."""
+    return ATTN_TEMPERATURE_FLOPS_PER_POSITION * q_len + mul_flops(tokens * q_size)
+
+
+def router_scoring_flops(tokens: int, experts: int, k: int, scoring: str) -> int:
+    """Turning router logits [tokens, E] into weights, after or before the top-k (``router_topk_flops``):
+    "softmax" over all E (Mixtral); "topk_softmax": over the k kept logits (gpt-oss, HF
+    ``GptOssTopKRouter``); "topk_sigmoid": the k logits scattered into a [tokens, E] matrix of -inf
+    and a sigmoid over all of it (Llama 4, HF ``Llama4Router``)."""
+    if scoring == "topk_softmax":
+        return softmax_flops(tokens * k)
+    if scoring == "topk_sigmoid":
+        return sigmoid_flops(tokens * experts)
+    return softmax_flops(tokens * experts)
 
 
 def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:

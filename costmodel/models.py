@@ -61,6 +61,53 @@ def _llama(name, layers, hidden, heads, kv_heads, inter, vocab, positions, **kw)
                      max_position_embeddings=positions, **{**_LLAMA, **kw})
 
 
+def _alternating(layers: int, every: int, other: str = "sliding_attention") -> tuple[str, ...]:
+    """Every ``every``-th layer full attention, the others ``other`` (transformers' default layer_types)."""
+    return tuple(other if (i + 1) % every else "full_attention" for i in range(layers))
+
+
+def _gemma2(name, layers, hidden, heads, kv_heads, head_dim, inter, scalar, version=2):
+    """Gemma 2 (alternating sliding / full, soft-capping) or Gemma 3's text model (5 sliding : 1 full,
+    q/k norm); window 4096 (Gemma 2) or 1024 (Gemma 3) as released."""
+    v3 = version == 3
+    return ModelSpec(
+        name=name, num_layers=layers, hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads,
+        head_dim=head_dim, intermediate_size=inter, vocab_size=262208 if v3 else 256000,
+        max_position_embeddings=131072 if v3 else 8192, **{**_LLAMA, "activation": "gelu_tanh"},
+        tie_word_embeddings=True, norm_eps=1e-6, rope_theta=1000000.0 if v3 else 10000.0,
+        sliding_window=1024 if v3 else 4096, layer_types=_alternating(layers, 6 if v3 else 2),
+        qk_norm="head" if v3 else None, embedding_multiplier=hidden ** 0.5, sandwich_norms=True,
+        attn_logit_softcapping=None if v3 else 50.0, final_logit_softcapping=None if v3 else 30.0,
+        query_pre_attn_scalar=scalar)
+
+
+def _gpt_oss_preset(name, layers, experts):
+    """gpt-oss as released: 2880 wide, 64 query heads of 64, 8 KV heads, experts of 2880, top 4."""
+    return ModelSpec(
+        name=name, num_layers=layers, hidden_size=2880, num_heads=64, num_kv_heads=8, head_dim=64,
+        intermediate_size=2880, vocab_size=201088, max_position_embeddings=131072, **_LLAMA,
+        attention_bias=True, attention_out_bias=True, rope_theta=150000.0, sliding_window=128,
+        layer_types=_alternating(layers, 2), attn_sinks=True, num_experts=experts, experts_per_token=4,
+        moe_renormalize=False, router_bias=True, router_scoring="topk_softmax", expert_bias=True,
+        swiglu_limit=7.0)
+
+
+def _llama4(name, experts, moe_step, qk_norm, positions):
+    """Llama 4's text model: 48 layers, 5120 wide, 40 heads / 8 KV heads of 128, NoPE every 4th layer
+    (full attention, temperature tuning), chunked attention (8192) on the others, top-1 of
+    ``experts`` plus a shared expert (8192 wide) every ``moe_step``-th layer, dense layers 16384."""
+    layers = 48
+    return ModelSpec(
+        name=name, num_layers=layers, hidden_size=5120, num_heads=40, num_kv_heads=8, head_dim=128,
+        intermediate_size=16384, vocab_size=202048, max_position_embeddings=positions, **_LLAMA,
+        rope_theta=500000.0, layer_types=_alternating(layers, 4, "chunked_attention"), attention_chunk_size=8192,
+        mlp_layer_types=tuple("dense" if (i + 1) % moe_step else "moe" for i in range(layers)),
+        no_rope_layers=tuple(range(3, layers, 4)), attn_temperature_tuning=True, qk_norm="l2" if qk_norm else None,
+        num_experts=experts, experts_per_token=1, moe_intermediate_size=8192, num_shared_experts=1,
+        shared_expert_intermediate_size=8192, moe_renormalize=False, router_scoring="topk_sigmoid",
+        moe_all_experts=True)
+
+
 # Shapes from each model's published config.json (GPT-3: Brown et al. 2020, table 2.1).
 PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _gpt2("gpt2", 12, 768, 12),
@@ -87,6 +134,15 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
            rope_theta=1000000.0, norm_eps=1e-6),
+    # Interleaved local / global attention (issue 12): Gemma 2 and 3 (text), gpt-oss, Llama 4 (text).
+    _gemma2("gemma-2-9b", 42, 3584, 16, 8, 256, 14336, 256),
+    _gemma2("gemma-2-27b", 46, 4608, 32, 16, 128, 36864, 144),
+    _gemma2("gemma-3-12b", 48, 3840, 16, 8, 256, 15360, 256, version=3),
+    _gemma2("gemma-3-27b", 62, 5376, 32, 16, 128, 21504, 168, version=3),
+    _gpt_oss_preset("gpt-oss-20b", 24, 32),
+    _gpt_oss_preset("gpt-oss-120b", 36, 128),
+    _llama4("llama-4-scout", 16, 1, True, 10485760),
+    _llama4("llama-4-maverick", 128, 2, False, 1048576),
     # Encoder-only and encoder-decoder models.
     _bert("bert-base", 12, 768, 12),
     _bert("bert-large", 24, 1024, 16),
@@ -140,7 +196,7 @@ def get_model(name_or_path: str) -> ModelSpec:
 # --- Hugging Face config.json ------------------------------------------------------------------
 
 HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe", "bert",
-                  "roberta", "t5")
+                  "roberta", "t5", "gemma2", "gemma3_text", "gpt_oss", "llama4_text")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -179,6 +235,27 @@ _HF_DEFAULTS: dict[str, dict] = {
                       rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, qkv_bias=True,
                       shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
                       mlp_only_layers=None),
+    # Gemma 2 / 3: layer_types None means Gemma2Config's alternation (sliding first) or Gemma3TextConfig's
+    # sliding_window_pattern (every 6th layer full); Gemma 3's rope_theta is its full layers' (global) base.
+    "gemma2": dict(num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                   max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=10000.0,
+                   attention_bias=False, query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gemma3_text": dict(num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                        max_position_embeddings=131072, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                        rope_theta=1000000.0, attention_bias=False, query_pre_attn_scalar=256, sliding_window=4096,
+                        layer_types=None, sliding_window_pattern=6, final_logit_softcapping=None,
+                        attn_logit_softcapping=None, use_bidirectional_attention=False),
+    "gpt_oss": dict(num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    tie_word_embeddings=False, rope_theta=150000.0, sliding_window=128, layer_types=None,
+                    swiglu_limit=7.0, attention_bias=True),
+    # Llama 4 text: no_rope_layers null or empty means every no_rope_layer_interval-th layer NoPE;
+    # moe_layers null: every interleave_moe_layer_step-th layer; layer_types null: chunked on the rotary layers.
+    "llama4_text": dict(num_key_value_heads=8, head_dim=128, hidden_act="silu", max_position_embeddings=131072,
+                        rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=500000.0, attention_bias=False,
+                        moe_layers=None, interleave_moe_layer_step=1, use_qk_norm=True, no_rope_layers=None,
+                        no_rope_layer_interval=4, attention_chunk_size=8192, layer_types=None,
+                        attn_temperature_tuning=True),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
@@ -187,6 +264,11 @@ _HF_NULLABLE: dict[str, set] = {
     "gpt2": {"n_inner"}, "t5": {"num_decoder_layers"}, "llama": {"num_key_value_heads", "head_dim"},
     "mistral": {"head_dim"}, "qwen2": {"num_key_value_heads"}, "phi3": {"num_key_value_heads"},
     "mixtral": {"head_dim"}, "qwen2_moe": {"num_key_value_heads", "mlp_only_layers"},
+    "gemma2": {"sliding_window", "layer_types", "final_logit_softcapping", "attn_logit_softcapping"},
+    "gemma3_text": {"sliding_window", "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+                    "use_bidirectional_attention"},
+    "gpt_oss": {"sliding_window", "layer_types"},
+    "llama4_text": {"moe_layers", "no_rope_layers", "attention_chunk_size", "layer_types"},
 }
 
 
@@ -257,8 +339,24 @@ class _HFFields:
         v = self.cfg.get(key, self.defaults[key])
         return _float_value(key, v)
 
+    def optional_number(self, key: str) -> float | None:
+        """A number, or None where the class allows null (soft-capping off)."""
+        v = self.cfg.get(key, self.defaults[key])
+        return None if v is None and key in self.nullable else _float_value(key, v)
+
+    def string_list(self, key: str) -> list | None:
+        """A list of strings (``layer_types``), or None (derived) where the class allows null."""
+        v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return None
+        if not isinstance(v, list) or any(not isinstance(i, str) for i in v):
+            raise SpecError(f"field {key!r} must be a list of strings, got {_shown(v)}")
+        return v
+
     def flag(self, key: str) -> bool:
         v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return False
         if not isinstance(v, bool):
             raise SpecError(f"field {key!r} must be true or false, got {_shown(v)}")
         return v
@@ -357,6 +455,9 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                "tie_word_embeddings": f.flag("tie_word_embeddings"),
                "norm_eps": f.number("layer_norm_epsilon")})
 
+    if model_type in _NEWER_READERS:
+        return _NEWER_READERS[model_type](f, name)
+
     heads = f.required_int("num_attention_heads")
     kw = dict(_LLAMA)
     # Biases as each modeling_<type>.py builds its projections.
@@ -401,3 +502,114 @@ def _t5_feed_forward(ff: str) -> tuple[str, str]:
         raise SpecError(f"unsupported feed_forward_proj {ff!r}; supported: an activation "
                         f"({', '.join(_HF_ACTIVATIONS)}) or gated-<activation>")
     return ("gated" if len(parts) == 2 else "plain"), _HF_ACTIVATIONS[act]
+
+
+# --- Gemma 2 / 3, gpt-oss, Llama 4 (text) ---------------------------------------------------------
+
+def _decoder_sizes(f: _HFFields) -> dict:
+    """The ModelSpec fields every decoder reader reads alike (field names as in LlamaConfig)."""
+    return dict(num_layers=f.required_int("num_hidden_layers"), hidden_size=f.required_int("hidden_size"),
+                num_heads=f.required_int("num_attention_heads"), num_kv_heads=f.optional_int("num_key_value_heads"),
+                head_dim=f.optional_int("head_dim"), vocab_size=f.required_int("vocab_size"),
+                max_position_embeddings=f.optional_int("max_position_embeddings"),
+                tie_word_embeddings=f.flag("tie_word_embeddings"), norm_eps=f.number("rms_norm_eps"))
+
+
+def _layer_types(f: _HFFields, num_layers: int, every: int) -> tuple:
+    """``layer_types`` as given, or transformers' default: every ``every``-th layer full, the rest
+    sliding (Gemma2Config: 2; Gemma3TextConfig: sliding_window_pattern; GptOssConfig: 2)."""
+    given = f.string_list("layer_types")
+    if given is not None:
+        return tuple(given)
+    return tuple("sliding_attention" if (i + 1) % every else "full_attention" for i in range(num_layers))
+
+
+def _gemma_v2(f: _HFFields, name: str) -> ModelSpec:
+    """Gemma 2 (Gemma2ForCausalLM) and Gemma 3's text model (Gemma3ForCausalLM): sandwich norms,
+    embeddings scaled by sqrt(hidden_size), scores scaled by query_pre_attn_scalar ** -0.5, the
+    gated tanh-GELU MLP, a tied head; Gemma 2 soft-caps scores and logits, Gemma 3 norms q and k."""
+    sizes = _decoder_sizes(f)
+    gemma3 = f.model_type == "gemma3_text"
+    if gemma3 and f.flag("use_bidirectional_attention"):
+        raise SpecError("use_bidirectional_attention true is not supported; allowed: false or null (causal)")
+    every = f.optional_int("sliding_window_pattern") if gemma3 else 2
+    if every < 1:
+        raise SpecError(f"field 'sliding_window_pattern' must be a positive integer, got {every}")
+    act = f.activation("hidden_activation")
+    bias = f.flag("attention_bias")  # one flag for q, k, v and o
+    return ModelSpec(
+        name=name, **sizes, intermediate_size=f.required_int("intermediate_size"),
+        **{**_LLAMA, "activation": "gelu_tanh" if act == "gelu" else act},  # legacy "gelu": the tanh form
+        attention_bias=bias, attention_out_bias=bias, rope_theta=_gemma3_rope_theta(f) if gemma3 else f.rope_theta(),
+        sliding_window=f.optional_int("sliding_window"), layer_types=_layer_types(f, sizes["num_layers"], every),
+        qk_norm="head" if gemma3 else None, embedding_multiplier=sizes["hidden_size"] ** 0.5,
+        sandwich_norms=True, attn_logit_softcapping=f.optional_number("attn_logit_softcapping"),
+        final_logit_softcapping=f.optional_number("final_logit_softcapping"),
+        query_pre_attn_scalar=f.number("query_pre_attn_scalar"))
+
+
+def _gemma3_rope_theta(f: _HFFields) -> float:
+    """Gemma 3's full layers' rotary base: rope_parameters["full_attention"] (its sliding layers
+    have their own, rope_local_base_freq; the reference model uses one), else rope_theta."""
+    params = f.cfg.get("rope_parameters")
+    full = params.get("full_attention") if isinstance(params, dict) else None
+    if isinstance(full, dict) and "rope_theta" in full:
+        return _float_value("rope_parameters.full_attention.rope_theta", full["rope_theta"])
+    if isinstance(params, dict) and "full_attention" in params:
+        return f.number("rope_theta")
+    return f.rope_theta()
+
+
+def _gpt_oss(f: _HFFields, name: str) -> ModelSpec:
+    """gpt-oss (GptOssForCausalLM): attention sinks, q/k/v/o biases, alternating sliding / full
+    layers, routed experts only (biased, clamped SwiGLU), a biased router whose top-k logits are
+    softmaxed (no renormalisation after)."""
+    sizes = _decoder_sizes(f)
+    bias = f.flag("attention_bias")
+    return ModelSpec(
+        name=name, **sizes, intermediate_size=f.required_int("intermediate_size"), **_LLAMA,
+        attention_bias=bias, attention_out_bias=bias, rope_theta=f.rope_theta(),
+        sliding_window=f.optional_int("sliding_window"), layer_types=_layer_types(f, sizes["num_layers"], 2),
+        attn_sinks=True, num_experts=f.required_int("num_local_experts"),
+        experts_per_token=f.required_int("num_experts_per_tok"), moe_renormalize=False,
+        router_bias=True, router_scoring="topk_softmax", expert_bias=True, swiglu_limit=f.number("swiglu_limit"))
+
+
+def _llama4_text(f: _HFFields, name: str) -> ModelSpec:
+    """Llama 4's text model (Llama4ForCausalLM): MoE layers (moe_layers, or every
+    interleave_moe_layer_step-th) of top-k sigmoid-routed experts plus one shared expert, both of
+    width intermediate_size, dense layers of intermediate_size_mlp; NoPE layers (no_rope_layers: 0)
+    with temperature tuning; chunked attention on the others; the weightless q/k L2 norm on the rotary
+    layers (use_qk_norm). Every routed expert runs on every token, as transformers executes it."""
+    sizes = _decoder_sizes(f)
+    n = sizes["num_layers"]
+    step = f.optional_int("interleave_moe_layer_step")
+    if step < 1:
+        raise SpecError(f"field 'interleave_moe_layer_step' must be a positive integer, got {step}")
+    moe_layers = f.int_list("moe_layers") if f.cfg.get("moe_layers") is not None else range(step - 1, n, step)
+    interval = f.optional_int("no_rope_layer_interval")
+    if interval < 1:
+        raise SpecError(f"field 'no_rope_layer_interval' must be a positive integer, got {interval}")
+    rope = f.int_list("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]  # 1: rotary
+    if len(rope) != n or any(r not in (0, 1) for r in rope):
+        raise SpecError(f"field 'no_rope_layers' must be {n} flags 0 or 1 (1: the layer uses rotary), got {rope}")
+    layer_types = f.string_list("layer_types")
+    if layer_types is None:
+        layer_types = ["chunked_attention" if r else "full_attention" for r in rope]
+    bias = f.flag("attention_bias")
+    inter = f.required_int("intermediate_size")  # one routed expert's width, and the shared expert's
+    return ModelSpec(
+        name=name, **sizes, intermediate_size=f.required_int("intermediate_size_mlp"),
+        **{**_LLAMA, "activation": f.activation("hidden_act")},
+        attention_bias=bias, attention_out_bias=bias, rope_theta=f.rope_theta(),
+        layer_types=tuple(layer_types), attention_chunk_size=f.optional_int("attention_chunk_size"),
+        mlp_layer_types=tuple("moe" if i in moe_layers else "dense" for i in range(n)),
+        no_rope_layers=tuple(i for i, r in enumerate(rope) if not r),
+        attn_temperature_tuning=f.flag("attn_temperature_tuning") and 0 in rope,
+        qk_norm="l2" if f.flag("use_qk_norm") else None,
+        num_experts=f.required_int("num_local_experts"), experts_per_token=f.required_int("num_experts_per_tok"),
+        moe_intermediate_size=inter, num_shared_experts=1, shared_expert_intermediate_size=inter,
+        moe_renormalize=False, router_scoring="topk_sigmoid", moe_all_experts=True)
+
+
+_NEWER_READERS = {"gemma2": _gemma_v2, "gemma3_text": _gemma_v2, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text}

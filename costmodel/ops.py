@@ -142,6 +142,14 @@ def _ffn(p: str, modules: str, bias: bool = False) -> None:
 # One block (costmodel.analysis.layer_ops); the norms and residual adds of each sublayer
 register("attn_norm", "elementwise")
 _attention("", "attention", None)
+# Self-attention's variants (Gemma 2 / 3, gpt-oss, Llama 4). Element-wise ops inside the split region
+# are registered "replicated" like every op the old classifiers did not name (tests/test_ops_registry)
+register("q_norm", "elementwise")  # Gemma 3 / Llama 4: a norm on each query head
+register("k_norm", "elementwise")
+register("attn_temperature", "elementwise")  # Llama 4: NoPE layers' queries scaled by position
+register("attn_softcap", "elementwise", timing=("attention.core", "attention core"))  # Gemma 2: tanh(scores / c) * c
+register("attn_sinks", "elementwise", timing=("attention.core", "attention core"))  # gpt-oss: a logit per head joins the softmax
+register("post_attn_norm", "elementwise")  # Gemma 2 / 3 sandwich norms
 register("attn_residual", "elementwise")
 register("cross_attn_norm", "elementwise")
 _attention("cross_", "cross_attention", ("cross_attention", "cross-attention"))
@@ -150,14 +158,20 @@ register("mlp_norm", "elementwise")
 _ffn("mlp", "mlp", bias=True)
 # Mixture of experts (costmodel.analysis.moe_ops)
 register("router", "matmul", "MLP", modules=("mlp.router",), timing=("mlp", "mlp"))
+register("router_bias", "elementwise", timing=("mlp", "mlp"))  # gpt-oss
+register("router_sigmoid", "elementwise", timing=("mlp", "mlp"))  # Llama 4: sigmoid of the top-k logits
 register("router_softmax", "elementwise", timing=("mlp", "mlp"))
 register("router_topk", "elementwise", timing=("mlp", "mlp"))
 _ffn("expert", "experts.*")
+register("expert_up_bias", "elementwise", tp="split", timing=("mlp", "mlp"))  # gpt-oss: gate and up biases
+register("expert_down_bias", "elementwise", timing=("mlp", "mlp"))
+register("expert_input_scale", "elementwise", timing=("mlp", "mlp"))  # Llama 4: x * score before each expert
 register("expert_combine", "elementwise", timing=("mlp", "mlp"))
 _ffn("shared_expert", "mlp.shared_expert")
 # Qwen-MoE's sigmoid gate x @ w[h, 1] (not the shared expert's gate matrix)
 register("shared_expert_score", "matmul", "MLP", modules=("mlp.shared_expert_gate",), timing=("mlp", "mlp"))
 register("shared_expert_combine", "elementwise", timing=("mlp", "mlp"))
+register("post_mlp_norm", "elementwise")
 register("mlp_residual", "elementwise")
 
 # After the last block
@@ -170,6 +184,7 @@ register("mlm_norm", "elementwise")
 register("lm_head_scale", "elementwise")  # T5 with tied embeddings
 register("lm_head", "matmul", "LM head", "vocabulary", ("lm_head",))
 register("lm_head_bias", "elementwise")
+register("logits_softcap", "elementwise")  # Gemma 2: tanh(logits / c) * c
 
 # Picking the next token (costmodel.sampling), measured as one module, the Sampler
 for _name in ("sampling_temperature", "sampling_argmax", "sampling_log_softmax", "sampling_beam_add",

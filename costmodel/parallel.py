@@ -237,9 +237,14 @@ def stage_kv_cache_bytes(spec: ModelSpec, wl: Workload, split: Split, stage: int
                          positions: int | None = None) -> int:
     """KV cache one tensor-parallel GPU of ``stage`` holds: its kv heads (tp divides them in
     either rounding), in the layers of its stage."""
-    tp, layers = split.tp, stage_layers(spec.num_layers, split.pp)[stage]
+    tp, layers = split.tp, stage_range(spec.num_layers, split.pp, stage)
     stage_spec = spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp,
-                            head_dim=spec.head_dim, num_layers=layers)
+                            head_dim=spec.head_dim, num_layers=len(layers),
+                            layer_types=spec.layer_types[layers.start:layers.stop],
+                            mlp_layer_types=spec.mlp_layer_types[layers.start:layers.stop],
+                            no_rope_layers=tuple(i - layers.start for i in spec.no_rope_layers if i in layers),
+                            attn_temperature_tuning=spec.attn_temperature_tuning
+                            and any(i in layers for i in spec.no_rope_layers))
     return kv_cache_bytes(stage_spec, wl, positions)
 
 

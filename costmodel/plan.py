@@ -30,7 +30,7 @@ from .dtypes import DTYPE_BITS
 from .errors import SpecError
 from .hardware import Hardware
 from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
-                       stage_layers, stage_view, tp_share)  # the one model of the split
+                       stage_range, stage_view, tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -87,7 +87,9 @@ def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
 def _replicated_layer_params(spec: ModelSpec) -> int:
     """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
     after a row-parallel matmul (attention output, MLP down)."""
-    p = 2 * spec.norm_params()
+    p = (4 if spec.sandwich_norms else 2) * spec.norm_params()
+    if spec.qk_norm == "head":  # one weight of head_dim for every q head, one for every k head
+        p += 2 * spec.head_dim
     if spec.attention_out_bias:
         p += spec.hidden_size
     if spec.mlp_bias:
@@ -101,9 +103,9 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     Summed over the tp x pp GPUs with tp = pp = 1 this is ``spec.num_params``.
     """
     tp, pp = layout.tp, layout.pp
-    layers = stage_layers(spec.num_layers, pp)[stage]
     rep = _replicated_layer_params(spec)
-    params = layers * (tp_share(spec.layer_params() - rep, tp) + rep)
+    params = sum(tp_share(spec.layer_params(mlp=spec.mlp_layer_types[i]) - rep, tp) + rep
+                 for i in stage_range(spec.num_layers, pp, stage))
     vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
     first, last = stage == 0, stage == pp - 1
     if first:

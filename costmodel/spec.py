@@ -8,7 +8,7 @@ Invalid values raise :class:`~costmodel.errors.SpecError` naming the field, valu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from .dtypes import DTYPE_BITS, canonical_dtype
 from .errors import SpecError, require_choice, require_positive_int
@@ -22,6 +22,18 @@ NORM_POSITIONS = ("pre", "post")
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
+# Per decoder layer, transformers' config.layer_types names; "chunked_attention": Llama 4's local
+# attention over chunks of attention_chunk_size positions
+ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+MLP_LAYER_TYPES = ("dense", "moe")
+QK_NORMS = ("head", "l2")  # see ModelSpec.qk_norm
+# How a router turns its logits [t, E] into the k weights of each token (see costmodel.analysis.moe_ops)
+ROUTER_SCORINGS = ("softmax", "topk_softmax", "topk_sigmoid")
+# Shown in ModelSpec.summary() when not at their default
+_VARIANT_FIELDS = ("sliding_window", "attention_chunk_size", "qk_norm", "embedding_multiplier", "sandwich_norms",
+                   "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "attn_sinks",
+                   "no_rope_layers", "attn_temperature_tuning", "router_bias", "router_scoring", "expert_bias",
+                   "swiglu_limit")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,32 @@ class ModelSpec:
     relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
+    # Layers that differ (issue 12): attention kind and MLP kind per decoder layer
+    sliding_window: int | None = None  # W: a sliding layer attends over the last W positions
+    layer_types: tuple[str, ...] | None = None  # per layer, ATTENTION_TYPES; None: all sliding if
+    #   sliding_window else all full
+    mlp_layer_types: tuple[str, ...] | None = None  # per layer, "dense" or "moe"; None: all "moe" if
+    #   num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    attention_chunk_size: int | None = None  # Llama 4: a chunked layer attends within its chunk
+    # Gemma 2 / 3, gpt-oss, Llama 4
+    qk_norm: str | None = None  # norm on each q and k head after the projections: "head" (RMSNorm
+    #   over head_dim, a weight of head_dim each: Gemma 3, Qwen3), "l2" (the same without a weight,
+    #   on the rotary layers only: Llama 4 use_qk_norm)
+    embedding_multiplier: float | None = None  # embeddings scaled by it (Gemma: sqrt(hidden_size))
+    sandwich_norms: bool = False  # a norm on each sublayer's output too, before the residual add (Gemma 2/3)
+    attn_logit_softcapping: float | None = None  # scores -> tanh(scores / c) * c (Gemma 2)
+    final_logit_softcapping: float | None = None  # logits -> tanh(logits / c) * c (Gemma 2)
+    query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power, not head_dim's (Gemma)
+    attn_sinks: bool = False  # gpt-oss: a learned logit per head joins each softmax row, then dropped
+    no_rope_layers: tuple[int, ...] = ()  # indices of layers without rotary positions (Llama 4 NoPE)
+    attn_temperature_tuning: bool = False  # Llama 4: queries of the NoPE layers scaled by position
+    router_bias: bool = False  # bias on the router's logits (gpt-oss)
+    router_scoring: str = "softmax"  # ROUTER_SCORINGS: softmax over E then top-k (Mixtral); top-k of
+    #   the logits, then softmax over the k (gpt-oss) or a sigmoid of each (Llama 4)
+    expert_bias: bool = False  # biases on each routed expert's matrices (gpt-oss)
+    swiglu_limit: float | None = None  # gpt-oss: the experts' clamped SwiGLU (clamp at the limit)
+    moe_all_experts: bool = False  # every routed expert runs on every token, weighted by its router
+    #   score (0 for those not picked), as transformers' Llama4TextMoe executes it
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -93,6 +131,8 @@ class ModelSpec:
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
         self._check_moe()
+        self._check_layer_types()
+        self._check_variants()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
 
@@ -139,6 +179,71 @@ class ModelSpec:
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
 
+    def _check_layer_types(self) -> None:
+        for f in ("sliding_window", "attention_chunk_size"):
+            if getattr(self, f) is not None:
+                require_positive_int(f, getattr(self, f))
+                if self.arch != "decoder":
+                    raise SpecError(f"{f} is for arch 'decoder', got arch {self.arch!r}")
+        for f, allowed, default in (
+                ("layer_types", ATTENTION_TYPES, ATTENTION_TYPES[1 if self.sliding_window is not None else 0]),
+                ("mlp_layer_types", MLP_LAYER_TYPES, MLP_LAYER_TYPES[1 if self.num_experts else 0])):
+            v = getattr(self, f)
+            if v is None:
+                v = (default,) * self.num_layers
+            elif isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise SpecError(f"{f} must be a list of {', '.join(allowed)} (one per layer), got {v!r}")
+            v = tuple(v)
+            if len(v) != self.num_layers:
+                raise SpecError(f"{f} has {len(v)} entries, num_layers is {self.num_layers}; "
+                                "allowed: one entry per layer")
+            for t in v:
+                if t not in allowed:
+                    raise SpecError(f"{f} entry {t!r} is not supported; allowed: {', '.join(allowed)}")
+            object.__setattr__(self, f, v)
+        for kind, size in (("sliding_attention", "sliding_window"), ("chunked_attention", "attention_chunk_size")):
+            if kind in self.layer_types and getattr(self, size) is None:
+                raise SpecError(f"layer_types has {kind!r} layers but {size} is None; "
+                                f"allowed: a positive {size}, or no {kind!r} layers")
+        if not self.num_experts and "moe" in self.mlp_layer_types:
+            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
+                            "allowed: num_experts > 0, or only 'dense' layers")
+
+    def _check_variants(self) -> None:
+        """Gemma 2 / 3, gpt-oss and Llama 4's fields."""
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        require_choice("router_scoring", self.router_scoring, ROUTER_SCORINGS)
+        for f in ("embedding_multiplier", "attn_logit_softcapping", "final_logit_softcapping",
+                  "query_pre_attn_scalar", "swiglu_limit"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+                raise SpecError(f"{f} must be a positive number or None, got {v!r}")
+        v = self.no_rope_layers
+        if (isinstance(v, str) or not isinstance(v, (list, tuple))
+                or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_layers for i in v)):
+            raise SpecError(f"no_rope_layers must be a list of layer indices 0 to {self.num_layers - 1}, got {v!r}")
+        object.__setattr__(self, "no_rope_layers", tuple(sorted(set(v))))
+        if v and self.position_kind != "rotary":
+            raise SpecError(f"no_rope_layers is for position_kind 'rotary', got {self.position_kind!r}")
+        if self.attn_temperature_tuning and not v:
+            raise SpecError("attn_temperature_tuning scales the queries of the NoPE layers; it needs no_rope_layers")
+        if self.sandwich_norms and self.norm_position != "pre":
+            raise SpecError(f"sandwich_norms is for norm_position 'pre', got {self.norm_position!r}")
+        moe_only = [f for f, on in (("router_bias", self.router_bias), ("expert_bias", self.expert_bias),
+                                    ("moe_all_experts", self.moe_all_experts),
+                                    ("router_scoring", self.router_scoring != "softmax"),
+                                    ("swiglu_limit", self.swiglu_limit is not None)) if on]
+        if moe_only and not self.num_experts:
+            raise SpecError(f"{', '.join(moe_only)}: for routed experts, got num_experts=0; "
+                            "allowed: num_experts > 0, or the defaults")
+        if self.swiglu_limit is not None and self.mlp_kind != "gated":
+            raise SpecError(f"swiglu_limit is for mlp_kind 'gated', got {self.mlp_kind!r}")
+
+    def uses_rope(self, layer: int) -> bool:
+        """Layer ``layer`` rotates its q and k (rotary positions, not a NoPE layer)."""
+        return self.position_kind == "rotary" and layer not in self.no_rope_layers
+
     # Derived widths, named as in the formulas.
     @property
     def q_size(self) -> int:
@@ -168,25 +273,39 @@ class ModelSpec:
             attn += h
         return attn
 
-    def layer_params(self, experts: int | None = None, cross: bool = False) -> int:
+    def attention_extra_params(self) -> int:
+        """Self-attention's parameters besides the projections: the q and k norms' weights ("head":
+        head_dim each; "l2" has none), gpt-oss's sinks (one logit per query head)."""
+        qk = 2 * self.head_dim if self.qk_norm == "head" else 0
+        return qk + (self.num_heads if self.attn_sinks else 0)
+
+    def expert_params(self, inter: int | None = None) -> int:
+        """One routed expert's matrices of width ``inter`` (default moe_intermediate_size), with
+        their biases (``expert_bias``: gate and up ``inter`` each, down ``hidden_size``)."""
+        inter = self.moe_intermediate_size if inter is None else inter
+        bias = (self.num_mlp_matrices - 1) * inter + self.hidden_size if self.expert_bias else 0
+        return self.num_mlp_matrices * self.hidden_size * inter + bias
+
+    def layer_params(self, experts: int | None = None, cross: bool = False, mlp: str | None = None) -> int:
         """Parameters of one transformer block; ``experts``: count only that many routed experts
         (``experts_per_token`` gives the parameters one token is computed with); ``cross``: a
-        decoder block of an encoder-decoder (cross-attention and its norm)."""
+        decoder block of an encoder-decoder (cross-attention and its norm); ``mlp``: a "dense" or
+        "moe" layer (default: "moe" when the model has experts)."""
         h, inter = self.hidden_size, self.intermediate_size
-        attn = self.attention_params()
+        attn = self.attention_params() + self.attention_extra_params()
         if cross:
             attn += self.attention_params() + self.norm_params()
-        if self.num_experts:
+        if (mlp or ("moe" if self.num_experts else "dense")) == "moe":
             routed = self.num_experts if experts is None else experts
-            mlp = (h * self.num_experts  # router
-                   + routed * self.num_mlp_matrices * h * self.moe_intermediate_size
+            mlp = (h * self.num_experts + (self.num_experts if self.router_bias else 0)  # router
+                   + routed * self.expert_params()
                    + self.num_shared_experts * self.num_mlp_matrices * h * self.shared_expert_intermediate_size
                    + (h if self.shared_expert_gate else 0))
         else:
             mlp = self.num_mlp_matrices * h * inter
             if self.mlp_bias:
                 mlp += (self.num_mlp_matrices - 1) * inter + h
-        return attn + mlp + 2 * self.norm_params()
+        return attn + mlp + (4 if self.sandwich_norms else 2) * self.norm_params()
 
     def embedding_params(self) -> int:
         """Token embedding, learned positions, token types (BERT) and the embedding norm (BERT)."""
@@ -222,15 +341,16 @@ class ModelSpec:
         if self.arch == "encoder-decoder":
             return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
                     + self.num_layers * self.layer_params(cross=True))
-        return total + self.num_layers * self.layer_params()
+        return total + sum(self.layer_params(mlp=m) for m in self.mlp_layer_types)
 
     @property
     def active_params(self) -> int:
-        """Parameters one token is computed with: all but the routed experts it does not use."""
+        """Parameters one token is computed with: all but the routed experts it does not use
+        (``moe_all_experts``: those it multiplies by a zero weight count as unused too)."""
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
-        layers = self.num_layers + (self.num_encoder_layers or 0)
+        layers = self.mlp_layer_types.count("moe") + (self.num_encoder_layers or 0)
         return self.num_params - layers * unused
 
     def summary(self) -> dict:
@@ -242,7 +362,18 @@ class ModelSpec:
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
         }
-        return {**self._summary(), "active_params": self.active_params, **moe}
+        if self.num_experts and self.moe_all_experts:
+            moe["moe_all_experts"] = True  # FLOPs: every routed expert on every token (transformers' Llama 4)
+        return {**self._summary(), "active_params": self.active_params, **moe, **self._variants()}
+
+    def _variants(self) -> dict:
+        """The issue-12 fields that differ from their defaults (a plain model shows none of them)."""
+        out = {}
+        for f in fields(self):
+            if f.name in _VARIANT_FIELDS and getattr(self, f.name) != f.default:
+                v = getattr(self, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def _summary(self) -> dict:
         return {
