@@ -16,7 +16,7 @@ CACHE_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOM
 # LLaMA-style, 1 layer: embed 16*8 + layer (q 64 + k 32 + v 32 + o 64 + mlp 3*8*12 + 2 norms 16 = 496)
 # + final norm 8 + lm_head 128 = 760 parameters.
 CONFIG = {"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2,
-          "num_key_value_heads": 1, "intermediate_size": 12, "vocab_size": 16, "max_position_embeddings": 64}
+          "num_key_value_heads": 1, "intermediate_size": 12, "vocab_size": 16, "max_position_embeddings": 1024}
 HASH = "0123456789abcdef0123456789abcdef01234567"
 
 
