@@ -542,6 +542,7 @@ class Analysis:
     decode_alternative: Phase | None  # decode with the other KV-cache choice, to show the saving
     warnings: tuple[str, ...] = ()
     encode: Phase | None = None
+    checkpoint: object = None  # a costmodel.checkpoint.Checkpoint read beside the config, if any
 
     @property
     def phases(self) -> dict[str, Phase]:
@@ -616,6 +617,8 @@ class Analysis:
             d["kv_cache_saving"] = self.kv_cache_saving()
         if self.model.num_experts:
             d["moe"] = self.moe()
+        if self.checkpoint is not None:
+            d["checkpoint"] = self.checkpoint.to_dict()
         if include_ops:
             d["ops"] = list(self.rows())
         return d

@@ -1,7 +1,8 @@
 """Built-in model presets and the offline reader of Hugging Face ``config.json`` files.
 
-:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), or a path to a
-``config.json`` file or to a folder holding one. No ``transformers`` import: the config is read
+:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), a path to a
+``config.json`` file or to a folder holding one, or a Hugging Face id (``Qwen/Qwen3-8B``) already in
+the local cache (:mod:`costmodel.hub`, never the network). No ``transformers`` import: the config is read
 as JSON and its fields mapped per ``model_type``; unknown fields are ignored. A missing size
 (layers, width, heads, MLP width, vocabulary, experts) is a :class:`SpecError` naming it; any other
 missing field takes the default of transformers' config class for that ``model_type``. A value of
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from . import hub
 from .errors import SpecError, read_json_file
 from .spec import ModelSpec
 
@@ -128,13 +130,32 @@ def preset_names() -> list[str]:
 
 
 def get_model(name_or_path: str) -> ModelSpec:
-    """A preset by name, or a spec read from a ``config.json`` (file or folder) path."""
+    """A preset by name, a spec read from a ``config.json`` (file or folder) path, or a Hugging Face
+    id ``ORG/NAME[@REVISION]`` found in the local cache (:mod:`costmodel.hub`, offline)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
+    if not os.path.exists(name_or_path) and hub.looks_like_repo_id(name_or_path):
+        return load_hf_config(hub.find_config(name_or_path), name=name_or_path)
     if os.path.exists(name_or_path) or name_or_path.endswith(".json") or os.sep in name_or_path:
         return load_hf_config(name_or_path)
     raise SpecError(f"unknown model {name_or_path!r}; built-in models: {', '.join(PRESETS)} "
-                    "(or give a path to a Hugging Face config.json or its folder)")
+                    "(or give a path to a Hugging Face config.json or its folder, or a Hugging Face id "
+                    "ORG/NAME in the local cache)")
+
+
+def model_folder(name_or_path: str) -> str | None:
+    """The folder a model's files live in (where a checkpoint may sit beside ``config.json``):
+    the folder given, the folder of the config file given, or the cache snapshot of a Hugging Face
+    id; None for a preset."""
+    if name_or_path in PRESETS:
+        return None
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        return os.path.dirname(os.path.abspath(name_or_path))
+    if hub.looks_like_repo_id(name_or_path):
+        return hub.snapshot_folder(name_or_path)
+    return None
 
 
 # --- Hugging Face config.json ------------------------------------------------------------------
@@ -190,14 +211,16 @@ _HF_NULLABLE: dict[str, set] = {
 }
 
 
-def load_hf_config(path: str) -> ModelSpec:
-    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
+def load_hf_config(path: str, name: str | None = None) -> ModelSpec:
+    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`,
+    named ``name`` (default: the folder's name, or the file's stem if not ``config.json``)."""
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     cfg = read_json_file(file, "config")
     if not isinstance(cfg, dict):
         raise SpecError(f"malformed config {file!r}: expected a JSON object, got {type(cfg).__name__}")
     folder = os.path.basename(os.path.dirname(os.path.abspath(file)))
-    name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
+    if name is None:
+        name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
     return spec_from_hf_dict(cfg, name=name, source=file)
 
 

@@ -21,16 +21,18 @@ from .plan import hardware_options
 def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
-    MODEL is a built-in name (see `costmodel models`) or a path to a Hugging Face config.json
-    (or the folder holding it). With --gpu NAME or --hardware FILE, adds roofline latency:
+    MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
+    (or the folder holding it), or a Hugging Face id ORG/NAME[@REVISION] already in the local
+    cache (read offline). A safetensors checkpoint beside the config is summed from its headers. With --gpu NAME or --hardware FILE, adds roofline latency:
     seconds per op and phase, TTFT, TPOT (first, mean, last), tokens/s.
     """
     from ..analysis import analyze
+    from ..checkpoint import model_checkpoint, with_checkpoint
     from ..models import get_model
     from reports import text
 
     spec = get_model(model)
-    result = analyze(spec, pop_workload(kwargs, spec))
+    result = with_checkpoint(analyze(spec, pop_workload(kwargs, spec)), model_checkpoint(model))
     timing = None
     if gpu is not None or hardware_file is not None:
         from ..hardware import get_hardware
