@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from costmodel.errors import SpecError
 from costmodel.spec import ModelSpec
 
-ATTENTION_PATHS = ("eager", "sdpa")
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
+
+TORCH_DTYPES = dict(zip(REFERENCE_DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 class KVCache(nn.Module):
@@ -404,8 +405,8 @@ class Transformer(nn.Module):
 
 def check_device(device: str) -> torch.device:
     """The torch device for ``cpu`` or ``cuda``; a SpecError when CUDA is asked for and absent."""
-    if device not in ("cpu", "cuda"):
-        raise SpecError(f"unknown device {device!r}; allowed: cpu, cuda")
+    if device not in DEVICES:
+        raise SpecError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise SpecError(f"device 'cuda' is not available here (torch {torch.__version__}, "
                         "no CUDA device found); allowed: cpu")
