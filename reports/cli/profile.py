@@ -16,6 +16,8 @@ from reports.profile import profile_table, validate_table
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      pop_workload, workload_options)
+from .parallel import profile_parallel, split_case_names, validate_parallel
+from .validate_timing import run_timing_validation
 
 
 def _progress(enabled: bool):
@@ -67,8 +69,6 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     spec = get_model(model)
     wl = pop_workload(kwargs, spec)
     if tp != 1 or pp != 1:
-        from .parallel import profile_parallel
-
         if weights:
             raise InputError("--weights is not supported with --tp/--pp (seeded random weights only)")
         return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt)
@@ -110,12 +110,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     over prefill and decode shapes, with the median and 90th-percentile absolute error.
     """
     if timing:
-        from .validate_timing import run_timing_validation
-
         return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
     from profiler.validate import plan, run_cases
-
-    from .parallel import split_case_names, validate_parallel
 
     single, parallel = split_case_names(cases)  # tp / pp cases run after the single-device ones
     planned = len(plan(quick, single or None)) if single or not cases else 0

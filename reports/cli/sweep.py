@@ -6,6 +6,10 @@ numpy, pandas and matplotlib are imported inside the command functions only, so 
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
+
 import click
 
 from costmodel.errors import SpecError
@@ -57,8 +61,6 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
 
         costmodel sweep llama-2-7b --batch 1,2,4,8 --prompt 128:32768:x2 --gen 128
     """
-    from dataclasses import replace
-
     from reports.files import check_writable_file
     from reports.sweep import parse_range, sweep as run_sweep, write_frame
 
@@ -145,10 +147,6 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     `costmodel validate --format json`), compare (MODEL may be A,B,C; --gpu A,B optional).
     --batch/--prompt/--gen set the configuration; --batch-range/--context-range the axes.
     """
-    import json
-    import re
-    from dataclasses import replace
-
     from reports import plots
     from reports.files import check_writable_dir
     from reports.sweep import parse_range
