@@ -6,13 +6,13 @@ from __future__ import annotations
 import click
 
 from costmodel.parallel import Split
-from reports.parallel import parallel_table
 
 from .common import emit_json
 
 
 def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str, seed: int, fmt: str) -> None:
     from profiler.parallel import run_parallel
+    from reports.parallel import parallel_table
 
     result = run_parallel(spec, wl, Split(tp, pp), attention=attention, device=device, seed=seed)
     if fmt == "json":

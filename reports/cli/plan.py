@@ -1,7 +1,8 @@
 """``costmodel hardware``, ``costmodel plan`` and ``costmodel calibrate``.
 
 ``hardware`` and ``plan`` are pure arithmetic (no numpy, pandas or torch); ``calibrate`` imports
-torch inside the command only. The tables are :mod:`reports.plan`'s.
+torch inside the command only. The tables are :mod:`reports.plan`'s, imported inside the commands
+as every rendering module is, so that ``costmodel --help`` loads none.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from costmodel.hardware import catalog, get_hardware, hardware_from_dict, load_h
 from costmodel.models import get_model
 from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
-from reports.parallel import collectives_lines
-from reports.plan import calibration_table, hardware_table, plan_text
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      warn, workload_options)
@@ -28,6 +27,8 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
 @input_errors
 def hardware(hardware_file, fmt):
     """List the hardware catalog: peak FLOP/s per dtype, memory, bandwidths, and their sources."""
+    from reports.plan import hardware_table
+
     profiles = (load_hardware_file(hardware_file) if hardware_file else []) + catalog()
     if fmt == "json":
         emit_json([h.to_dict() for h in profiles])
@@ -67,6 +68,8 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
     """
+    from reports.plan import plan_text
+
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
     hw = get_hardware(gpu, hardware_file)
@@ -102,6 +105,9 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
         from profiler import calibrate as cal
     except ImportError as e:
         raise InputError(f"calibrate needs torch ({e}); install it with: pip install 'costmodel[profile]'") from None
+    from reports.parallel import collectives_lines
+    from reports.plan import calibration_table
+
     profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
                             profile_id=profile_id)
     if collectives:

@@ -11,8 +11,6 @@ import click
 
 from costmodel.models import get_model
 from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
-from reports.parallel import parallel_cases_table
-from reports.profile import profile_table, validate_table
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      pop_workload, workload_options)
@@ -73,6 +71,7 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
             raise InputError("--weights is not supported with --tp/--pp (seeded random weights only)")
         return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt)
     from profiler.runner import profile as run_profile
+    from reports.profile import profile_table
 
     result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
                          fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
@@ -112,6 +111,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     if timing:
         return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
     from profiler.validate import plan, run_cases
+    from reports.parallel import parallel_cases_table
+    from reports.profile import validate_table
 
     single, parallel = split_case_names(cases)  # tp / pp cases run after the single-device ones
     planned = len(plan(quick, single or None)) if single or not cases else 0

@@ -7,7 +7,6 @@ import click
 from costmodel.analysis import analyze
 from costmodel.models import PRESETS, get_model
 from costmodel.roofline import predict
-from reports import text
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      pop_workload, read_hardware, warn, workload_options)
@@ -30,6 +29,8 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
     (or the folder holding it). With --gpu NAME or --hardware FILE, adds roofline latency:
     seconds per op and phase, TTFT, TPOT (first, mean, last), tokens/s.
     """
+    from reports import text
+
     spec = get_model(model)
     result = analyze(spec, pop_workload(kwargs, spec))
     hw = read_hardware(gpu, hardware_file)
@@ -51,7 +52,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
 
 def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
     """--html FILE and --out DIR: write the page / report.md and its plots; print the paths."""
-    from reports import html
+    from reports import html, text
     from reports.files import check_writable_dir, check_writable_file
 
     if out_dir is not None:
@@ -71,6 +72,8 @@ def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
 @format_option(["table", "json"])
 def models(fmt):
     """List the built-in models."""
+    from reports import text
+
     if fmt == "json":
         emit_json([spec.summary() for spec in PRESETS.values()])
     else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from costmodel.hardware import get_hardware, hardware_from_dict
-from reports.profile import timing_validation_table
-from reports.text import human_seconds
 
 from .common import emit_json
 
@@ -15,6 +13,8 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> No
     """Time the reference model over prefill and decode shapes and hold each against the roofline
     on ``--hardware FILE`` (or ``--gpu NAME``); without either, calibrate this machine first."""
     from profiler.timing_validation import plan, run_timing, summary
+    from reports.profile import timing_validation_table
+    from reports.text import human_seconds
 
     if hardware_file is None and gpu is None:
         from profiler.calibrate import calibrate
