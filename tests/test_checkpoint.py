@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from costmodel import get_model
 from costmodel.checkpoint import read_checkpoint, read_header
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 
 # LLaMA-style, 1 layer, hidden 8, 2 heads of 4, 1 kv head, intermediate 12, vocab 16, untied: 760 parameters.

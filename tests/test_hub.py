@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from costmodel import get_model
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.hub import cache_dir, find_config, parse_repo_id
 
