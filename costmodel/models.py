@@ -16,7 +16,7 @@ import os
 
 from . import hub
 from .errors import SpecError, read_json_file
-from .spec import ModelSpec
+from .spec import ATTENTION_TYPES, ModelSpec
 
 # GPT-2 family: LayerNorm, GELU (tanh) 4h MLP, learned positions, biases everywhere, tied LM head.
 _GPT2 = dict(family="gpt2", mlp_kind="plain", activation="gelu_tanh", norm_kind="layernorm",
@@ -76,11 +76,15 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
     _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
     _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
+    # Mistral-7B-v0.1 as released: every layer slides over a 4096-token window.
+    _llama("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, 32768, sliding_window=4096),
     _llama("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, 32768, attention_bias=True,
            rope_theta=1000000.0, norm_eps=1e-6),
     _llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192, head_dim=256,
            activation="gelu_tanh", tie_word_embeddings=True, norm_eps=1e-6),
     _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # Phi-3-mini-4k-instruct as released: sliding_window 2047 on every layer.
+    _llama("phi-3-mini-4k", 32, 3072, 32, 32, 8192, 32064, 4096, sliding_window=2047),
     # Mixture of experts: Mixtral (8 experts, top 2); Qwen1.5-MoE-A2.7B (60 experts, top 4, plus
     # a sigmoid-gated shared expert of 4 x 1408).
     _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, num_experts=8, experts_per_token=2,
@@ -186,28 +190,36 @@ _HF_DEFAULTS: dict[str, dict] = {
                   rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
                   mlp_bias=False),
     "mistral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
-                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=4096,
+                    layer_types=None),
     "qwen2": dict(num_key_value_heads=32, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, use_sliding_window=False,
+                  sliding_window=4096, max_window_layers=28, layer_types=None),
     "gemma": dict(num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
                   max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   rope_theta=10000.0, attention_bias=False),
     "phi3": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=4096,
-                 rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0),
+                 rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None,
+                 layer_types=None),
     "mixtral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
-                    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1000000.0),
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None,
+                    layer_types=None),
     "qwen2_moe": dict(num_key_value_heads=16, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
                       rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, qkv_bias=True,
                       shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
-                      mlp_only_layers=None),
+                      mlp_only_layers=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                      layer_types=None),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
 # head_dim is no field of qwen2, phi3 and qwen2_moe: their attention reads it when given (and fails on null).
 _HF_NULLABLE: dict[str, set] = {
     "gpt2": {"n_inner"}, "t5": {"num_decoder_layers"}, "llama": {"num_key_value_heads", "head_dim"},
-    "mistral": {"head_dim"}, "qwen2": {"num_key_value_heads"}, "phi3": {"num_key_value_heads"},
-    "mixtral": {"head_dim"}, "qwen2_moe": {"num_key_value_heads", "mlp_only_layers"},
+    "mistral": {"head_dim", "sliding_window", "layer_types"},
+    "qwen2": {"num_key_value_heads", "sliding_window", "layer_types"},
+    "phi3": {"num_key_value_heads", "sliding_window", "layer_types"},
+    "mixtral": {"head_dim", "sliding_window", "layer_types"},
+    "qwen2_moe": {"num_key_value_heads", "mlp_only_layers", "sliding_window", "layer_types"},
 }
 
 
@@ -298,6 +310,15 @@ class _HFFields:
             return []
         if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v):
             raise SpecError(f"field {key!r} must be a list of integers, got {_shown(v)}")
+        return v
+
+    def string_list(self, key: str) -> list | None:
+        """A list of strings, or None where the config has null (or leaves it out: derived)."""
+        v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return None
+        if not isinstance(v, list) or any(not isinstance(i, str) for i in v):
+            raise SpecError(f"field {key!r} must be a list of strings, got {_shown(v)}")
         return v
 
     def activation(self, key: str) -> str:
@@ -394,15 +415,15 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
         kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
     elif model_type == "qwen2_moe":
-        if f.optional_int("decoder_sparse_step") != 1 or f.int_list("mlp_only_layers"):
-            raise SpecError("dense layers between MoE layers (decoder_sparse_step, mlp_only_layers) are not "
-                            "supported; allowed: decoder_sparse_step 1, no mlp_only_layers")
+        kw["mlp_layer_types"] = _qwen2_moe_mlp_layer_types(f)
         shared = f.optional_int("shared_expert_intermediate_size")  # 0: no shared expert
         kw.update(attention_bias=f.flag("qkv_bias"), num_experts=f.required_int("num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"),
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
                   shared_expert_intermediate_size=shared or None, moe_renormalize=f.flag("norm_topk_prob"))
+    if model_type in _SLIDING_TYPES:
+        kw.update(_sliding_fields(f, f.required_int("num_hidden_layers")))
     act = f.activation("hidden_act")
     if model_type == "gemma" and act == "gelu":
         act = "gelu_tanh"  # GemmaConfig: the releases' legacy "gelu" means the tanh approximation
@@ -413,6 +434,61 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
         max_position_embeddings=f.optional_int("max_position_embeddings"),
         **{**kw, "activation": act, "tie_word_embeddings": f.flag("tie_word_embeddings")},
         rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
+
+
+_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe")
+
+
+def _sliding_fields(f: _HFFields, layers: int) -> dict:
+    """``sliding_window`` and ``layer_types`` as transformers 5.23's config classes derive them.
+
+    Mistral, Mixtral, Phi-3: every layer slides when ``sliding_window`` is set (the cache,
+    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2: the window only
+    with ``use_sliding_window``, on layers i >= ``max_window_layers``. Qwen2-MoE: with
+    ``use_sliding_window``, on the even layers i < ``max_window_layers`` (``bool((i + 1) % 2)``).
+    An explicit ``layer_types`` wins, as the cache reads it. A window of no layer is dropped."""
+    t = f.model_type
+    window = f.optional_int("sliding_window")
+    if t in ("qwen2", "qwen2_moe"):
+        use, first = f.flag("use_sliding_window"), f.optional_int("max_window_layers")
+        window = window if use else None  # Qwen2MoeConfig sets 0: no layer may slide then
+        if t == "qwen2":
+            derived = ["sliding_attention" if window is not None and i >= first else "full_attention"
+                       for i in range(layers)]
+        else:
+            derived = ["sliding_attention" if (i + 1) % 2 and i < first and use else "full_attention"
+                       for i in range(layers)]
+    else:
+        derived = ["sliding_attention" if window is not None else "full_attention"] * layers
+    given = f.string_list("layer_types")
+    types = derived if given is None else given
+    if any(x not in ATTENTION_TYPES for x in types):
+        bad = next(x for x in types if x not in ATTENTION_TYPES)
+        raise SpecError(f"layer_types entry {_shown(bad)} is not supported; allowed: {', '.join(ATTENTION_TYPES)}")
+    if len(types) != layers:
+        raise SpecError(f"layer_types has {len(types)} entries, num_hidden_layers is {layers}; "
+                        "allowed: one entry per layer")
+    if "sliding_attention" in types and window is None:
+        raise SpecError("layer_types has 'sliding_attention' layers but no window: sliding_window is null "
+                        "or use_sliding_window false; allowed: a positive sliding_window with them")
+    if window is not None and window < 1:
+        raise SpecError(f"field 'sliding_window' must be a positive integer or null, got {window}")
+    if "sliding_attention" not in types:
+        window = None
+    return {"sliding_window": window, "layer_types": tuple(types)}
+
+
+def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
+    """Qwen2MoeDecoderLayer: a MoE block where i is not in ``mlp_only_layers`` and
+    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``."""
+    layers = f.required_int("num_hidden_layers")
+    step = f.optional_int("decoder_sparse_step")
+    if step < 1:
+        raise SpecError(f"field 'decoder_sparse_step' must be a positive integer, got {step}")
+    dense = set(f.int_list("mlp_only_layers"))
+    if any(not 0 <= i < layers for i in dense):
+        raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")
+    return tuple("moe" if i not in dense and (i + 1) % step == 0 else "dense" for i in range(layers))
 
 
 def _t5_feed_forward(ff: str) -> tuple[str, str]:
