@@ -87,6 +87,25 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
            rope_theta=1000000.0, norm_eps=1e-6),
+    # Issue 12: the models people deploy today (config.json of each checkpoint; counts in
+    # tests/fixtures/hf/published_params.json). Llama 3.1 / 3.2 (rope_scaling "llama3" changes no count).
+    _llama("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("qwen2.5-7b", 28, 3584, 28, 4, 18944, 152064, 131072, attention_bias=True, rope_theta=1000000.0,
+           norm_eps=1e-6),
+    _llama("qwen2.5-72b", 80, 8192, 64, 8, 29568, 152064, 131072, attention_bias=True, rope_theta=1000000.0),
+    # Qwen3: RMSNorm over head_dim on each q and k head; head_dim 128 given (32 heads x 128 = 4096)
+    _llama("qwen3-8b", 36, 4096, 32, 8, 12288, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("phi-4", 40, 5120, 40, 10, 17920, 100352, 16384, rope_theta=250000.0),  # Phi3ForCausalLM
+    # OLMo 2: RMSNorm over the whole q and k widths; norms on each sublayer's output, x + norm(f(x))
+    _llama("olmo-2-7b", 32, 4096, 32, 32, 11008, 100352, 4096, qk_norm="full", norm_position="output",
+           rope_theta=500000.0, norm_eps=1e-6),
     # Encoder-only and encoder-decoder models.
     _bert("bert-base", 12, 768, 12),
     _bert("bert-large", 24, 1024, 16),
