@@ -76,10 +76,26 @@ def _elementwise(op, flops, elements_read, elements_written, wl: Workload, param
                   act_write_bytes=nbytes(elements_written, wl.act_dtype))
 
 
-def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
-    n = tokens * spec.hidden_size
-    return _elementwise(op, F.norm_flops(tokens, spec.hidden_size, spec.norm_kind), n, n, wl,
-                        params=spec.norm_params())
+def _norm(op, tokens, spec: ModelSpec, wl: Workload, width: int | None = None,
+          params: int | None = None) -> OpCost:
+    """A norm over ``width`` (default hidden_size) on ``tokens`` rows; ``params``: its weights
+    (default one norm of ``width``)."""
+    width = spec.hidden_size if width is None else width
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, spec.norm_kind, spec.norm_bias), n, n, wl,
+                        params=spec.norm_params(width) if params is None else params)
+
+
+def _qk_norms(spec: ModelSpec, wl: Workload, q_tokens, kv_tokens) -> list[OpCost]:
+    """q_norm, k_norm on the projected q [q_tokens, q_size] and k [kv_tokens, kv_size]: per head
+    over head_dim ("head": one weight of head_dim; "per_head": a weight per head, Cohere) or over
+    the whole width ("full", OLMo 2). Norm FLOPs are per element, so the grouping changes none."""
+    if spec.qk_norm == "head":
+        q_params = k_params = spec.norm_params(spec.head_dim)
+    else:
+        q_params, k_params = spec.norm_params(spec.q_size), spec.norm_params(spec.kv_size)
+    return [_norm("q_norm", q_tokens, spec, wl, spec.q_size, q_params),
+            _norm("k_norm", kv_tokens, spec, wl, spec.kv_size, k_params)]
 
 
 def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix: str = "",
@@ -110,10 +126,13 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
         ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
+    if spec.qk_norm and not p:  # self-attention only
+        ops += _qk_norms(spec, wl, t, new)
     if rotary:
-        n = t * (q + kv)  # q and k rotated
-        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
-                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, d), a),
+        n = t * (q + kv)  # q and k read and written whole; rotated_dim of each head rotated
+        rd = spec.rotated_dim
+        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, rd), 0,
+                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, rd), a),
                           act_write_bytes=nbytes(n, a)))
     if cached and new_kv_tokens != 0:
         n = F.kv_elements(new, kv)  # new keys and values copied into the cache
@@ -140,12 +159,29 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
 
 
 def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
-    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
+    """``body`` with its norm (before it; after the residual add for post-norm; on its output before
+    the add, ``post_{norm}``, for "output") and residual add (Granite: the output scaled first)."""
     n = tokens * spec.hidden_size
-    add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
+    add = [_elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)]
+    if spec.residual_multiplier is not None:  # x + m * f(x)
+        add.insert(0, _elementwise(f"{residual}_scale", F.mul_flops(n), n, n, wl))
     if spec.norm_position == "pre":
-        return [_norm(norm, tokens, spec, wl), *body, add]
-    return [*body, add, _norm(norm, tokens, spec, wl)]
+        return [_norm(norm, tokens, spec, wl), *body, *add]
+    if spec.norm_position == "output":
+        return [*body, _norm(f"post_{norm}", tokens, spec, wl), *add]
+    return [*body, *add, _norm(norm, tokens, spec, wl)]
+
+
+def _parallel_block(spec: ModelSpec, wl: Workload, tokens, attention: list[OpCost],
+                    mlp: list[OpCost]) -> list[OpCost]:
+    """x + attn(n1(x)) + mlp(n2(x)): one shared norm (n2 = n1) or two, then one add of both outputs
+    and the residual (GPT-J, GPT-NeoX use_parallel_residual, Falcon parallel_attn, Cohere, Phi)."""
+    n = tokens * spec.hidden_size
+    norms = [_norm("attn_norm", tokens, spec, wl)]
+    if spec.parallel_block_norms == 2:
+        norms.append(_norm("mlp_norm", tokens, spec, wl))
+    add = _elementwise("parallel_residual", F.parallel_residual_flops(tokens, spec.hidden_size), 3 * n, n, wl)
+    return [*norms, *attention, *mlp, add]
 
 
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
@@ -162,9 +198,14 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     """
     t = batch * q_len  # tokens in this pass
     cached = wl.kv_cache and not encoder
-    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
+    attention = attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
-        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0))
+        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0)
+    if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
+        mlp = moe_ops(spec, wl, t) if spec.num_experts else mlp_ops(
+            spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
+        return _parallel_block(spec, wl, t, attention, mlp)
+    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
@@ -258,9 +299,14 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     h, t = spec.hidden_size, batch * q_len
     n = t * h
     kv_len = q_len if kv_len is None else kv_len
-    # Embedding lookup: reads one row per token, writes the residual stream.
-    before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
-                     act_write_bytes=nbytes(n, wl.act_dtype))]
+    e = spec.embedding_dim
+    # Embedding lookup: reads one row per token, writes the residual stream (OPT: projected to h).
+    before = [OpCost("embedding", "memory", weight_bytes=nbytes(t * e, wl.weight_dtype),
+                     act_write_bytes=nbytes(t * e, wl.act_dtype))]
+    if e != h:
+        before.append(_matmul("embed_proj_in", t, e, h, wl))
+    if spec.embedding_multiplier is not None:  # Granite: x * embedding_multiplier
+        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", F.add_flops(n), n, n, wl, params=q_len * h))
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
@@ -275,7 +321,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         before.append(OpCost("position_bias", "memory",
                              weight_bytes=nbytes(spec.relative_attention_buckets * spec.num_heads, wl.weight_dtype),
                              act_write_bytes=nbytes(spec.num_heads * q_len * kv_len, wl.act_dtype)))
-    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position == "pre" else []
+    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position != "post" else []
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
             after += [_matmul("pooler", batch, h, h, wl),
@@ -290,9 +336,16 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
                       _elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size)]
         return before, after
     rows = batch * logits_positions
+    if e != h:  # OPT: back to the embedding width, on every position (inside the decoder stack)
+        after.append(_matmul("embed_proj_out", t, h, e, wl))
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
-    after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
+    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl))
+    m = rows * spec.vocab_size
+    if spec.lm_head_bias:  # Phi
+        after.append(_elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size))
+    if spec.logits_scale is not None:  # Cohere logit_scale, Granite 1 / logits_scaling
+        after.append(_elementwise("logits_scale", F.mul_flops(m), m, m, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
                      act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)

@@ -11,6 +11,7 @@ Element-wise FLOPs are a convention too (counters report 0 for them); ours, per 
 op                    FLOP  what is counted
 ====================  ===  ==========================================================
 LayerNorm             7    mean (add), centre (sub), square, sum, scale by 1/std, gamma, beta
+LayerNorm, no bias    6    the same without beta (Cohere)
 RMSNorm               4    square, sum, scale by 1/rms, gamma
 softmax (attention)   6    scale by 1/sqrt(d), max, subtract, exp, sum, divide
 softmax (sampling)    5    max, subtract, exp, sum, divide
@@ -81,8 +82,11 @@ def attention_value_flops(batch: int, heads: int, q_len: int, kv_len: int, head_
     return attention_score_flops(batch, heads, q_len, kv_len, head_dim, causal)
 
 
-def norm_flops(tokens: int, hidden: int, kind: str) -> int:
-    return NORM_FLOPS_PER_ELEMENT[kind] * tokens * hidden
+def norm_flops(tokens: int, hidden: int, kind: str, bias: bool = True) -> int:
+    """A norm over ``hidden`` on each of ``tokens`` rows; a LayerNorm without its shift (``bias``
+    False) saves one FLOP per element."""
+    no_shift = 1 if kind == "layernorm" and not bias else 0
+    return (NORM_FLOPS_PER_ELEMENT[kind] - no_shift) * tokens * hidden
 
 
 def activation_flops(elements: int, kind: str) -> int:
@@ -115,6 +119,12 @@ def mul_flops(elements: int) -> int:
 def residual_add_flops(tokens: int, hidden: int) -> int:
     """x + f(x) on the residual stream [tokens, hidden]."""
     return add_flops(tokens * hidden)
+
+
+def parallel_residual_flops(tokens: int, hidden: int) -> int:
+    """x + attn + mlp of a parallel block (GPT-J, GPT-NeoX, Falcon, Cohere, Phi): two adds on each
+    element of the residual stream [tokens, hidden]."""
+    return 2 * add_flops(tokens * hidden)
 
 
 def qkv_elements(q_tokens: int, kv_tokens: int, q_size: int, kv_size: int) -> int:
@@ -150,7 +160,8 @@ def sliding_cache_positions(positions, window):
 
 def rotary_table_elements(q_len: int, head_dim: int) -> int:
     """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
-    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin."""
+    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin. Partial rotary
+    (GPT-NeoX rotary_pct, Phi partial_rotary_factor): ``head_dim`` is the rotated dims only."""
     return 2 * 2 * q_len * head_dim
 
 
@@ -183,7 +194,8 @@ def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
 
 
 def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:
-    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements."""
+    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements
+    (``head_dim``: the rotated dims; the rest of a partially rotated head passes through)."""
     return ROTARY_FLOPS_PER_ELEMENT * tokens * heads * head_dim
 
 

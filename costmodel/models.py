@@ -93,6 +93,25 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
            rope_theta=1000000.0, norm_eps=1e-6),
+    # Issue 12: the models people deploy today (config.json of each checkpoint; counts in
+    # tests/fixtures/hf/published_params.json). Llama 3.1 / 3.2 (rope_scaling "llama3" changes no count).
+    _llama("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("qwen2.5-7b", 28, 3584, 28, 4, 18944, 152064, 131072, attention_bias=True, rope_theta=1000000.0,
+           norm_eps=1e-6),
+    _llama("qwen2.5-72b", 80, 8192, 64, 8, 29568, 152064, 131072, attention_bias=True, rope_theta=1000000.0),
+    # Qwen3: RMSNorm over head_dim on each q and k head; head_dim 128 given (32 heads x 128 = 4096)
+    _llama("qwen3-8b", 36, 4096, 32, 8, 12288, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("phi-4", 40, 5120, 40, 10, 17920, 100352, 16384, rope_theta=250000.0),  # Phi3ForCausalLM
+    # OLMo 2: RMSNorm over the whole q and k widths; norms on each sublayer's output, x + norm(f(x))
+    _llama("olmo-2-7b", 32, 4096, 32, 32, 11008, 100352, 4096, qk_norm="full", norm_position="output",
+           rope_theta=500000.0, norm_eps=1e-6),
     # Encoder-only and encoder-decoder models.
     _bert("bert-base", 12, 768, 12),
     _bert("bert-large", 24, 1024, 16),
@@ -165,7 +184,8 @@ def model_folder(name_or_path: str) -> str | None:
 # --- Hugging Face config.json ------------------------------------------------------------------
 
 HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe", "bert",
-                  "roberta", "t5")
+                  "roberta", "t5", "qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi",
+                  "starcoder2")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -209,6 +229,34 @@ _HF_DEFAULTS: dict[str, dict] = {
                       shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
                       mlp_only_layers=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
                       layer_types=None),
+    "qwen3": dict(num_key_value_heads=32, head_dim=128, hidden_act="silu", max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                  use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None),
+    "olmo2": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False),
+    "granite": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                    mlp_bias=False, embedding_multiplier=1.0, logits_scaling=1.0, residual_multiplier=1.0,
+                    attention_multiplier=1.0),
+    "cohere": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=8192,
+                   layer_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, attention_bias=False,
+                   use_qk_norm=False, logit_scale=0.0625),
+    "falcon": dict(ffn_hidden_size=None, num_kv_heads=None, activation="gelu", max_position_embeddings=2048,
+                   layer_norm_epsilon=1e-5, tie_word_embeddings=True, rope_theta=10000.0, alibi=False,
+                   new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
+                   num_ln_in_parallel_attn=None),
+    "gpt_neox": dict(hidden_act="gelu", max_position_embeddings=2048, layer_norm_eps=1e-5,
+                     tie_word_embeddings=False, use_parallel_residual=True, attention_bias=True,
+                     rotary_pct=0.25, rotary_emb_base=10000.0),
+    "opt": dict(max_position_embeddings=2048, do_layer_norm_before=True, _remove_final_layer_norm=False,
+                word_embed_proj_dim=None, activation_function="relu", enable_bias=True,
+                layer_norm_elementwise_affine=True, tie_word_embeddings=True),
+    "phi": dict(num_key_value_heads=None, head_dim=None, hidden_act="gelu_new", max_position_embeddings=2048,
+                layer_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, qk_layernorm=False,
+                partial_rotary_factor=0.5),
+    "starcoder2": dict(num_key_value_heads=2, head_dim=None, hidden_act="gelu_pytorch_tanh",
+                       max_position_embeddings=4096, norm_epsilon=1e-5, tie_word_embeddings=True,
+                       rope_theta=10000.0, sliding_window=None, use_bias=True),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
@@ -220,6 +268,12 @@ _HF_NULLABLE: dict[str, set] = {
     "phi3": {"num_key_value_heads", "sliding_window", "layer_types"},
     "mixtral": {"head_dim", "sliding_window", "layer_types"},
     "qwen2_moe": {"num_key_value_heads", "mlp_only_layers", "sliding_window", "layer_types"},
+    "qwen3": {"num_key_value_heads", "sliding_window", "layer_types"}, "olmo2": {"num_key_value_heads"},
+    "granite": {"num_key_value_heads"}, "cohere": {"num_key_value_heads", "use_qk_norm"},
+    "falcon": {"ffn_hidden_size", "num_kv_heads", "alibi", "new_decoder_architecture", "multi_query",
+               "parallel_attn", "bias", "num_ln_in_parallel_attn"},
+    "opt": {"word_embed_proj_dim"}, "phi": {"num_key_value_heads"},
+    "starcoder2": {"head_dim", "sliding_window"},
 }
 
 
@@ -293,7 +347,10 @@ class _HFFields:
         return _float_value(key, v)
 
     def flag(self, key: str) -> bool:
+        """true or false; null as false where the class allows it (``bool | None``, read as ``if``)."""
         v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return False
         if not isinstance(v, bool):
             raise SpecError(f"field {key!r} must be true or false, got {_shown(v)}")
         return v
@@ -327,9 +384,8 @@ class _HFFields:
             raise SpecError(f"unsupported {key} {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
         return _HF_ACTIVATIONS[act]
 
-    def rope_theta(self) -> float:
-        """transformers 5 keeps it in ``rope_parameters`` (a legacy ``rope_scaling`` dict, when given,
-        takes its place); a top-level ``rope_theta`` fills in when that dict has none."""
+    def _rope_parameters(self) -> tuple[str | None, dict]:
+        """(the key, the dict) of ``rope_scaling`` (legacy, wins when given) or ``rope_parameters``."""
         found, params = None, {}
         for key in ("rope_scaling", "rope_parameters"):
             v = self.cfg.get(key)
@@ -337,9 +393,29 @@ class _HFFields:
                 raise SpecError(f"field {key!r} must be an object or null, got {_shown(v)}")
             if v and not params:
                 found, params = key, v
+        return found, params
+
+    def rope_theta(self, key: str = "rope_theta") -> float:
+        """transformers 5 keeps it in ``rope_parameters`` (a legacy ``rope_scaling`` dict, when given,
+        takes its place); a top-level ``rope_theta`` (GPT-NeoX: ``rotary_emb_base``) fills in when
+        that dict has none."""
+        found, params = self._rope_parameters()
         if "rope_theta" in params:
             return _float_value(f"{found}.rope_theta", params["rope_theta"])
-        return self.number("rope_theta")
+        return self.number(key)
+
+    def partial_rotary_factor(self, key: str = "partial_rotary_factor") -> float:
+        """Fraction of head_dim rotated: the rope dict's ``partial_rotary_factor``, else the top-level
+        field ``key`` (GPT-NeoX: ``rotary_pct``), else the class default; in (0, 1]."""
+        found, params = self._rope_parameters()
+        if "partial_rotary_factor" in params:
+            key, v = f"{found}.partial_rotary_factor", params["partial_rotary_factor"]
+        else:
+            v = self.cfg.get(key, self.defaults[key])
+        factor = _float_value(key, v)
+        if not 0 < factor <= 1:
+            raise SpecError(f"field {key!r} must be in (0, 1], got {_shown(v)}")
+        return factor
 
 
 def _int_value(key: str, v) -> int:
@@ -401,16 +477,24 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                "tie_word_embeddings": f.flag("tie_word_embeddings"),
                "norm_eps": f.number("layer_norm_epsilon")})
 
+    if model_type in _OWN_LAYOUT:
+        return _OWN_LAYOUT[model_type](f, name)
+
     heads = f.required_int("num_attention_heads")
     kw = dict(_LLAMA)
     # Biases as each modeling_<type>.py builds its projections.
     if model_type == "qwen2":
         kw["attention_bias"] = True  # q, k, v: bias=True; o_proj: bias=False
-    elif model_type in ("llama", "gemma"):
+    elif model_type in ("llama", "gemma", "qwen3", "olmo2", "granite", "cohere"):
         bias = f.flag("attention_bias")  # one flag for q, k, v and o
         kw.update(attention_bias=bias, attention_out_bias=bias)
-        if model_type == "llama":
+        if model_type in ("llama", "granite"):
             kw["mlp_bias"] = f.flag("mlp_bias")
+    elif model_type == "starcoder2":  # use_bias on q, k, v, o and both MLP matrices; LayerNorm
+        bias = f.flag("use_bias")
+        kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, mlp_kind="plain",
+                  norm_kind="layernorm", sliding_window=f.optional_int("sliding_window"))
+    kw.update(_llama_like_variant(f, model_type, cfg))
     if model_type == "mixtral":
         kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
@@ -433,7 +517,129 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
         intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
         max_position_embeddings=f.optional_int("max_position_embeddings"),
         **{**kw, "activation": act, "tie_word_embeddings": f.flag("tie_word_embeddings")},
-        rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
+        rope_theta=f.rope_theta(), norm_eps=f.number(_NORM_EPS.get(model_type, "rms_norm_eps")))
+
+
+_NORM_EPS = {"cohere": "layer_norm_eps", "starcoder2": "norm_epsilon"}  # the rest: rms_norm_eps
+
+
+def _llama_like_variant(f: _HFFields, model_type: str, cfg: dict) -> dict:
+    """ModelSpec fields of the LLaMA-shaped families that differ in a detail of the block."""
+    if model_type == "qwen3":
+        layers = f.required_int("num_hidden_layers")
+        types = cfg.get("layer_types")
+        sliding = (f.flag("use_sliding_window") and f.optional_int("sliding_window") is not None
+                   and f.optional_int("max_window_layers") < layers)
+        if sliding or (types is not None and set(types) != {"full_attention"}):
+            raise SpecError("qwen3 sliding-window layers (use_sliding_window: true, layer_types) are not "
+                            "supported; allowed: use_sliding_window false, every layer full_attention")
+        return dict(qk_norm="head")  # Qwen3RMSNorm(head_dim) on each q and k head
+    if model_type == "olmo2":  # RMSNorm over all of q and k; norms on the sublayers' outputs
+        return dict(qk_norm="full", norm_position="output")
+    if model_type == "granite":
+        scaling = f.number("logits_scaling")  # logits / logits_scaling
+        if scaling == 0:
+            raise SpecError("field 'logits_scaling' must be non-zero (the logits are divided by it), got 0")
+        return dict(embedding_multiplier=f.number("embedding_multiplier"),
+                    residual_multiplier=f.number("residual_multiplier"),
+                    attention_multiplier=f.number("attention_multiplier"), logits_scale=1.0 / scaling)
+    if model_type == "cohere":  # one LayerNorm without bias feeds attention and MLP; logits scaled
+        return dict(norm_kind="layernorm", norm_bias=False, parallel_block=True,
+                    qk_norm="per_head" if f.flag("use_qk_norm") else None, logits_scale=f.number("logit_scale"))
+    return {}
+
+
+def _falcon_spec(f: _HFFields, name: str) -> ModelSpec:
+    """FalconForCausalLM: fused query_key_value (multi_query: one K/V head), a plain MLP, LayerNorm,
+    attention and MLP in parallel from one norm (parallel_attn), ``bias`` on every linear."""
+    for key in ("alibi", "new_decoder_architecture"):
+        if f.flag(key):
+            why = ("ALiBi position bias" if key == "alibi" else
+                   "GQA projections with keys and values broadcast to every head in the cache")
+            raise SpecError(f"falcon {key}: true ({why}) is not supported; allowed: false")
+    if f.optional_int("num_ln_in_parallel_attn") not in (None, 1):
+        raise SpecError("falcon num_ln_in_parallel_attn is for new_decoder_architecture; allowed: null or 1")
+    hidden = f.required_int("hidden_size", "n_embed")  # FalconConfig: a given n_embed wins
+    heads = f.required_int("num_attention_heads")
+    ffn = f.optional_int("ffn_hidden_size")
+    bias = f.flag("bias")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden, num_heads=heads,
+        num_kv_heads=1 if f.flag("multi_query") else heads,  # otherwise 3 * hidden: MHA
+        intermediate_size=4 * hidden if ffn is None else ffn, vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("activation"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, parallel_block=f.flag("parallel_attn"),
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta(),
+        norm_eps=f.number("layer_norm_epsilon"))
+
+
+def _gpt_neox_spec(f: _HFFields, name: str) -> ModelSpec:
+    """GPTNeoXForCausalLM (Pythia): fused qkv with attention_bias, plain MLP with biases, LayerNorm,
+    rotary on rotary_pct of each head, parallel residual from two norms (use_parallel_residual)."""
+    hidden, heads = f.required_int("hidden_size"), f.required_int("num_attention_heads")
+    if hidden % heads:
+        raise SpecError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({heads})")
+    bias = f.flag("attention_bias")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden, num_heads=heads,
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("hidden_act"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=True,
+        rotary_dim=_rotary_dim(hidden // heads, f.partial_rotary_factor("rotary_pct")),
+        parallel_block=f.flag("use_parallel_residual"), parallel_block_norms=2,
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta("rotary_emb_base"),
+        norm_eps=f.number("layer_norm_eps"))
+
+
+def _opt_spec(f: _HFFields, name: str) -> ModelSpec:
+    """OPTForCausalLM: learned positions with 2 offset rows, LayerNorm before (or, 350m, after) each
+    sublayer, plain MLP, enable_bias on every linear, embeddings of word_embed_proj_dim projected
+    in and out when it is not hidden_size, tied LM head."""
+    if not f.flag("layer_norm_elementwise_affine"):
+        raise SpecError("opt layer_norm_elementwise_affine: false (LayerNorms without weights) is not "
+                        "supported; allowed: true")
+    pre = f.flag("do_layer_norm_before")
+    if pre and f.flag("_remove_final_layer_norm"):
+        raise SpecError("opt _remove_final_layer_norm: true (no final LayerNorm) is not supported; allowed: false")
+    hidden = f.required_int("hidden_size")
+    bias, proj = f.flag("enable_bias"), f.optional_int("word_embed_proj_dim")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden,
+        num_heads=f.required_int("num_attention_heads"), intermediate_size=f.required_int("ffn_dim"),
+        vocab_size=f.required_int("vocab_size"), max_position_embeddings=f.optional_int("max_position_embeddings"),
+        family="gpt2", mlp_kind="plain", activation=f.activation("activation_function"), norm_kind="layernorm",
+        position_kind="learned", position_offset=2, norm_position="pre" if pre else "post",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=bias,
+        word_embed_proj_dim=None if proj in (None, hidden) else proj,  # null: hidden_size
+        tie_word_embeddings=f.flag("tie_word_embeddings"))
+
+
+def _phi_spec(f: _HFFields, name: str) -> ModelSpec:
+    """PhiForCausalLM (Phi-1/2): biased q, k, v, dense, plain MLP with biases, LayerNorm shared by
+    attention and MLP in parallel, partial rotary, optional per-head q/k LayerNorm, LM head bias."""
+    heads = f.required_int("num_attention_heads")
+    spec = ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=f.required_int("hidden_size"),
+        num_heads=heads, num_kv_heads=f.optional_int("num_key_value_heads"), head_dim=f.optional_int("head_dim"),
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("hidden_act"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=True, attention_out_bias=True, mlp_bias=True, lm_head_bias=True, parallel_block=True,
+        qk_norm="head" if f.flag("qk_layernorm") else None,
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta(),
+        norm_eps=f.number("layer_norm_eps"))
+    return spec.with_(rotary_dim=_rotary_dim(spec.head_dim, f.partial_rotary_factor()))
+
+
+def _rotary_dim(head_dim: int, factor: float) -> int | None:
+    """Dims rotated, ``int(head_dim * factor)`` as the modeling code takes them; None: all of them."""
+    dims = int(head_dim * factor)
+    return None if dims == head_dim else dims
+
+
+_OWN_LAYOUT = {"falcon": _falcon_spec, "gpt_neox": _gpt_neox_spec, "opt": _opt_spec, "phi": _phi_spec}
 
 
 _SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe")
