@@ -525,14 +525,7 @@ _NORM_EPS = {"cohere": "layer_norm_eps", "starcoder2": "norm_epsilon"}  # the re
 
 def _llama_like_variant(f: _HFFields, model_type: str, cfg: dict) -> dict:
     """ModelSpec fields of the LLaMA-shaped families that differ in a detail of the block."""
-    if model_type == "qwen3":
-        layers = f.required_int("num_hidden_layers")
-        types = cfg.get("layer_types")
-        sliding = (f.flag("use_sliding_window") and f.optional_int("sliding_window") is not None
-                   and f.optional_int("max_window_layers") < layers)
-        if sliding or (types is not None and set(types) != {"full_attention"}):
-            raise SpecError("qwen3 sliding-window layers (use_sliding_window: true, layer_types) are not "
-                            "supported; allowed: use_sliding_window false, every layer full_attention")
+    if model_type == "qwen3":  # sliding layers as Qwen2 derives them (_sliding_fields)
         return dict(qk_norm="head")  # Qwen3RMSNorm(head_dim) on each q and k head
     if model_type == "olmo2":  # RMSNorm over all of q and k; norms on the sublayers' outputs
         return dict(qk_norm="full", norm_position="output")
@@ -642,7 +635,7 @@ def _rotary_dim(head_dim: int, factor: float) -> int | None:
 _OWN_LAYOUT = {"falcon": _falcon_spec, "gpt_neox": _gpt_neox_spec, "opt": _opt_spec, "phi": _phi_spec}
 
 
-_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe")
+_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3")
 
 
 def _sliding_fields(f: _HFFields, layers: int) -> dict:
@@ -650,15 +643,15 @@ def _sliding_fields(f: _HFFields, layers: int) -> dict:
 
     Mistral, Mixtral, Phi-3: every layer slides when ``sliding_window`` is set (the cache,
     ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2: the window only
-    with ``use_sliding_window``, on layers i >= ``max_window_layers``. Qwen2-MoE: with
+    with ``use_sliding_window``, on layers i >= ``max_window_layers`` (Qwen3 alike). Qwen2-MoE: with
     ``use_sliding_window``, on the even layers i < ``max_window_layers`` (``bool((i + 1) % 2)``).
     An explicit ``layer_types`` wins, as the cache reads it. A window of no layer is dropped."""
     t = f.model_type
     window = f.optional_int("sliding_window")
-    if t in ("qwen2", "qwen2_moe"):
+    if t in ("qwen2", "qwen2_moe", "qwen3"):
         use, first = f.flag("use_sliding_window"), f.optional_int("max_window_layers")
         window = window if use else None  # Qwen2MoeConfig sets 0: no layer may slide then
-        if t == "qwen2":
+        if t in ("qwen2", "qwen3"):
             derived = ["sliding_attention" if window is not None and i >= first else "full_attention"
                        for i in range(layers)]
         else:

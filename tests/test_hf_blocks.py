@@ -165,8 +165,6 @@ def test_granite_multipliers_are_elementwise_scales():
 @pytest.mark.parametrize("cfg, message", [
     ({"model_type": "falcon", "alibi": True}, "falcon alibi: true (ALiBi position bias) is not supported"),
     ({"model_type": "falcon", "new_decoder_architecture": True}, "falcon new_decoder_architecture: true"),
-    ({"model_type": "qwen3", "use_sliding_window": True, "max_window_layers": 2},
-     "qwen3 sliding-window layers (use_sliding_window: true, layer_types) are not supported"),
     ({"model_type": "opt", "layer_norm_elementwise_affine": False}, "opt layer_norm_elementwise_affine: false"),
     ({"model_type": "phi", "partial_rotary_factor": 0}, "field 'partial_rotary_factor' must be in (0, 1], got 0"),
     ({"model_type": "cohere", "use_qk_norm": "true"}, "field 'use_qk_norm' must be true or false, got 'true'"),
@@ -177,6 +175,17 @@ def test_what_is_not_modelled_is_refused_in_one_line(cfg, message):
     with pytest.raises(SpecError) as e:
         spec_from_hf_dict({**base, **cfg}, name="m")
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_qwen3_sliding_layers_are_derived_as_transformers_does():
+    # Qwen3Config: with use_sliding_window, layers i >= max_window_layers slide (default window 4096)
+    base = {"model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 128}
+    spec = spec_from_hf_dict({**base, "use_sliding_window": True, "max_window_layers": 2}, name="m")
+    assert spec.sliding_window == 4096
+    assert spec.layer_types == ("full_attention",) * 2 + ("sliding_attention",) * 2
+    off = spec_from_hf_dict(base, name="m")  # use_sliding_window defaults to false: no window
+    assert off.sliding_window is None and set(off.layer_types) == {"full_attention"}
 
 
 def test_bad_block_fields_are_refused():
