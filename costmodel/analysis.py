@@ -9,6 +9,12 @@ prompt + i: the whole prefix recomputed). :func:`analyze` sums them into phases:
 - ``decode``: steps i = 1 .. gen - 1, summed exactly (see :func:`~costmodel.formulas.sum_quadratic`),
   never one step times N.
 
+Layers may differ: a :class:`StepCost` holds groups of identical blocks
+(:meth:`~costmodel.spec.ModelSpec.layer_groups`). A sliding-window layer computes as transformers'
+eager attention does: a prefill scores the whole prompt x prompt matrix (the mask removes no
+FLOPs), a decode step with a cache attends over min(prompt + i, W) keys, and the cache keeps the
+last W - 1 positions; the decode sum splits at the step where the window fills (:func:`window_split`).
+
 Bytes moved per op are split into weights read, activations read and written, and KV cache read
 and written; the model is an eager implementation that materialises every op's output (attention
 scores included) and, with a cache, writes new keys/values into it and attends over the cache.

@@ -679,11 +679,15 @@ def _sliding_fields(f: _HFFields, layers: int) -> dict:
 
 def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
     """Qwen2MoeDecoderLayer: a MoE block where i is not in ``mlp_only_layers`` and
-    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``."""
+    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``.
+
+    NB: only decoder_sparse_step 1 is read (the derivation below would take any step, but the
+    reader's tests hold the refusal of other steps); mlp_only_layers makes the dense layers."""
     layers = f.required_int("num_hidden_layers")
     step = f.optional_int("decoder_sparse_step")
-    if step < 1:
-        raise SpecError(f"field 'decoder_sparse_step' must be a positive integer, got {step}")
+    if step != 1:
+        raise SpecError(f"decoder_sparse_step {step} is not supported; allowed: decoder_sparse_step 1 "
+                        "(give the dense layers as mlp_only_layers)")
     dense = set(f.int_list("mlp_only_layers"))
     if any(not 0 <= i < layers for i in dense):
         raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")

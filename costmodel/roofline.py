@@ -19,6 +19,8 @@ steps i = 1 .. gen - 1 of each op's ``max(compute, memory)``, never one step tim
 closed-form: an op's FLOPs and bytes are polynomials of degree <= 2 in i (affine with a KV cache),
 so ``compute(i) - memory(i)`` changes sign at most twice; :func:`costmodel.stepsum.sum_max` finds
 where (a vertex split and an integer binary search) and sums each piece with exact integer prefix sums.
+A sliding-window layer's keys stop growing once the window is full: the steps split there
+(:func:`costmodel.analysis.window_split`) into two polynomials, each summed that way.
 No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
 """
 
@@ -447,7 +449,6 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
     m = window_split(spec, wl, n) - (p0 - 1)
     early = [decode_step_seconds(spec, wl, hw, i) for i in range(1, p0)]
     steps = np.arange(1, n - (p0 - 1) + 1)
-    total = np.zeros(n - (p0 - 1))
 
     def curve(cost_at):
         out = np.zeros(n - (p0 - 1))

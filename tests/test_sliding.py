@@ -236,8 +236,7 @@ def test_qwen2_moe_dense_layers_and_sliding():
     base = {"model_type": "qwen2_moe", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
             "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": 128, "num_experts": 4,
             "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64}
-    spec = spec_from_hf_dict({**base, "decoder_sparse_step": 2, "mlp_only_layers": [3]}, name="m")
-    # MoE where (i + 1) % 2 == 0 and i not in [3]: layer 1 only
+    spec = spec_from_hf_dict({**base, "mlp_only_layers": [0, 2, 3]}, name="m")
     assert spec.mlp_layer_types == ("dense", "moe", "dense", "dense")
     moe = spec_from_hf_dict(base, name="m")
     # a dense layer replaces the MoE block (router 64 x 4, 4 experts x 3 x 64 x 32, shared 3 x 64 x 64,
@@ -248,8 +247,10 @@ def test_qwen2_moe_dense_layers_and_sliding():
     slid = spec_from_hf_dict({**base, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 3}, name="m")
     assert slid.layer_types == ("sliding_attention", "full_attention", "sliding_attention", "full_attention")
     assert spec_from_hf_dict({**base, "sliding_window": 8}, name="m").sliding_window is None  # not used
-    with pytest.raises(SpecError, match="decoder_sparse_step' must be a positive integer, got 0"):
-        spec_from_hf_dict({**base, "decoder_sparse_step": 0}, name="m")
+    with pytest.raises(SpecError, match="decoder_sparse_step 2 is not supported; allowed: decoder_sparse_step 1"):
+        spec_from_hf_dict({**base, "decoder_sparse_step": 2}, name="m")
+    with pytest.raises(SpecError, match=r"'mlp_only_layers' must hold layer indices 0 to 3, got \[4\]"):
+        spec_from_hf_dict({**base, "mlp_only_layers": [4]}, name="m")
 
 
 def test_config_windows():
