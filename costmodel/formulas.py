@@ -138,6 +138,26 @@ def kv_elements(tokens: int, kv_size: int) -> int:
     return 2 * tokens * kv_size
 
 
+def smaller(a, b):
+    """min(a, b), element-wise on integer arrays too (no branch): (a + b - |a - b|) / 2, exact."""
+    return (a + b - abs(a - b)) // 2
+
+
+def sliding_keys(q_len, kv_len, window):
+    """Keys a sliding-window layer attends over in a pass of ``q_len`` new tokens whose sequence
+    then holds ``kv_len`` positions: its cache keeps only the last ``window - 1`` positions
+    (transformers' ``DynamicSlidingWindowLayer``), and the new tokens join them, so
+    q_len + min(kv_len - q_len, window - 1). A decode step (q_len = 1): min(kv_len, window); a
+    prefill (q_len = kv_len): kv_len, the whole masked q x kv score matrix (masks remove no FLOPs)."""
+    return q_len + smaller(kv_len - q_len, window - 1)
+
+
+def sliding_cache_positions(positions, window):
+    """Positions a sliding-window layer's cache holds after ``positions`` have passed: the last
+    window - 1 (transformers' ``DynamicSlidingWindowLayer``), or all of them while fewer."""
+    return smaller(positions, window - 1)
+
+
 def rotary_table_elements(q_len: int, head_dim: int) -> int:
     """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
     al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin. Partial rotary

@@ -1,7 +1,8 @@
 """Built-in model presets and the offline reader of Hugging Face ``config.json`` files.
 
-:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), or a path to a
-``config.json`` file or to a folder holding one. No ``transformers`` import: the config is read
+:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), a path to a
+``config.json`` file or to a folder holding one, or a Hugging Face id (``Qwen/Qwen3-8B``) already in
+the local cache (:mod:`costmodel.hub`, never the network). No ``transformers`` import: the config is read
 as JSON and its fields mapped per ``model_type``; unknown fields are ignored. A missing size
 (layers, width, heads, MLP width, vocabulary, experts) is a :class:`SpecError` naming it; any other
 missing field takes the default of transformers' config class for that ``model_type``. A value of
@@ -13,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 
+from . import hub
 from .errors import SpecError, read_json_file
-from .spec import ModelSpec
+from .spec import ATTENTION_TYPES, ModelSpec
 
 # GPT-2 family: LayerNorm, GELU (tanh) 4h MLP, learned positions, biases everywhere, tied LM head.
 _GPT2 = dict(family="gpt2", mlp_kind="plain", activation="gelu_tanh", norm_kind="layernorm",
@@ -74,11 +76,15 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
     _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
     _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
+    # Mistral-7B-v0.1 as released: every layer slides over a 4096-token window.
+    _llama("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, 32768, sliding_window=4096),
     _llama("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, 32768, attention_bias=True,
            rope_theta=1000000.0, norm_eps=1e-6),
     _llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192, head_dim=256,
            activation="gelu_tanh", tie_word_embeddings=True, norm_eps=1e-6),
     _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # Phi-3-mini-4k-instruct as released: sliding_window 2047 on every layer.
+    _llama("phi-3-mini-4k", 32, 3072, 32, 32, 8192, 32064, 4096, sliding_window=2047),
     # Mixture of experts: Mixtral (8 experts, top 2); Qwen1.5-MoE-A2.7B (60 experts, top 4, plus
     # a sigmoid-gated shared expert of 4 x 1408).
     _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, num_experts=8, experts_per_token=2,
@@ -147,13 +153,32 @@ def preset_names() -> list[str]:
 
 
 def get_model(name_or_path: str) -> ModelSpec:
-    """A preset by name, or a spec read from a ``config.json`` (file or folder) path."""
+    """A preset by name, a spec read from a ``config.json`` (file or folder) path, or a Hugging Face
+    id ``ORG/NAME[@REVISION]`` found in the local cache (:mod:`costmodel.hub`, offline)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
+    if not os.path.exists(name_or_path) and hub.looks_like_repo_id(name_or_path):
+        return load_hf_config(hub.find_config(name_or_path), name=name_or_path)
     if os.path.exists(name_or_path) or name_or_path.endswith(".json") or os.sep in name_or_path:
         return load_hf_config(name_or_path)
     raise SpecError(f"unknown model {name_or_path!r}; built-in models: {', '.join(PRESETS)} "
-                    "(or give a path to a Hugging Face config.json or its folder)")
+                    "(or give a path to a Hugging Face config.json or its folder, or a Hugging Face id "
+                    "ORG/NAME in the local cache)")
+
+
+def model_folder(name_or_path: str) -> str | None:
+    """The folder a model's files live in (where a checkpoint may sit beside ``config.json``):
+    the folder given, the folder of the config file given, or the cache snapshot of a Hugging Face
+    id; None for a preset."""
+    if name_or_path in PRESETS:
+        return None
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        return os.path.dirname(os.path.abspath(name_or_path))
+    if hub.looks_like_repo_id(name_or_path):
+        return hub.snapshot_folder(name_or_path)
+    return None
 
 
 # --- Hugging Face config.json ------------------------------------------------------------------
@@ -185,20 +210,25 @@ _HF_DEFAULTS: dict[str, dict] = {
                   rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
                   mlp_bias=False),
     "mistral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
-                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=4096,
+                    layer_types=None),
     "qwen2": dict(num_key_value_heads=32, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0),
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, use_sliding_window=False,
+                  sliding_window=4096, max_window_layers=28, layer_types=None),
     "gemma": dict(num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
                   max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   rope_theta=10000.0, attention_bias=False),
     "phi3": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=4096,
-                 rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0),
+                 rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=None,
+                 layer_types=None),
     "mixtral": dict(num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=131072,
-                    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1000000.0),
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1000000.0, sliding_window=None,
+                    layer_types=None),
     "qwen2_moe": dict(num_key_value_heads=16, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
                       rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, qkv_bias=True,
                       shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
-                      mlp_only_layers=None),
+                      mlp_only_layers=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                      layer_types=None),
     "qwen3": dict(num_key_value_heads=32, head_dim=128, hidden_act="silu", max_position_embeddings=32768,
                   rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
                   use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None),
@@ -226,32 +256,37 @@ _HF_DEFAULTS: dict[str, dict] = {
                 partial_rotary_factor=0.5),
     "starcoder2": dict(num_key_value_heads=2, head_dim=None, hidden_act="gelu_pytorch_tanh",
                        max_position_embeddings=4096, norm_epsilon=1e-5, tie_word_embeddings=True,
-                       rope_theta=10000.0, sliding_window=None, use_bias=True),
+                       rope_theta=10000.0, sliding_window=None, use_bias=True, layer_types=None),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
 # head_dim is no field of qwen2, phi3 and qwen2_moe: their attention reads it when given (and fails on null).
 _HF_NULLABLE: dict[str, set] = {
     "gpt2": {"n_inner"}, "t5": {"num_decoder_layers"}, "llama": {"num_key_value_heads", "head_dim"},
-    "mistral": {"head_dim"}, "qwen2": {"num_key_value_heads"}, "phi3": {"num_key_value_heads"},
-    "mixtral": {"head_dim"}, "qwen2_moe": {"num_key_value_heads", "mlp_only_layers"},
+    "mistral": {"head_dim", "sliding_window", "layer_types"},
+    "qwen2": {"num_key_value_heads", "sliding_window", "layer_types"},
+    "phi3": {"num_key_value_heads", "sliding_window", "layer_types"},
+    "mixtral": {"head_dim", "sliding_window", "layer_types"},
+    "qwen2_moe": {"num_key_value_heads", "mlp_only_layers", "sliding_window", "layer_types"},
     "qwen3": {"num_key_value_heads", "sliding_window", "layer_types"}, "olmo2": {"num_key_value_heads"},
     "granite": {"num_key_value_heads"}, "cohere": {"num_key_value_heads", "use_qk_norm"},
     "falcon": {"ffn_hidden_size", "num_kv_heads", "alibi", "new_decoder_architecture", "multi_query",
                "parallel_attn", "bias", "num_ln_in_parallel_attn"},
     "opt": {"word_embed_proj_dim"}, "phi": {"num_key_value_heads"},
-    "starcoder2": {"head_dim", "sliding_window"},
+    "starcoder2": {"head_dim", "sliding_window", "layer_types"},
 }
 
 
-def load_hf_config(path: str) -> ModelSpec:
-    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
+def load_hf_config(path: str, name: str | None = None) -> ModelSpec:
+    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`,
+    named ``name`` (default: the folder's name, or the file's stem if not ``config.json``)."""
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     cfg = read_json_file(file, "config")
     if not isinstance(cfg, dict):
         raise SpecError(f"malformed config {file!r}: expected a JSON object, got {type(cfg).__name__}")
     folder = os.path.basename(os.path.dirname(os.path.abspath(file)))
-    name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
+    if name is None:
+        name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
     return spec_from_hf_dict(cfg, name=name, source=file)
 
 
@@ -332,6 +367,15 @@ class _HFFields:
             return []
         if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v):
             raise SpecError(f"field {key!r} must be a list of integers, got {_shown(v)}")
+        return v
+
+    def string_list(self, key: str) -> list | None:
+        """A list of strings, or None where the config has null (or leaves it out: derived)."""
+        v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return None
+        if not isinstance(v, list) or any(not isinstance(i, str) for i in v):
+            raise SpecError(f"field {key!r} must be a list of strings, got {_shown(v)}")
         return v
 
     def activation(self, key: str) -> str:
@@ -449,21 +493,21 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
     elif model_type == "starcoder2":  # use_bias on q, k, v, o and both MLP matrices; LayerNorm
         bias = f.flag("use_bias")
         kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, mlp_kind="plain",
-                  norm_kind="layernorm", sliding_window=f.optional_int("sliding_window"))
-    kw.update(_llama_like_variant(f, model_type, cfg))
+                  norm_kind="layernorm")
+    kw.update(_llama_like_variant(f, model_type))
     if model_type == "mixtral":
         kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
     elif model_type == "qwen2_moe":
-        if f.optional_int("decoder_sparse_step") != 1 or f.int_list("mlp_only_layers"):
-            raise SpecError("dense layers between MoE layers (decoder_sparse_step, mlp_only_layers) are not "
-                            "supported; allowed: decoder_sparse_step 1, no mlp_only_layers")
+        kw["mlp_layer_types"] = _qwen2_moe_mlp_layer_types(f)
         shared = f.optional_int("shared_expert_intermediate_size")  # 0: no shared expert
         kw.update(attention_bias=f.flag("qkv_bias"), num_experts=f.required_int("num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"),
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
                   shared_expert_intermediate_size=shared or None, moe_renormalize=f.flag("norm_topk_prob"))
+    if model_type in _SLIDING_TYPES:
+        kw.update(_sliding_fields(f, f.required_int("num_hidden_layers")))
     act = f.activation("hidden_act")
     if model_type == "gemma" and act == "gelu":
         act = "gelu_tanh"  # GemmaConfig: the releases' legacy "gelu" means the tanh approximation
@@ -479,16 +523,9 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
 _NORM_EPS = {"cohere": "layer_norm_eps", "starcoder2": "norm_epsilon"}  # the rest: rms_norm_eps
 
 
-def _llama_like_variant(f: _HFFields, model_type: str, cfg: dict) -> dict:
+def _llama_like_variant(f: _HFFields, model_type: str) -> dict:
     """ModelSpec fields of the LLaMA-shaped families that differ in a detail of the block."""
     if model_type == "qwen3":
-        layers = f.required_int("num_hidden_layers")
-        types = cfg.get("layer_types")
-        sliding = (f.flag("use_sliding_window") and f.optional_int("sliding_window") is not None
-                   and f.optional_int("max_window_layers") < layers)
-        if sliding or (types is not None and set(types) != {"full_attention"}):
-            raise SpecError("qwen3 sliding-window layers (use_sliding_window: true, layer_types) are not "
-                            "supported; allowed: use_sliding_window false, every layer full_attention")
         return dict(qk_norm="head")  # Qwen3RMSNorm(head_dim) on each q and k head
     if model_type == "olmo2":  # RMSNorm over all of q and k; norms on the sublayers' outputs
         return dict(qk_norm="full", norm_position="output")
@@ -596,6 +633,61 @@ def _rotary_dim(head_dim: int, factor: float) -> int | None:
 
 
 _OWN_LAYOUT = {"falcon": _falcon_spec, "gpt_neox": _gpt_neox_spec, "opt": _opt_spec, "phi": _phi_spec}
+
+
+_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3", "starcoder2")
+
+
+def _sliding_fields(f: _HFFields, layers: int) -> dict:
+    """``sliding_window`` and ``layer_types`` as transformers 5.23's config classes derive them.
+
+    Mistral, Mixtral, Phi-3, StarCoder2: every layer slides when ``sliding_window`` is set (the cache,
+    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2, Qwen3: the window only
+    with ``use_sliding_window``, on layers i >= ``max_window_layers``. Qwen2-MoE: with
+    ``use_sliding_window``, on the even layers i < ``max_window_layers`` (``bool((i + 1) % 2)``).
+    An explicit ``layer_types`` wins, as the cache reads it. A window of no layer is dropped."""
+    t = f.model_type
+    window = f.optional_int("sliding_window")
+    if t in ("qwen2", "qwen2_moe", "qwen3"):
+        use, first = f.flag("use_sliding_window"), f.optional_int("max_window_layers")
+        window = window if use else None  # Qwen2MoeConfig sets 0: no layer may slide then
+        if t != "qwen2_moe":
+            derived = ["sliding_attention" if window is not None and i >= first else "full_attention"
+                       for i in range(layers)]
+        else:
+            derived = ["sliding_attention" if (i + 1) % 2 and i < first and use else "full_attention"
+                       for i in range(layers)]
+    else:
+        derived = ["sliding_attention" if window is not None else "full_attention"] * layers
+    given = f.string_list("layer_types")
+    types = derived if given is None else given
+    if any(x not in ATTENTION_TYPES for x in types):
+        bad = next(x for x in types if x not in ATTENTION_TYPES)
+        raise SpecError(f"layer_types entry {_shown(bad)} is not supported; allowed: {', '.join(ATTENTION_TYPES)}")
+    if len(types) != layers:
+        raise SpecError(f"layer_types has {len(types)} entries, num_hidden_layers is {layers}; "
+                        "allowed: one entry per layer")
+    if "sliding_attention" in types and window is None:
+        raise SpecError("layer_types has 'sliding_attention' layers but no window: sliding_window is null "
+                        "or use_sliding_window false; allowed: a positive sliding_window with them")
+    if window is not None and window < 1:
+        raise SpecError(f"field 'sliding_window' must be a positive integer or null, got {window}")
+    if "sliding_attention" not in types:
+        window = None
+    return {"sliding_window": window, "layer_types": tuple(types)}
+
+
+def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
+    """Qwen2MoeDecoderLayer: a MoE block where i is not in ``mlp_only_layers`` and
+    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``."""
+    layers = f.required_int("num_hidden_layers")
+    step = f.optional_int("decoder_sparse_step")
+    if step < 1:
+        raise SpecError(f"field 'decoder_sparse_step' must be a positive integer, got {step}")
+    dense = set(f.int_list("mlp_only_layers"))
+    if any(not 0 <= i < layers for i in dense):
+        raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")
+    return tuple("moe" if i not in dense and (i + 1) % step == 0 else "dense" for i in range(layers))
 
 
 def _t5_feed_forward(ff: str) -> tuple[str, str]:

@@ -23,6 +23,36 @@ QK_NORMS = ("head", "per_head", "full")  # see ModelSpec.qk_norm
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
+ATTENTION_TYPES = ("full_attention", "sliding_attention")  # transformers' config.layer_types names
+MLP_LAYER_TYPES = ("dense", "moe")
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Consecutive decoder layers ``first .. first + count - 1`` (0-based) that are identical:
+    the same attention kind (``ATTENTION_TYPES``) and MLP kind (``MLP_LAYER_TYPES``)."""
+
+    first: int
+    count: int
+    attention: str = "full_attention"
+    mlp: str = "dense"
+
+    @property
+    def layers(self) -> range:
+        return range(self.first, self.first + self.count)
+
+    @property
+    def sliding(self) -> bool:
+        return self.attention == "sliding_attention"
+
+    def describe(self) -> str:
+        """'layers 0-2: dense, full attention' (a report's heading for the group)."""
+        last = self.first + self.count - 1
+        span = f"layer {self.first}" if self.count == 1 else f"layers {self.first}-{last}"
+        return f"{span}: {self.mlp}, {self.attention.replace('_', ' ')}"
+
+    def to_dict(self) -> dict:
+        return {"first": self.first, "count": self.count, "attention": self.attention, "mlp": self.mlp}
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,10 @@ class ModelSpec:
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
     sliding_window: int | None = None  # W: a sliding layer attends over the last W positions (Mistral)
+    layer_types: tuple[str, ...] | None = None  # per decoder layer, ATTENTION_TYPES; None: all sliding
+    #   if sliding_window else all full
+    mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
+    #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
     qk_norm: str | None = None  # norm on q and k after their projections: "head" (over head_dim, one
     # weight of head_dim: Qwen3, Phi qk_layernorm), "per_head" (over head_dim, a weight per head:
     # Cohere, params q_size and kv_size), "full" (over the whole q_size / kv_size width: OLMo 2)
@@ -109,6 +143,7 @@ class ModelSpec:
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
         self._check_moe()
+        self._check_layer_types()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
         self._check_block()
@@ -122,8 +157,6 @@ class ModelSpec:
             if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
                 raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
                                 f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
-        if self.sliding_window is not None:
-            require_positive_int("sliding_window", self.sliding_window)
         if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
             raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
         if self.norm_position == "output" and self.arch != "decoder":
@@ -186,6 +219,55 @@ class ModelSpec:
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
 
+    def _default_layer_types(self) -> tuple[str, ...]:
+        return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
+
+    def _default_mlp_layer_types(self) -> tuple[str, ...]:
+        return (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
+
+    def _check_layer_types(self) -> None:
+        w = self.sliding_window
+        if w is not None:
+            require_positive_int("sliding_window", w)
+            if self.arch != "decoder":
+                raise SpecError(f"sliding_window is for arch 'decoder', got arch {self.arch!r}")
+        for f, allowed, default in (("layer_types", ATTENTION_TYPES, self._default_layer_types),
+                                    ("mlp_layer_types", MLP_LAYER_TYPES, self._default_mlp_layer_types)):
+            v = getattr(self, f)
+            if v is None:
+                v = default()
+            elif isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise SpecError(f"{f} must be a list of {', '.join(allowed)} (one per layer), got {v!r}")
+            v = tuple(v)
+            if len(v) != self.num_layers:
+                raise SpecError(f"{f} has {len(v)} entries, num_layers is {self.num_layers}; "
+                                "allowed: one entry per layer")
+            for t in v:
+                if t not in allowed:
+                    raise SpecError(f"{f} entry {t!r} is not supported; allowed: {', '.join(allowed)}")
+            object.__setattr__(self, f, v)
+        if w is None and "sliding_attention" in self.layer_types:
+            raise SpecError("layer_types has 'sliding_attention' layers but sliding_window is None; "
+                            "allowed: a positive sliding_window, or only 'full_attention' layers")
+        if not self.num_experts and "moe" in self.mlp_layer_types:
+            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
+                            "allowed: num_experts > 0, or only 'dense' layers")
+
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """The decoder layers as runs of identical ones (attention kind, MLP kind), in order."""
+        groups: list[LayerGroup] = []
+        for i, kind in enumerate(zip(self.layer_types, self.mlp_layer_types)):
+            g = groups[-1] if groups else None
+            if g is not None and (g.attention, g.mlp) == kind:
+                groups[-1] = replace(g, count=g.count + 1)
+            else:
+                groups.append(LayerGroup(i, 1, *kind))
+        return tuple(groups)
+
+    def window_of(self, group: LayerGroup) -> int | None:
+        """Keys a layer of ``group`` may attend to: sliding_window on a sliding layer, else None."""
+        return self.sliding_window if group.sliding else None
+
     # Derived widths, named as in the formulas.
     @property
     def q_size(self) -> int:
@@ -230,7 +312,7 @@ class ModelSpec:
         return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
 
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases (and the q/k norms of self-attention)."""
+        """q, k, v and output projections with their biases."""
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
@@ -239,15 +321,16 @@ class ModelSpec:
             attn += h
         return attn
 
-    def layer_params(self, experts: int | None = None, cross: bool = False) -> int:
+    def layer_params(self, experts: int | None = None, cross: bool = False, mlp: str | None = None) -> int:
         """Parameters of one transformer block; ``experts``: count only that many routed experts
         (``experts_per_token`` gives the parameters one token is computed with); ``cross``: a
-        decoder block of an encoder-decoder (cross-attention and its norm)."""
+        decoder block of an encoder-decoder (cross-attention and its norm); ``mlp``: a "dense" or
+        "moe" layer (default: "moe" when the model has experts)."""
         h, inter = self.hidden_size, self.intermediate_size
         attn = self.attention_params() + self.qk_norm_params()
         if cross:
             attn += self.attention_params() + self.norm_params()
-        if self.num_experts:
+        if (mlp or ("moe" if self.num_experts else "dense")) == "moe":
             routed = self.num_experts if experts is None else experts
             mlp = (h * self.num_experts  # router
                    + routed * self.num_mlp_matrices * h * self.moe_intermediate_size
@@ -301,7 +384,7 @@ class ModelSpec:
         if self.arch == "encoder-decoder":
             return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
                     + self.num_layers * self.layer_params(cross=True))
-        return total + self.num_layers * self.layer_params()
+        return total + sum(g.count * self.layer_params(mlp=g.mlp) for g in self.layer_groups())
 
     @property
     def active_params(self) -> int:
@@ -309,7 +392,7 @@ class ModelSpec:
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
-        layers = self.num_layers + (self.num_encoder_layers or 0)
+        layers = self.mlp_layer_types.count("moe") + (self.num_encoder_layers or 0)
         return self.num_params - layers * unused
 
     def summary(self) -> dict:
@@ -321,7 +404,9 @@ class ModelSpec:
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
         }
-        return {**self._summary(), "active_params": self.active_params, **moe}
+        window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
+        return {**self._summary(), "active_params": self.active_params, **moe, **window,
+                "layer_groups": [g.to_dict() for g in self.layer_groups()]}
 
     def _summary(self) -> dict:
         return {
@@ -349,6 +434,12 @@ class ModelSpec:
         }
 
     def with_(self, **changes) -> "ModelSpec":
+        """A copy with ``changes``; per-layer types left at their default (uniform) are derived
+        again for the new num_layers / sliding_window / num_experts."""
+        if self.layer_types == self._default_layer_types():
+            changes.setdefault("layer_types", None)
+        if self.mlp_layer_types == self._default_mlp_layer_types():
+            changes.setdefault("mlp_layer_types", None)
         return replace(self, **changes)
 
 

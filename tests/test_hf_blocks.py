@@ -21,11 +21,8 @@ from costmodel.models import PRESETS, spec_from_hf_dict
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 TYPES = ("qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi", "starcoder2")
-# StarCoder2 slides over sliding_window=8 on every layer: its prefill counts the whole score matrix
-# (masks remove no FLOPs) and matches, but its decode steps past the window and its cache need the
-# sliding-window attention of the `groups` branch (keys min(context, W), W - 1 positions cached).
-SLIDING = pytest.mark.xfail(strict=True, reason="sliding_window attention (decode keys, cache) is the "
-                                                "groups branch's; starcoder2 slides over 8 tokens")
+# StarCoder2 slides over sliding_window=8 on every layer: a prefill counts the whole score matrix
+# (masks remove no FLOPs), a decode step min(context, W) keys, the cache keeps W - 1 positions.
 
 
 def fixture(model_type):
@@ -39,10 +36,6 @@ def spec_of(fx):
 def workload(fx, prompt=None, gen=5, logits="last"):
     return Workload(batch=fx["batch"], prompt=prompt or fx["prompt"], gen=gen, weight_dtype="fp32",
                     act_dtype="fp32", logits=logits)
-
-
-def sliding(model_type):
-    return model_type if model_type != "starcoder2" else pytest.param(model_type, marks=SLIDING)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -59,7 +52,7 @@ def test_prefill_matmul_flops_are_transformers(model_type, logits):
     assert cost.total("matmul_flops") == fx["prefill"][f"logits_{logits}"]["flops"]
 
 
-@pytest.mark.parametrize("model_type", [sliding(t) for t in TYPES])
+@pytest.mark.parametrize("model_type", TYPES)
 def test_every_decode_step_is_transformers(model_type):
     fx = fixture(model_type)
     spec = spec_of(fx)
@@ -71,7 +64,7 @@ def test_every_decode_step_is_transformers(model_type):
         assert [s["context_before"] for s in steps] == list(range(prompt, prompt + len(steps)))
 
 
-@pytest.mark.parametrize("model_type", [sliding(t) for t in TYPES])
+@pytest.mark.parametrize("model_type", TYPES)
 def test_kv_cache_bytes_are_transformers(model_type):
     fx = fixture(model_type)
     spec, wl = spec_of(fx), workload(fx)
@@ -101,6 +94,7 @@ def test_the_fixtures_switch_on_each_variant():
     assert (s["falcon"].num_kv_heads, s["opt"].position_offset, s["phi"].lm_head_bias) == (1, 2, True)
     assert s["granite"].logits_scale == 1 / 8.0 and s["granite"].residual_multiplier == 0.22
     assert (s["starcoder2"].mlp_kind, s["starcoder2"].mlp_bias, s["starcoder2"].sliding_window) == ("plain", True, 8)
+    assert s["starcoder2"].layer_types == ("sliding_attention",) * 4
 
 
 # --- what the fixtures cannot see: parameters and element-wise ops, by hand ------------------------
@@ -172,8 +166,6 @@ def test_granite_multipliers_are_elementwise_scales():
 @pytest.mark.parametrize("cfg, message", [
     ({"model_type": "falcon", "alibi": True}, "falcon alibi: true (ALiBi position bias) is not supported"),
     ({"model_type": "falcon", "new_decoder_architecture": True}, "falcon new_decoder_architecture: true"),
-    ({"model_type": "qwen3", "use_sliding_window": True, "max_window_layers": 2},
-     "qwen3 sliding-window layers (use_sliding_window: true, layer_types) are not supported"),
     ({"model_type": "opt", "layer_norm_elementwise_affine": False}, "opt layer_norm_elementwise_affine: false"),
     ({"model_type": "phi", "partial_rotary_factor": 0}, "field 'partial_rotary_factor' must be in (0, 1], got 0"),
     ({"model_type": "cohere", "use_qk_norm": "true"}, "field 'use_qk_norm' must be true or false, got 'true'"),
@@ -217,11 +209,10 @@ def test_preset_is_its_config_json(name):
     assert spec_from_hf_dict(PUBLISHED[name]["config"], name=name) == PRESETS[name]
 
 
-def test_starcoder2_decode_matches_while_the_window_holds_every_key():
-    # what needs no sliding window: the short-prompt steps whose keys (context_before + 1) fit in W = 8
-    fx = fixture("starcoder2")
-    spec, short = spec_of(fx), fx["decode_steps_short_prompt"]
-    wl = workload(fx, prompt=short["prompt"], gen=len(short["steps"]) + 1)
-    inside = [s for s in short["steps"] if s["context_before"] + 1 <= spec.sliding_window]
-    assert len(inside) == 5  # contexts 3..7
-    assert [decode_step_cost(spec, wl, i).total("matmul_flops") for i in range(1, 6)] == [s["flops"] for s in inside]
+def test_qwen3_slides_as_qwen2_when_asked():
+    # Qwen3Config: the window only with use_sliding_window, on layers i >= max_window_layers
+    base = {"model_type": "qwen3", **fixture("qwen3")["config"]}
+    assert spec_of(fixture("qwen3")).sliding_window is None  # use_sliding_window false: released
+    spec = spec_from_hf_dict({**base, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2},
+                             name="m")
+    assert spec.layer_types == ("full_attention",) * 2 + ("sliding_attention",) * 2 and spec.sliding_window == 8

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model, load_hf_config
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.models import HF_MODEL_TYPES, spec_from_hf_dict
 
