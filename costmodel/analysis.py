@@ -207,17 +207,15 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     attention = attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
         rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0)
+    moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
+    body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
     if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
-        mlp = moe_ops(spec, wl, t) if spec.num_experts else mlp_ops(
-            spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
-        return _parallel_block(spec, wl, t, attention, mlp)
+        return _parallel_block(spec, wl, t, attention, body)
     ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
             spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
-    moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
-    body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
     return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", body)
 
 

@@ -256,7 +256,7 @@ _HF_DEFAULTS: dict[str, dict] = {
                 partial_rotary_factor=0.5),
     "starcoder2": dict(num_key_value_heads=2, head_dim=None, hidden_act="gelu_pytorch_tanh",
                        max_position_embeddings=4096, norm_epsilon=1e-5, tie_word_embeddings=True,
-                       rope_theta=10000.0, sliding_window=None, use_bias=True),
+                       rope_theta=10000.0, sliding_window=None, use_bias=True, layer_types=None),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
@@ -273,7 +273,7 @@ _HF_NULLABLE: dict[str, set] = {
     "falcon": {"ffn_hidden_size", "num_kv_heads", "alibi", "new_decoder_architecture", "multi_query",
                "parallel_attn", "bias", "num_ln_in_parallel_attn"},
     "opt": {"word_embed_proj_dim"}, "phi": {"num_key_value_heads"},
-    "starcoder2": {"head_dim", "sliding_window"},
+    "starcoder2": {"head_dim", "sliding_window", "layer_types"},
 }
 
 
@@ -493,8 +493,8 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
     elif model_type == "starcoder2":  # use_bias on q, k, v, o and both MLP matrices; LayerNorm
         bias = f.flag("use_bias")
         kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, mlp_kind="plain",
-                  norm_kind="layernorm", sliding_window=f.optional_int("sliding_window"))
-    kw.update(_llama_like_variant(f, model_type, cfg))
+                  norm_kind="layernorm")
+    kw.update(_llama_like_variant(f, model_type))
     if model_type == "mixtral":
         kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
@@ -523,9 +523,9 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
 _NORM_EPS = {"cohere": "layer_norm_eps", "starcoder2": "norm_epsilon"}  # the rest: rms_norm_eps
 
 
-def _llama_like_variant(f: _HFFields, model_type: str, cfg: dict) -> dict:
+def _llama_like_variant(f: _HFFields, model_type: str) -> dict:
     """ModelSpec fields of the LLaMA-shaped families that differ in a detail of the block."""
-    if model_type == "qwen3":  # sliding layers as Qwen2 derives them (_sliding_fields)
+    if model_type == "qwen3":
         return dict(qk_norm="head")  # Qwen3RMSNorm(head_dim) on each q and k head
     if model_type == "olmo2":  # RMSNorm over all of q and k; norms on the sublayers' outputs
         return dict(qk_norm="full", norm_position="output")
@@ -635,15 +635,15 @@ def _rotary_dim(head_dim: int, factor: float) -> int | None:
 _OWN_LAYOUT = {"falcon": _falcon_spec, "gpt_neox": _gpt_neox_spec, "opt": _opt_spec, "phi": _phi_spec}
 
 
-_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3")
+_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3", "starcoder2")
 
 
 def _sliding_fields(f: _HFFields, layers: int) -> dict:
     """``sliding_window`` and ``layer_types`` as transformers 5.23's config classes derive them.
 
-    Mistral, Mixtral, Phi-3: every layer slides when ``sliding_window`` is set (the cache,
-    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2: the window only
-    with ``use_sliding_window``, on layers i >= ``max_window_layers`` (Qwen3 alike). Qwen2-MoE: with
+    Mistral, Mixtral, Phi-3, StarCoder2: every layer slides when ``sliding_window`` is set (the cache,
+    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2, Qwen3: the window only
+    with ``use_sliding_window``, on layers i >= ``max_window_layers``. Qwen2-MoE: with
     ``use_sliding_window``, on the even layers i < ``max_window_layers`` (``bool((i + 1) % 2)``).
     An explicit ``layer_types`` wins, as the cache reads it. A window of no layer is dropped."""
     t = f.model_type
@@ -651,7 +651,7 @@ def _sliding_fields(f: _HFFields, layers: int) -> dict:
     if t in ("qwen2", "qwen2_moe", "qwen3"):
         use, first = f.flag("use_sliding_window"), f.optional_int("max_window_layers")
         window = window if use else None  # Qwen2MoeConfig sets 0: no layer may slide then
-        if t in ("qwen2", "qwen3"):
+        if t != "qwen2_moe":
             derived = ["sliding_attention" if window is not None and i >= first else "full_attention"
                        for i in range(layers)]
         else:
@@ -679,15 +679,11 @@ def _sliding_fields(f: _HFFields, layers: int) -> dict:
 
 def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
     """Qwen2MoeDecoderLayer: a MoE block where i is not in ``mlp_only_layers`` and
-    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``.
-
-    NB: only decoder_sparse_step 1 is read (the derivation below would take any step, but the
-    reader's tests hold the refusal of other steps); mlp_only_layers makes the dense layers."""
+    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``."""
     layers = f.required_int("num_hidden_layers")
     step = f.optional_int("decoder_sparse_step")
-    if step != 1:
-        raise SpecError(f"decoder_sparse_step {step} is not supported; allowed: decoder_sparse_step 1 "
-                        "(give the dense layers as mlp_only_layers)")
+    if step < 1:
+        raise SpecError(f"field 'decoder_sparse_step' must be a positive integer, got {step}")
     dense = set(f.int_list("mlp_only_layers"))
     if any(not 0 <= i < layers for i in dense):
         raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")

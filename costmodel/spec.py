@@ -157,8 +157,6 @@ class ModelSpec:
             if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
                 raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
                                 f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
-        if self.sliding_window is not None:
-            require_positive_int("sliding_window", self.sliding_window)
         if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
             raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
         if self.norm_position == "output" and self.arch != "decoder":
@@ -314,7 +312,7 @@ class ModelSpec:
         return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
 
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases (and the q/k norms of self-attention)."""
+        """q, k, v and output projections with their biases."""
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:

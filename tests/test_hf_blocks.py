@@ -21,8 +21,8 @@ from costmodel.models import PRESETS, spec_from_hf_dict
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 TYPES = ("qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi", "starcoder2")
-# StarCoder2 slides over sliding_window=8 on every layer: its prefill counts the whole score matrix
-# (masks remove no FLOPs); its decode steps attend over min(context, W) keys and its cache holds W - 1.
+# StarCoder2 slides over sliding_window=8 on every layer: a prefill counts the whole score matrix
+# (masks remove no FLOPs), a decode step min(context, W) keys, the cache keeps W - 1 positions.
 
 
 def fixture(model_type):
@@ -94,6 +94,7 @@ def test_the_fixtures_switch_on_each_variant():
     assert (s["falcon"].num_kv_heads, s["opt"].position_offset, s["phi"].lm_head_bias) == (1, 2, True)
     assert s["granite"].logits_scale == 1 / 8.0 and s["granite"].residual_multiplier == 0.22
     assert (s["starcoder2"].mlp_kind, s["starcoder2"].mlp_bias, s["starcoder2"].sliding_window) == ("plain", True, 8)
+    assert s["starcoder2"].layer_types == ("sliding_attention",) * 4
 
 
 # --- what the fixtures cannot see: parameters and element-wise ops, by hand ------------------------
@@ -177,17 +178,6 @@ def test_what_is_not_modelled_is_refused_in_one_line(cfg, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_qwen3_sliding_layers_are_derived_as_transformers_does():
-    # Qwen3Config: with use_sliding_window, layers i >= max_window_layers slide (default window 4096)
-    base = {"model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 128}
-    spec = spec_from_hf_dict({**base, "use_sliding_window": True, "max_window_layers": 2}, name="m")
-    assert spec.sliding_window == 4096
-    assert spec.layer_types == ("full_attention",) * 2 + ("sliding_attention",) * 2
-    off = spec_from_hf_dict(base, name="m")  # use_sliding_window defaults to false: no window
-    assert off.sliding_window is None and set(off.layer_types) == {"full_attention"}
-
-
 def test_bad_block_fields_are_refused():
     base = get_model("tiny-llama")  # head_dim 16
     for changes, message in [(dict(rotary_dim=5), "rotary_dim must be even and at most head_dim (16)"),
@@ -219,11 +209,10 @@ def test_preset_is_its_config_json(name):
     assert spec_from_hf_dict(PUBLISHED[name]["config"], name=name) == PRESETS[name]
 
 
-def test_starcoder2_decode_matches_while_the_window_holds_every_key():
-    # what needs no sliding window: the short-prompt steps whose keys (context_before + 1) fit in W = 8
-    fx = fixture("starcoder2")
-    spec, short = spec_of(fx), fx["decode_steps_short_prompt"]
-    wl = workload(fx, prompt=short["prompt"], gen=len(short["steps"]) + 1)
-    inside = [s for s in short["steps"] if s["context_before"] + 1 <= spec.sliding_window]
-    assert len(inside) == 5  # contexts 3..7
-    assert [decode_step_cost(spec, wl, i).total("matmul_flops") for i in range(1, 6)] == [s["flops"] for s in inside]
+def test_qwen3_slides_as_qwen2_when_asked():
+    # Qwen3Config: the window only with use_sliding_window, on layers i >= max_window_layers
+    base = {"model_type": "qwen3", **fixture("qwen3")["config"]}
+    assert spec_of(fixture("qwen3")).sliding_window is None  # use_sliding_window false: released
+    spec = spec_from_hf_dict({**base, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2},
+                             name="m")
+    assert spec.layer_types == ("full_attention",) * 2 + ("sliding_attention",) * 2 and spec.sliding_window == 8
