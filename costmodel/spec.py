@@ -22,6 +22,10 @@ NORM_POSITIONS = ("pre", "post")
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
+MLP_LAYER_TYPES = ("dense", "moe")
+QK_NORMS = ("head", "full")  # see ModelSpec.qk_norm
+MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral, Qwen), sigmoid (DeepSeek-V3)
+MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,21 @@ class ModelSpec:
     relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
+    qk_norm: str | None = None  # RMSNorm on q and k after their projections: "head" (over head_dim,
+    #   one weight of head_dim: Qwen3), "full" (over the whole q_size / kv_size width: OLMo 2)
+    mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
+    #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    # Routing variants (DeepSeek-V3, HF DeepseekV3TopkRouter)
+    moe_scoring: str = "softmax"  # "sigmoid": sigmoid scores plus a per-expert bias for the choice
+    moe_groups: int = 1  # n_group: experts split into groups, the choice limited to the best groups
+    moe_topk_groups: int = 1  # topk_group: groups a token's experts may come from
+    routed_scaling_factor: float = 1.0  # the k routing weights multiplied by it (DeepSeek-V3: 2.5)
+    # Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, section 2.1); kv_lora_rank None: off
+    q_lora_rank: int | None = None  # rank of the query compression (None: a plain q_proj)
+    kv_lora_rank: int | None = None  # d_c: width of the cached joint key-value latent c_kv
+    qk_nope_head_dim: int | None = None  # d_h: per-head query/key width without positions
+    qk_rope_head_dim: int | None = None  # d_h^R: per-head rotary width (the decoupled key, shared)
+    v_head_dim: int | None = None  # per-head value width
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -79,6 +98,8 @@ class ModelSpec:
             raise SpecError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                 f"({self.num_kv_heads}); allowed num_kv_heads: divisors of {self.num_heads}")
+        if self.head_dim is None and self.kv_lora_rank is not None and self.qk_nope_head_dim and self.qk_rope_head_dim:
+            object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)  # MLA: q . k width
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise SpecError(
@@ -92,7 +113,11 @@ class ModelSpec:
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
+        self._check_mla()
         self._check_moe()
+        self._check_mlp_layer_types()
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
 
@@ -114,6 +139,31 @@ class ModelSpec:
                             f"{self.relative_attention_buckets} buckets")
         if self.type_vocab_size < 0:
             raise SpecError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+
+    def _check_mla(self) -> None:
+        """Multi-head latent attention: all its widths or none (q_lora_rank may stay None)."""
+        widths = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [f for f in (*widths, "q_lora_rank") if getattr(self, f) is not None]
+            if given:
+                raise SpecError(f"{', '.join(given)} need kv_lora_rank (multi-head latent attention); "
+                                "allowed: kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim together")
+            return
+        for f in widths:
+            require_positive_int(f, getattr(self, f))
+        if self.q_lora_rank is not None:
+            require_positive_int("q_lora_rank", self.q_lora_rank)
+        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise SpecError(f"multi-head latent attention: head_dim ({self.head_dim}) must be qk_nope_head_dim "
+                            f"+ qk_rope_head_dim ({self.qk_nope_head_dim + self.qk_rope_head_dim}), or None")
+        if self.num_kv_heads != self.num_heads:
+            raise SpecError(f"multi-head latent attention: num_kv_heads ({self.num_kv_heads}) must equal "
+                            f"num_heads ({self.num_heads}); every head expands its keys from the latent")
+        if self.position_kind != "rotary" or self.qk_rope_head_dim % 2:
+            raise SpecError("multi-head latent attention needs position_kind 'rotary' and an even qk_rope_head_dim, "
+                            f"got {self.position_kind!r} and {self.qk_rope_head_dim}")
+        if self.arch != "decoder":
+            raise SpecError(f"multi-head latent attention is for arch 'decoder', got arch {self.arch!r}")
 
     def _check_moe(self) -> None:
         for f in ("num_experts", "experts_per_token", "num_shared_experts"):
@@ -138,6 +188,49 @@ class ModelSpec:
         require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
+        require_choice("moe_scoring", self.moe_scoring, MOE_SCORINGS)
+        require_positive_int("moe_groups", self.moe_groups)
+        require_positive_int("moe_topk_groups", self.moe_topk_groups)
+        if self.num_experts % self.moe_groups or not self.moe_topk_groups <= self.moe_groups:
+            raise SpecError(f"moe_groups ({self.moe_groups}) must divide num_experts ({self.num_experts}) and "
+                            f"moe_topk_groups ({self.moe_topk_groups}) be at most moe_groups")
+        if self.moe_groups > 1 and self.experts_per_token > self.moe_topk_groups * (self.num_experts // self.moe_groups):
+            raise SpecError(f"experts_per_token ({self.experts_per_token}) exceeds the experts of the "
+                            f"{self.moe_topk_groups} groups a token may use")
+        f = self.routed_scaling_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise SpecError(f"routed_scaling_factor must be a positive number, got {f!r}")
+
+    def _check_mlp_layer_types(self) -> None:
+        """Per-layer MLP kinds: one per layer, "dense" or "moe" ("moe" only with experts)."""
+        default = (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
+        v = default if self.mlp_layer_types is None else self.mlp_layer_types
+        if isinstance(v, str) or not isinstance(v, (list, tuple)):
+            raise SpecError(f"mlp_layer_types must be a list of {', '.join(MLP_LAYER_TYPES)} (one per layer), got {v!r}")
+        v = tuple(v)
+        if len(v) != self.num_layers:
+            raise SpecError(f"mlp_layer_types has {len(v)} entries, num_layers is {self.num_layers}; "
+                            "allowed: one entry per layer")
+        for t in v:
+            if t not in MLP_LAYER_TYPES:
+                raise SpecError(f"mlp_layer_types entry {t!r} is not supported; allowed: {', '.join(MLP_LAYER_TYPES)}")
+        if not self.num_experts and "moe" in v:
+            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
+                            "allowed: num_experts > 0, or only 'dense' layers")
+        object.__setattr__(self, "mlp_layer_types", v)
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3) instead of q, k, v projections."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Elements one layer caches per position: keys and values, 2 * num_kv_heads * head_dim;
+        with latent attention the latent and the shared rotary key, kv_lora_rank + qk_rope_head_dim."""
+        if self.mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_size
 
     # Derived widths, named as in the formulas.
     @property
@@ -158,8 +251,32 @@ class ModelSpec:
         """Parameters of one norm: scale (and shift for LayerNorm)."""
         return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
 
+    def qk_norm_params(self) -> int:
+        """Weights of the q and k norms: head_dim each ("head"), q_size and kv_size ("full")."""
+        if self.qk_norm is None:
+            return 0
+        return 2 * self.head_dim if self.qk_norm == "head" else self.q_size + self.kv_size
+
+    def mla_params(self) -> int:
+        """Latent attention (HF DeepseekV3Attention): q_a_proj [h, r_q], its RMSNorm, q_b_proj
+        [r_q, H * (d_nope + d_rope)] (or q_proj [h, H * (d_nope + d_rope)] without r_q), kv_a_proj
+        [h, r_kv + d_rope], its RMSNorm over r_kv, kv_b_proj [r_kv, H * (d_nope + d_v)], o_proj
+        [H * d_v, h]; biases (attention_bias) on q_a_proj and kv_a_proj, on o_proj (attention_out_bias)."""
+        h, heads, r_q, r_kv = self.hidden_size, self.num_heads, self.q_lora_rank, self.kv_lora_rank
+        q_out = heads * self.head_dim
+        q = h * q_out if r_q is None else h * r_q + r_q + r_q * q_out
+        kv = h * (r_kv + self.qk_rope_head_dim) + r_kv + r_kv * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        attn = q + kv + heads * self.v_head_dim * h
+        if self.attention_bias:
+            attn += (r_q or 0) + r_kv + self.qk_rope_head_dim
+        if self.attention_out_bias:
+            attn += h
+        return attn
+
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases."""
+        """q, k, v and output projections with their biases (latent attention: :meth:`mla_params`)."""
+        if self.mla:
+            return self.mla_params()
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
@@ -168,15 +285,16 @@ class ModelSpec:
             attn += h
         return attn
 
-    def layer_params(self, experts: int | None = None, cross: bool = False) -> int:
+    def layer_params(self, experts: int | None = None, cross: bool = False, mlp: str | None = None) -> int:
         """Parameters of one transformer block; ``experts``: count only that many routed experts
         (``experts_per_token`` gives the parameters one token is computed with); ``cross``: a
-        decoder block of an encoder-decoder (cross-attention and its norm)."""
+        decoder block of an encoder-decoder (cross-attention and its norm); ``mlp``: a "dense" or
+        "moe" layer (default: "moe" when the model has experts)."""
         h, inter = self.hidden_size, self.intermediate_size
-        attn = self.attention_params()
+        attn = self.attention_params() + self.qk_norm_params()
         if cross:
             attn += self.attention_params() + self.norm_params()
-        if self.num_experts:
+        if (mlp or ("moe" if self.num_experts else "dense")) == "moe":
             routed = self.num_experts if experts is None else experts
             mlp = (h * self.num_experts  # router
                    + routed * self.num_mlp_matrices * h * self.moe_intermediate_size
@@ -222,15 +340,16 @@ class ModelSpec:
         if self.arch == "encoder-decoder":
             return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
                     + self.num_layers * self.layer_params(cross=True))
-        return total + self.num_layers * self.layer_params()
+        return total + sum(self.layer_params(mlp=m) for m in self.mlp_layer_types)
 
     @property
     def active_params(self) -> int:
-        """Parameters one token is computed with: all but the routed experts it does not use."""
+        """Parameters one token is computed with: all but the routed experts it does not use (in
+        each MoE layer)."""
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
-        layers = self.num_layers + (self.num_encoder_layers or 0)
+        layers = self.mlp_layer_types.count("moe") + (self.num_encoder_layers or 0)
         return self.num_params - layers * unused
 
     def summary(self) -> dict:
@@ -241,8 +360,15 @@ class ModelSpec:
             "moe_intermediate_size": self.moe_intermediate_size,
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
+            "moe_layers": self.mlp_layer_types.count("moe"),
+            **({} if self.moe_scoring == "softmax" else {"moe_scoring": self.moe_scoring}),
+            **({} if self.moe_groups == 1 else {"moe_groups": self.moe_groups,
+                                                "moe_topk_groups": self.moe_topk_groups}),
+            **({} if self.routed_scaling_factor == 1.0 else {"routed_scaling_factor": self.routed_scaling_factor}),
         }
-        return {**self._summary(), "active_params": self.active_params, **moe}
+        mla = {} if not self.mla else {f: getattr(self, f) for f in (
+            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
+        return {**self._summary(), "active_params": self.active_params, **moe, **mla}
 
     def _summary(self) -> dict:
         return {
@@ -270,6 +396,10 @@ class ModelSpec:
         }
 
     def with_(self, **changes) -> "ModelSpec":
+        """A copy with ``changes``; per-layer MLP kinds left at their default (uniform) are derived
+        again for the new num_layers / num_experts."""
+        if self.mlp_layer_types == (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers:
+            changes.setdefault("mlp_layer_types", None)
         return replace(self, **changes)
 
 
@@ -297,6 +427,8 @@ class Workload:
     top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
     temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
+    mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
+    #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -312,6 +444,7 @@ class Workload:
         kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
+        require_choice("mla", self.mla, MLA_FORMS)
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -390,6 +523,7 @@ class Workload:
             "top_p": self.top_p,
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
+            "mla": self.mla,
         }
 
 
