@@ -728,7 +728,7 @@ class Analysis:
             if name.split("_")[0] not in self.phases:
                 continue
             bound, mean = experts_touched(spec, t), expected_experts_touched(spec, t)
-            n = layers.get(name, spec.num_layers)
+            n = layers.get(name, spec.mlp_layer_types.count("moe"))
             d[f"{name}_tokens"] = t
             d[f"{name}_experts_read"] = bound
             d[f"{name}_expected_experts_read"] = mean
@@ -754,10 +754,23 @@ class Analysis:
         return d
 
 
+def mixed_stack_warnings(spec: ModelSpec) -> tuple[str, ...]:
+    """A stack whose layers' MLPs differ (DeepSeek-V3's dense first layers) is costed here as if
+    every layer were the default kind (MoE): exact per layer (:func:`layer_ops` with ``mlp``) and in
+    parameters, not yet in a pass's totals (those need per-layer groups in :class:`StepCost`)."""
+    kinds = spec.mlp_layer_types
+    if len(set(kinds)) == 1:
+        return ()
+    dense = [i for i, k in enumerate(kinds) if k == "dense"]
+    return (f"{spec.name} has {len(dense)} dense layers ({', '.join(map(str, dense[:8]))}"
+            f"{' ...' if len(dense) > 8 else ''}) among its MoE layers; pass totals cost every layer as "
+            "MoE (parameters and memory are exact)",)
+
+
 def analyze(spec: ModelSpec, workload: Workload | None = None, **workload_fields) -> Analysis:
     """Costs of running ``spec`` on ``workload`` (or a Workload built from keyword arguments)."""
     wl = workload if workload is not None else Workload(**workload_fields)
-    warnings = tuple(wl.check_against(spec))
+    warnings = tuple(wl.check_against(spec)) + mixed_stack_warnings(spec)
     encode = prefill = decode = alternative = None
     if spec.arch != "decoder":
         encode = Phase("encode", 1, encode_cost(spec, wl))

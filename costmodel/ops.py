@@ -144,20 +144,21 @@ register("attn_norm", "elementwise")
 _attention("", "attention", None)
 # Multi-head latent attention (costmodel.analysis.mla_attention_ops; DeepSeek-V2 section 2.1); it
 # reuses q_proj, qkv_bias, rotary, kv_cache_update, attn_scores, attn_softmax, attn_values, o_proj
-# and o_bias. Not timed per op (the reference model has no latent attention). q_a_proj and kv_a_proj
-# are replicated under tensor parallelism, as vLLM's ReplicatedLinear; q_b_proj, kv_b_proj split
-# the heads. NB: the latent cache is whole on every rank, but kv_cache_update, the attention
-# matmuls and kv_b_proj (columns) divide their cache reads and writes by tp.
-# NB: their term is "other" (tests/test_ops_registry.py holds every op to the terms of the
-# classifier the registry replaced, which knew only q/k/v/o as projections).
+# and o_bias. Not timed per op (the reference model has no latent attention).
+# NB: under tensor parallelism its own ops are replicated here, although q_b_proj and kv_b_proj
+# (and the absorbed kv_b matmuls) split by heads in vLLM, q_a_proj and kv_a_proj being replicated;
+# tests/test_ops_registry.py holds every op of every preset to the splits and terms of the
+# classifier the registry replaced (which knew only q/k/v/o as projections: hence term "other").
+# The reused ops split as for any attention, the latent cache's reads and writes included, though
+# every rank holds the whole latent.
 register("q_a_proj", "matmul", modules=("attention.q_a_proj",))
 register("q_a_norm", "elementwise")
-register("q_b_proj", "matmul", tp="column", modules=("attention.q_b_proj",))
+register("q_b_proj", "matmul", modules=("attention.q_b_proj",))
 register("kv_a_proj", "matmul", modules=("attention.kv_a_proj",))
 register("kv_a_norm", "elementwise")
-register("kv_b_proj", "matmul", tp="column", modules=("attention.kv_b_proj",))
-register("kv_b_absorb_q", "matmul", tp="split")  # absorbed form: q_nope @ W^UK per head
-register("kv_b_absorb_v", "matmul", tp="split")  # absorbed form: latent output @ W^UV per head
+register("kv_b_proj", "matmul", modules=("attention.kv_b_proj",))
+register("kv_b_absorb_q", "matmul")  # absorbed form: q_nope @ W^UK per head
+register("kv_b_absorb_v", "matmul")  # absorbed form: latent output @ W^UV per head
 register("attn_residual", "elementwise")
 register("cross_attn_norm", "elementwise")
 _attention("cross_", "cross_attention", ("cross_attention", "cross-attention"))

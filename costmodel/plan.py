@@ -30,7 +30,7 @@ from .dtypes import DTYPE_BITS
 from .errors import SpecError
 from .hardware import Hardware
 from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
-                       stage_layers, stage_view, tp_share)  # the one model of the split
+                       stage_layers, stage_range, stage_view, tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -88,6 +88,11 @@ def _replicated_layer_params(spec: ModelSpec) -> int:
     """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
     after a row-parallel matmul (attention output, MLP down)."""
     p = 2 * spec.norm_params()
+    if spec.mla:  # q_a_proj, kv_a_proj and their norms (and biases): not split by heads
+        r_q, r_kv, h = spec.q_lora_rank or 0, spec.kv_lora_rank, spec.hidden_size
+        p += (h * r_q + r_q) + h * (r_kv + spec.qk_rope_head_dim) + r_kv
+        if spec.attention_bias:
+            p += r_q + r_kv + spec.qk_rope_head_dim
     if spec.attention_out_bias:
         p += spec.hidden_size
     if spec.mlp_bias:
@@ -101,9 +106,10 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     Summed over the tp x pp GPUs with tp = pp = 1 this is ``spec.num_params``.
     """
     tp, pp = layout.tp, layout.pp
-    layers = stage_layers(spec.num_layers, pp)[stage]
     rep = _replicated_layer_params(spec)
-    params = layers * (tp_share(spec.layer_params() - rep, tp) + rep)
+    kinds = [spec.mlp_layer_types[i] for i in stage_range(spec.num_layers, pp, stage)]  # dense or moe
+    params = sum(n * (tp_share(spec.layer_params(mlp=m) - rep, tp) + rep)
+                 for m, n in ((m, kinds.count(m)) for m in dict.fromkeys(kinds)))
     vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
     first, last = stage == 0, stage == pp - 1
     if first:

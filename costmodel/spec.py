@@ -159,6 +159,9 @@ class ModelSpec:
         if self.num_kv_heads != self.num_heads:
             raise SpecError(f"multi-head latent attention: num_kv_heads ({self.num_kv_heads}) must equal "
                             f"num_heads ({self.num_heads}); every head expands its keys from the latent")
+        if self.norm_kind != "rmsnorm":
+            raise SpecError(f"multi-head latent attention normalises its latents with RMSNorm; got norm_kind "
+                            f"{self.norm_kind!r}, allowed: 'rmsnorm'")
         if self.position_kind != "rotary" or self.qk_rope_head_dim % 2:
             raise SpecError("multi-head latent attention needs position_kind 'rotary' and an even qk_rope_head_dim, "
                             f"got {self.position_kind!r} and {self.qk_rope_head_dim}")
