@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
+from ..spec import MLA_FORMS
 from .common import emit_json, format_option, input_errors, main, model_argument, pop_workload, warn, workload_options
 from .plan import hardware_options
 
@@ -17,8 +20,11 @@ from .plan import hardware_options
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
+              help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
+                   "does, or decode absorbed in latent space as serving engines do.")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
     MODEL is a built-in name (see `costmodel models`) or a path to a Hugging Face config.json
@@ -30,7 +36,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
     from reports import text
 
     spec = get_model(model)
-    result = analyze(spec, pop_workload(kwargs, spec))
+    result = analyze(spec, replace(pop_workload(kwargs, spec), mla=mla))
     timing = None
     if gpu is not None or hardware_file is not None:
         from ..hardware import get_hardware
