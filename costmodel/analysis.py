@@ -170,7 +170,10 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
     a, c = wl.act_dtype, wl.kv_dtype
     t = batch * q_len  # query tokens (and new latents) in this pass
     kv_t = batch * kv_len  # latents attended
-    absorbed = wl.mla == "absorbed" and cached and kv_len > q_len
+    # absorbed: a pass reading positions cached before it (a decode step, q_len 1 < kv_len); decided
+    # without comparing arrays (the sweep's grid passes arrays of prompts as q_len and kv_len)
+    absorbed = (wl.mla == "absorbed" and cached and isinstance(q_len, int)
+                and (not isinstance(kv_len, int) or kv_len > q_len))
     if r_q is None:
         ops = [_matmul("q_proj", t, h, heads * dqk, wl)]
     else:
@@ -367,9 +370,8 @@ def deepseek_router_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
                _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl)]
     if g > 1:  # group scores [t, G], the best groups, the others' experts masked out [t, E]
         ops.append(_elementwise("router_group_topk", F.router_group_topk_flops(t, e, g), t * e, t * e, wl))
-    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
-    if spec.routed_scaling_factor != 1.0:
-        topk_flops += F.routed_scaling_flops(t, k)
+    scale = F.routed_scaling_flops(t, k) if spec.routed_scaling_factor != 1.0 else 0
+    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize) + scale  # no +=: arrays in a sweep
     ops.append(OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
                       act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k))
     return ops

@@ -239,7 +239,8 @@ def stage_kv_cache_bytes(spec: ModelSpec, wl: Workload, split: Split, stage: int
     either rounding), in the layers of its stage."""
     tp, layers = split.tp, stage_layers(spec.num_layers, split.pp)[stage]
     stage_spec = spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp,
-                            head_dim=spec.head_dim, num_layers=layers)
+                            head_dim=spec.head_dim, num_layers=layers,
+                            mlp_layer_types=None)  # the cache does not depend on the MLP kinds
     return kv_cache_bytes(stage_spec, wl, positions)
 
 

@@ -296,3 +296,17 @@ def test_published_counts_by_hand():
     d = get_model("deepseek-v3")
     assert 58 * 256 * 44_040_192 == PUBLISHED["deepseek-v3"]["routed_expert_params"]
     assert d.active_params == d.num_params - 58 * 248 * 44_040_192 == 37_552_282_624
+
+
+@pytest.mark.parametrize("form", ["transformers", "absorbed"])
+def test_sweep_grid_equals_analyze_with_latent_attention(form):
+    pytest.importorskip("numpy")
+    from reports.sweep import grid_counts
+
+    spec = get_model("deepseek-v3")  # arrays of prompts through the router and latent attention
+    counts, _ = grid_counts(spec, Workload(mla=form), [1, 4], [16, 64], [5])
+    for ib, b in enumerate((1, 4)):
+        for ip, s in enumerate((16, 64)):
+            a = analyze(spec, Workload(batch=b, prompt=s, gen=5, mla=form))
+            assert [int(x) for x in counts["matmul_flops"][ib, ip, 0]] == [a.prefill.matmul_flops,
+                                                                           a.decode.matmul_flops]
