@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from . import formulas as F
+from . import stepsum
 from .dtypes import nbytes
 from .sampling import INDEX_BYTES, sampling_ops
-from .spec import ModelSpec, Workload, decoder_start
+from .spec import LayerGroup, ModelSpec, Workload, decoder_start
 
 PHASES = ("prefill", "decode")
 
@@ -75,10 +76,26 @@ def _elementwise(op, flops, elements_read, elements_written, wl: Workload, param
                   act_write_bytes=nbytes(elements_written, wl.act_dtype))
 
 
-def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
-    n = tokens * spec.hidden_size
-    return _elementwise(op, F.norm_flops(tokens, spec.hidden_size, spec.norm_kind), n, n, wl,
-                        params=spec.norm_params())
+def _norm(op, tokens, spec: ModelSpec, wl: Workload, width: int | None = None,
+          params: int | None = None) -> OpCost:
+    """A norm over ``width`` (default hidden_size) on ``tokens`` rows; ``params``: its weights
+    (default one norm of ``width``)."""
+    width = spec.hidden_size if width is None else width
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, spec.norm_kind, spec.norm_bias), n, n, wl,
+                        params=spec.norm_params(width) if params is None else params)
+
+
+def _qk_norms(spec: ModelSpec, wl: Workload, q_tokens, kv_tokens) -> list[OpCost]:
+    """q_norm, k_norm on the projected q [q_tokens, q_size] and k [kv_tokens, kv_size]: per head
+    over head_dim ("head": one weight of head_dim; "per_head": a weight per head, Cohere) or over
+    the whole width ("full", OLMo 2). Norm FLOPs are per element, so the grouping changes none."""
+    if spec.qk_norm == "head":
+        q_params = k_params = spec.norm_params(spec.head_dim)
+    else:
+        q_params, k_params = spec.norm_params(spec.q_size), spec.norm_params(spec.kv_size)
+    return [_norm("q_norm", q_tokens, spec, wl, spec.q_size, q_params),
+            _norm("k_norm", kv_tokens, spec, wl, spec.kv_size, k_params)]
 
 
 def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix: str = "",
@@ -111,10 +128,13 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
         ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
+    if spec.qk_norm and not p:  # self-attention only
+        ops += _qk_norms(spec, wl, t, new)
     if rotary:
-        n = t * (q + kv)  # q and k rotated
-        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
-                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, d), a),
+        n = t * (q + kv)  # q and k read and written whole; rotated_dim of each head rotated
+        rd = spec.rotated_dim
+        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, rd), 0,
+                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, rd), a),
                           act_write_bytes=nbytes(n, a)))
     if cached and new_kv_tokens != 0:
         n = F.kv_elements(new, kv)  # new keys and values copied into the cache
@@ -242,18 +262,36 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
 
 
 def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
-    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
+    """``body`` with its norm (before it; after the residual add for post-norm; on its output before
+    the add, ``post_{norm}``, for "output") and residual add (Granite: the output scaled first)."""
     n = tokens * spec.hidden_size
-    add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
+    add = [_elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)]
+    if spec.residual_multiplier is not None:  # x + m * f(x)
+        add.insert(0, _elementwise(f"{residual}_scale", F.mul_flops(n), n, n, wl))
     if spec.norm_position == "pre":
-        return [_norm(norm, tokens, spec, wl), *body, add]
-    return [*body, add, _norm(norm, tokens, spec, wl)]
+        return [_norm(norm, tokens, spec, wl), *body, *add]
+    if spec.norm_position == "output":
+        return [*body, _norm(f"post_{norm}", tokens, spec, wl), *add]
+    return [*body, *add, _norm(norm, tokens, spec, wl)]
+
+
+def _parallel_block(spec: ModelSpec, wl: Workload, tokens, attention: list[OpCost],
+                    mlp: list[OpCost]) -> list[OpCost]:
+    """x + attn(n1(x)) + mlp(n2(x)): one shared norm (n2 = n1) or two, then one add of both outputs
+    and the residual (GPT-J, GPT-NeoX use_parallel_residual, Falcon parallel_attn, Cohere, Phi)."""
+    n = tokens * spec.hidden_size
+    norms = [_norm("attn_norm", tokens, spec, wl)]
+    if spec.parallel_block_norms == 2:
+        norms.append(_norm("mlp_norm", tokens, spec, wl))
+    add = _elementwise("parallel_residual", F.parallel_residual_flops(tokens, spec.hidden_size), 3 * n, n, wl)
+    return [*norms, *attention, *mlp, add]
 
 
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
               encoder: bool = False, cross_len: int = 0, project_cross: bool = True,
               mlp: str | None = None) -> list[OpCost]:
-    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys.
+    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys
+    (a sliding layer's caller passes the keys it attends over: :func:`layer_kv_len`).
 
     ``encoder``: a bidirectional encoder block (no cache, never causal). ``cross_len``: a decoder
     block of an encoder-decoder attending over ``cross_len`` encoder positions; ``project_cross``:
@@ -263,9 +301,14 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     """
     t = batch * q_len  # tokens in this pass
     cached = wl.kv_cache and not encoder
-    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
+    attention = attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
-        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0))
+        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0)
+    if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
+        mlp = moe_ops(spec, wl, t) if spec.num_experts else mlp_ops(
+            spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
+        return _parallel_block(spec, wl, t, attention, mlp)
+    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
@@ -387,9 +430,14 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     h, t = spec.hidden_size, batch * q_len
     n = t * h
     kv_len = q_len if kv_len is None else kv_len
-    # Embedding lookup: reads one row per token, writes the residual stream.
-    before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
-                     act_write_bytes=nbytes(n, wl.act_dtype))]
+    e = spec.embedding_dim
+    # Embedding lookup: reads one row per token, writes the residual stream (OPT: projected to h).
+    before = [OpCost("embedding", "memory", weight_bytes=nbytes(t * e, wl.weight_dtype),
+                     act_write_bytes=nbytes(t * e, wl.act_dtype))]
+    if e != h:
+        before.append(_matmul("embed_proj_in", t, e, h, wl))
+    if spec.embedding_multiplier is not None:  # Granite: x * embedding_multiplier
+        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", F.add_flops(n), n, n, wl, params=q_len * h))
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
@@ -404,7 +452,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         before.append(OpCost("position_bias", "memory",
                              weight_bytes=nbytes(spec.relative_attention_buckets * spec.num_heads, wl.weight_dtype),
                              act_write_bytes=nbytes(spec.num_heads * q_len * kv_len, wl.act_dtype)))
-    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position == "pre" else []
+    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position != "post" else []
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
             after += [_matmul("pooler", batch, h, h, wl),
@@ -419,9 +467,16 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
                       _elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size)]
         return before, after
     rows = batch * logits_positions
+    if e != h:  # OPT: back to the embedding width, on every position (inside the decoder stack)
+        after.append(_matmul("embed_proj_out", t, h, e, wl))
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
-    after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
+    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl))
+    m = rows * spec.vocab_size
+    if spec.lm_head_bias:  # Phi
+        after.append(_elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size))
+    if spec.logits_scale is not None:  # Cohere logit_scale, Granite 1 / logits_scaling
+        after.append(_elementwise("logits_scale", F.mul_flops(m), m, m, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
                      act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)
@@ -430,42 +485,128 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     return before, after
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StepCost:
-    """Ops of one pass (or the sum of several): blocks' ops once, repeated ``num_layers`` times."""
+    """Ops of one pass (or the sum of several): the ops before the blocks, then each group of
+    identical blocks (:class:`~costmodel.spec.LayerGroup`) with its ops once, repeated ``count``
+    times, then the ops after them.
+
+    ``StepCost(before, layer, after, num_layers)`` builds the one-group case (every block alike);
+    ``StepCost(before, after=after, groups=((group, ops), ...))`` layers that differ.
+    """
 
     before: list[OpCost]
-    layer: list[OpCost]
+    groups: tuple  # ((LayerGroup, list[OpCost]), ...) in layer order
     after: list[OpCost]
-    num_layers: int
+
+    def __init__(self, before, layer=None, after=None, num_layers=None, *, groups=None):
+        if groups is None:
+            if layer is None or num_layers is None:
+                raise TypeError("StepCost needs layer and num_layers, or groups")
+            groups = ((LayerGroup(0, num_layers), layer),)
+        elif layer is not None or num_layers is not None:
+            raise TypeError("StepCost takes layer and num_layers, or groups, not both")
+        object.__setattr__(self, "before", list(before))
+        object.__setattr__(self, "groups", tuple((g, list(ops)) for g, ops in groups))
+        object.__setattr__(self, "after", list(after or []))
+
+    @property
+    def num_layers(self) -> int:
+        """Blocks in the pass, all groups together."""
+        return sum(g.count for g, _ in self.groups)
+
+    @property
+    def layer(self) -> list[OpCost]:
+        """The ops of one block, when every block is alike (one group)."""
+        return only_group(self.groups)
 
     def total(self, field: str) -> int:
-        per_layer = sum(getattr(o, field) for o in self.layer)
-        return (sum(getattr(o, field) for o in self.before + self.after)
-                + self.num_layers * per_layer)
+        return sum(n * getattr(o, field) for n, o in self.weighted())
+
+    def weighted(self):
+        """(multiplicity, op) for each distinct op: 1 outside the blocks, a group's count inside."""
+        for o in self.before:
+            yield 1, o
+        for g, ops in self.groups:
+            for o in ops:
+                yield g.count, o
+        for o in self.after:
+            yield 1, o
+
+    def ops(self) -> list[OpCost]:
+        """Each distinct op once (a group's ops once, not once per layer)."""
+        return [o for _, o in self.weighted()]
 
     def rows(self):
         """(layer, op) in execution order: layer is None outside the blocks."""
-        return layered_rows(self.before, self.layer, self.after, self.num_layers)
+        return layered_rows(self.before, self.groups, self.after)
 
 
-def layered_rows(before, layer, after, num_layers):
-    """(layer, item) in execution order: ``before`` and ``after`` with layer None, ``layer`` once per block."""
+def only_group(groups):
+    """The ops of the one group of ``groups``; ValueError naming the groups when there are several."""
+    if len(groups) != 1:
+        names = "; ".join(g.describe() for g, _ in groups)
+        raise ValueError(f"the blocks differ ({names}): iterate .groups instead of .layer")
+    return groups[0][1]
+
+
+def layered_rows(before, groups, after):
+    """(layer, item) in execution order: ``before`` and ``after`` with layer None, each group's
+    items once per block of the group, with the block's real 0-based index."""
     for o in before:
         yield None, o
-    for i in range(num_layers):
-        for o in layer:
-            yield i, o
+    for g, items in groups:
+        for i in g.layers:
+            for o in items:
+                yield i, o
     for o in after:
         yield None, o
 
 
+def map_ops(fn, *costs):
+    """``fn`` applied op by op to passes of one layout (the same groups, the same ops):
+    (before, groups, after) of the results."""
+    layouts = {tuple(g for g, _ in c.groups) for c in costs}
+    assert len(layouts) == 1, "passes with different layer groups"
+    before = [fn(*o) for o in zip(*(c.before for c in costs))]
+    groups = tuple((gs[0][0], [fn(*o) for o in zip(*(ops for _, ops in gs))])
+                   for gs in zip(*(c.groups for c in costs)))
+    after = [fn(*o) for o in zip(*(c.after for c in costs))]
+    return before, groups, after
+
+
+def _mapped(fn, *costs) -> StepCost:
+    before, groups, after = map_ops(fn, *costs)
+    return StepCost(before, after=after, groups=groups)
+
+
+SLIDING_KEYS = ("actual", "growing", "full")
+
+
+def layer_kv_len(spec: ModelSpec, group: LayerGroup, q_len, kv_len, sliding_keys: str = "actual"):
+    """Keys a block of ``group`` attends over in a pass of ``q_len`` new tokens, ``kv_len``
+    positions in all: ``kv_len``, or on a sliding layer :func:`~costmodel.formulas.sliding_keys`
+    (``sliding_keys="actual"``); "growing": as if the window never filled (kv_len); "full": as if
+    it were full already (q_len + W - 1). The last two are the two polynomials the exact decode
+    sum splits at the step the window fills (:func:`window_split`)."""
+    w = spec.window_of(group)
+    if w is None or sliding_keys == "growing":
+        return kv_len
+    if sliding_keys == "full":
+        return q_len + w - 1
+    return F.sliding_keys(q_len, kv_len, w)
+
+
 def step_cost(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int,
-              logits_positions: int, cross_len: int = 0, project_cross: bool = True) -> StepCost:
-    """One pass of the decoder stack (``cross_len``: encoder positions it cross-attends to)."""
+              logits_positions: int, cross_len: int = 0, project_cross: bool = True,
+              sliding_keys: str = "actual") -> StepCost:
+    """One pass of the decoder stack (``cross_len``: encoder positions it cross-attends to), each
+    group of identical blocks over its own keys (:func:`layer_kv_len`)."""
     before, after = model_ops(spec, wl, batch, q_len, logits_positions, kv_len=kv_len)
-    layer = layer_ops(spec, wl, batch, q_len, kv_len, cross_len=cross_len, project_cross=project_cross)
-    return StepCost(before, layer, after, spec.num_layers)
+    groups = tuple((g, layer_ops(spec, wl, batch, q_len, layer_kv_len(spec, g, q_len, kv_len, sliding_keys),
+                                 cross_len=cross_len, project_cross=project_cross, mlp=g.mlp))
+                   for g in spec.layer_groups())
+    return StepCost(before, after=after, groups=groups)
 
 
 def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
@@ -478,15 +619,17 @@ def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
 
 def prefill_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """The first decoder pass: the prompt (decoder-only), or the decoder prompt with the one-time
-    projection of the cross-attention keys and values from the encoder output (encoder-decoder)."""
+    projection of the cross-attention keys and values from the encoder output (encoder-decoder).
+    Every layer scores the whole prompt x prompt matrix, sliding or not (masks remove no FLOPs)."""
     s = decoder_start(spec, wl)
     cross = dict(cross_len=wl.prompt) if spec.arch == "encoder-decoder" else {}
     return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1, **cross)
 
 
-def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
+def decode_step_cost(spec: ModelSpec, wl: Workload, i: int, sliding_keys: str = "actual") -> StepCost:
     """Decode step i (1-based): one new token per sequence (and beam), attending over prompt + i keys
-    (encoder-decoder: decoder prompt + i, and cross-attending over the source).
+    (encoder-decoder: decoder prompt + i, and cross-attending over the source); a sliding layer
+    with a cache over min(prompt + i, W) (``sliding_keys``: see :func:`layer_kv_len`).
 
     Without a KV cache the step recomputes all prompt + i positions, with logits for the last
     position (``--logits last``) or every position (``all``), as a naive generation loop does; an
@@ -496,18 +639,30 @@ def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
     b, ctx = wl.batch * wl.beams, decoder_start(spec, wl) + i
     cross = dict(cross_len=wl.prompt, project_cross=not wl.kv_cache) if encdec else {}
     if wl.kv_cache:
-        return step_cost(spec, wl, b, 1, ctx, 1, **cross)
+        return step_cost(spec, wl, b, 1, ctx, 1, sliding_keys=sliding_keys, **cross)
     return step_cost(spec, wl, b, ctx, ctx, ctx if wl.logits == "all" else 1, **cross)
 
 
-def _sum_ops(ops1, ops2, ops3, steps):
-    return [o1.with_costs(F.sum_quadratic(x1, x2, x3, steps)
-                          for x1, x2, x3 in zip(o1.costs(), o2.costs(), o3.costs()))
-            for o1, o2, o3 in zip(ops1, ops2, ops3)]
+def slides(spec: ModelSpec, wl: Workload) -> bool:
+    """Whether some layer's keys stop growing during decode: a sliding layer with a KV cache."""
+    return wl.kv_cache and "sliding_attention" in spec.layer_types
+
+
+def window_split(spec: ModelSpec, wl: Workload, n: int):
+    """m: decode steps 1..m attend over every prompt + i keys on each sliding layer (prompt + i <= W),
+    steps m + 1..n over W; so m = min(max(W - prompt, 0), n), and n when nothing slides
+    (:func:`slides`). Each side is one polynomial in the step ("growing", "full" in
+    :func:`layer_kv_len`): the exact decode sum is :func:`~costmodel.stepsum.split_sum` at m.
+    Element-wise when the prompt is an array (the sweep)."""
+    if not slides(spec, wl):
+        return n
+    room = spec.sliding_window - decoder_start(spec, wl)
+    return F.smaller(room - F.smaller(room, 0), n)  # max(room, 0) = room - min(room, 0)
 
 
 def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
-    """First decode step from which every cost is a polynomial (degree <= 2) in the step number.
+    """First decode step from which every cost is a polynomial (degree <= 2) in the step number,
+    on each side of the window split (:func:`window_split`).
 
     Always 1, but for routed experts without a KV cache: the experts read, min(E, tokens * k),
     stop growing only once the recomputed prefix has tokens * k >= E.
@@ -521,18 +676,25 @@ def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
 
 def decode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """All gen - 1 decode steps summed exactly, op by op: closed form where costs are polynomial
-    in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that."""
+    in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that; with a
+    sliding window, the two polynomials before and after the window fills, split at
+    :func:`window_split` (:func:`~costmodel.stepsum.split_sum`)."""
     n = wl.decode_steps
     first = min(first_polynomial_step(spec, wl), n + 1)
-    looped = [decode_step_cost(spec, wl, i) for i in range(1, first)]
-    s1, s2, s3 = (decode_step_cost(spec, wl, i) for i in (first, first + 1, first + 2))
-    parts = [_sum_ops(s1.before, s2.before, s3.before, n - first + 1),
-             _sum_ops(s1.layer, s2.layer, s3.layer, n - first + 1),
-             _sum_ops(s1.after, s2.after, s3.after, n - first + 1)]
-    for step in looped:
-        for part, ops in zip(parts, (step.before, step.layer, step.after)):
-            part[:] = [o.with_costs(x + y for x, y in zip(o.costs(), p.costs())) for o, p in zip(part, ops)]
-    return StepCost(*parts, spec.num_layers)
+    m = window_split(spec, wl, n)
+    grow = [decode_step_cost(spec, wl, i, "growing") for i in (first, first + 1, first + 2)]
+    full = [decode_step_cost(spec, wl, i, "full") for i in (first, first + 1, first + 2)] if slides(spec, wl) else grow
+
+    def summed(g1, g2, g3, f1, f2, f3):
+        return g1.with_costs(stepsum.split_sum(stepsum.newton(*xg), stepsum.newton(*xf), m - first + 1, n - first + 1)
+                             for xg, xf in zip(zip(g1.costs(), g2.costs(), g3.costs()),
+                                               zip(f1.costs(), f2.costs(), f3.costs())))
+
+    total = _mapped(summed, *grow, *full)
+    for i in range(1, first):  # steps that are not yet polynomial (only without a cache: m = n)
+        total = _mapped(lambda a, b: a.with_costs(x + y for x, y in zip(a.costs(), b.costs())),
+                        total, decode_step_cost(spec, wl, i))
+    return total
 
 
 @dataclass(frozen=True)
@@ -578,8 +740,9 @@ class Memory:
 
 
 def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> int:
-    """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements (latent
-    attention: num_layers * (kv_lora_rank + qk_rope_head_dim), :attr:`ModelSpec.kv_cache_width`)."""
+    """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements (what
+    the cache grows by per position while no sliding layer's window is full; latent attention:
+    num_layers * (kv_lora_rank + qk_rope_head_dim), :attr:`ModelSpec.kv_cache_width`)."""
     return nbytes(spec.num_layers * spec.kv_cache_width, kv_dtype)
 
 
@@ -591,13 +754,25 @@ def cached_positions(spec: ModelSpec, wl: Workload) -> int:
     return decoder_start(spec, wl) + wl.gen - 1
 
 
-def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None) -> int:
+def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None,
+                   layers: range | None = None) -> int:
     """Self-attention cache held for batch * beams sequences of ``positions`` (default: the
-    positions cached after generation, :func:`cached_positions`)."""
+    positions cached after generation, :func:`cached_positions`), in ``layers`` (default: all);
+    a sliding layer holds min(positions, W - 1) of them
+    (:func:`~costmodel.formulas.sliding_cache_positions`)."""
     if not wl.kv_cache or spec.arch == "encoder":
         return 0
     positions = cached_positions(spec, wl) if positions is None else positions
-    return wl.batch * wl.beams * positions * kv_cache_bytes_per_token(spec, wl.kv_dtype)
+    layers = range(spec.num_layers) if layers is None else layers
+    total = 0
+    for g in spec.layer_groups():
+        count = len(range(max(g.first, layers.start), min(g.first + g.count, layers.stop)))
+        if not count:
+            continue
+        w = spec.window_of(g)
+        held = positions if w is None else F.sliding_cache_positions(positions, w)
+        total = total + held * nbytes(count * spec.kv_cache_width, wl.kv_dtype)
+    return wl.batch * wl.beams * total
 
 
 def cross_kv_cache_bytes(spec: ModelSpec, wl: Workload) -> int:
@@ -619,7 +794,7 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, toke
     encoder output during an encoder-decoder's prefill). The KV cache is reported on its own."""
     tokens = wl.batch * wl.prompt if tokens is None else tokens
     residual = nbytes(tokens * spec.hidden_size, wl.act_dtype)
-    ops = prefill.before + prefill.layer + prefill.after
+    ops = prefill.ops()
     return held + residual + _elementwise_max(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
@@ -677,6 +852,7 @@ class Analysis:
     decode_alternative: Phase | None  # decode with the other KV-cache choice, to show the saving
     warnings: tuple[str, ...] = ()
     encode: Phase | None = None
+    checkpoint: object = None  # a costmodel.checkpoint.Checkpoint read beside the config, if any
 
     @property
     def phases(self) -> dict[str, Phase]:
@@ -726,11 +902,12 @@ class Analysis:
         passes = {"encode": wl.batch * wl.prompt, "prefill": wl.batch * start,
                   "decode_step": wl.batch * wl.beams * (1 if wl.kv_cache else start + 1)}
         layers = {"encode": spec.num_encoder_layers or spec.num_layers}
+        moe_layers = spec.mlp_layer_types.count("moe")
         for name, t in passes.items():
             if name.split("_")[0] not in self.phases:
                 continue
             bound, mean = experts_touched(spec, t), expected_experts_touched(spec, t)
-            n = layers.get(name, spec.mlp_layer_types.count("moe"))
+            n = layers.get(name, moe_layers)
             d[f"{name}_tokens"] = t
             d[f"{name}_experts_read"] = bound
             d[f"{name}_expected_experts_read"] = mean
@@ -751,28 +928,17 @@ class Analysis:
             d["kv_cache_saving"] = self.kv_cache_saving()
         if self.model.num_experts:
             d["moe"] = self.moe()
+        if self.checkpoint is not None:
+            d["checkpoint"] = self.checkpoint.to_dict()
         if include_ops:
             d["ops"] = list(self.rows())
         return d
 
 
-def mixed_stack_warnings(spec: ModelSpec) -> tuple[str, ...]:
-    """A stack whose layers' MLPs differ (DeepSeek-V3's dense first layers) is costed here as if
-    every layer were the default kind (MoE): exact per layer (:func:`layer_ops` with ``mlp``) and in
-    parameters, not yet in a pass's totals (those need per-layer groups in :class:`StepCost`)."""
-    kinds = spec.mlp_layer_types
-    if len(set(kinds)) == 1:
-        return ()
-    dense = [i for i, k in enumerate(kinds) if k == "dense"]
-    return (f"{spec.name} has {len(dense)} dense layers ({', '.join(map(str, dense[:8]))}"
-            f"{' ...' if len(dense) > 8 else ''}) among its MoE layers; pass totals cost every layer as "
-            "MoE (parameters and memory are exact)",)
-
-
 def analyze(spec: ModelSpec, workload: Workload | None = None, **workload_fields) -> Analysis:
     """Costs of running ``spec`` on ``workload`` (or a Workload built from keyword arguments)."""
     wl = workload if workload is not None else Workload(**workload_fields)
-    warnings = tuple(wl.check_against(spec)) + mixed_stack_warnings(spec)
+    warnings = tuple(wl.check_against(spec))
     encode = prefill = decode = alternative = None
     if spec.arch != "decoder":
         encode = Phase("encode", 1, encode_cost(spec, wl))

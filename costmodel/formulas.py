@@ -11,6 +11,7 @@ Element-wise FLOPs are a convention too (counters report 0 for them); ours, per 
 op                    FLOP  what is counted
 ====================  ===  ==========================================================
 LayerNorm             7    mean (add), centre (sub), square, sum, scale by 1/std, gamma, beta
+LayerNorm, no bias    6    the same without beta (Cohere)
 RMSNorm               4    square, sum, scale by 1/rms, gamma
 softmax (attention)   6    scale by 1/sqrt(d), max, subtract, exp, sum, divide
 softmax (sampling)    5    max, subtract, exp, sum, divide
@@ -84,8 +85,11 @@ def attention_value_flops(batch: int, heads: int, q_len: int, kv_len: int, head_
     return attention_score_flops(batch, heads, q_len, kv_len, head_dim, causal)
 
 
-def norm_flops(tokens: int, hidden: int, kind: str) -> int:
-    return NORM_FLOPS_PER_ELEMENT[kind] * tokens * hidden
+def norm_flops(tokens: int, hidden: int, kind: str, bias: bool = True) -> int:
+    """A norm over ``hidden`` on each of ``tokens`` rows; a LayerNorm without its shift (``bias``
+    False) saves one FLOP per element."""
+    no_shift = 1 if kind == "layernorm" and not bias else 0
+    return (NORM_FLOPS_PER_ELEMENT[kind] - no_shift) * tokens * hidden
 
 
 def activation_flops(elements: int, kind: str) -> int:
@@ -120,6 +124,12 @@ def residual_add_flops(tokens: int, hidden: int) -> int:
     return add_flops(tokens * hidden)
 
 
+def parallel_residual_flops(tokens: int, hidden: int) -> int:
+    """x + attn + mlp of a parallel block (GPT-J, GPT-NeoX, Falcon, Cohere, Phi): two adds on each
+    element of the residual stream [tokens, hidden]."""
+    return 2 * add_flops(tokens * hidden)
+
+
 def qkv_elements(q_tokens: int, kv_tokens: int, q_size: int, kv_size: int) -> int:
     """Outputs of the q, k and v projections: q [q_tokens, q_size], k and v [kv_tokens, kv_size]
     each (their bias adds one per element)."""
@@ -131,9 +141,30 @@ def kv_elements(tokens: int, kv_size: int) -> int:
     return 2 * tokens * kv_size
 
 
+def smaller(a, b):
+    """min(a, b), element-wise on integer arrays too (no branch): (a + b - |a - b|) / 2, exact."""
+    return (a + b - abs(a - b)) // 2
+
+
+def sliding_keys(q_len, kv_len, window):
+    """Keys a sliding-window layer attends over in a pass of ``q_len`` new tokens whose sequence
+    then holds ``kv_len`` positions: its cache keeps only the last ``window - 1`` positions
+    (transformers' ``DynamicSlidingWindowLayer``), and the new tokens join them, so
+    q_len + min(kv_len - q_len, window - 1). A decode step (q_len = 1): min(kv_len, window); a
+    prefill (q_len = kv_len): kv_len, the whole masked q x kv score matrix (masks remove no FLOPs)."""
+    return q_len + smaller(kv_len - q_len, window - 1)
+
+
+def sliding_cache_positions(positions, window):
+    """Positions a sliding-window layer's cache holds after ``positions`` have passed: the last
+    window - 1 (transformers' ``DynamicSlidingWindowLayer``), or all of them while fewer."""
+    return smaller(positions, window - 1)
+
+
 def rotary_table_elements(q_len: int, head_dim: int) -> int:
     """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
-    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin."""
+    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin. Partial rotary
+    (GPT-NeoX rotary_pct, Phi partial_rotary_factor): ``head_dim`` is the rotated dims only."""
     return 2 * 2 * q_len * head_dim
 
 
@@ -213,7 +244,8 @@ def mla_cache_elements(tokens: int, kv_lora_rank: int, rope_dim: int) -> int:
 
 
 def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:
-    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements."""
+    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements
+    (``head_dim``: the rotated dims; the rest of a partially rotated head passes through)."""
     return ROTARY_FLOPS_PER_ELEMENT * tokens * heads * head_dim
 
 

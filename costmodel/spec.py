@@ -18,14 +18,43 @@ MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(
 NORM_KINDS = ("layernorm", "rmsnorm")
 POSITION_KINDS = ("learned", "rotary", "sinusoidal", "relative")  # relative: T5's attention bias
 ARCHS = ("decoder", "encoder", "encoder-decoder")
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "output")  # output: x + norm(f(x)), on each sublayer's output (OLMo 2)
+QK_NORMS = ("head", "per_head", "full")  # see ModelSpec.qk_norm
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
+ATTENTION_TYPES = ("full_attention", "sliding_attention")  # transformers' config.layer_types names
 MLP_LAYER_TYPES = ("dense", "moe")
-QK_NORMS = ("head", "full")  # see ModelSpec.qk_norm
 MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral, Qwen), sigmoid (DeepSeek-V3)
 MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Consecutive decoder layers ``first .. first + count - 1`` (0-based) that are identical:
+    the same attention kind (``ATTENTION_TYPES``) and MLP kind (``MLP_LAYER_TYPES``)."""
+
+    first: int
+    count: int
+    attention: str = "full_attention"
+    mlp: str = "dense"
+
+    @property
+    def layers(self) -> range:
+        return range(self.first, self.first + self.count)
+
+    @property
+    def sliding(self) -> bool:
+        return self.attention == "sliding_attention"
+
+    def describe(self) -> str:
+        """'layers 0-2: dense, full attention' (a report's heading for the group)."""
+        last = self.first + self.count - 1
+        span = f"layer {self.first}" if self.count == 1 else f"layers {self.first}-{last}"
+        return f"{span}: {self.mlp}, {self.attention.replace('_', ' ')}"
+
+    def to_dict(self) -> dict:
+        return {"first": self.first, "count": self.count, "attention": self.attention, "mlp": self.mlp}
 
 
 @dataclass(frozen=True)
@@ -69,10 +98,25 @@ class ModelSpec:
     relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
-    qk_norm: str | None = None  # RMSNorm on q and k after their projections: "head" (over head_dim,
-    #   one weight of head_dim: Qwen3), "full" (over the whole q_size / kv_size width: OLMo 2)
+    sliding_window: int | None = None  # W: a sliding layer attends over the last W positions (Mistral)
+    layer_types: tuple[str, ...] | None = None  # per decoder layer, ATTENTION_TYPES; None: all sliding
+    #   if sliding_window else all full
     mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
     #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    qk_norm: str | None = None  # norm on q and k after their projections: "head" (over head_dim, one
+    # weight of head_dim: Qwen3, Phi qk_layernorm), "per_head" (over head_dim, a weight per head:
+    # Cohere, params q_size and kv_size), "full" (over the whole q_size / kv_size width: OLMo 2)
+    rotary_dim: int | None = None  # dims rotated per head (partial rotary: GPT-NeoX, Phi); None: head_dim
+    parallel_block: bool = False  # x + attn(n(x)) + mlp(n(x)): both read the block's normed input (GPT-J)
+    parallel_block_norms: int = 1  # parallel block: 1 norm shared (Falcon-7b, Cohere, Phi) or 2 (GPT-NeoX)
+    norm_bias: bool = True  # LayerNorm with a shift (False: Cohere)
+    word_embed_proj_dim: int | None = None  # OPT: embedding width, projected to hidden_size and back
+    position_offset: int = 0  # OPT: learned position table rows before position 0 (2)
+    lm_head_bias: bool = False  # bias on the LM head's vocabulary outputs (Phi)
+    embedding_multiplier: float | None = None  # Granite: embeddings scaled by it (None: no scaling op)
+    residual_multiplier: float | None = None  # Granite: x + m * f(x) on each residual add
+    attention_multiplier: float | None = None  # Granite: score scale instead of 1/sqrt(d); reference model only
+    logits_scale: float | None = None  # logits multiplied by it: Cohere logit_scale, Granite 1 / logits_scaling
     # Routing variants (DeepSeek-V3, HF DeepseekV3TopkRouter)
     moe_scoring: str = "softmax"  # "sigmoid": sigmoid scores plus a per-expert bias for the choice
     moe_groups: int = 1  # n_group: experts split into groups, the choice limited to the best groups
@@ -115,11 +159,40 @@ class ModelSpec:
         self._check_arch()
         self._check_mla()
         self._check_moe()
-        self._check_mlp_layer_types()
-        if self.qk_norm is not None:
-            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        self._check_layer_types()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        self._check_block()
+
+    def _check_block(self) -> None:
+        """The block variants: q/k norm, partial rotary, parallel block, OPT's embedding, scales."""
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.rotary_dim is not None:
+            require_positive_int("rotary_dim", self.rotary_dim)
+            if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
+                                f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
+        if self.sliding_window is not None:
+            require_positive_int("sliding_window", self.sliding_window)
+        if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
+            raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
+        if self.norm_position == "output" and self.arch != "decoder":
+            raise SpecError(f"norm_position 'output' is for decoders, got arch {self.arch!r}")
+        if self.parallel_block and (self.norm_position != "pre" or self.arch != "decoder"):
+            raise SpecError("parallel_block is for pre-norm decoders; got norm_position "
+                            f"{self.norm_position!r}, arch {self.arch!r}")
+        if self.word_embed_proj_dim is not None:
+            require_positive_int("word_embed_proj_dim", self.word_embed_proj_dim)
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) or self.position_offset < 0:
+            raise SpecError(f"position_offset must be a non-negative integer, got {self.position_offset!r}")
+        if self.position_offset and self.position_kind != "learned":
+            raise SpecError(f"position_offset is for position_kind 'learned', got {self.position_kind!r}")
+        for f in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scale"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not -float("inf") < v < float("inf")):
+                raise SpecError(f"{f} must be a finite number or None, got {v!r}")
 
     def _check_arch(self) -> None:
         require_choice("arch", self.arch, ARCHS)
@@ -204,24 +277,6 @@ class ModelSpec:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
             raise SpecError(f"routed_scaling_factor must be a positive number, got {f!r}")
 
-    def _check_mlp_layer_types(self) -> None:
-        """Per-layer MLP kinds: one per layer, "dense" or "moe" ("moe" only with experts)."""
-        default = (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
-        v = default if self.mlp_layer_types is None else self.mlp_layer_types
-        if isinstance(v, str) or not isinstance(v, (list, tuple)):
-            raise SpecError(f"mlp_layer_types must be a list of {', '.join(MLP_LAYER_TYPES)} (one per layer), got {v!r}")
-        v = tuple(v)
-        if len(v) != self.num_layers:
-            raise SpecError(f"mlp_layer_types has {len(v)} entries, num_layers is {self.num_layers}; "
-                            "allowed: one entry per layer")
-        for t in v:
-            if t not in MLP_LAYER_TYPES:
-                raise SpecError(f"mlp_layer_types entry {t!r} is not supported; allowed: {', '.join(MLP_LAYER_TYPES)}")
-        if not self.num_experts and "moe" in v:
-            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
-                            "allowed: num_experts > 0, or only 'dense' layers")
-        object.__setattr__(self, "mlp_layer_types", v)
-
     @property
     def mla(self) -> bool:
         """Multi-head latent attention (DeepSeek-V2/V3) instead of q, k, v projections."""
@@ -234,6 +289,55 @@ class ModelSpec:
         if self.mla:
             return self.kv_lora_rank + self.qk_rope_head_dim
         return 2 * self.kv_size
+
+    def _default_layer_types(self) -> tuple[str, ...]:
+        return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
+
+    def _default_mlp_layer_types(self) -> tuple[str, ...]:
+        return (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
+
+    def _check_layer_types(self) -> None:
+        w = self.sliding_window
+        if w is not None:
+            require_positive_int("sliding_window", w)
+            if self.arch != "decoder":
+                raise SpecError(f"sliding_window is for arch 'decoder', got arch {self.arch!r}")
+        for f, allowed, default in (("layer_types", ATTENTION_TYPES, self._default_layer_types),
+                                    ("mlp_layer_types", MLP_LAYER_TYPES, self._default_mlp_layer_types)):
+            v = getattr(self, f)
+            if v is None:
+                v = default()
+            elif isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise SpecError(f"{f} must be a list of {', '.join(allowed)} (one per layer), got {v!r}")
+            v = tuple(v)
+            if len(v) != self.num_layers:
+                raise SpecError(f"{f} has {len(v)} entries, num_layers is {self.num_layers}; "
+                                "allowed: one entry per layer")
+            for t in v:
+                if t not in allowed:
+                    raise SpecError(f"{f} entry {t!r} is not supported; allowed: {', '.join(allowed)}")
+            object.__setattr__(self, f, v)
+        if w is None and "sliding_attention" in self.layer_types:
+            raise SpecError("layer_types has 'sliding_attention' layers but sliding_window is None; "
+                            "allowed: a positive sliding_window, or only 'full_attention' layers")
+        if not self.num_experts and "moe" in self.mlp_layer_types:
+            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
+                            "allowed: num_experts > 0, or only 'dense' layers")
+
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """The decoder layers as runs of identical ones (attention kind, MLP kind), in order."""
+        groups: list[LayerGroup] = []
+        for i, kind in enumerate(zip(self.layer_types, self.mlp_layer_types)):
+            g = groups[-1] if groups else None
+            if g is not None and (g.attention, g.mlp) == kind:
+                groups[-1] = replace(g, count=g.count + 1)
+            else:
+                groups.append(LayerGroup(i, 1, *kind))
+        return tuple(groups)
+
+    def window_of(self, group: LayerGroup) -> int | None:
+        """Keys a layer of ``group`` may attend to: sliding_window on a sliding layer, else None."""
+        return self.sliding_window if group.sliding else None
 
     # Derived widths, named as in the formulas.
     @property
@@ -250,15 +354,33 @@ class ModelSpec:
     def num_mlp_matrices(self) -> int:
         return 3 if self.mlp_kind == "gated" else 2
 
-    def norm_params(self) -> int:
-        """Parameters of one norm: scale (and shift for LayerNorm)."""
-        return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the token embedding (and the tied LM head's input): word_embed_proj_dim or hidden."""
+        return self.hidden_size if self.word_embed_proj_dim is None else self.word_embed_proj_dim
+
+    @property
+    def rotated_dim(self) -> int:
+        """Dims of each q and k head that rotary positions rotate: rotary_dim, or all of head_dim."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def block_norms(self) -> int:
+        """Norms in one block: 2 (attention, MLP), or parallel_block_norms in a parallel block."""
+        return self.parallel_block_norms if self.parallel_block else 2
+
+    def norm_params(self, width: int | None = None) -> int:
+        """Parameters of one norm over ``width`` (default hidden_size): scale (and shift for LayerNorm)."""
+        width = self.hidden_size if width is None else width
+        return 2 * width if self.norm_kind == "layernorm" and self.norm_bias else width
 
     def qk_norm_params(self) -> int:
-        """Weights of the q and k norms: head_dim each ("head"), q_size and kv_size ("full")."""
+        """Weights of the q and k norms: per head dim ("head"), per q and kv element ("per_head", "full")."""
         if self.qk_norm is None:
             return 0
-        return 2 * self.head_dim if self.qk_norm == "head" else self.q_size + self.kv_size
+        if self.qk_norm == "head":
+            return 2 * self.norm_params(self.head_dim)
+        return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
 
     def mla_params(self) -> int:
         """Latent attention (HF DeepseekV3Attention): q_a_proj [h, r_q], its RMSNorm, q_b_proj
@@ -277,7 +399,8 @@ class ModelSpec:
         return attn
 
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases (latent attention: :meth:`mla_params`)."""
+        """q, k, v and output projections with their biases (and the q/k norms of self-attention;
+        latent attention: :meth:`mla_params`)."""
         if self.mla:
             return self.mla_params()
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
@@ -307,19 +430,21 @@ class ModelSpec:
             mlp = self.num_mlp_matrices * h * inter
             if self.mlp_bias:
                 mlp += (self.num_mlp_matrices - 1) * inter + h
-        return attn + mlp + 2 * self.norm_params()
+        return attn + mlp + self.block_norms * self.norm_params()
 
     def embedding_params(self) -> int:
-        """Token embedding, learned positions, token types (BERT) and the embedding norm (BERT)."""
-        h = self.hidden_size
-        pos = self.max_position_embeddings * h if self.position_kind == "learned" else 0
+        """Token embedding, learned positions (OPT: with its offset rows), token types (BERT), the
+        embedding norm (BERT) and OPT's projection of the embedding to hidden_size."""
+        h, e = self.hidden_size, self.embedding_dim
+        pos = (self.max_position_embeddings + self.position_offset) * h if self.position_kind == "learned" else 0
         norm = self.norm_params() if self.embedding_norm else 0
-        return self.vocab_size * h + pos + self.type_vocab_size * h + norm
+        project_in = e * h if e != h else 0
+        return self.vocab_size * e + pos + self.type_vocab_size * h + norm + project_in
 
     def stack_params(self) -> int:
         """Per stack, outside its blocks: T5's relative position bias and the final norm (pre-norm)."""
         bias = self.relative_attention_buckets * self.num_heads
-        return bias + (self.norm_params() if self.norm_position == "pre" else 0)
+        return bias + (self.norm_params() if self.norm_position != "post" else 0)
 
     def head_params(self) -> int:
         """Parameters after the last block not shared with the embedding: the LM head (0 when
@@ -327,14 +452,20 @@ class ModelSpec:
         h, v = self.hidden_size, self.vocab_size
         untied = 0 if self.tie_word_embeddings else v * h
         if self.arch != "encoder":
-            return untied
+            return self.lm_head_params() + self.head_extra_params()
         pooler = h * h + h if self.pooler else 0
         mlm = h * h + h + self.norm_params() + v + untied if self.mlm_head else 0
         return pooler + mlm
 
     def lm_head_params(self) -> int:
-        """Parameters of the LM head not shared with the embedding (0 when tied)."""
-        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        """Parameters of the LM head's matrix not shared with the embedding (0 when tied)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.embedding_dim
+
+    def head_extra_params(self) -> int:
+        """A decoder's parameters after the last block besides the final norm and the LM head's
+        matrix: OPT's projection back to the embedding width, the LM head's bias (Phi)."""
+        h, e = self.hidden_size, self.embedding_dim
+        return (h * e if e != h else 0) + (self.vocab_size if self.lm_head_bias else 0)
 
     @property
     def num_params(self) -> int:
@@ -343,7 +474,7 @@ class ModelSpec:
         if self.arch == "encoder-decoder":
             return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
                     + self.num_layers * self.layer_params(cross=True))
-        return total + sum(self.layer_params(mlp=m) for m in self.mlp_layer_types)
+        return total + sum(g.count * self.layer_params(mlp=g.mlp) for g in self.layer_groups())
 
     @property
     def active_params(self) -> int:
@@ -371,7 +502,9 @@ class ModelSpec:
         }
         mla = {} if not self.mla else {f: getattr(self, f) for f in (
             "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
-        return {**self._summary(), "active_params": self.active_params, **moe, **mla}
+        window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
+        return {**self._summary(), "active_params": self.active_params, **moe, **mla, **window,
+                "layer_groups": [g.to_dict() for g in self.layer_groups()]}
 
     def _summary(self) -> dict:
         return {
@@ -399,9 +532,11 @@ class ModelSpec:
         }
 
     def with_(self, **changes) -> "ModelSpec":
-        """A copy with ``changes``; per-layer MLP kinds left at their default (uniform) are derived
-        again for the new num_layers / num_experts."""
-        if self.mlp_layer_types == (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers:
+        """A copy with ``changes``; per-layer types left at their default (uniform) are derived
+        again for the new num_layers / sliding_window / num_experts."""
+        if self.layer_types == self._default_layer_types():
+            changes.setdefault("layer_types", None)
+        if self.mlp_layer_types == self._default_mlp_layer_types():
             changes.setdefault("mlp_layer_types", None)
         return replace(self, **changes)
 

@@ -173,17 +173,15 @@ def test_deepseek_v3_params():
     assert DSPEC.active_params == 191_568 - 2 * 6 * 3 * 64 * 32  # 6 of 8 experts unused in 2 layers
 
 
-@pytest.mark.xfail(strict=True, reason="a pass over a stack of dense and MoE layers needs StepCost's "
-                   "layer groups (the groups branch); until then every layer is costed as MoE")
 def test_deepseek_v3_pass_totals():
-    assert prefill_cost(DSPEC, workload(DEEP)).total("matmul_flops") == DEEP["prefill"]["logits_all"]["flops"]
-
-
-def test_a_mixed_stack_warns():
-    (w,) = [w for w in analyze(get_model("deepseek-v3"), prompt=8, gen=2).warnings if "dense layers" in w]
-    assert w == ("deepseek-v3 has 3 dense layers (0, 1, 2) among its MoE layers; pass totals cost every "
-                 "layer as MoE (parameters and memory are exact)")
-    assert not [w for w in analyze(QSPEC, prompt=8, gen=2).warnings if "dense layers" in w]
+    # the stack as layer groups (layer 0 dense, layers 1-2 MoE): the same sums as the per-layer ops
+    for logits in ("all", "last"):
+        wl = workload(DEEP, logits=logits)
+        assert prefill_cost(DSPEC, wl).total("matmul_flops") == DEEP["prefill"][f"logits_{logits}"]["flops"]
+    for prompt, i, measured in steps(DEEP):
+        assert decode_step_cost(DSPEC, workload(DEEP, prompt=prompt), i).total("matmul_flops") == measured["flops"]
+    assert [g.describe() for g in get_model("deepseek-v3").layer_groups()] == [
+        "layers 0-2: dense, full attention", "layers 3-60: moe, full attention"]
 
 
 def test_deepseek_router_by_hand():
@@ -242,7 +240,7 @@ def test_mla_form_is_named_in_the_json_and_checked():
 
 
 def test_mla_cli_option():
-    from costmodel.cli import main
+    from reports.cli import main
 
     runner = CliRunner()
     args = ["report", "deepseek-v3", "--batch", "1", "--prompt", "16", "--gen", "4", "--format", "json"]
