@@ -115,6 +115,8 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     ``cached``: new keys and values are written to a cache and attention reads K and V from it (kv
     dtype); otherwise they are read as activations.
     """
+    if spec.mla and not prefix:
+        return mla_attention_ops(spec, wl, batch, q_len, kv_len, cached=cached, causal=causal)
     h, q, kv, d = spec.hidden_size, spec.q_size, spec.kv_size, spec.head_dim
     heads = spec.num_heads
     a, c = wl.act_dtype, wl.kv_dtype
@@ -161,6 +163,107 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     ]
     if spec.attention_out_bias:
         ops.append(_elementwise(f"{p}o_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
+    return ops
+
+
+def _rms_norm(op, tokens, width, spec: ModelSpec, wl: Workload) -> OpCost:
+    """An RMSNorm over ``width`` (not the residual stream's): latent attention's q_a_norm, kv_a_norm."""
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, "rmsnorm"), n, n, wl, params=width)
+
+
+def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, cached: bool = True,
+                      causal: bool = False) -> list[OpCost]:
+    """Multi-head latent attention (DeepSeek-V2/V3; Liu et al. 2024, section 2.1) of ``batch * q_len``
+    queries over ``kv_len`` positions, as HF ``DeepseekV3Attention`` computes it.
+
+    Queries: q_a_proj [h, r_q], q_a_norm, q_b_proj [r_q, H * (d_nope + d_rope)] (q_proj without
+    r_q). Keys and values: kv_a_proj [h, d_c + d_rope] of the new tokens, kv_a_norm on the latent
+    c_kv, rotary on q_rope and the one shared k_rope; the cache holds c_kv and k_rope
+    (:func:`~costmodel.formulas.mla_cache_elements`).
+
+    ``wl.mla`` "transformers" (HF 5.23): kv_b_proj [d_c, H * (d_nope + d_v)] re-expands every
+    attended position's latent in every pass, then attention over d_nope + d_rope with values of d_v.
+    "absorbed" (serving engines, a decode step reading the cache): W^UK is applied to the query
+    (``kv_b_absorb_q``), scores are taken against the cached latent and rotary key (d_c + d_rope),
+    values are the latent (d_c), and W^UV follows per head (``kv_b_absorb_v``); a pass with
+    nothing cached before (prefill, or any pass without a cache) expands as "transformers" does.
+    """
+    h, heads = spec.hidden_size, spec.num_heads
+    r_q, r_kv = spec.q_lora_rank, spec.kv_lora_rank
+    dn, dr, dv = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    dqk = dn + dr
+    a, c = wl.act_dtype, wl.kv_dtype
+    t = batch * q_len  # query tokens (and new latents) in this pass
+    kv_t = batch * kv_len  # latents attended
+    # absorbed: a pass reading positions cached before it (a decode step, q_len 1 < kv_len); decided
+    # without comparing arrays (the sweep's grid passes arrays of prompts as q_len and kv_len)
+    absorbed = (wl.mla == "absorbed" and cached and isinstance(q_len, int)
+                and (not isinstance(kv_len, int) or kv_len > q_len))
+    if r_q is None:
+        ops = [_matmul("q_proj", t, h, heads * dqk, wl)]
+    else:
+        ops = [_matmul("q_a_proj", t, h, r_q, wl), _rms_norm("q_a_norm", t, r_q, spec, wl),
+               _matmul("q_b_proj", t, r_q, heads * dqk, wl)]
+    ops.append(_matmul("kv_a_proj", t, h, r_kv + dr, wl))
+    if spec.attention_bias:  # on q_a_proj (not q_proj) and kv_a_proj
+        n = t * ((r_q or 0) + r_kv + dr)
+        ops.append(_elementwise("qkv_bias", F.add_flops(n), n, n, wl, params=(r_q or 0) + r_kv + dr))
+    ops.append(_rms_norm("kv_a_norm", t, r_kv, spec, wl))
+    n = t * (heads + 1) * dr  # q_rope of every head and the one shared k_rope
+    ops.append(OpCost("rotary", "elementwise", F.rotary_flops(t, heads + 1, dr), 0,
+                      act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, dr), a),
+                      act_write_bytes=nbytes(n, a)))
+    latent = F.mla_cache_elements(kv_t, r_kv, dr)  # c_kv and k_rope of the attended positions
+    if cached:
+        n = F.mla_cache_elements(t, r_kv, dr)
+        ops.append(OpCost("kv_cache_update", "memory", act_read_bytes=nbytes(n, a), kv_write_bytes=nbytes(n, c)))
+
+    def read(elements):  # (kv_read_bytes, act_read_bytes) of latent-cache elements
+        return (nbytes(elements, c), 0) if cached else (0, nbytes(elements, a))
+
+    pairs = F.attention_score_elements(batch, heads, q_len, kv_len, causal)
+    softmax = _elementwise("attn_softmax", F.attention_softmax_flops(batch, heads, q_len, kv_len, causal),
+                           pairs, pairs, wl)
+    if absorbed:
+        q_abs = F.mla_absorbed_query_flops(t, heads, dn, r_kv)
+        kv_read, act_read = read(latent)
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, r_kv + dr, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, r_kv, causal)
+        v_read, v_act_read = read(kv_t * r_kv)
+        out = F.mla_absorbed_output_flops(t, heads, r_kv, dv)
+        ops += [
+            OpCost("kv_b_absorb_q", "matmul", q_abs, q_abs, weight_bytes=nbytes(heads * dn * r_kv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * dn, a), act_write_bytes=nbytes(t * heads * r_kv, a)),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * (r_kv + dr), a) + act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=kv_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs, a) + v_act_read, act_write_bytes=nbytes(t * heads * r_kv, a),
+                   kv_read_bytes=v_read),
+            OpCost("kv_b_absorb_v", "matmul", out, out, weight_bytes=nbytes(heads * r_kv * dv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * r_kv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    else:
+        expand = F.mla_kv_expand_flops(kv_t, r_kv, heads, dn, dv)
+        kv_read, act_read = read(kv_t * r_kv)
+        rope_read, rope_act_read = read(kv_t * dr)  # k_rope, broadcast to every head's key
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, dqk, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, dv, causal)
+        ops += [
+            OpCost("kv_b_proj", "matmul", expand, expand, weight_bytes=nbytes(r_kv * heads * (dn + dv), wl.weight_dtype),
+                   act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * dqk + kv_t * heads * dn, a) + rope_act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=rope_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs + kv_t * heads * dv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    ops.append(_matmul("o_proj", t, heads * dv, h, wl))
+    if spec.attention_out_bias:
+        ops.append(_elementwise("o_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
     return ops
 
 
@@ -269,13 +372,16 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     """
     h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
     a = wl.act_dtype
-    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
-    ops = [
-        _matmul("router", t, h, e, wl),
-        _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
-        OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
-               act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
-    ]
+    if spec.moe_scoring == "sigmoid" or spec.moe_groups > 1 or spec.routed_scaling_factor != 1.0:
+        ops = deepseek_router_ops(spec, wl, t)
+    else:
+        topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
+        ops = [
+            _matmul("router", t, h, e, wl),
+            _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
+            OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                   act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
+        ]
     ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert",
                    weight_copies=experts_touched(spec, t))
     ops.append(_elementwise("expert_combine", F.expert_combine_flops(t, k, h), t * k * (h + 1), t * h, wl))
@@ -290,6 +396,31 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
         else:
             ops.append(_elementwise("shared_expert_combine", F.shared_expert_combine_flops(t, h, gated=False),
                                     2 * t * h, t * h, wl))
+    return ops
+
+
+def deepseek_router_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
+    """The router of DeepSeek-V3 (HF ``DeepseekV3TopkRouter``; DeepSeek-V3 report, section 2.1.2)
+    for ``tokens`` tokens: logits [t, E] = x @ W_r; sigmoid scores (softmax with ``moe_scoring``
+    "softmax") and, for the choice only, the per-expert bias added; with ``moe_groups`` > 1 the
+    choice is limited to the ``moe_topk_groups`` best groups; top-k of E; the k weights (the
+    scores without the bias) renormalised (``moe_renormalize``) and scaled by
+    ``routed_scaling_factor``. FLOP conventions of the element-wise steps: see
+    :mod:`costmodel.formulas` (sigmoid 4 per score, a comparison per top-k candidate)."""
+    h, t, e, k, g = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token, spec.moe_groups
+    a = wl.act_dtype
+    if spec.moe_scoring == "sigmoid":  # scores, and scores + bias (the bias: E values, read once)
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_sigmoid", F.router_sigmoid_flops(t, e), t * e + e, 2 * t * e, wl)]
+    else:
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl)]
+    if g > 1:  # group scores [t, G], the best groups, the others' experts masked out [t, E]
+        ops.append(_elementwise("router_group_topk", F.router_group_topk_flops(t, e, g), t * e, t * e, wl))
+    scale = F.routed_scaling_flops(t, k) if spec.routed_scaling_factor != 1.0 else 0
+    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize) + scale  # no +=: arrays in a sweep
+    ops.append(OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                      act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k))
     return ops
 
 
@@ -614,8 +745,9 @@ class Memory:
 
 def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> int:
     """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements (what
-    the cache grows by per position while no sliding layer's window is full)."""
-    return nbytes(2 * spec.num_layers * spec.kv_size, kv_dtype)
+    the cache grows by per position while no sliding layer's window is full; latent attention:
+    num_layers * (kv_lora_rank + qk_rope_head_dim), :attr:`ModelSpec.kv_cache_width`)."""
+    return nbytes(spec.num_layers * spec.kv_cache_width, kv_dtype)
 
 
 def cached_positions(spec: ModelSpec, wl: Workload) -> int:
@@ -643,7 +775,7 @@ def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None,
             continue
         w = spec.window_of(g)
         held = positions if w is None else F.sliding_cache_positions(positions, w)
-        total = total + held * nbytes(2 * count * spec.kv_size, wl.kv_dtype)
+        total = total + held * nbytes(count * spec.kv_cache_width, wl.kv_dtype)
     return wl.batch * wl.beams * total
 
 

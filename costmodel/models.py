@@ -112,6 +112,21 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     # OLMo 2: RMSNorm over the whole q and k widths; norms on each sublayer's output, x + norm(f(x))
     _llama("olmo-2-7b", 32, 4096, 32, 32, 11008, 100352, 4096, qk_norm="full", norm_position="output",
            rope_theta=500000.0, norm_eps=1e-6),
+    # Fine-grained experts without a shared one, q/k norms per head (Qwen3-MoE config.json files):
+    # 128 experts of 768 (1536), top 8, renormalised.
+    _llama("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, head_dim=128, qk_norm="head",
+           num_experts=128, experts_per_token=8, moe_intermediate_size=768, rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("qwen3-235b-a22b", 94, 4096, 64, 4, 12288, 151936, 40960, head_dim=128, qk_norm="head",
+           num_experts=128, experts_per_token=8, moe_intermediate_size=1536, rope_theta=1000000.0, norm_eps=1e-6),
+    # DeepSeek-V3 (its config.json): latent attention (q rank 1536, kv rank 512, 128 + 64 rotary dims,
+    # values 128), layers 0-2 dense (18432), then 256 routed experts of 2048, top 8 of the 4 best of
+    # 8 groups, sigmoid scores, weights x 2.5, one shared expert. The multi-token-prediction layer of
+    # the released checkpoint is not counted (transformers does not build it).
+    _llama("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840, q_lora_rank=1536, kv_lora_rank=512,
+           qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, num_experts=256, experts_per_token=8,
+           moe_intermediate_size=2048, num_shared_experts=1, moe_scoring="sigmoid", moe_groups=8,
+           moe_topk_groups=4, routed_scaling_factor=2.5, mlp_layer_types=("dense",) * 3 + ("moe",) * 58,
+           norm_eps=1e-6),
     # Encoder-only and encoder-decoder models.
     _bert("bert-base", 12, 768, 12),
     _bert("bert-large", 24, 1024, 16),
@@ -185,7 +200,7 @@ def model_folder(name_or_path: str) -> str | None:
 
 HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe", "bert",
                   "roberta", "t5", "qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi",
-                  "starcoder2")
+                  "starcoder2", "qwen3_moe", "deepseek_v3")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -257,6 +272,14 @@ _HF_DEFAULTS: dict[str, dict] = {
     "starcoder2": dict(num_key_value_heads=2, head_dim=None, hidden_act="gelu_pytorch_tanh",
                        max_position_embeddings=4096, norm_epsilon=1e-5, tie_word_embeddings=True,
                        rope_theta=10000.0, sliding_window=None, use_bias=True, layer_types=None),
+    "qwen3_moe": dict(num_key_value_heads=4, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                      use_sliding_window=False, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=None),
+    "deepseek_v3": dict(hidden_act="silu", max_position_embeddings=4096,
+                        rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                        v_head_dim=128, n_shared_experts=1, n_group=8, topk_group=4, first_k_dense_replace=3,
+                        norm_topk_prob=True, routed_scaling_factor=2.5),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
@@ -274,6 +297,8 @@ _HF_NULLABLE: dict[str, set] = {
                "parallel_attn", "bias", "num_ln_in_parallel_attn"},
     "opt": {"word_embed_proj_dim"}, "phi": {"num_key_value_heads"},
     "starcoder2": {"head_dim", "sliding_window", "layer_types"},
+    "qwen3_moe": {"mlp_only_layers"},
+    "deepseek_v3": {"q_lora_rank"},  # null: a plain q_proj
 }
 
 
@@ -477,6 +502,8 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                "tie_word_embeddings": f.flag("tie_word_embeddings"),
                "norm_eps": f.number("layer_norm_epsilon")})
 
+    if model_type == "deepseek_v3":
+        return _deepseek_v3(cfg, f, name)
     if model_type in _OWN_LAYOUT:
         return _OWN_LAYOUT[model_type](f, name)
 
@@ -506,6 +533,16 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
                   shared_expert_intermediate_size=shared or None, moe_renormalize=f.flag("norm_topk_prob"))
+    elif model_type == "qwen3_moe":
+        if f.flag("use_sliding_window"):
+            raise SpecError("use_sliding_window true is not supported for qwen3_moe; allowed: false")
+        bias = f.flag("attention_bias")  # one flag for q, k, v and o (modeling_qwen3_moe.py)
+        kw.update(attention_bias=bias, attention_out_bias=bias, qk_norm="head",
+                  num_experts=f.required_int("num_experts", "num_local_experts"),
+                  experts_per_token=f.required_int("num_experts_per_tok"),
+                  moe_intermediate_size=f.required_int("moe_intermediate_size"),
+                  moe_renormalize=f.flag("norm_topk_prob"),
+                  mlp_layer_types=_qwen2_moe_mlp_layer_types(f))  # Qwen3MoeDecoderLayer: the same rule
     if model_type in _SLIDING_TYPES:
         kw.update(_sliding_fields(f, f.required_int("num_hidden_layers")))
     act = f.activation("hidden_act")
@@ -688,6 +725,38 @@ def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
     if any(not 0 <= i < layers for i in dense):
         raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")
     return tuple("moe" if i not in dense and (i + 1) % step == 0 else "dense" for i in range(layers))
+
+
+def _deepseek_v3(cfg: dict, f: _HFFields, name: str) -> ModelSpec:
+    """DeepSeek-V3 (HF ``DeepseekV3ForCausalLM``): latent attention, the first ``first_k_dense_replace``
+    layers dense, then MoE layers of ``n_routed_experts`` with ``n_shared_experts`` shared ones (one
+    MLP of n_shared * moe_intermediate_size), sigmoid routing limited to ``topk_group`` of ``n_group``
+    groups, weights scaled by ``routed_scaling_factor``. The multi-token-prediction layer
+    (``num_nextn_predict_layers``) is not built by transformers and not counted here either."""
+    layers, heads = f.required_int("num_hidden_layers"), f.required_int("num_attention_heads")
+    bias = f.flag("attention_bias")  # q_a_proj, kv_a_proj and o_proj (q_b, kv_b, q_proj: never)
+    routed = f.required_int("n_routed_experts", "num_local_experts")
+    dense = f.optional_int("first_k_dense_replace")
+    shared = f.optional_int("n_shared_experts")
+    return ModelSpec(
+        name=name, num_layers=layers, hidden_size=f.required_int("hidden_size"), num_heads=heads,
+        num_kv_heads=heads,  # every head expands its own keys and values from the latent
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"),
+        **{**_LLAMA, "activation": f.activation("hidden_act"), "tie_word_embeddings": f.flag("tie_word_embeddings")},
+        attention_bias=bias, attention_out_bias=bias,
+        q_lora_rank=f.optional_int("q_lora_rank"), kv_lora_rank=f.optional_int("kv_lora_rank"),
+        qk_nope_head_dim=f.optional_int("qk_nope_head_dim"), qk_rope_head_dim=f.optional_int("qk_rope_head_dim"),
+        v_head_dim=f.optional_int("v_head_dim"),
+        num_experts=routed, experts_per_token=f.required_int("num_experts_per_tok"),
+        moe_intermediate_size=f.required_int("moe_intermediate_size"),
+        num_shared_experts=1 if shared else 0,
+        shared_expert_intermediate_size=shared * f.required_int("moe_intermediate_size") if shared else None,
+        moe_renormalize=f.flag("norm_topk_prob"), moe_scoring="sigmoid",
+        moe_groups=f.optional_int("n_group"), moe_topk_groups=f.optional_int("topk_group"),
+        routed_scaling_factor=f.number("routed_scaling_factor"),
+        mlp_layer_types=tuple("dense" if i < dense else "moe" for i in range(layers)),
+        rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
 
 
 def _t5_feed_forward(ff: str) -> tuple[str, str]:

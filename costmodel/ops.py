@@ -148,6 +148,23 @@ register("attn_norm", "elementwise")
 _attention("", "attention", None)
 register("post_attn_norm", "elementwise")  # norm_position "output" (OLMo 2): x + norm(attn(x))
 register("attn_residual_scale", "elementwise")  # Granite: x + residual_multiplier * attn(x)
+# Multi-head latent attention (costmodel.analysis.mla_attention_ops; DeepSeek-V2 section 2.1); it
+# reuses q_proj, qkv_bias, rotary, kv_cache_update, attn_scores, attn_softmax, attn_values, o_proj
+# and o_bias. Not timed per op (the reference model has no latent attention).
+# NB: under tensor parallelism its own ops are replicated here, although q_b_proj and kv_b_proj
+# (and the absorbed kv_b matmuls) split by heads in vLLM, q_a_proj and kv_a_proj being replicated;
+# tests/test_ops_registry.py holds every op of every preset to the splits and terms of the
+# classifier the registry replaced (which knew only q/k/v/o as projections: hence term "other").
+# The reused ops split as for any attention, the latent cache's reads and writes included, though
+# every rank holds the whole latent.
+register("q_a_proj", "matmul", modules=("attention.q_a_proj",))
+register("q_a_norm", "elementwise")
+register("q_b_proj", "matmul", modules=("attention.q_b_proj",))
+register("kv_a_proj", "matmul", modules=("attention.kv_a_proj",))
+register("kv_a_norm", "elementwise")
+register("kv_b_proj", "matmul", modules=("attention.kv_b_proj",))
+register("kv_b_absorb_q", "matmul")  # absorbed form: q_nope @ W^UK per head
+register("kv_b_absorb_v", "matmul")  # absorbed form: latent output @ W^UV per head
 register("attn_residual", "elementwise")
 register("cross_attn_norm", "elementwise")
 _attention("cross_", "cross_attention", ("cross_attention", "cross-attention"))
@@ -157,6 +174,8 @@ _ffn("mlp", "mlp", bias=True)
 # Mixture of experts (costmodel.analysis.moe_ops)
 register("router", "matmul", "MLP", modules=("mlp.router",), timing=("mlp", "mlp"))
 register("router_softmax", "elementwise", timing=("mlp", "mlp"))
+register("router_sigmoid", "elementwise", timing=("mlp", "mlp"))  # DeepSeek-V3: sigmoid scores + bias
+register("router_group_topk", "elementwise", timing=("mlp", "mlp"))  # group-limited routing
 register("router_topk", "elementwise", timing=("mlp", "mlp"))
 _ffn("expert", "experts.*")
 register("expert_combine", "elementwise", timing=("mlp", "mlp"))

@@ -88,6 +88,11 @@ def _replicated_layer_params(spec: ModelSpec) -> int:
     """Parameters of one block every tensor-parallel GPU holds: the norms (q/k norms included) and
     the biases added after a row-parallel matmul (attention output, MLP down)."""
     p = spec.block_norms * spec.norm_params() + spec.qk_norm_params()
+    if spec.mla:  # q_a_proj, kv_a_proj and their norms (and biases): not split by heads
+        r_q, r_kv, h = spec.q_lora_rank or 0, spec.kv_lora_rank, spec.hidden_size
+        p += (h * r_q + r_q) + h * (r_kv + spec.qk_rope_head_dim) + r_kv
+        if spec.attention_bias:
+            p += r_q + r_kv + spec.qk_rope_head_dim
     if spec.attention_out_bias:
         p += spec.hidden_size
     if spec.mlp_bias:

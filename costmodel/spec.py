@@ -25,6 +25,8 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
 ATTENTION_TYPES = ("full_attention", "sliding_attention")  # transformers' config.layer_types names
 MLP_LAYER_TYPES = ("dense", "moe")
+MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral, Qwen), sigmoid (DeepSeek-V3)
+MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,17 @@ class ModelSpec:
     residual_multiplier: float | None = None  # Granite: x + m * f(x) on each residual add
     attention_multiplier: float | None = None  # Granite: score scale instead of 1/sqrt(d); reference model only
     logits_scale: float | None = None  # logits multiplied by it: Cohere logit_scale, Granite 1 / logits_scaling
+    # Routing variants (DeepSeek-V3, HF DeepseekV3TopkRouter)
+    moe_scoring: str = "softmax"  # "sigmoid": sigmoid scores plus a per-expert bias for the choice
+    moe_groups: int = 1  # n_group: experts split into groups, the choice limited to the best groups
+    moe_topk_groups: int = 1  # topk_group: groups a token's experts may come from
+    routed_scaling_factor: float = 1.0  # the k routing weights multiplied by it (DeepSeek-V3: 2.5)
+    # Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, section 2.1); kv_lora_rank None: off
+    q_lora_rank: int | None = None  # rank of the query compression (None: a plain q_proj)
+    kv_lora_rank: int | None = None  # d_c: width of the cached joint key-value latent c_kv
+    qk_nope_head_dim: int | None = None  # d_h: per-head query/key width without positions
+    qk_rope_head_dim: int | None = None  # d_h^R: per-head rotary width (the decoupled key, shared)
+    v_head_dim: int | None = None  # per-head value width
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -129,6 +142,8 @@ class ModelSpec:
             raise SpecError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                 f"({self.num_kv_heads}); allowed num_kv_heads: divisors of {self.num_heads}")
+        if self.head_dim is None and self.kv_lora_rank is not None and self.qk_nope_head_dim and self.qk_rope_head_dim:
+            object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)  # MLA: q . k width
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise SpecError(
@@ -142,6 +157,7 @@ class ModelSpec:
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
+        self._check_mla()
         self._check_moe()
         self._check_layer_types()
         if self.position_kind == "rotary" and self.head_dim % 2:
@@ -195,6 +211,34 @@ class ModelSpec:
         if self.type_vocab_size < 0:
             raise SpecError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
 
+    def _check_mla(self) -> None:
+        """Multi-head latent attention: all its widths or none (q_lora_rank may stay None)."""
+        widths = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [f for f in (*widths, "q_lora_rank") if getattr(self, f) is not None]
+            if given:
+                raise SpecError(f"{', '.join(given)} need kv_lora_rank (multi-head latent attention); "
+                                "allowed: kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim together")
+            return
+        for f in widths:
+            require_positive_int(f, getattr(self, f))
+        if self.q_lora_rank is not None:
+            require_positive_int("q_lora_rank", self.q_lora_rank)
+        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise SpecError(f"multi-head latent attention: head_dim ({self.head_dim}) must be qk_nope_head_dim "
+                            f"+ qk_rope_head_dim ({self.qk_nope_head_dim + self.qk_rope_head_dim}), or None")
+        if self.num_kv_heads != self.num_heads:
+            raise SpecError(f"multi-head latent attention: num_kv_heads ({self.num_kv_heads}) must equal "
+                            f"num_heads ({self.num_heads}); every head expands its keys from the latent")
+        if self.norm_kind != "rmsnorm":
+            raise SpecError(f"multi-head latent attention normalises its latents with RMSNorm; got norm_kind "
+                            f"{self.norm_kind!r}, allowed: 'rmsnorm'")
+        if self.position_kind != "rotary" or self.qk_rope_head_dim % 2:
+            raise SpecError("multi-head latent attention needs position_kind 'rotary' and an even qk_rope_head_dim, "
+                            f"got {self.position_kind!r} and {self.qk_rope_head_dim}")
+        if self.arch != "decoder":
+            raise SpecError(f"multi-head latent attention is for arch 'decoder', got arch {self.arch!r}")
+
     def _check_moe(self) -> None:
         for f in ("num_experts", "experts_per_token", "num_shared_experts"):
             v = getattr(self, f)
@@ -218,6 +262,31 @@ class ModelSpec:
         require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
+        require_choice("moe_scoring", self.moe_scoring, MOE_SCORINGS)
+        require_positive_int("moe_groups", self.moe_groups)
+        require_positive_int("moe_topk_groups", self.moe_topk_groups)
+        if self.num_experts % self.moe_groups or not self.moe_topk_groups <= self.moe_groups:
+            raise SpecError(f"moe_groups ({self.moe_groups}) must divide num_experts ({self.num_experts}) and "
+                            f"moe_topk_groups ({self.moe_topk_groups}) be at most moe_groups")
+        if self.moe_groups > 1 and self.experts_per_token > self.moe_topk_groups * (self.num_experts // self.moe_groups):
+            raise SpecError(f"experts_per_token ({self.experts_per_token}) exceeds the experts of the "
+                            f"{self.moe_topk_groups} groups a token may use")
+        f = self.routed_scaling_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise SpecError(f"routed_scaling_factor must be a positive number, got {f!r}")
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3) instead of q, k, v projections."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Elements one layer caches per position: keys and values, 2 * num_kv_heads * head_dim;
+        with latent attention the latent and the shared rotary key, kv_lora_rank + qk_rope_head_dim."""
+        if self.mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_size
 
     def _default_layer_types(self) -> tuple[str, ...]:
         return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
@@ -311,8 +380,26 @@ class ModelSpec:
             return 2 * self.norm_params(self.head_dim)
         return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
 
+    def mla_params(self) -> int:
+        """Latent attention (HF DeepseekV3Attention): q_a_proj [h, r_q], its RMSNorm, q_b_proj
+        [r_q, H * (d_nope + d_rope)] (or q_proj [h, H * (d_nope + d_rope)] without r_q), kv_a_proj
+        [h, r_kv + d_rope], its RMSNorm over r_kv, kv_b_proj [r_kv, H * (d_nope + d_v)], o_proj
+        [H * d_v, h]; biases (attention_bias) on q_a_proj and kv_a_proj, on o_proj (attention_out_bias)."""
+        h, heads, r_q, r_kv = self.hidden_size, self.num_heads, self.q_lora_rank, self.kv_lora_rank
+        q_out = heads * self.head_dim
+        q = h * q_out if r_q is None else h * r_q + r_q + r_q * q_out
+        kv = h * (r_kv + self.qk_rope_head_dim) + r_kv + r_kv * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        attn = q + kv + heads * self.v_head_dim * h
+        if self.attention_bias:
+            attn += (r_q or 0) + r_kv + self.qk_rope_head_dim
+        if self.attention_out_bias:
+            attn += h
+        return attn
+
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases."""
+        """q, k, v and output projections with their biases (latent attention: :meth:`mla_params`)."""
+        if self.mla:
+            return self.mla_params()
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
@@ -388,7 +475,8 @@ class ModelSpec:
 
     @property
     def active_params(self) -> int:
-        """Parameters one token is computed with: all but the routed experts it does not use."""
+        """Parameters one token is computed with: all but the routed experts it does not use (in
+        each MoE layer)."""
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
@@ -403,9 +491,16 @@ class ModelSpec:
             "moe_intermediate_size": self.moe_intermediate_size,
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
+            "moe_layers": self.mlp_layer_types.count("moe"),
+            **({} if self.moe_scoring == "softmax" else {"moe_scoring": self.moe_scoring}),
+            **({} if self.moe_groups == 1 else {"moe_groups": self.moe_groups,
+                                                "moe_topk_groups": self.moe_topk_groups}),
+            **({} if self.routed_scaling_factor == 1.0 else {"routed_scaling_factor": self.routed_scaling_factor}),
         }
+        mla = {} if not self.mla else {f: getattr(self, f) for f in (
+            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
         window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
-        return {**self._summary(), "active_params": self.active_params, **moe, **window,
+        return {**self._summary(), "active_params": self.active_params, **moe, **mla, **window,
                 "layer_groups": [g.to_dict() for g in self.layer_groups()]}
 
     def _summary(self) -> dict:
@@ -467,6 +562,8 @@ class Workload:
     top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
     temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
+    mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
+    #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -482,6 +579,7 @@ class Workload:
         kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
+        require_choice("mla", self.mla, MLA_FORMS)
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -560,6 +658,7 @@ class Workload:
             "top_p": self.top_p,
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
+            "mla": self.mla,
         }
 
 

@@ -108,6 +108,18 @@ TRANSFORMERS_DEFAULTS = {
         tie_word_embeddings=True, rotary_dim=None, attention_bias=True, attention_out_bias=True,
         mlp_bias=True, norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=False,
         parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-05, sliding_window=None),
+    "qwen3_moe": dict(num_layers=24, hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
+        intermediate_size=6144, vocab_size=151936, max_position_embeddings=32768, activation="silu",
+        tie_word_embeddings=False, norm_eps=1e-06, rope_theta=10000.0, attention_bias=False,
+        attention_out_bias=False, mlp_bias=False, num_experts=128, experts_per_token=8,
+        moe_intermediate_size=768, moe_renormalize=False, qk_norm="head"),
+    "deepseek_v3": dict(num_layers=61, hidden_size=7168, num_heads=128, num_kv_heads=128, head_dim=192,
+        intermediate_size=18432, vocab_size=129280, max_position_embeddings=4096, activation="silu",
+        tie_word_embeddings=False, norm_eps=1e-06, rope_theta=10000.0, attention_bias=False,
+        attention_out_bias=False, mlp_bias=False, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, num_experts=256, experts_per_token=8, moe_intermediate_size=2048,
+        num_shared_experts=1, shared_expert_intermediate_size=2048, moe_renormalize=True,
+        moe_scoring="sigmoid", moe_groups=8, moe_topk_groups=4, routed_scaling_factor=2.5),
 }
 
 SIZES = {"num_hidden_layers": "num_layers", "hidden_size": "hidden_size", "num_attention_heads": "num_heads",
@@ -129,6 +141,10 @@ REQUIRED = {
     # FalconConfig: ffn_hidden_size null means 4 * hidden_size, as GPT-2's n_inner
     "falcon": {k: f for k, f in SIZES.items() if k != "intermediate_size"},
     "opt": {**{k: f for k, f in SIZES.items() if k != "intermediate_size"}, "ffn_dim": "intermediate_size"},
+    "qwen3_moe": {**SIZES, "num_experts": "num_experts", "num_experts_per_tok": "experts_per_token",
+                  "moe_intermediate_size": "moe_intermediate_size"},
+    "deepseek_v3": {**SIZES, "n_routed_experts": "num_experts", "num_experts_per_tok": "experts_per_token",
+                    "moe_intermediate_size": "moe_intermediate_size"},
 }
 
 

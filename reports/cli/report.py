@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from costmodel.analysis import analyze
 from costmodel.checkpoint import model_checkpoint, with_checkpoint
 from costmodel.models import PRESETS, get_model
 from costmodel.roofline import predict
+from costmodel.spec import MLA_FORMS
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      pop_workload, read_hardware, warn, workload_options)
@@ -22,8 +25,11 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
+              help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
+                   "does, or decode absorbed in latent space as serving engines do.")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
     MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
@@ -34,7 +40,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
     from reports import text
 
     spec = get_model(model)
-    result = with_checkpoint(analyze(spec, pop_workload(kwargs, spec)), model_checkpoint(model))
+    result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
     hw = read_hardware(gpu, hardware_file)
     timing = None if hw is None else predict(spec, result.workload, hw)
     for w in result.warnings:
