@@ -22,6 +22,9 @@ NORM_POSITIONS = ("pre", "post")
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
+ATTENTION_TYPES = ("full_attention", "sliding_attention")  # transformers' config.layer_types names
+MLP_LAYER_TYPES = ("dense", "moe")
+QK_NORMS = ("head", "full")  # see ModelSpec.qk_norm
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,16 @@ class ModelSpec:
     relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
+    sliding_window: int | None = None  # W: a sliding layer attends over the last W positions (Mistral)
+    layer_types: tuple[str, ...] | None = None  # per decoder layer, ATTENTION_TYPES; None: all sliding
+    #   if sliding_window else all full
+    mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
+    #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    qk_norm: str | None = None  # norm on q and k after their projections: "head" (over head_dim on
+    #   each head, one weight of head_dim: Qwen3), "full" (over the whole q_size / kv_size: OLMo 2)
+    rotary_dim: int | None = None  # dims rotated per head (partial rotary: GPT-NeoX, Phi); None: head_dim
+    parallel_block: bool = False  # x + attn(n(x)) + mlp(n'(x)): both read the block's input (GPT-NeoX)
+    parallel_block_norms: int = 1  # parallel block: 1 norm shared (Falcon-7b, Phi) or 2 (GPT-NeoX)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -93,8 +106,25 @@ class ModelSpec:
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
         self._check_moe()
+        self._check_layer_types()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        self._check_block()
+
+    def _check_block(self) -> None:
+        """The block variants: q/k norm, partial rotary, parallel block."""
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.rotary_dim is not None:
+            require_positive_int("rotary_dim", self.rotary_dim)
+            if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
+                                f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
+        if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
+            raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
+        if self.parallel_block and (self.norm_position != "pre" or self.arch != "decoder"):
+            raise SpecError("parallel_block is for pre-norm decoders; got norm_position "
+                            f"{self.norm_position!r}, arch {self.arch!r}")
 
     def _check_arch(self) -> None:
         require_choice("arch", self.arch, ARCHS)
@@ -138,6 +168,40 @@ class ModelSpec:
         require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
+
+    def _default_layer_types(self) -> tuple[str, ...]:
+        return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
+
+    def _default_mlp_layer_types(self) -> tuple[str, ...]:
+        return (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
+
+    def _check_layer_types(self) -> None:
+        w = self.sliding_window
+        if w is not None:
+            require_positive_int("sliding_window", w)
+            if self.arch != "decoder":
+                raise SpecError(f"sliding_window is for arch 'decoder', got arch {self.arch!r}")
+        for f, allowed, default in (("layer_types", ATTENTION_TYPES, self._default_layer_types),
+                                    ("mlp_layer_types", MLP_LAYER_TYPES, self._default_mlp_layer_types)):
+            v = getattr(self, f)
+            if v is None:
+                v = default()
+            elif isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise SpecError(f"{f} must be a list of {', '.join(allowed)} (one per layer), got {v!r}")
+            v = tuple(v)
+            if len(v) != self.num_layers:
+                raise SpecError(f"{f} has {len(v)} entries, num_layers is {self.num_layers}; "
+                                "allowed: one entry per layer")
+            for t in v:
+                if t not in allowed:
+                    raise SpecError(f"{f} entry {t!r} is not supported; allowed: {', '.join(allowed)}")
+            object.__setattr__(self, f, v)
+        if w is None and "sliding_attention" in self.layer_types:
+            raise SpecError("layer_types has 'sliding_attention' layers but sliding_window is None; "
+                            "allowed: a positive sliding_window, or only 'full_attention' layers")
+        if not self.num_experts and "moe" in self.mlp_layer_types:
+            raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
+                            "allowed: num_experts > 0, or only 'dense' layers")
 
     # Derived widths, named as in the formulas.
     @property
@@ -270,6 +334,12 @@ class ModelSpec:
         }
 
     def with_(self, **changes) -> "ModelSpec":
+        """A copy with ``changes``; per-layer types left at their default (uniform) are derived
+        again for the new num_layers / sliding_window / num_experts."""
+        if self.layer_types == self._default_layer_types():
+            changes.setdefault("layer_types", None)
+        if self.mlp_layer_types == self._default_mlp_layer_types():
+            changes.setdefault("mlp_layer_types", None)
         return replace(self, **changes)
 
 
