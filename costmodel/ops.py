@@ -113,6 +113,9 @@ def _attention(p: str, module: str, timed: tuple[str, str] | None) -> None:
     for name in ("q_proj", "k_proj", "v_proj"):
         register(p + name, "matmul", "projections", "column", (f"{module}.{name}",), proj(name))
     register(p + "qkv_bias", "elementwise", tp="split", timing=timed)  # inside q/k/v_proj's nn.Linear
+    if not p:  # Qwen3 / Cohere / OLMo 2 q and k norms (replicated: OLMo 2's span every head)
+        register("q_norm", "elementwise")
+        register("k_norm", "elementwise")
     if not p:  # cross-attention has neither rotary positions nor a position bias
         register("rotary", "elementwise", tp="split")
     register(p + "kv_cache_update", "memory", tp="split", timing=timed)
@@ -159,6 +162,7 @@ _ffn("shared_expert", "mlp.shared_expert")
 register("shared_expert_score", "matmul", "MLP", modules=("mlp.shared_expert_gate",), timing=("mlp", "mlp"))
 register("shared_expert_combine", "elementwise", timing=("mlp", "mlp"))
 register("mlp_residual", "elementwise")
+register("parallel_residual", "elementwise")  # parallel block: x + attn + mlp, 2 adds per element
 
 # After the last block
 register("final_norm", "elementwise")
