@@ -78,6 +78,7 @@ class ModelSpec:
     rotary_dim: int | None = None  # dims rotated per head (partial rotary: GPT-NeoX, Phi); None: head_dim
     parallel_block: bool = False  # x + attn(n(x)) + mlp(n'(x)): both read the block's input (GPT-NeoX)
     parallel_block_norms: int = 1  # parallel block: 1 norm shared (Falcon-7b, Phi) or 2 (GPT-NeoX)
+    norm_bias: bool = True  # LayerNorm with a shift (False: Cohere)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

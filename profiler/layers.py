@@ -113,7 +113,7 @@ def _norm(spec: ModelSpec, width: int | None = None) -> nn.Module:
     """The spec's norm over ``width`` (default hidden_size; q/k norms: head_dim, q_size, kv_size)."""
     width = spec.hidden_size if width is None else width
     if spec.norm_kind == "layernorm":
-        return nn.LayerNorm(width, eps=spec.norm_eps)
+        return nn.LayerNorm(width, eps=spec.norm_eps, bias=spec.norm_bias)
     return RMSNorm(width, spec.norm_eps)
 
 

@@ -248,6 +248,8 @@ _HF_SPECS = {  # the fixtures' configs (tests/fixtures/hf/<model_type>.json), as
     "qwen2": dict(attention_bias=True, sliding_window=8,
                   layer_types=("full_attention",) * 2 + ("sliding_attention",) * 2),
     "qwen3": dict(head_dim=32, qk_norm="head"),
+    "qwen3_moe": dict(head_dim=32, qk_norm="head", num_experts=4, experts_per_token=2, moe_intermediate_size=32,
+                      moe_renormalize=False),
     "olmo2": dict(qk_norm="full"),  # its norms after each sublayer move no matmul FLOP
     "gpt_neox": dict(num_kv_heads=4, intermediate_size=256, mlp_kind="plain", activation="gelu",
                      norm_kind="layernorm", attention_bias=True, attention_out_bias=True, mlp_bias=True,
@@ -302,3 +304,22 @@ def test_defaults_leave_todays_models_unchanged():
     deeper = spec.with_(num_layers=3)  # derived per-layer types follow the new depth
     assert deeper.layer_types == ("full_attention",) * 3 and deeper.mlp_layer_types == ("moe",) * 3
     assert get_model("tiny-llama").with_(sliding_window=8).layer_types == ("sliding_attention",) * 2
+
+
+def test_layernorm_without_bias_drops_its_shift():
+    spec = get_model("tiny-neox")  # 2 layers x 2 LayerNorms + the final one, each of width 64
+    with_shift, without = build_model(spec), build_model(spec.with_(norm_bias=False))
+    assert with_shift.num_params() - without.num_params() == 5 * 64
+    assert without.final_norm.bias is None
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-neox", "tiny-mistral-sw"])
+def test_the_sharded_reference_refuses_the_variants_it_does_not_split(name):
+    from costmodel.parallel import Split
+    from costmodel.spec import Workload
+    from profiler.parallel import check_parallel
+
+    wl = Workload(batch=1, prompt=8, gen=2, weight_dtype="fp32", act_dtype="fp32")
+    with pytest.raises(SpecError, match="use tp = pp = 1") as e:
+        check_parallel(get_model(name), wl, Split(tp=2))
+    assert "\n" not in str(e.value)
