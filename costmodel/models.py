@@ -160,6 +160,23 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("tiny-qwen-moe", 2, 64, 4, 4, 96, 256, 256, attention_bias=True, num_experts=6,
            experts_per_token=2, moe_intermediate_size=32, num_shared_experts=1,
            shared_expert_intermediate_size=64, shared_expert_gate=True, moe_renormalize=False),
+    # Block variants (issue 12): q/k norms, partial rotary, parallel blocks, sliding windows, dense
+    # layers among expert ones.
+    _llama("tiny-qwen3", 2, 64, 4, 2, 160, 256, 256, qk_norm="head", tie_word_embeddings=True,
+           norm_eps=1e-6),  # RMSNorm over each q and k head's 16 dims
+    _llama("tiny-olmo2", 2, 64, 4, 2, 160, 256, 256, qk_norm="full", norm_eps=1e-6),  # over q 64, k 32
+    _llama("tiny-neox", 2, 64, 4, 4, 256, 256, 256, mlp_kind="plain", activation="gelu", norm_kind="layernorm",
+           attention_bias=True, attention_out_bias=True, mlp_bias=True, rotary_dim=4, parallel_block=True,
+           parallel_block_norms=2),  # rotary_pct 0.25 of head_dim 16; two norms, as GPT-NeoX
+    _llama("tiny-phi", 2, 64, 4, 4, 256, 256, 256, mlp_kind="plain", activation="gelu_tanh",
+           norm_kind="layernorm", attention_bias=True, attention_out_bias=True, mlp_bias=True, rotary_dim=8,
+           parallel_block=True, parallel_block_norms=1),  # partial_rotary_factor 0.5; one shared norm
+    _llama("tiny-mistral-sw", 2, 64, 4, 2, 160, 256, 256, sliding_window=8),  # every layer slides
+    _llama("tiny-qwen2-sw", 3, 64, 4, 2, 160, 256, 256, attention_bias=True, sliding_window=8,
+           layer_types=("full_attention", "sliding_attention", "sliding_attention")),  # max_window_layers 1
+    _llama("tiny-moe-dense-first", 4, 64, 4, 2, 160, 256, 256, num_experts=4, experts_per_token=2,
+           moe_intermediate_size=32, num_shared_experts=1, shared_expert_intermediate_size=64,
+           mlp_layer_types=("dense", "moe", "dense", "moe")),  # dense first, then every other layer
 ]}
 
 

@@ -66,6 +66,35 @@ class KVCache(nn.Module):
         return sum(t.numel() * t.element_size() for t in (self.k, self.v))
 
 
+class SlidingKVCache(KVCache):
+    """A sliding layer's cache: the last ``window - 1`` positions, as transformers'
+    ``DynamicSlidingWindowLayer`` keeps them, ``[rows, Hkv, window - 1, d]`` each, in order.
+
+    :meth:`update` returns the held positions followed by the new ones (a decode step attends over
+    min(context, window) keys: window - 1 held + its own), then keeps the last window - 1 of them.
+    """
+
+    def __init__(self, rows: int, kv_heads: int, window: int, head_dim: int, dtype, device):
+        super().__init__(rows, kv_heads, window - 1, head_dim, dtype, device)
+        self.held = 0  # positions held: min(positions written, window - 1)
+
+    def update(self, positions: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v: [B, Hkv, T, d]``; return ``[B, Hkv, held + T, d]``, the keys this pass attends over."""
+        b, n, cap = k.shape[0], self.held, self.k.shape[2]
+        keys = torch.cat((self.k[:b, :, :n], k), dim=2)  # [B, Hkv, n + T, d]
+        values = torch.cat((self.v[:b, :, :n], v), dim=2)
+        self.held = min(keys.shape[2], cap)
+        if self.held:  # window 1 holds nothing
+            self.k[:b, :, :self.held] = keys[:, :, -self.held:]
+            self.v[:b, :, :self.held] = values[:, :, -self.held:]
+        self.rows_used = max(self.rows_used, b)
+        return keys, values
+
+    @property
+    def positions_filled(self) -> int:
+        return self.held
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in fp32 as LLaMA does."""
 
@@ -80,10 +109,12 @@ class RMSNorm(nn.Module):
         return xf.to(x.dtype) * self.weight
 
 
-def _norm(spec: ModelSpec) -> nn.Module:
+def _norm(spec: ModelSpec, width: int | None = None) -> nn.Module:
+    """The spec's norm over ``width`` (default hidden_size; q/k norms: head_dim, q_size, kv_size)."""
+    width = spec.hidden_size if width is None else width
     if spec.norm_kind == "layernorm":
-        return nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
-    return RMSNorm(spec.hidden_size, spec.norm_eps)
+        return nn.LayerNorm(width, eps=spec.norm_eps, bias=spec.norm_bias)
+    return RMSNorm(width, spec.norm_eps)
 
 
 _ACTIVATIONS = {
@@ -101,11 +132,28 @@ class MatMul(nn.Module):
         return torch.matmul(a, b)
 
 
+def attention_mask(T: int, S: int, causal: bool, window: int | None, device) -> Tensor | None:
+    """``[T, S]``, True where a query sees a key, or None where every query sees every key.
+
+    The T queries are the last T of the S positions: query t sits at S - T + t and sees keys
+    j <= S - T + t (causal) and j > S - T + t - window (sliding, as transformers' mask: the last
+    ``window`` positions, itself included). The scores are computed in full and then masked:
+    the mask removes no FLOPs.
+    """
+    if not causal or (T == 1 and (window is None or S <= window)):
+        return None
+    mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)  # bottom-right causal
+    if window is not None:
+        mask &= ~torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T - window)
+    return mask
+
+
 class EagerAttention(nn.Module):
     """softmax(Q K^T / sqrt(d) + mask) V with explicit matmuls: every counter sees them.
 
     ``bias``: an additive score bias (T5's relative positions), ``[1, H, T, S]``; ``causal=False``:
-    every query sees every key (encoders, cross-attention); ``scale``: 1/sqrt(d) unless given.
+    every query sees every key (encoders, cross-attention); ``scale``: 1/sqrt(d) unless given;
+    ``window``: a sliding layer's window (:func:`attention_mask`).
     """
 
     def __init__(self):
@@ -114,7 +162,7 @@ class EagerAttention(nn.Module):
         self.attn_values = MatMul()
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
-                scale: float | None = None) -> Tensor:
+                scale: float | None = None, window: int | None = None) -> Tensor:
         # q: [B, H, T, d]; k, v: [B, H, S, d]; the T queries are the last T of the S positions
         T, S = q.shape[2], k.shape[2]
         scores = self.attn_scores(q, k.transpose(-2, -1))  # [B, H, T, S]
@@ -124,8 +172,8 @@ class EagerAttention(nn.Module):
             scores = scores * scale
         if bias is not None:
             scores = scores + bias
-        if causal and T > 1:
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = attention_mask(T, S, causal, window, q.device)
+        if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return self.attn_values(probs, v)  # [B, H, T, d]
@@ -139,24 +187,23 @@ class SdpaAttention(nn.Module):
         self.sdpa = Sdpa()
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
-                scale: float | None = None) -> Tensor:
-        return self.sdpa(q, k, v, bias, causal, scale)
+                scale: float | None = None, window: int | None = None) -> Tensor:
+        return self.sdpa(q, k, v, bias, causal, scale, window)
 
 
 class Sdpa(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, causal: bool = True,
-                scale: float | None = None) -> Tensor:
+                scale: float | None = None, window: int | None = None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
+        mask = attention_mask(T, S, causal, window, q.device)
         if bias is not None:  # T5: the position bias, with the causal mask folded in as -inf
-            if causal and T > 1:
-                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+            if mask is not None:
                 bias = bias.masked_fill(~mask, float("-inf"))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
-        if T == 1 or not causal:
+        if mask is None:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        if T == S:
+        if T == S and window is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # bottom-right causal
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -166,7 +213,13 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x * cos + rotate_half(x) * sin; x: [B, heads, T, d], cos/sin: [T, d]."""
+    """x * cos + rotate_half(x) * sin; x: [B, heads, T, d], cos/sin: [T, r].
+
+    r < d (partial rotary, GPT-NeoX / Phi): the first r dims of each head rotated, the rest passed on.
+    """
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :r], cos, sin), x[..., r:]), dim=-1)
     return x * cos + rotate_half(x) * sin
 
 
@@ -177,11 +230,22 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, attention: str, causal: bool = True):
+    """Self-attention; ``window``: a sliding layer's (the keys a query sees: :func:`attention_mask`).
+
+    ``spec.qk_norm``: a norm on q and k before rotary positions, "head" over each head's d (Qwen3),
+    "full" over the whole projection (OLMo 2).
+    """
+
+    def __init__(self, spec: ModelSpec, attention: str, causal: bool = True, window: int | None = None):
         super().__init__()
         h, d = spec.hidden_size, spec.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, d
         self.causal = causal  # False: an encoder's bidirectional self-attention
+        self.window = window
+        self.qk_norm = spec.qk_norm
+        if spec.qk_norm is not None:
+            self.q_norm = _norm(spec, d if spec.qk_norm == "head" else spec.q_size)
+            self.k_norm = _norm(spec, d if spec.qk_norm == "head" else spec.kv_size)
         self.scale = None if spec.attention_scale else 1.0  # None: 1/sqrt(d); T5 does not scale
         self.q_proj = nn.Linear(h, spec.q_size, bias=spec.attention_bias)
         self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.attention_bias)
@@ -194,18 +258,24 @@ class Attention(nn.Module):
                 bias: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # q: [B, H, T, d]
-        k = self.k_proj(x).view(B, T, Hkv, d).transpose(1, 2)  # k: [B, Hkv, T, d]
+        q, k = self.q_proj(x), self.k_proj(x)  # q: [B, T, H * d]; k: [B, T, Hkv * d]
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(B, T, H, d), k.view(B, T, Hkv, d)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # q: [B, H, T, d]; k: [B, Hkv, T, d]
         v = self.v_proj(x).view(B, T, Hkv, d).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
-            k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # k: [B, Hkv, S, d], the filled prefix only
+            # k: [B, Hkv, S, d], the filled prefix only (a sliding cache returns its S <= kv_len)
+            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
         if Hkv != H:  # GQA/MQA: each kv head serves H / Hkv query heads
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
-        y = self.core(q, k, v, bias, self.causal, self.scale)  # [B, H, T, d]
+        y = self.core(q, k, v, bias, self.causal, self.scale, self.window)  # [B, H, T, d]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
 
 
@@ -215,6 +285,7 @@ class CrossAttention(Attention):
 
     def __init__(self, spec: ModelSpec, attention: str):
         super().__init__(spec, attention, causal=False)
+        self.qk_norm = self.q_norm = self.k_norm = None  # q/k norms are self-attention's
 
     def forward(self, x: Tensor, memory: Tensor | None) -> Tensor:
         """``memory``: the encoder output to project keys and values from (and cache, with a

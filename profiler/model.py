@@ -2,7 +2,9 @@
 
 GPT-2 style (LayerNorm, GELU 4h MLP, learned positions, biases, tied LM head) and LLaMA style
 (RMSNorm, SwiGLU, rotary, GQA/MQA, optional q/k/v bias as in Qwen2, head_dim != hidden/heads as in
-Gemma) are the same code: every variant is a field of the spec, not a class of its own.
+Gemma) are the same code: every variant is a field of the spec, not a class of its own. So are
+q/k norms (Qwen3, OLMo 2), partial rotary (GPT-NeoX, Phi), parallel blocks, sliding-window layers
+(Mistral; mixed with full ones: Qwen2) and dense layers among expert ones (DeepSeek's first layers).
 
 The module tree mirrors the analytic op names so that FlopCounterMode's per-module counts and the
 timing hooks map one to one onto the rows of :mod:`costmodel.analysis`::
@@ -10,6 +12,7 @@ timing hooks map one to one onto the rows of :mod:`costmodel.analysis`::
     tok_embeddings, pos_embeddings                       embedding, pos_embedding
     layers.{i}.attn_norm / .mlp_norm                     attn_norm / mlp_norm
     layers.{i}.attention.{q,k,v,o}_proj                  q_proj, k_proj, v_proj, o_proj (+ biases)
+    layers.{i}.attention.{q,k}_norm                      q_norm, k_norm (Qwen3, OLMo 2)
     layers.{i}.attention.core.attn_scores / attn_values  attn_scores, attn_values   (eager path)
     layers.{i}.attention.core.sdpa                       attn_scores + attn_values  (SDPA path)
     layers.{i}.mlp.{gate,up,down}                        mlp_gate, mlp_up, mlp_down
@@ -31,7 +34,7 @@ from costmodel.spec import ModelSpec
 from . import encdec
 from .block import Block
 from .choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
-from .layers import KVCache, _norm
+from .layers import KVCache, SlidingKVCache, _norm
 
 TORCH_DTYPES = dict(zip(REFERENCE_DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -52,6 +55,9 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.position_kind not in ("learned", "rotary"):
         raise SpecError(f"{spec.name} is decoder-only with {spec.position_kind} positions; the reference model "
                         "builds decoder-only models with learned or rotary positions")
+    if spec.qk_norm not in (None, "head", "full"):
+        raise SpecError(f"{spec.name} has qk_norm={spec.qk_norm!r}; the reference model builds q/k norms "
+                        "'head' and 'full'")
     for f, want in _DECODER_ONLY.items():
         if getattr(spec, f) != want:
             raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds "
@@ -69,7 +75,8 @@ class Transformer(nn.Module):
         self.pos_embeddings = (nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
                                if spec.position_kind == "learned" else None)
         self.layers = nn.ModuleList(Block(spec, attention, causal=spec.arch != "encoder",
-                                          cross=spec.arch == "encoder-decoder") for _ in range(spec.num_layers))
+                                          cross=spec.arch == "encoder-decoder", layer=i)
+                                    for i in range(spec.num_layers))
         self.final_norm = _norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
@@ -77,21 +84,25 @@ class Transformer(nn.Module):
         if spec.arch != "decoder":  # BERT's heads; T5's and the 2017 Transformer's encoder stack
             encdec.add_encoder_parts(self, spec, attention)
         if spec.position_kind == "rotary":
-            d = spec.head_dim
+            d = spec.head_dim if spec.rotary_dim is None else spec.rotary_dim  # dims rotated per head
             inv_freq = 1.0 / spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
             angles = torch.outer(torch.arange(spec.max_position_embeddings, dtype=torch.float64), inv_freq)
-            angles = torch.cat((angles, angles), dim=-1)  # [max_pos, d], halves repeated (rotate_half)
+            angles = torch.cat((angles, angles), dim=-1)  # [max_pos, r], halves repeated (rotate_half)
             self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
             self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
     # --- caches -------------------------------------------------------------------------------
     def setup_caches(self, rows: int, max_len: int, source_len: int = 0) -> None:
-        """Preallocate a KV cache of ``rows`` sequences and ``max_len`` positions in every layer;
+        """Preallocate a KV cache of ``rows`` sequences and ``max_len`` positions in every layer (a
+        sliding layer: its window - 1 positions, :class:`~profiler.layers.SlidingKVCache`);
         ``source_len``: an encoder-decoder's cross-attention cache of that many encoder positions."""
         p = self.tok_embeddings.weight
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(rows, self.spec.num_kv_heads, max_len, self.spec.head_dim,
-                                               p.dtype, p.device)
+            w = layer.attention.window
+            layer.attention.kv_cache = (KVCache(rows, self.spec.num_kv_heads, max_len, self.spec.head_dim,
+                                                p.dtype, p.device) if w is None else
+                                        SlidingKVCache(rows, self.spec.num_kv_heads, w, self.spec.head_dim,
+                                                       p.dtype, p.device))
             if layer.cross_attention is not None:
                 layer.cross_attention.kv_cache = KVCache(rows, self.spec.num_kv_heads, source_len,
                                                          self.spec.head_dim, p.dtype, p.device)

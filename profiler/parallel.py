@@ -230,6 +230,11 @@ def check_parallel(spec: ModelSpec, wl: Workload, split: P.Split) -> None:
         raise SpecError(f"the sharded reference decodes greedily (one beam); got strategy {wl.strategy!r}")
     if not wl.kv_cache:
         raise SpecError("the sharded reference decodes with a KV cache; drop --no-kv-cache")
+    variants = [f for f, on in (("qk_norm", spec.qk_norm is not None), ("parallel_block", spec.parallel_block),
+                                ("sliding_window", "sliding_attention" in spec.layer_types)) if on]
+    if variants and split.world > 1:
+        raise SpecError(f"{spec.name} has {variants[0]}; the sharded reference splits blocks without q/k "
+                        "norms, parallel blocks or sliding layers: use tp = pp = 1")
     torch_dtype(wl.act_dtype)
 
 

@@ -100,7 +100,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;
     head_dim != hidden/heads; batch 1 and > 1; prefill; decode at several context lengths; decode
     without a KV cache; every decoding strategy; BERT (encode), T5 and the 2017 Transformer
-    (encode, prefill, decode; self and cross caches), mixtures of experts; tensor and pipeline
+    (encode, prefill, decode; self and cross caches), mixtures of experts; q/k norms, partial rotary,
+    parallel blocks, sliding windows, dense-first MoE (pending cases run when named); tensor and pipeline
     parallel splits (tp2, pp2; tp2-pp2 in the full run). The full run takes each case on both attention
     paths (eager and SDPA) and adds fvcore as a second counter. Ctrl-C keeps and prints the
     finished cases.
