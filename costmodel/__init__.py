@@ -14,10 +14,10 @@ from .hardware import Hardware, get_hardware, hardware_ids, load_hardware_file
 from .models import PRESETS, get_model, load_hf_config, preset_names
 from .plan import Layout, MemoryUse, Plan, capacity_plan, max_batch, max_context, memory_use
 from .roofline import Timing, decode_step_seconds, pass_seconds, predict, prefill_seconds
-from .spec import ModelSpec, Workload
+from .spec import LayerGroup, ModelSpec, Workload
 
 __all__ = [
-    "Analysis", "DTYPE_BITS", "ModelSpec", "OpCost", "PRESETS", "Phase", "SpecError", "Workload",
+    "Analysis", "DTYPE_BITS", "LayerGroup", "ModelSpec", "OpCost", "PRESETS", "Phase", "SpecError", "Workload",
     "analyze", "get_model", "kv_cache_bytes", "kv_cache_bytes_per_token", "load_hf_config",
     "nbytes", "preset_names",
     # hardware, roofline latency, capacity planning

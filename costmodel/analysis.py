@@ -9,6 +9,12 @@ prompt + i: the whole prefix recomputed). :func:`analyze` sums them into phases:
 - ``decode``: steps i = 1 .. gen - 1, summed exactly (see :func:`~costmodel.formulas.sum_quadratic`),
   never one step times N.
 
+Layers may differ: a :class:`StepCost` holds groups of identical blocks
+(:meth:`~costmodel.spec.ModelSpec.layer_groups`). A sliding-window layer computes as transformers'
+eager attention does: a prefill scores the whole prompt x prompt matrix (the mask removes no
+FLOPs), a decode step with a cache attends over min(prompt + i, W) keys, and the cache keeps the
+last W - 1 positions; the decode sum splits at the step where the window fills (:func:`window_split`).
+
 Bytes moved per op are split into weights read, activations read and written, and KV cache read
 and written; the model is an eager implementation that materialises every op's output (attention
 scores included) and, with a cache, writes new keys/values into it and attends over the cache.
@@ -19,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from . import formulas as F
+from . import stepsum
 from .dtypes import nbytes
 from .sampling import INDEX_BYTES, sampling_ops
-from .spec import ModelSpec, Workload, decoder_start
+from .spec import LayerGroup, ModelSpec, Workload, decoder_start
 
 PHASES = ("prefill", "decode")
 
@@ -75,10 +82,26 @@ def _elementwise(op, flops, elements_read, elements_written, wl: Workload, param
                   act_write_bytes=nbytes(elements_written, wl.act_dtype))
 
 
-def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
-    n = tokens * spec.hidden_size
-    return _elementwise(op, F.norm_flops(tokens, spec.hidden_size, spec.norm_kind), n, n, wl,
-                        params=spec.norm_params())
+def _norm(op, tokens, spec: ModelSpec, wl: Workload, width: int | None = None,
+          params: int | None = None) -> OpCost:
+    """A norm over ``width`` (default hidden_size) on ``tokens`` rows; ``params``: its weights
+    (default one norm of ``width``)."""
+    width = spec.hidden_size if width is None else width
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, spec.norm_kind, spec.norm_bias), n, n, wl,
+                        params=spec.norm_params(width) if params is None else params)
+
+
+def _qk_norms(spec: ModelSpec, wl: Workload, q_tokens, kv_tokens) -> list[OpCost]:
+    """q_norm, k_norm on the projected q [q_tokens, q_size] and k [kv_tokens, kv_size]: per head
+    over head_dim ("head": one weight of head_dim; "per_head": a weight per head, Cohere) or over
+    the whole width ("full", OLMo 2). Norm FLOPs are per element, so the grouping changes none."""
+    if spec.qk_norm == "head":
+        q_params = k_params = spec.norm_params(spec.head_dim)
+    else:
+        q_params, k_params = spec.norm_params(spec.q_size), spec.norm_params(spec.kv_size)
+    return [_norm("q_norm", q_tokens, spec, wl, spec.q_size, q_params),
+            _norm("k_norm", kv_tokens, spec, wl, spec.kv_size, k_params)]
 
 
 def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix: str = "",
@@ -92,6 +115,8 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     ``cached``: new keys and values are written to a cache and attention reads K and V from it (kv
     dtype); otherwise they are read as activations.
     """
+    if spec.mla and not prefix:
+        return mla_attention_ops(spec, wl, batch, q_len, kv_len, cached=cached, causal=causal)
     h, q, kv, d = spec.hidden_size, spec.q_size, spec.kv_size, spec.head_dim
     heads = spec.num_heads
     a, c = wl.act_dtype, wl.kv_dtype
@@ -109,12 +134,13 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
         ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
-    if not p:
+    if not p:  # self-attention only
         ops += _qk_ops(spec, wl, batch, q_len, new, rotary)
     if rotary:
-        n = t * (q + kv)  # q and k rotated
-        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
-                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, d), a),
+        n = t * (q + kv)  # q and k read and written whole; rotated_dim of each head rotated
+        rd = spec.rotated_dim
+        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, rd), 0,
+                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, rd), a),
                           act_write_bytes=nbytes(n, a)))
     if cached and new_kv_tokens != 0:
         n = F.kv_elements(new, kv)  # new keys and values copied into the cache
@@ -148,61 +174,186 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
 
 def _qk_ops(spec: ModelSpec, wl: Workload, batch, q_len, new_kv_tokens, rotary: bool) -> list[OpCost]:
     """Self-attention's work on q and k between the projections and the scores: the q and k norms
-    over each head (Gemma 3 "head"; Llama 4 "l2", on its rotary layers only) and Llama 4's
+    (:func:`_qk_norms`; Llama 4's "l2", without a weight, on its rotary layers only) and Llama 4's
     temperature tuning of the queries on its NoPE layers."""
     d, t = spec.head_dim, batch * q_len
     ops = []
-    if spec.qk_norm == "head" or (spec.qk_norm == "l2" and rotary):
-        weighted = spec.qk_norm == "head"
+    if spec.qk_norm in ("head", "per_head", "full"):
+        ops += _qk_norms(spec, wl, t, new_kv_tokens)
+    elif spec.qk_norm == "l2" and rotary:
         for op, tokens, heads in (("q_norm", t, spec.num_heads), ("k_norm", new_kv_tokens, spec.num_kv_heads)):
             n = tokens * heads * d
-            ops.append(_elementwise(op, F.head_norm_flops(tokens, heads, d, weighted), n, n, wl,
-                                    params=d if weighted else 0))
+            ops.append(_elementwise(op, F.head_norm_flops(tokens, heads, d, weighted=False), n, n, wl))
     if spec.attn_temperature_tuning and not rotary:
         n = t * spec.q_size
         ops.append(_elementwise("attn_temperature", F.attn_temperature_flops(q_len, t, spec.q_size), n, n, wl))
     return ops
 
 
-def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost],
-              post_norm: str | None = None):
-    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add;
-    ``post_norm``: the name of a second norm on the body's output (Gemma's sandwich norms)."""
+def _rms_norm(op, tokens, width, spec: ModelSpec, wl: Workload) -> OpCost:
+    """An RMSNorm over ``width`` (not the residual stream's): latent attention's q_a_norm, kv_a_norm."""
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, "rmsnorm"), n, n, wl, params=width)
+
+
+def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, cached: bool = True,
+                      causal: bool = False) -> list[OpCost]:
+    """Multi-head latent attention (DeepSeek-V2/V3; Liu et al. 2024, section 2.1) of ``batch * q_len``
+    queries over ``kv_len`` positions, as HF ``DeepseekV3Attention`` computes it.
+
+    Queries: q_a_proj [h, r_q], q_a_norm, q_b_proj [r_q, H * (d_nope + d_rope)] (q_proj without
+    r_q). Keys and values: kv_a_proj [h, d_c + d_rope] of the new tokens, kv_a_norm on the latent
+    c_kv, rotary on q_rope and the one shared k_rope; the cache holds c_kv and k_rope
+    (:func:`~costmodel.formulas.mla_cache_elements`).
+
+    ``wl.mla`` "transformers" (HF 5.23): kv_b_proj [d_c, H * (d_nope + d_v)] re-expands every
+    attended position's latent in every pass, then attention over d_nope + d_rope with values of d_v.
+    "absorbed" (serving engines, a decode step reading the cache): W^UK is applied to the query
+    (``kv_b_absorb_q``), scores are taken against the cached latent and rotary key (d_c + d_rope),
+    values are the latent (d_c), and W^UV follows per head (``kv_b_absorb_v``); a pass with
+    nothing cached before (prefill, or any pass without a cache) expands as "transformers" does.
+    """
+    h, heads = spec.hidden_size, spec.num_heads
+    r_q, r_kv = spec.q_lora_rank, spec.kv_lora_rank
+    dn, dr, dv = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    dqk = dn + dr
+    a, c = wl.act_dtype, wl.kv_dtype
+    t = batch * q_len  # query tokens (and new latents) in this pass
+    kv_t = batch * kv_len  # latents attended
+    # absorbed: a pass reading positions cached before it (a decode step, q_len 1 < kv_len); decided
+    # without comparing arrays (the sweep's grid passes arrays of prompts as q_len and kv_len)
+    absorbed = (wl.mla == "absorbed" and cached and isinstance(q_len, int)
+                and (not isinstance(kv_len, int) or kv_len > q_len))
+    if r_q is None:
+        ops = [_matmul("q_proj", t, h, heads * dqk, wl)]
+    else:
+        ops = [_matmul("q_a_proj", t, h, r_q, wl), _rms_norm("q_a_norm", t, r_q, spec, wl),
+               _matmul("q_b_proj", t, r_q, heads * dqk, wl)]
+    ops.append(_matmul("kv_a_proj", t, h, r_kv + dr, wl))
+    if spec.attention_bias:  # on q_a_proj (not q_proj) and kv_a_proj
+        n = t * ((r_q or 0) + r_kv + dr)
+        ops.append(_elementwise("qkv_bias", F.add_flops(n), n, n, wl, params=(r_q or 0) + r_kv + dr))
+    ops.append(_rms_norm("kv_a_norm", t, r_kv, spec, wl))
+    n = t * (heads + 1) * dr  # q_rope of every head and the one shared k_rope
+    ops.append(OpCost("rotary", "elementwise", F.rotary_flops(t, heads + 1, dr), 0,
+                      act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, dr), a),
+                      act_write_bytes=nbytes(n, a)))
+    latent = F.mla_cache_elements(kv_t, r_kv, dr)  # c_kv and k_rope of the attended positions
+    if cached:
+        n = F.mla_cache_elements(t, r_kv, dr)
+        ops.append(OpCost("kv_cache_update", "memory", act_read_bytes=nbytes(n, a), kv_write_bytes=nbytes(n, c)))
+
+    def read(elements):  # (kv_read_bytes, act_read_bytes) of latent-cache elements
+        return (nbytes(elements, c), 0) if cached else (0, nbytes(elements, a))
+
+    pairs = F.attention_score_elements(batch, heads, q_len, kv_len, causal)
+    softmax = _elementwise("attn_softmax", F.attention_softmax_flops(batch, heads, q_len, kv_len, causal),
+                           pairs, pairs, wl)
+    if absorbed:
+        q_abs = F.mla_absorbed_query_flops(t, heads, dn, r_kv)
+        kv_read, act_read = read(latent)
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, r_kv + dr, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, r_kv, causal)
+        v_read, v_act_read = read(kv_t * r_kv)
+        out = F.mla_absorbed_output_flops(t, heads, r_kv, dv)
+        ops += [
+            OpCost("kv_b_absorb_q", "matmul", q_abs, q_abs, weight_bytes=nbytes(heads * dn * r_kv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * dn, a), act_write_bytes=nbytes(t * heads * r_kv, a)),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * (r_kv + dr), a) + act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=kv_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs, a) + v_act_read, act_write_bytes=nbytes(t * heads * r_kv, a),
+                   kv_read_bytes=v_read),
+            OpCost("kv_b_absorb_v", "matmul", out, out, weight_bytes=nbytes(heads * r_kv * dv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * r_kv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    else:
+        expand = F.mla_kv_expand_flops(kv_t, r_kv, heads, dn, dv)
+        kv_read, act_read = read(kv_t * r_kv)
+        rope_read, rope_act_read = read(kv_t * dr)  # k_rope, broadcast to every head's key
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, dqk, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, dv, causal)
+        ops += [
+            OpCost("kv_b_proj", "matmul", expand, expand, weight_bytes=nbytes(r_kv * heads * (dn + dv), wl.weight_dtype),
+                   act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * dqk + kv_t * heads * dn, a) + rope_act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=rope_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs + kv_t * heads * dv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    ops.append(_matmul("o_proj", t, heads * dv, h, wl))
+    if spec.attention_out_bias:
+        ops.append(_elementwise("o_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
+    return ops
+
+
+def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
+    """``body`` with its norm (before it; after the residual add for post-norm; on its output before
+    the add, ``post_{norm}``, for "output"; both, the norm before and ``post_{norm}`` on the output,
+    with sandwich_norms: Gemma 2/3's attention and MLP) and residual add (Granite: the output scaled first)."""
     n = tokens * spec.hidden_size
-    add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
-    if spec.sandwich_norms and post_norm:
-        body = [*body, _norm(post_norm, tokens, spec, wl)]
+    add = [_elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)]
+    if spec.residual_multiplier is not None:  # x + m * f(x)
+        add.insert(0, _elementwise(f"{residual}_scale", F.mul_flops(n), n, n, wl))
     if spec.norm_position == "pre":
-        return [_norm(norm, tokens, spec, wl), *body, add]
-    return [*body, add, _norm(norm, tokens, spec, wl)]
+        if spec.sandwich_norms and norm in ("attn_norm", "mlp_norm"):
+            body = [*body, _norm(f"post_{norm}", tokens, spec, wl)]
+        return [_norm(norm, tokens, spec, wl), *body, *add]
+    if spec.norm_position == "output":
+        return [*body, _norm(f"post_{norm}", tokens, spec, wl), *add]
+    return [*body, *add, _norm(norm, tokens, spec, wl)]
+
+
+def _parallel_block(spec: ModelSpec, wl: Workload, tokens, attention: list[OpCost],
+                    mlp: list[OpCost]) -> list[OpCost]:
+    """x + attn(n1(x)) + mlp(n2(x)): one shared norm (n2 = n1) or two, then one add of both outputs
+    and the residual (GPT-J, GPT-NeoX use_parallel_residual, Falcon parallel_attn, Cohere, Phi)."""
+    n = tokens * spec.hidden_size
+    norms = [_norm("attn_norm", tokens, spec, wl)]
+    if spec.parallel_block_norms == 2:
+        norms.append(_norm("mlp_norm", tokens, spec, wl))
+    add = _elementwise("parallel_residual", F.parallel_residual_flops(tokens, spec.hidden_size), 3 * n, n, wl)
+    return [*norms, *attention, *mlp, add]
 
 
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
               encoder: bool = False, cross_len: int = 0, project_cross: bool = True,
-              layer: int | None = None) -> list[OpCost]:
-    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys.
+              mlp: str | None = None, layer: int | None = None, rope: bool | None = None) -> list[OpCost]:
+    """Ops of one transformer block for ``batch`` sequences, ``q_len`` new tokens, ``kv_len`` keys
+    (a sliding layer's caller passes the keys it attends over: :func:`layer_kv_len`).
 
     ``encoder``: a bidirectional encoder block (no cache, never causal). ``cross_len``: a decoder
     block of an encoder-decoder attending over ``cross_len`` encoder positions; ``project_cross``:
     its cross keys and values are projected in this pass (prefill, or every step without a cache).
-    ``layer``: the decoder layer's index, where layers differ (``spec.mlp_layer_types``, NoPE
-    layers without rotary positions); None: a layer of the model's common kind (MoE if it has
-    experts, rotary if its positions are).
+    ``mlp``: "dense" or "moe" (default: "moe" when the model has experts; with ``layer``, that
+    layer's kind); a dense layer of a MoE model is an MLP of ``intermediate_size``. ``layer``: the
+    decoder layer's index, where layers differ (``spec.mlp_layer_types``, NoPE layers without rotary
+    positions); ``rope`` False: a NoPE layer (as ``LayerGroup.rope``); None: rotary if the
+    model's positions are.
     """
     t = batch * q_len  # tokens in this pass
     cached = wl.kv_cache and not encoder
-    rotary = spec.position_kind == "rotary" if layer is None or encoder else spec.uses_rope(layer)
-    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
+    if layer is not None and not encoder:
+        mlp = mlp or spec.mlp_layer_types[layer]
+        rope = spec.uses_rope(layer) if rope is None else rope
+    rotary = spec.position_kind == "rotary" and (rope is None or rope or encoder)
+    attention = attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
-        rotary=rotary, position_bias=spec.relative_attention_buckets > 0), post_norm="post_attn_norm")
+        rotary=rotary, position_bias=spec.relative_attention_buckets > 0)
+    moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
+    body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
+    if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
+        return _parallel_block(spec, wl, t, attention, body)
+    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
             spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
-    moe = spec.num_experts and (layer is None or encoder or spec.mlp_layer_types[layer] == "moe")
-    mlp = moe_ops(spec, wl, t) if moe else mlp_ops(
-        spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
-    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", mlp, post_norm="post_mlp_norm")
+    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", body)
 
 
 def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias: bool = False,
@@ -264,19 +415,22 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     """
     h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
     a = wl.act_dtype
-    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
-    topk = OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
-                  act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k)
-    scoring = F.router_scoring_flops(t, e, k, spec.router_scoring)
-    ops = [_matmul("router", t, h, e, wl)]
-    if spec.router_bias:
-        ops.append(_elementwise("router_bias", F.add_flops(t * e), t * e, t * e, wl, params=e))
-    if spec.router_scoring == "softmax":  # softmax over E, then the top k (Mixtral)
-        ops += [_elementwise("router_softmax", scoring, t * e, t * e, wl), topk]
-    elif spec.router_scoring == "topk_softmax":  # top k of the logits, softmax over them (gpt-oss)
-        ops += [topk, _elementwise("router_softmax", scoring, t * k, t * k, wl)]
-    else:  # top k scattered into [t, E] of -inf, sigmoid over all of it (Llama 4)
-        ops += [topk, _elementwise("router_sigmoid", scoring, t * e, t * e, wl)]
+    if spec.moe_scoring == "sigmoid" or spec.moe_groups > 1 or spec.routed_scaling_factor != 1.0:
+        ops = deepseek_router_ops(spec, wl, t)
+    else:
+        topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
+        topk = OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                      act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k)
+        scoring = F.router_scoring_flops(t, e, k, spec.router_scoring)
+        ops = [_matmul("router", t, h, e, wl)]
+        if spec.router_bias:
+            ops.append(_elementwise("router_bias", F.add_flops(t * e), t * e, t * e, wl, params=e))
+        if spec.router_scoring == "softmax":  # softmax over E, then the top k (Mixtral)
+            ops += [_elementwise("router_softmax", scoring, t * e, t * e, wl), topk]
+        elif spec.router_scoring == "topk_softmax":  # top k of the logits, softmax over them (gpt-oss)
+            ops += [topk, _elementwise("router_softmax", scoring, t * k, t * k, wl)]
+        else:  # top k scattered into [t, E] of -inf, sigmoid over all of it (Llama 4)
+            ops += [topk, _elementwise("router_sigmoid", scoring, t * e, t * e, wl)]
     if spec.moe_all_experts:  # Llama 4 as transformers runs it: x * score through every expert, summed
         n = t * e * h
         ops.append(_elementwise("expert_input_scale", F.mul_flops(n), n + t * e, n, wl))
@@ -301,6 +455,31 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     return ops
 
 
+def deepseek_router_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
+    """The router of DeepSeek-V3 (HF ``DeepseekV3TopkRouter``; DeepSeek-V3 report, section 2.1.2)
+    for ``tokens`` tokens: logits [t, E] = x @ W_r; sigmoid scores (softmax with ``moe_scoring``
+    "softmax") and, for the choice only, the per-expert bias added; with ``moe_groups`` > 1 the
+    choice is limited to the ``moe_topk_groups`` best groups; top-k of E; the k weights (the
+    scores without the bias) renormalised (``moe_renormalize``) and scaled by
+    ``routed_scaling_factor``. FLOP conventions of the element-wise steps: see
+    :mod:`costmodel.formulas` (sigmoid 4 per score, a comparison per top-k candidate)."""
+    h, t, e, k, g = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token, spec.moe_groups
+    a = wl.act_dtype
+    if spec.moe_scoring == "sigmoid":  # scores, and scores + bias (the bias: E values, read once)
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_sigmoid", F.router_sigmoid_flops(t, e), t * e + e, 2 * t * e, wl)]
+    else:
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl)]
+    if g > 1:  # group scores [t, G], the best groups, the others' experts masked out [t, E]
+        ops.append(_elementwise("router_group_topk", F.router_group_topk_flops(t, e, g), t * e, t * e, wl))
+    scale = F.routed_scaling_flops(t, k) if spec.routed_scaling_factor != 1.0 else 0
+    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize) + scale  # no +=: arrays in a sweep
+    ops.append(OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                      act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k))
+    return ops
+
+
 def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_positions: int, *,
               stack: str = "decoder", kv_len: int | None = None) -> tuple[list[OpCost], list[OpCost]]:
     """Ops outside the blocks of one stack: (before the first block, after the last one).
@@ -311,16 +490,19 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     h, t = spec.hidden_size, batch * q_len
     n = t * h
     kv_len = q_len if kv_len is None else kv_len
-    # Embedding lookup: reads one row per token, writes the residual stream.
-    before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
-                     act_write_bytes=nbytes(n, wl.act_dtype))]
+    e = spec.embedding_dim
+    # Embedding lookup: reads one row per token, writes the residual stream (OPT: projected to h).
+    before = [OpCost("embedding", "memory", weight_bytes=nbytes(t * e, wl.weight_dtype),
+                     act_write_bytes=nbytes(t * e, wl.act_dtype))]
+    if e != h:
+        before.append(_matmul("embed_proj_in", t, e, h, wl))
+    if spec.embedding_multiplier is not None:  # Granite: x * embedding_multiplier; Gemma: x * sqrt(h)
+        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", F.add_flops(n), n, n, wl, params=q_len * h))
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
         before += [_elementwise("embedding_scale", F.mul_flops(n), n, n, wl),
                    _elementwise("pos_embedding", F.add_flops(n), n + q_len * h, n, wl)]
-    if spec.embedding_multiplier is not None and spec.position_kind != "sinusoidal":  # Gemma: x sqrt(h)
-        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.type_vocab_size:
         before.append(_elementwise("token_type_embedding", F.add_flops(n), n, n, wl, params=spec.type_vocab_size * h))
     if spec.embedding_norm:
@@ -330,7 +512,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         before.append(OpCost("position_bias", "memory",
                              weight_bytes=nbytes(spec.relative_attention_buckets * spec.num_heads, wl.weight_dtype),
                              act_write_bytes=nbytes(spec.num_heads * q_len * kv_len, wl.act_dtype)))
-    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position == "pre" else []
+    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position != "post" else []
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
             after += [_matmul("pooler", batch, h, h, wl),
@@ -345,11 +527,17 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
                       _elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size)]
         return before, after
     rows = batch * logits_positions
+    if e != h:  # OPT: back to the embedding width, on every position (inside the decoder stack)
+        after.append(_matmul("embed_proj_out", t, h, e, wl))
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
-    after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
+    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl))
+    m = rows * spec.vocab_size
+    if spec.lm_head_bias:  # Phi
+        after.append(_elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size))
+    if spec.logits_scale is not None:  # Cohere logit_scale, Granite 1 / logits_scaling
+        after.append(_elementwise("logits_scale", F.mul_flops(m), m, m, wl))
     if spec.final_logit_softcapping is not None:  # Gemma 2: tanh(logits / c) * c
-        m = rows * spec.vocab_size
         after.append(_elementwise("logits_softcap", F.softcap_flops(m), m, m, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
@@ -359,42 +547,129 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     return before, after
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StepCost:
-    """Ops of one pass (or the sum of several): blocks' ops once, repeated ``num_layers`` times."""
+    """Ops of one pass (or the sum of several): the ops before the blocks, then each group of
+    identical blocks (:class:`~costmodel.spec.LayerGroup`) with its ops once, repeated ``count``
+    times, then the ops after them.
+
+    ``StepCost(before, layer, after, num_layers)`` builds the one-group case (every block alike);
+    ``StepCost(before, after=after, groups=((group, ops), ...))`` layers that differ.
+    """
 
     before: list[OpCost]
-    layer: list[OpCost]
+    groups: tuple  # ((LayerGroup, list[OpCost]), ...) in layer order
     after: list[OpCost]
-    num_layers: int
+
+    def __init__(self, before, layer=None, after=None, num_layers=None, *, groups=None):
+        if groups is None:
+            if layer is None or num_layers is None:
+                raise TypeError("StepCost needs layer and num_layers, or groups")
+            groups = ((LayerGroup(0, num_layers), layer),)
+        elif layer is not None or num_layers is not None:
+            raise TypeError("StepCost takes layer and num_layers, or groups, not both")
+        object.__setattr__(self, "before", list(before))
+        object.__setattr__(self, "groups", tuple((g, list(ops)) for g, ops in groups))
+        object.__setattr__(self, "after", list(after or []))
+
+    @property
+    def num_layers(self) -> int:
+        """Blocks in the pass, all groups together."""
+        return sum(g.count for g, _ in self.groups)
+
+    @property
+    def layer(self) -> list[OpCost]:
+        """The ops of one block, when every block is alike (one group)."""
+        return only_group(self.groups)
 
     def total(self, field: str) -> int:
-        per_layer = sum(getattr(o, field) for o in self.layer)
-        return (sum(getattr(o, field) for o in self.before + self.after)
-                + self.num_layers * per_layer)
+        return sum(n * getattr(o, field) for n, o in self.weighted())
+
+    def weighted(self):
+        """(multiplicity, op) for each distinct op: 1 outside the blocks, a group's count inside."""
+        for o in self.before:
+            yield 1, o
+        for g, ops in self.groups:
+            for o in ops:
+                yield g.count, o
+        for o in self.after:
+            yield 1, o
+
+    def ops(self) -> list[OpCost]:
+        """Each distinct op once (a group's ops once, not once per layer)."""
+        return [o for _, o in self.weighted()]
 
     def rows(self):
         """(layer, op) in execution order: layer is None outside the blocks."""
-        return layered_rows(self.before, self.layer, self.after, self.num_layers)
+        return layered_rows(self.before, self.groups, self.after)
 
 
-def layered_rows(before, layer, after, num_layers):
-    """(layer, item) in execution order: ``before`` and ``after`` with layer None, ``layer`` once per block."""
+def only_group(groups):
+    """The ops of the one group of ``groups``; ValueError naming the groups when there are several."""
+    if len(groups) != 1:
+        names = "; ".join(g.describe() for g, _ in groups)
+        raise ValueError(f"the blocks differ ({names}): iterate .groups instead of .layer")
+    return groups[0][1]
+
+
+def layered_rows(before, groups, after):
+    """(layer, item) in execution order: ``before`` and ``after`` with layer None, each group's
+    items once per block of the group, with the block's real 0-based index."""
     for o in before:
         yield None, o
-    for i in range(num_layers):
-        for o in layer:
-            yield i, o
+    for g, items in groups:
+        for i in g.layers:
+            for o in items:
+                yield i, o
     for o in after:
         yield None, o
 
 
+def map_ops(fn, *costs):
+    """``fn`` applied op by op to passes of one layout (the same groups, the same ops):
+    (before, groups, after) of the results."""
+    layouts = {tuple(g for g, _ in c.groups) for c in costs}
+    assert len(layouts) == 1, "passes with different layer groups"
+    before = [fn(*o) for o in zip(*(c.before for c in costs))]
+    groups = tuple((gs[0][0], [fn(*o) for o in zip(*(ops for _, ops in gs))])
+                   for gs in zip(*(c.groups for c in costs)))
+    after = [fn(*o) for o in zip(*(c.after for c in costs))]
+    return before, groups, after
+
+
+def _mapped(fn, *costs) -> StepCost:
+    before, groups, after = map_ops(fn, *costs)
+    return StepCost(before, after=after, groups=groups)
+
+
+SLIDING_KEYS = ("actual", "growing", "full")
+
+
+def layer_kv_len(spec: ModelSpec, group: LayerGroup, q_len, kv_len, sliding_keys: str = "actual"):
+    """Keys a block of ``group`` attends over in a pass of ``q_len`` new tokens, ``kv_len``
+    positions in all: ``kv_len``, or on a sliding layer :func:`~costmodel.formulas.sliding_keys`
+    (``sliding_keys="actual"``); "growing": as if the window never filled (kv_len); "full": as if
+    it were full already (q_len + W - 1). The last two are the two polynomials the exact decode
+    sum splits at the step the window fills (:func:`window_split`)."""
+    w = spec.window_of(group)
+    if w is None or sliding_keys == "growing":
+        return kv_len
+    if sliding_keys == "full":
+        return q_len + w - 1
+    return F.sliding_keys(q_len, kv_len, w)
+
+
 def step_cost(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int,
-              logits_positions: int, cross_len: int = 0, project_cross: bool = True) -> StepCost:
-    """One pass of the decoder stack (``cross_len``: encoder positions it cross-attends to)."""
+              logits_positions: int, cross_len: int = 0, project_cross: bool = True,
+              sliding_keys: str = "actual") -> StepCost:
+    """One pass of the decoder stack (``cross_len``: encoder positions it cross-attends to), each
+    group of identical blocks over its own keys (:func:`layer_kv_len`)."""
     before, after = model_ops(spec, wl, batch, q_len, logits_positions, kv_len=kv_len)
-    layer = layer_ops(spec, wl, batch, q_len, kv_len, cross_len=cross_len, project_cross=project_cross)
-    return StepCost(before, layer, after, spec.num_layers)
+    groups = tuple((g, layer_ops(spec, wl, batch, q_len, layer_kv_len(spec, g, q_len, kv_len, sliding_keys),
+                                 cross_len=cross_len, project_cross=project_cross, mlp=g.mlp,
+                                 rope=g.rope))
+                   for g in spec.layer_groups())
+    return StepCost(before, after=after, groups=groups)
 
 
 def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
@@ -407,15 +682,17 @@ def encode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
 
 def prefill_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """The first decoder pass: the prompt (decoder-only), or the decoder prompt with the one-time
-    projection of the cross-attention keys and values from the encoder output (encoder-decoder)."""
+    projection of the cross-attention keys and values from the encoder output (encoder-decoder).
+    Every layer scores the whole prompt x prompt matrix, sliding or not (masks remove no FLOPs)."""
     s = decoder_start(spec, wl)
     cross = dict(cross_len=wl.prompt) if spec.arch == "encoder-decoder" else {}
     return step_cost(spec, wl, wl.batch, s, s, s if wl.logits == "all" else 1, **cross)
 
 
-def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
+def decode_step_cost(spec: ModelSpec, wl: Workload, i: int, sliding_keys: str = "actual") -> StepCost:
     """Decode step i (1-based): one new token per sequence (and beam), attending over prompt + i keys
-    (encoder-decoder: decoder prompt + i, and cross-attending over the source).
+    (encoder-decoder: decoder prompt + i, and cross-attending over the source); a sliding layer
+    with a cache over min(prompt + i, W) (``sliding_keys``: see :func:`layer_kv_len`).
 
     Without a KV cache the step recomputes all prompt + i positions, with logits for the last
     position (``--logits last``) or every position (``all``), as a naive generation loop does; an
@@ -425,18 +702,30 @@ def decode_step_cost(spec: ModelSpec, wl: Workload, i: int) -> StepCost:
     b, ctx = wl.batch * wl.beams, decoder_start(spec, wl) + i
     cross = dict(cross_len=wl.prompt, project_cross=not wl.kv_cache) if encdec else {}
     if wl.kv_cache:
-        return step_cost(spec, wl, b, 1, ctx, 1, **cross)
+        return step_cost(spec, wl, b, 1, ctx, 1, sliding_keys=sliding_keys, **cross)
     return step_cost(spec, wl, b, ctx, ctx, ctx if wl.logits == "all" else 1, **cross)
 
 
-def _sum_ops(ops1, ops2, ops3, steps):
-    return [o1.with_costs(F.sum_quadratic(x1, x2, x3, steps)
-                          for x1, x2, x3 in zip(o1.costs(), o2.costs(), o3.costs()))
-            for o1, o2, o3 in zip(ops1, ops2, ops3)]
+def slides(spec: ModelSpec, wl: Workload) -> bool:
+    """Whether some layer's keys stop growing during decode: a sliding (or chunked) layer with a KV cache."""
+    return wl.kv_cache and spec.attention_window is not None
+
+
+def window_split(spec: ModelSpec, wl: Workload, n: int):
+    """m: decode steps 1..m attend over every prompt + i keys on each sliding layer (prompt + i <= W),
+    steps m + 1..n over W; so m = min(max(W - prompt, 0), n), and n when nothing slides
+    (:func:`slides`). Each side is one polynomial in the step ("growing", "full" in
+    :func:`layer_kv_len`): the exact decode sum is :func:`~costmodel.stepsum.split_sum` at m.
+    Element-wise when the prompt is an array (the sweep)."""
+    if not slides(spec, wl):
+        return n
+    room = spec.attention_window - decoder_start(spec, wl)
+    return F.smaller(room - F.smaller(room, 0), n)  # max(room, 0) = room - min(room, 0)
 
 
 def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
-    """First decode step from which every cost is a polynomial (degree <= 2) in the step number.
+    """First decode step from which every cost is a polynomial (degree <= 2) in the step number,
+    on each side of the window split (:func:`window_split`).
 
     Always 1, but for routed experts without a KV cache: the experts read, min(E, tokens * k),
     stop growing only once the recomputed prefix has tokens * k >= E.
@@ -450,18 +739,25 @@ def first_polynomial_step(spec: ModelSpec, wl: Workload) -> int:
 
 def decode_cost(spec: ModelSpec, wl: Workload) -> StepCost:
     """All gen - 1 decode steps summed exactly, op by op: closed form where costs are polynomial
-    in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that."""
+    in the step (see :func:`~costmodel.formulas.sum_quadratic`), step by step before that; with a
+    sliding window, the two polynomials before and after the window fills, split at
+    :func:`window_split` (:func:`~costmodel.stepsum.split_sum`)."""
     n = wl.decode_steps
     first = min(first_polynomial_step(spec, wl), n + 1)
-    looped = [decode_step_cost(spec, wl, i) for i in range(1, first)]
-    s1, s2, s3 = (decode_step_cost(spec, wl, i) for i in (first, first + 1, first + 2))
-    parts = [_sum_ops(s1.before, s2.before, s3.before, n - first + 1),
-             _sum_ops(s1.layer, s2.layer, s3.layer, n - first + 1),
-             _sum_ops(s1.after, s2.after, s3.after, n - first + 1)]
-    for step in looped:
-        for part, ops in zip(parts, (step.before, step.layer, step.after)):
-            part[:] = [o.with_costs(x + y for x, y in zip(o.costs(), p.costs())) for o, p in zip(part, ops)]
-    return StepCost(*parts, spec.num_layers)
+    m = window_split(spec, wl, n)
+    grow = [decode_step_cost(spec, wl, i, "growing") for i in (first, first + 1, first + 2)]
+    full = [decode_step_cost(spec, wl, i, "full") for i in (first, first + 1, first + 2)] if slides(spec, wl) else grow
+
+    def summed(g1, g2, g3, f1, f2, f3):
+        return g1.with_costs(stepsum.split_sum(stepsum.newton(*xg), stepsum.newton(*xf), m - first + 1, n - first + 1)
+                             for xg, xf in zip(zip(g1.costs(), g2.costs(), g3.costs()),
+                                               zip(f1.costs(), f2.costs(), f3.costs())))
+
+    total = _mapped(summed, *grow, *full)
+    for i in range(1, first):  # steps that are not yet polynomial (only without a cache: m = n)
+        total = _mapped(lambda a, b: a.with_costs(x + y for x, y in zip(a.costs(), b.costs())),
+                        total, decode_step_cost(spec, wl, i))
+    return total
 
 
 @dataclass(frozen=True)
@@ -507,8 +803,10 @@ class Memory:
 
 
 def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> int:
-    """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements."""
-    return nbytes(2 * spec.num_layers * spec.kv_size, kv_dtype)
+    """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements (what
+    the cache grows by per position while no sliding layer's window is full; latent attention:
+    num_layers * (kv_lora_rank + qk_rope_head_dim), :attr:`ModelSpec.kv_cache_width`)."""
+    return nbytes(spec.num_layers * spec.kv_cache_width, kv_dtype)
 
 
 def cached_positions(spec: ModelSpec, wl: Workload) -> int:
@@ -519,13 +817,25 @@ def cached_positions(spec: ModelSpec, wl: Workload) -> int:
     return decoder_start(spec, wl) + wl.gen - 1
 
 
-def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None) -> int:
+def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None,
+                   layers: range | None = None) -> int:
     """Self-attention cache held for batch * beams sequences of ``positions`` (default: the
-    positions cached after generation, :func:`cached_positions`)."""
+    positions cached after generation, :func:`cached_positions`), in ``layers`` (default: all);
+    a sliding layer holds min(positions, W - 1) of them
+    (:func:`~costmodel.formulas.sliding_cache_positions`)."""
     if not wl.kv_cache or spec.arch == "encoder":
         return 0
     positions = cached_positions(spec, wl) if positions is None else positions
-    return wl.batch * wl.beams * positions * kv_cache_bytes_per_token(spec, wl.kv_dtype)
+    layers = range(spec.num_layers) if layers is None else layers
+    total = 0
+    for g in spec.layer_groups():
+        count = len(range(max(g.first, layers.start), min(g.first + g.count, layers.stop)))
+        if not count:
+            continue
+        w = spec.window_of(g)
+        held = positions if w is None else F.sliding_cache_positions(positions, w)
+        total = total + held * nbytes(count * spec.kv_cache_width, wl.kv_dtype)
+    return wl.batch * wl.beams * total
 
 
 def cross_kv_cache_bytes(spec: ModelSpec, wl: Workload) -> int:
@@ -547,7 +857,7 @@ def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, toke
     encoder output during an encoder-decoder's prefill). The KV cache is reported on its own."""
     tokens = wl.batch * wl.prompt if tokens is None else tokens
     residual = nbytes(tokens * spec.hidden_size, wl.act_dtype)
-    ops = prefill.before + prefill.layer + prefill.after
+    ops = prefill.ops()
     return held + residual + _elementwise_max(o.act_read_bytes + o.act_write_bytes for o in ops)
 
 
@@ -605,6 +915,7 @@ class Analysis:
     decode_alternative: Phase | None  # decode with the other KV-cache choice, to show the saving
     warnings: tuple[str, ...] = ()
     encode: Phase | None = None
+    checkpoint: object = None  # a costmodel.checkpoint.Checkpoint read beside the config, if any
 
     @property
     def phases(self) -> dict[str, Phase]:
@@ -654,11 +965,12 @@ class Analysis:
         passes = {"encode": wl.batch * wl.prompt, "prefill": wl.batch * start,
                   "decode_step": wl.batch * wl.beams * (1 if wl.kv_cache else start + 1)}
         layers = {"encode": spec.num_encoder_layers or spec.num_layers}
+        moe_layers = spec.mlp_layer_types.count("moe")
         for name, t in passes.items():
             if name.split("_")[0] not in self.phases:
                 continue
             bound, mean = experts_touched(spec, t), expected_experts_touched(spec, t)
-            n = layers.get(name, spec.num_layers)
+            n = layers.get(name, moe_layers)
             d[f"{name}_tokens"] = t
             d[f"{name}_experts_read"] = bound
             d[f"{name}_expected_experts_read"] = mean
@@ -679,6 +991,8 @@ class Analysis:
             d["kv_cache_saving"] = self.kv_cache_saving()
         if self.model.num_experts:
             d["moe"] = self.moe()
+        if self.checkpoint is not None:
+            d["checkpoint"] = self.checkpoint.to_dict()
         if include_ops:
             d["ops"] = list(self.rows())
         return d

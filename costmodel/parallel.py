@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .analysis import OpCost, StepCost, decode_cost, decode_step_cost, kv_cache_bytes, prefill_cost
+from .analysis import OpCost, StepCost, decode_cost, decode_step_cost, kv_cache_bytes, map_ops, prefill_cost
 from .dtypes import nbytes
 from .errors import SpecError, require_choice
 from .ops import op_info
@@ -198,17 +198,26 @@ def shard_op(op: OpCost, tp: int, rounding: str = "ceil") -> OpCost:
 
 def shard_step(cost: StepCost, tp: int, rounding: str = "ceil") -> StepCost:
     """Every op of ``cost`` cut as :func:`shard_op` (all layers kept: see :func:`stage_view`)."""
-    return StepCost([shard_op(o, tp, rounding) for o in cost.before],
-                    [shard_op(o, tp, rounding) for o in cost.layer],
-                    [shard_op(o, tp, rounding) for o in cost.after], cost.num_layers)
+    before, groups, after = map_ops(lambda o: shard_op(o, tp, rounding), cost)
+    return StepCost(before, after=after, groups=groups)
+
+
+def stage_groups(groups, layers: range) -> tuple:
+    """The parts of ``groups`` ((LayerGroup, items), ...) inside ``layers``: a pipeline stage's
+    blocks cut across the groups, each part keeping its real layer indices."""
+    out = []
+    for g, items in groups:
+        first, stop = max(g.first, layers.start), min(g.first + g.count, layers.stop)
+        if first < stop:
+            out.append((replace(g, first=first, count=stop - first), items))
+    return tuple(out)
 
 
 def stage_view(cost: StepCost, split: Split, stage: int) -> StepCost:
     """What pipeline stage ``stage`` runs of ``cost``: the ops before the blocks on the first
-    stage, those after them on the last, and the blocks of its layers."""
-    return StepCost(cost.before if stage == 0 else [], cost.layer,
-                    cost.after if stage == split.pp - 1 else [],
-                    stage_layers(cost.num_layers, split.pp)[stage])
+    stage, those after them on the last, and the blocks of its layers (:func:`stage_range`)."""
+    return StepCost(cost.before if stage == 0 else [], after=cost.after if stage == split.pp - 1 else [],
+                    groups=stage_groups(cost.groups, stage_range(cost.num_layers, split.pp, stage)))
 
 
 # --- Per spec: the blocks one rank of the sharded reference builds -------------------------------
@@ -237,15 +246,10 @@ def stage_kv_cache_bytes(spec: ModelSpec, wl: Workload, split: Split, stage: int
                          positions: int | None = None) -> int:
     """KV cache one tensor-parallel GPU of ``stage`` holds: its kv heads (tp divides them in
     either rounding), in the layers of its stage."""
-    tp, layers = split.tp, stage_range(spec.num_layers, split.pp, stage)
+    tp = split.tp
     stage_spec = spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp,
-                            head_dim=spec.head_dim, num_layers=len(layers),
-                            layer_types=spec.layer_types[layers.start:layers.stop],
-                            mlp_layer_types=spec.mlp_layer_types[layers.start:layers.stop],
-                            no_rope_layers=tuple(i - layers.start for i in spec.no_rope_layers if i in layers),
-                            attn_temperature_tuning=spec.attn_temperature_tuning
-                            and any(i in layers for i in spec.no_rope_layers))
-    return kv_cache_bytes(stage_spec, wl, positions)
+                            head_dim=spec.head_dim)
+    return kv_cache_bytes(stage_spec, wl, positions, stage_range(spec.num_layers, split.pp, stage))
 
 
 def rank_prefill_cost(spec: ModelSpec, wl: Workload, split: Split, rank: int) -> StepCost:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost
+from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
 from .dtypes import DTYPE_BITS
 from .errors import SpecError
 from .hardware import Hardware
 from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
-                       stage_range, stage_view, tp_share)  # the one model of the split
+                       stage_groups, stage_range, stage_view, tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -85,11 +85,14 @@ def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
 # --- Per-GPU memory under tensor / pipeline parallelism ----------------------------------------------
 
 def _replicated_layer_params(spec: ModelSpec) -> int:
-    """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
-    after a row-parallel matmul (attention output, MLP down)."""
-    p = (4 if spec.sandwich_norms else 2) * spec.norm_params()
-    if spec.qk_norm == "head":  # one weight of head_dim for every q head, one for every k head
-        p += 2 * spec.head_dim
+    """Parameters of one block every tensor-parallel GPU holds: the norms (q/k norms included) and
+    the biases added after a row-parallel matmul (attention output, MLP down)."""
+    p = spec.block_norms * spec.norm_params() + spec.qk_norm_params()
+    if spec.mla:  # q_a_proj, kv_a_proj and their norms (and biases): not split by heads
+        r_q, r_kv, h = spec.q_lora_rank or 0, spec.kv_lora_rank, spec.hidden_size
+        p += (h * r_q + r_q) + h * (r_kv + spec.qk_rope_head_dim) + r_kv
+        if spec.attention_bias:
+            p += r_q + r_kv + spec.qk_rope_head_dim
     if spec.attention_out_bias:
         p += spec.hidden_size
     if spec.mlp_bias:
@@ -103,15 +106,16 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     Summed over the tp x pp GPUs with tp = pp = 1 this is ``spec.num_params``.
     """
     tp, pp = layout.tp, layout.pp
+    layers = stage_range(spec.num_layers, pp, stage)
     rep = _replicated_layer_params(spec)
-    params = sum(tp_share(spec.layer_params(mlp=spec.mlp_layer_types[i]) - rep, tp) + rep
-                 for i in stage_range(spec.num_layers, pp, stage))
-    vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
+    params = sum(g.count * (tp_share(spec.layer_params(mlp=g.mlp) - rep, tp) + rep)
+                 for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), layers))
+    vocab_rows = spec.vocab_size * spec.embedding_dim  # embedding and LM head, vocab-parallel
     first, last = stage == 0, stage == pp - 1
     if first:
         params += tp_share(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
     if last:
-        params += spec.norm_params()
+        params += spec.norm_params() + spec.head_extra_params()  # final norm; OPT's project_out, head bias
         if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
             params += tp_share(vocab_rows, tp)
     return params
@@ -254,8 +258,8 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
         return predict(spec, wl, hw)  # any architecture
     n, seqs = wl.decode_steps, wl.batch * wl.beams
 
-    def cost_at(i):
-        return shard_step(decode_step_cost(spec, wl, i), layout.tp)
+    def cost_at(i, keys="actual"):
+        return shard_step(decode_step_cost(spec, wl, i, keys), layout.tp)
 
     def step_tokens(i):
         return seqs * (1 if wl.kv_cache else wl.prompt + i)
@@ -271,7 +275,8 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
         decode_extra = (comm(step_tokens(1)), n * base + (comm(1) - base) * total_tokens,
                         comm(step_tokens(n)))
     return timing_from(hw, rates(hw, wl.act_dtype), wl, shard_step(prefill_cost(spec, wl), layout.tp),
-                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra)
+                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra,
+                       split=window_split(spec, wl, n))
 
 
 # --- The plan ----------------------------------------------------------------------------------------

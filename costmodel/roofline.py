@@ -19,6 +19,8 @@ steps i = 1 .. gen - 1 of each op's ``max(compute, memory)``, never one step tim
 closed-form: an op's FLOPs and bytes are polynomials of degree <= 2 in i (affine with a KV cache),
 so ``compute(i) - memory(i)`` changes sign at most twice; :func:`costmodel.stepsum.sum_max` finds
 where (a vertex split and an integer binary search) and sums each piece with exact integer prefix sums.
+A sliding-window layer's keys stop growing once the window is full: the steps split there
+(:func:`costmodel.analysis.window_split`) into two polynomials, each summed that way.
 No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
 """
 
@@ -28,7 +30,8 @@ from dataclasses import dataclass, replace
 
 from . import analysis as _analysis
 from . import stepsum
-from .analysis import OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost
+from .analysis import (OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost,
+                       window_split)
 from .hardware import Hardware
 from .spec import ModelSpec, Workload
 
@@ -109,7 +112,8 @@ def op_time(op: OpCost, r: Rates) -> OpTime:
 
 @dataclass(frozen=True)
 class PhaseTime:
-    """Op times of a pass or a phase, laid out like :class:`~costmodel.analysis.StepCost`.
+    """Op times of a pass or a phase, laid out like :class:`~costmodel.analysis.StepCost`:
+    ``groups`` of identical blocks, ((LayerGroup, op times), ...).
 
     ``extra_s`` is time outside the ops (tensor-parallel all-reduces, pipeline hops; 0 on one GPU).
     """
@@ -117,15 +121,32 @@ class PhaseTime:
     name: str
     steps: int
     before: tuple
-    layer: tuple
+    groups: tuple
     after: tuple
-    num_layers: int
     extra_s: float = 0.0
 
     @property
+    def num_layers(self) -> int:
+        return sum(g.count for g, _ in self.groups)
+
+    @property
+    def layer(self) -> tuple:
+        """The op times of one block, when every block is alike (one group)."""
+        return _analysis.only_group(self.groups)
+
+    def weighted(self):
+        """(multiplicity, OpTime) for each distinct op, as ``StepCost.weighted``."""
+        for o in self.before:
+            yield 1, o
+        for g, ops in self.groups:
+            for o in ops:
+                yield g.count, o
+        for o in self.after:
+            yield 1, o
+
+    @property
     def ops_seconds(self) -> float:
-        return (sum(o.seconds for o in self.before + self.after)
-                + self.num_layers * sum(o.seconds for o in self.layer))
+        return sum(n * o.seconds for n, o in self.weighted())
 
     @property
     def seconds(self) -> float:
@@ -134,11 +155,11 @@ class PhaseTime:
     @property
     def num_ops(self) -> int:
         """Kernels in one pass: each block's ops count once per layer."""
-        return len(self.before) + len(self.after) + self.num_layers * len(self.layer)
+        return sum(n for n, _ in self.weighted())
 
     def rows(self):
         """(layer, OpTime) in execution order, as ``StepCost.rows``."""
-        return _analysis.layered_rows(self.before, self.layer, self.after, self.num_layers)
+        return _analysis.layered_rows(self.before, self.groups, self.after)
 
     def bound_seconds(self) -> dict:
         """Seconds spent in compute-bound and memory-bound op steps, and in overhead."""
@@ -156,36 +177,49 @@ class PhaseTime:
         return out
 
 
+def _phase(name: str, steps: int, laid_out, extra_s: float = 0.0) -> PhaseTime:
+    before, groups, after = laid_out
+    return PhaseTime(name, steps, tuple(before), tuple((g, tuple(ops)) for g, ops in groups), tuple(after),
+                     extra_s)
+
+
 def step_time(cost: StepCost, r: Rates, name: str = "step", extra_s: float = 0.0) -> PhaseTime:
     """Times of the ops of one pass."""
-    def t(ops):
-        return tuple(op_time(o, r) for o in ops)
-
-    return PhaseTime(name, 1, t(cost.before), t(cost.layer), t(cost.after), cost.num_layers, extra_s)
+    return _phase(name, 1, _analysis.map_ops(lambda o: op_time(o, r), cost), extra_s)
 
 
 # --- Decode: exact sum over steps ----------------------------------------------------------------
 
-def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates) -> OpTime:
-    """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3."""
+def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
+                   f1: OpCost | None = None, f2: OpCost | None = None, f3: OpCost | None = None,
+                   split: int | None = None) -> OpTime:
+    """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3; with
+    ``split`` = m < steps, steps m + 1.. follow the polynomial of ``f1``, ``f2``, ``f3`` instead
+    (a sliding window that fills at step m: :func:`costmodel.analysis.window_split`)."""
     pf = stepsum.newton(o1.flops, o2.flops, o3.flops)
     pb = stepsum.newton(o1.bytes, o2.bytes, o3.bytes)
+    m = steps if split is None else split
+    if m < steps:
+        qf = stepsum.newton(f1.flops, f2.flops, f3.flops)
+        qb = stepsum.newton(f1.bytes, f2.bytes, f3.bytes)
+    else:
+        qf, qb = pf, pb
     F, B = r.flops_rate(o1.kind), r.bytes_rate(o1.kind)
-    seconds, compute_steps = stepsum.sum_max(pf, pb, steps, F, B)
-    flops, nbytes = stepsum.prefix_sum(pf, steps), stepsum.prefix_sum(pb, steps)
+    seconds, compute_steps = stepsum.split_sum_max(pf, qf, pb, qb, m, steps, F, B)
+    flops, nbytes = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
     overhead = steps * r.op_overhead_s
     return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / B,
                   overhead, seconds + overhead, steps, compute_steps)
 
 
 def summed_time(s1: StepCost, s2: StepCost, s3: StepCost, steps: int, r: Rates,
-                name: str = "decode", extra_s: float = 0.0) -> PhaseTime:
-    """Every op of steps 1..``steps`` summed exactly, from the pass costs at steps 1, 2 and 3."""
-    def t(a, b, c):
-        return tuple(summed_op_time(x, y, z, steps, r) for x, y, z in zip(a, b, c))
-
-    return PhaseTime(name, steps, t(s1.before, s2.before, s3.before), t(s1.layer, s2.layer, s3.layer),
-                     t(s1.after, s2.after, s3.after), s1.num_layers, extra_s)
+                name: str = "decode", extra_s: float = 0.0, full=None, split: int | None = None) -> PhaseTime:
+    """Every op of steps 1..``steps`` summed exactly, from the pass costs at steps 1, 2 and 3
+    (and, with ``split`` = m, the costs ``full`` at steps 1, 2, 3 of the polynomial steps m + 1..
+    follow: see :func:`summed_op_time`)."""
+    full = (s1, s2, s3) if full is None else full
+    return _phase(name, steps, _analysis.map_ops(
+        lambda a, b, c, d, e, f: summed_op_time(a, b, c, steps, r, d, e, f, split), s1, s2, s3, *full), extra_s)
 
 
 # --- Results ------------------------------------------------------------------------------------
@@ -321,33 +355,37 @@ def _add(a: OpTime, b: OpTime) -> OpTime:
 
 
 def decode_time(cost_at, steps: int, r: Rates, first_poly_step: int = 1, extra_s: float = 0.0,
-                name: str = "decode") -> PhaseTime:
+                name: str = "decode", split: int | None = None) -> PhaseTime:
     """Decode steps 1..``steps`` summed op by op; ``cost_at(i)`` is the StepCost of step i.
 
     Steps before ``first_poly_step`` are added one by one; from there on the closed form of
-    :func:`summed_time` takes over, from the costs at three consecutive steps.
+    :func:`summed_time` takes over, from the costs at three consecutive steps. ``split`` (a
+    sliding window: :func:`costmodel.analysis.window_split`): steps 1..split follow
+    ``cost_at(i, "growing")``, the rest ``cost_at(i, "full")``.
     """
     p0 = min(max(first_poly_step, 1), steps + 1)
+    if split is not None and split < steps:
+        grow = [cost_at(i, "growing") for i in (1, 2, 3)]
+        full = [cost_at(i, "full") for i in (1, 2, 3)]
+        return replace(summed_time(*grow, steps, r, name, full=full, split=split), extra_s=extra_s)
     phase = summed_time(cost_at(p0), cost_at(p0 + 1), cost_at(p0 + 2), steps - (p0 - 1), r, name)
     for i in range(1, p0):
-        one = step_time(cost_at(i), r)
-        phase = replace(phase, before=tuple(map(_add, phase.before, one.before)),
-                        layer=tuple(map(_add, phase.layer, one.layer)),
-                        after=tuple(map(_add, phase.after, one.after)))
+        phase = _phase(name, phase.steps, _analysis.map_ops(_add, phase, step_time(cost_at(i), r)))
     return replace(phase, steps=steps, extra_s=extra_s)
 
 
 def timing_from(hw: Hardware, r: Rates, wl: Workload, prefill: StepCost, cost_at,
                 first_poly_step: int = 1, prefill_extra_s: float = 0.0,
-                decode_extra=(0.0, 0.0, 0.0)) -> Timing:
-    """A :class:`Timing` from pass costs: ``prefill`` and ``cost_at(i)`` for decode step i.
+                decode_extra=(0.0, 0.0, 0.0), split: int | None = None) -> Timing:
+    """A :class:`Timing` from pass costs: ``prefill`` and ``cost_at(i)`` for decode step i
+    (``cost_at(i, sliding_keys)`` when ``split`` is given: see :func:`decode_time`).
 
     Used by :func:`predict` and by the planner, which passes per-GPU costs and communication
     time (``decode_extra`` = (step 1, all steps, last step)).
     """
     n = wl.decode_steps
     pre = step_time(prefill, r, "prefill", prefill_extra_s)
-    decode = decode_time(cost_at, n, r, first_poly_step, decode_extra[1] if n else 0.0)
+    decode = decode_time(cost_at, n, r, first_poly_step, decode_extra[1] if n else 0.0, split=split)
     first = step_time(cost_at(1), r).seconds + decode_extra[0] if n else None
     last = step_time(cost_at(n), r).seconds + decode_extra[2] if n else None
     return Timing(hw, r, wl.batch, wl.gen, pre, decode, first, last)
@@ -364,8 +402,8 @@ def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
     if arch == "encoder":
         return Timing(hw, r, wl.batch, wl.gen, None, None, None, None, encode)
-    t = timing_from(hw, r, wl, prefill_cost(spec, wl), lambda i: decode_step_cost(spec, wl, i),
-                    first_polynomial_step(spec, wl))
+    t = timing_from(hw, r, wl, prefill_cost(spec, wl), lambda i, keys="actual": decode_step_cost(spec, wl, i, keys),
+                    first_polynomial_step(spec, wl), split=window_split(spec, wl, wl.decode_steps))
     return replace(t, encode=encode)
 
 
@@ -392,26 +430,36 @@ def decode_step_seconds(spec: ModelSpec, wl: Workload, hw: Hardware, i: int) -> 
 
 def decode_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
     """Predicted seconds of all gen - 1 decode steps, summed exactly."""
-    return decode_time(lambda i: decode_step_cost(spec, wl, i), wl.decode_steps,
-                       rates(hw, wl.act_dtype), first_polynomial_step(spec, wl)).seconds
+    n = wl.decode_steps
+    return decode_time(lambda i, keys="actual": decode_step_cost(spec, wl, i, keys), n,
+                       rates(hw, wl.act_dtype), first_polynomial_step(spec, wl),
+                       split=window_split(spec, wl, n)).seconds
 
 
 def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float]:
     """Predicted seconds of every decode step 1..gen-1, vectorised over steps with numpy
-    (:func:`~costmodel.stepsum.max_step_curve`). Its sum equals :func:`decode_seconds` up to float
-    rounding."""
+    (:func:`~costmodel.stepsum.max_step_curve`; with a sliding window, the "growing" polynomial up
+    to :func:`~costmodel.analysis.window_split` and the "full" one after it). Its sum equals
+    :func:`decode_seconds` up to float rounding."""
+    import numpy as np
+
     r = rates(hw, wl.act_dtype)
     n = wl.decode_steps
     p0 = min(first_polynomial_step(spec, wl), n + 1)
+    m = window_split(spec, wl, n) - (p0 - 1)
     early = [decode_step_seconds(spec, wl, hw, i) for i in range(1, p0)]
-    total = 0.0
-    s = [decode_step_cost(spec, wl, i) for i in (p0, p0 + 1, p0 + 2)]
-    groups = [(1, s[0].before + s[0].after, s[1].before + s[1].after, s[2].before + s[2].after),
-              (spec.num_layers, s[0].layer, s[1].layer, s[2].layer)]
-    for mult, a, b, c in groups:
-        for o1, o2, o3 in zip(a, b, c):
+    steps = np.arange(1, n - (p0 - 1) + 1)
+
+    def curve(cost_at):
+        out = np.zeros(n - (p0 - 1))
+        for (mult, o1), (_, o2), (_, o3) in zip(*(cost_at(i).weighted() for i in (p0, p0 + 1, p0 + 2))):
             step = stepsum.max_step_curve(stepsum.newton(o1.flops, o2.flops, o3.flops),
                                           stepsum.newton(o1.bytes, o2.bytes, o3.bytes), n - (p0 - 1),
                                           r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
-            total = total + mult * (step + r.op_overhead_s)
+            out = out + mult * (step + r.op_overhead_s)
+        return out
+
+    total = curve(lambda i: decode_step_cost(spec, wl, i, "growing"))
+    if m < n - (p0 - 1):
+        total = np.where(steps <= m, total, curve(lambda i: decode_step_cost(spec, wl, i, "full")))
     return early + total.tolist()

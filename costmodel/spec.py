@@ -18,7 +18,8 @@ MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(
 NORM_KINDS = ("layernorm", "rmsnorm")
 POSITION_KINDS = ("learned", "rotary", "sinusoidal", "relative")  # relative: T5's attention bias
 ARCHS = ("decoder", "encoder", "encoder-decoder")
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "output")  # output: x + norm(f(x)), on each sublayer's output (OLMo 2)
+QK_NORMS = ("head", "per_head", "full", "l2")  # see ModelSpec.qk_norm
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
@@ -26,14 +27,46 @@ LOGITS_MODES = ("last", "all")
 # attention over chunks of attention_chunk_size positions
 ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 MLP_LAYER_TYPES = ("dense", "moe")
-QK_NORMS = ("head", "l2")  # see ModelSpec.qk_norm
 # How a router turns its logits [t, E] into the k weights of each token (see costmodel.analysis.moe_ops)
 ROUTER_SCORINGS = ("softmax", "topk_softmax", "topk_sigmoid")
 # Shown in ModelSpec.summary() when not at their default
-_VARIANT_FIELDS = ("sliding_window", "attention_chunk_size", "qk_norm", "embedding_multiplier", "sandwich_norms",
+_VARIANT_FIELDS = ("attention_chunk_size", "sandwich_norms",
                    "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "attn_sinks",
                    "no_rope_layers", "attn_temperature_tuning", "router_bias", "router_scoring", "expert_bias",
                    "swiglu_limit")
+MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral, Qwen), sigmoid (DeepSeek-V3)
+MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Consecutive decoder layers ``first .. first + count - 1`` (0-based) that are identical:
+    the same attention kind (``ATTENTION_TYPES``), MLP kind (``MLP_LAYER_TYPES``) and rotary or not
+    (``rope`` False: a NoPE layer of Llama 4, ``ModelSpec.no_rope_layers``)."""
+
+    first: int
+    count: int
+    attention: str = "full_attention"
+    mlp: str = "dense"
+    rope: bool = True
+
+    @property
+    def layers(self) -> range:
+        return range(self.first, self.first + self.count)
+
+    @property
+    def sliding(self) -> bool:
+        return self.attention == "sliding_attention"
+
+    def describe(self) -> str:
+        """'layers 0-2: dense, full attention' (a report's heading for the group)."""
+        last = self.first + self.count - 1
+        span = f"layer {self.first}" if self.count == 1 else f"layers {self.first}-{last}"
+        return f"{span}: {self.mlp}, {self.attention.replace('_', ' ')}" + ("" if self.rope else ", no rope")
+
+    def to_dict(self) -> dict:
+        d = {"first": self.first, "count": self.count, "attention": self.attention, "mlp": self.mlp}
+        return d if self.rope else {**d, "rope": False}
 
 
 @dataclass(frozen=True)
@@ -77,18 +110,39 @@ class ModelSpec:
     relative_attention_buckets: int = 0  # T5: learned position bias, buckets x heads per stack
     attention_scale: bool = True  # scores scaled by 1/sqrt(head_dim) (T5: not)
     norm_eps: float = 1e-5  # used by the reference model only
-    # Layers that differ (issue 12): attention kind and MLP kind per decoder layer
-    sliding_window: int | None = None  # W: a sliding layer attends over the last W positions
-    layer_types: tuple[str, ...] | None = None  # per layer, ATTENTION_TYPES; None: all sliding if
-    #   sliding_window else all full
-    mlp_layer_types: tuple[str, ...] | None = None  # per layer, "dense" or "moe"; None: all "moe" if
-    #   num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
-    attention_chunk_size: int | None = None  # Llama 4: a chunked layer attends within its chunk
+    sliding_window: int | None = None  # W: a sliding layer attends over the last W positions (Mistral)
+    layer_types: tuple[str, ...] | None = None  # per decoder layer, ATTENTION_TYPES; None: all sliding
+    #   if sliding_window else all full
+    mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
+    #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    qk_norm: str | None = None  # norm on q and k after their projections: "head" (over head_dim, one
+    # weight of head_dim: Qwen3, Phi qk_layernorm), "per_head" (over head_dim, a weight per head:
+    # Cohere, params q_size and kv_size), "full" (over the whole q_size / kv_size width: OLMo 2),
+    # "l2" (over head_dim without a weight, on the rotary layers only: Llama 4 use_qk_norm)
+    rotary_dim: int | None = None  # dims rotated per head (partial rotary: GPT-NeoX, Phi); None: head_dim
+    parallel_block: bool = False  # x + attn(n(x)) + mlp(n(x)): both read the block's normed input (GPT-J)
+    parallel_block_norms: int = 1  # parallel block: 1 norm shared (Falcon-7b, Cohere, Phi) or 2 (GPT-NeoX)
+    norm_bias: bool = True  # LayerNorm with a shift (False: Cohere)
+    word_embed_proj_dim: int | None = None  # OPT: embedding width, projected to hidden_size and back
+    position_offset: int = 0  # OPT: learned position table rows before position 0 (2)
+    lm_head_bias: bool = False  # bias on the LM head's vocabulary outputs (Phi)
+    embedding_multiplier: float | None = None  # Granite: embeddings scaled by it (None: no scaling op; Gemma: sqrt(hidden_size))
+    residual_multiplier: float | None = None  # Granite: x + m * f(x) on each residual add
+    attention_multiplier: float | None = None  # Granite: score scale instead of 1/sqrt(d); reference model only
+    logits_scale: float | None = None  # logits multiplied by it: Cohere logit_scale, Granite 1 / logits_scaling
+    # Routing variants (DeepSeek-V3, HF DeepseekV3TopkRouter)
+    moe_scoring: str = "softmax"  # "sigmoid": sigmoid scores plus a per-expert bias for the choice
+    moe_groups: int = 1  # n_group: experts split into groups, the choice limited to the best groups
+    moe_topk_groups: int = 1  # topk_group: groups a token's experts may come from
+    routed_scaling_factor: float = 1.0  # the k routing weights multiplied by it (DeepSeek-V3: 2.5)
+    # Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, section 2.1); kv_lora_rank None: off
+    q_lora_rank: int | None = None  # rank of the query compression (None: a plain q_proj)
+    kv_lora_rank: int | None = None  # d_c: width of the cached joint key-value latent c_kv
+    qk_nope_head_dim: int | None = None  # d_h: per-head query/key width without positions
+    qk_rope_head_dim: int | None = None  # d_h^R: per-head rotary width (the decoupled key, shared)
+    v_head_dim: int | None = None  # per-head value width
     # Gemma 2 / 3, gpt-oss, Llama 4
-    qk_norm: str | None = None  # norm on each q and k head after the projections: "head" (RMSNorm
-    #   over head_dim, a weight of head_dim each: Gemma 3, Qwen3), "l2" (the same without a weight,
-    #   on the rotary layers only: Llama 4 use_qk_norm)
-    embedding_multiplier: float | None = None  # embeddings scaled by it (Gemma: sqrt(hidden_size))
+    attention_chunk_size: int | None = None  # Llama 4: a chunked layer attends within its chunk
     sandwich_norms: bool = False  # a norm on each sublayer's output too, before the residual add (Gemma 2/3)
     attn_logit_softcapping: float | None = None  # scores -> tanh(scores / c) * c (Gemma 2)
     final_logit_softcapping: float | None = None  # logits -> tanh(logits / c) * c (Gemma 2)
@@ -117,6 +171,8 @@ class ModelSpec:
             raise SpecError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                 f"({self.num_kv_heads}); allowed num_kv_heads: divisors of {self.num_heads}")
+        if self.head_dim is None and self.kv_lora_rank is not None and self.qk_nope_head_dim and self.qk_rope_head_dim:
+            object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)  # MLA: q . k width
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise SpecError(
@@ -130,11 +186,41 @@ class ModelSpec:
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
+        self._check_mla()
         self._check_moe()
         self._check_layer_types()
         self._check_variants()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        self._check_block()
+
+    def _check_block(self) -> None:
+        """The block variants: q/k norm, partial rotary, parallel block, OPT's embedding, scales."""
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.rotary_dim is not None:
+            require_positive_int("rotary_dim", self.rotary_dim)
+            if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
+                                f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
+        if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
+            raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
+        if self.norm_position == "output" and self.arch != "decoder":
+            raise SpecError(f"norm_position 'output' is for decoders, got arch {self.arch!r}")
+        if self.parallel_block and (self.norm_position != "pre" or self.arch != "decoder"):
+            raise SpecError("parallel_block is for pre-norm decoders; got norm_position "
+                            f"{self.norm_position!r}, arch {self.arch!r}")
+        if self.word_embed_proj_dim is not None:
+            require_positive_int("word_embed_proj_dim", self.word_embed_proj_dim)
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) or self.position_offset < 0:
+            raise SpecError(f"position_offset must be a non-negative integer, got {self.position_offset!r}")
+        if self.position_offset and self.position_kind != "learned":
+            raise SpecError(f"position_offset is for position_kind 'learned', got {self.position_kind!r}")
+        for f in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scale"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not -float("inf") < v < float("inf")):
+                raise SpecError(f"{f} must be a finite number or None, got {v!r}")
 
     def _check_arch(self) -> None:
         require_choice("arch", self.arch, ARCHS)
@@ -154,6 +240,34 @@ class ModelSpec:
                             f"{self.relative_attention_buckets} buckets")
         if self.type_vocab_size < 0:
             raise SpecError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+
+    def _check_mla(self) -> None:
+        """Multi-head latent attention: all its widths or none (q_lora_rank may stay None)."""
+        widths = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [f for f in (*widths, "q_lora_rank") if getattr(self, f) is not None]
+            if given:
+                raise SpecError(f"{', '.join(given)} need kv_lora_rank (multi-head latent attention); "
+                                "allowed: kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim together")
+            return
+        for f in widths:
+            require_positive_int(f, getattr(self, f))
+        if self.q_lora_rank is not None:
+            require_positive_int("q_lora_rank", self.q_lora_rank)
+        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise SpecError(f"multi-head latent attention: head_dim ({self.head_dim}) must be qk_nope_head_dim "
+                            f"+ qk_rope_head_dim ({self.qk_nope_head_dim + self.qk_rope_head_dim}), or None")
+        if self.num_kv_heads != self.num_heads:
+            raise SpecError(f"multi-head latent attention: num_kv_heads ({self.num_kv_heads}) must equal "
+                            f"num_heads ({self.num_heads}); every head expands its keys from the latent")
+        if self.norm_kind != "rmsnorm":
+            raise SpecError(f"multi-head latent attention normalises its latents with RMSNorm; got norm_kind "
+                            f"{self.norm_kind!r}, allowed: 'rmsnorm'")
+        if self.position_kind != "rotary" or self.qk_rope_head_dim % 2:
+            raise SpecError("multi-head latent attention needs position_kind 'rotary' and an even qk_rope_head_dim, "
+                            f"got {self.position_kind!r} and {self.qk_rope_head_dim}")
+        if self.arch != "decoder":
+            raise SpecError(f"multi-head latent attention is for arch 'decoder', got arch {self.arch!r}")
 
     def _check_moe(self) -> None:
         for f in ("num_experts", "experts_per_token", "num_shared_experts"):
@@ -178,19 +292,50 @@ class ModelSpec:
         require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
+        require_choice("moe_scoring", self.moe_scoring, MOE_SCORINGS)
+        require_positive_int("moe_groups", self.moe_groups)
+        require_positive_int("moe_topk_groups", self.moe_topk_groups)
+        if self.num_experts % self.moe_groups or not self.moe_topk_groups <= self.moe_groups:
+            raise SpecError(f"moe_groups ({self.moe_groups}) must divide num_experts ({self.num_experts}) and "
+                            f"moe_topk_groups ({self.moe_topk_groups}) be at most moe_groups")
+        if self.moe_groups > 1 and self.experts_per_token > self.moe_topk_groups * (self.num_experts // self.moe_groups):
+            raise SpecError(f"experts_per_token ({self.experts_per_token}) exceeds the experts of the "
+                            f"{self.moe_topk_groups} groups a token may use")
+        f = self.routed_scaling_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise SpecError(f"routed_scaling_factor must be a positive number, got {f!r}")
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3) instead of q, k, v projections."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Elements one layer caches per position: keys and values, 2 * num_kv_heads * head_dim;
+        with latent attention the latent and the shared rotary key, kv_lora_rank + qk_rope_head_dim."""
+        if self.mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_size
+
+    def _default_layer_types(self) -> tuple[str, ...]:
+        return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
+
+    def _default_mlp_layer_types(self) -> tuple[str, ...]:
+        return (MLP_LAYER_TYPES[1 if self.num_experts else 0],) * self.num_layers
 
     def _check_layer_types(self) -> None:
+        w = self.sliding_window
         for f in ("sliding_window", "attention_chunk_size"):
             if getattr(self, f) is not None:
                 require_positive_int(f, getattr(self, f))
                 if self.arch != "decoder":
                     raise SpecError(f"{f} is for arch 'decoder', got arch {self.arch!r}")
-        for f, allowed, default in (
-                ("layer_types", ATTENTION_TYPES, ATTENTION_TYPES[1 if self.sliding_window is not None else 0]),
-                ("mlp_layer_types", MLP_LAYER_TYPES, MLP_LAYER_TYPES[1 if self.num_experts else 0])):
+        for f, allowed, default in (("layer_types", ATTENTION_TYPES, self._default_layer_types),
+                                    ("mlp_layer_types", MLP_LAYER_TYPES, self._default_mlp_layer_types)):
             v = getattr(self, f)
             if v is None:
-                v = (default,) * self.num_layers
+                v = default()
             elif isinstance(v, str) or not isinstance(v, (list, tuple)):
                 raise SpecError(f"{f} must be a list of {', '.join(allowed)} (one per layer), got {v!r}")
             v = tuple(v)
@@ -201,20 +346,50 @@ class ModelSpec:
                 if t not in allowed:
                     raise SpecError(f"{f} entry {t!r} is not supported; allowed: {', '.join(allowed)}")
             object.__setattr__(self, f, v)
-        for kind, size in (("sliding_attention", "sliding_window"), ("chunked_attention", "attention_chunk_size")):
-            if kind in self.layer_types and getattr(self, size) is None:
-                raise SpecError(f"layer_types has {kind!r} layers but {size} is None; "
-                                f"allowed: a positive {size}, or no {kind!r} layers")
+        if w is None and "sliding_attention" in self.layer_types:
+            raise SpecError("layer_types has 'sliding_attention' layers but sliding_window is None; "
+                            "allowed: a positive sliding_window, or only 'full_attention' layers")
+        if self.attention_chunk_size is None and "chunked_attention" in self.layer_types:
+            raise SpecError("layer_types has 'chunked_attention' layers but attention_chunk_size is None; "
+                            "allowed: a positive attention_chunk_size, or no 'chunked_attention' layers")
+        if ("sliding_attention" in self.layer_types and "chunked_attention" in self.layer_types
+                and self.sliding_window != self.attention_chunk_size):
+            raise SpecError(f"layer_types has sliding layers (window {w}) and chunked ones (chunk "
+                            f"{self.attention_chunk_size}); allowed: one window size for both")
         if not self.num_experts and "moe" in self.mlp_layer_types:
             raise SpecError("mlp_layer_types has 'moe' layers but num_experts is 0; "
                             "allowed: num_experts > 0, or only 'dense' layers")
 
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """The decoder layers as runs of identical ones (attention kind, MLP kind, rotary or not), in order."""
+        groups: list[LayerGroup] = []
+        for i, kind in enumerate(zip(self.layer_types, self.mlp_layer_types)):
+            kind = (*kind, i not in self.no_rope_layers)
+            g = groups[-1] if groups else None
+            if g is not None and (g.attention, g.mlp, g.rope) == kind:
+                groups[-1] = replace(g, count=g.count + 1)
+            else:
+                groups.append(LayerGroup(i, 1, *kind))
+        return tuple(groups)
+
+    @property
+    def attention_window(self) -> int | None:
+        """The window of the sliding and chunked layers (one size: ModelSpec refuses two), None if
+        every layer attends over all positions."""
+        windows = {self.window_of(g) for g in self.layer_groups()} - {None}
+        return windows.pop() if windows else None
+
+    def window_of(self, group: LayerGroup) -> int | None:
+        """Keys a layer of ``group`` may attend to: sliding_window on a sliding layer,
+        attention_chunk_size on a chunked one (transformers caches it as a sliding window of the
+        chunk size: a decode step sees min(context, chunk) keys), else None."""
+        return {"sliding_attention": self.sliding_window,
+                "chunked_attention": self.attention_chunk_size}.get(group.attention)
+
     def _check_variants(self) -> None:
         """Gemma 2 / 3, gpt-oss and Llama 4's fields."""
-        if self.qk_norm is not None:
-            require_choice("qk_norm", self.qk_norm, QK_NORMS)
         require_choice("router_scoring", self.router_scoring, ROUTER_SCORINGS)
-        for f in ("embedding_multiplier", "attn_logit_softcapping", "final_logit_softcapping",
+        for f in ("attn_logit_softcapping", "final_logit_softcapping",
                   "query_pre_attn_scalar", "swiglu_limit"):
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
@@ -259,12 +434,56 @@ class ModelSpec:
     def num_mlp_matrices(self) -> int:
         return 3 if self.mlp_kind == "gated" else 2
 
-    def norm_params(self) -> int:
-        """Parameters of one norm: scale (and shift for LayerNorm)."""
-        return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the token embedding (and the tied LM head's input): word_embed_proj_dim or hidden."""
+        return self.hidden_size if self.word_embed_proj_dim is None else self.word_embed_proj_dim
+
+    @property
+    def rotated_dim(self) -> int:
+        """Dims of each q and k head that rotary positions rotate: rotary_dim, or all of head_dim."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def block_norms(self) -> int:
+        """Norms in one block: 2 (attention, MLP), or parallel_block_norms in a parallel block; 2
+        more on the sublayers' outputs with sandwich_norms (Gemma 2/3)."""
+        return (self.parallel_block_norms if self.parallel_block else 2) + (2 if self.sandwich_norms else 0)
+
+    def norm_params(self, width: int | None = None) -> int:
+        """Parameters of one norm over ``width`` (default hidden_size): scale (and shift for LayerNorm)."""
+        width = self.hidden_size if width is None else width
+        return 2 * width if self.norm_kind == "layernorm" and self.norm_bias else width
+
+    def qk_norm_params(self) -> int:
+        """Weights of the q and k norms: per head dim ("head"), per q and kv element ("per_head",
+        "full"); "l2" has none."""
+        if self.qk_norm in (None, "l2"):
+            return 0
+        if self.qk_norm == "head":
+            return 2 * self.norm_params(self.head_dim)
+        return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
+
+    def mla_params(self) -> int:
+        """Latent attention (HF DeepseekV3Attention): q_a_proj [h, r_q], its RMSNorm, q_b_proj
+        [r_q, H * (d_nope + d_rope)] (or q_proj [h, H * (d_nope + d_rope)] without r_q), kv_a_proj
+        [h, r_kv + d_rope], its RMSNorm over r_kv, kv_b_proj [r_kv, H * (d_nope + d_v)], o_proj
+        [H * d_v, h]; biases (attention_bias) on q_a_proj and kv_a_proj, on o_proj (attention_out_bias)."""
+        h, heads, r_q, r_kv = self.hidden_size, self.num_heads, self.q_lora_rank, self.kv_lora_rank
+        q_out = heads * self.head_dim
+        q = h * q_out if r_q is None else h * r_q + r_q + r_q * q_out
+        kv = h * (r_kv + self.qk_rope_head_dim) + r_kv + r_kv * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        attn = q + kv + heads * self.v_head_dim * h
+        if self.attention_bias:
+            attn += (r_q or 0) + r_kv + self.qk_rope_head_dim
+        if self.attention_out_bias:
+            attn += h
+        return attn
 
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases."""
+        """q, k, v and output projections with their biases (latent attention: :meth:`mla_params`)."""
+        if self.mla:
+            return self.mla_params()
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
@@ -274,10 +493,9 @@ class ModelSpec:
         return attn
 
     def attention_extra_params(self) -> int:
-        """Self-attention's parameters besides the projections: the q and k norms' weights ("head":
-        head_dim each; "l2" has none), gpt-oss's sinks (one logit per query head)."""
-        qk = 2 * self.head_dim if self.qk_norm == "head" else 0
-        return qk + (self.num_heads if self.attn_sinks else 0)
+        """Self-attention's parameters besides the projections: the q and k norms' weights
+        (:meth:`qk_norm_params`), gpt-oss's sinks (one logit per query head)."""
+        return self.qk_norm_params() + (self.num_heads if self.attn_sinks else 0)
 
     def expert_params(self, inter: int | None = None) -> int:
         """One routed expert's matrices of width ``inter`` (default moe_intermediate_size), with
@@ -305,19 +523,21 @@ class ModelSpec:
             mlp = self.num_mlp_matrices * h * inter
             if self.mlp_bias:
                 mlp += (self.num_mlp_matrices - 1) * inter + h
-        return attn + mlp + (4 if self.sandwich_norms else 2) * self.norm_params()
+        return attn + mlp + self.block_norms * self.norm_params()
 
     def embedding_params(self) -> int:
-        """Token embedding, learned positions, token types (BERT) and the embedding norm (BERT)."""
-        h = self.hidden_size
-        pos = self.max_position_embeddings * h if self.position_kind == "learned" else 0
+        """Token embedding, learned positions (OPT: with its offset rows), token types (BERT), the
+        embedding norm (BERT) and OPT's projection of the embedding to hidden_size."""
+        h, e = self.hidden_size, self.embedding_dim
+        pos = (self.max_position_embeddings + self.position_offset) * h if self.position_kind == "learned" else 0
         norm = self.norm_params() if self.embedding_norm else 0
-        return self.vocab_size * h + pos + self.type_vocab_size * h + norm
+        project_in = e * h if e != h else 0
+        return self.vocab_size * e + pos + self.type_vocab_size * h + norm + project_in
 
     def stack_params(self) -> int:
         """Per stack, outside its blocks: T5's relative position bias and the final norm (pre-norm)."""
         bias = self.relative_attention_buckets * self.num_heads
-        return bias + (self.norm_params() if self.norm_position == "pre" else 0)
+        return bias + (self.norm_params() if self.norm_position != "post" else 0)
 
     def head_params(self) -> int:
         """Parameters after the last block not shared with the embedding: the LM head (0 when
@@ -325,14 +545,20 @@ class ModelSpec:
         h, v = self.hidden_size, self.vocab_size
         untied = 0 if self.tie_word_embeddings else v * h
         if self.arch != "encoder":
-            return untied
+            return self.lm_head_params() + self.head_extra_params()
         pooler = h * h + h if self.pooler else 0
         mlm = h * h + h + self.norm_params() + v + untied if self.mlm_head else 0
         return pooler + mlm
 
     def lm_head_params(self) -> int:
-        """Parameters of the LM head not shared with the embedding (0 when tied)."""
-        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        """Parameters of the LM head's matrix not shared with the embedding (0 when tied)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.embedding_dim
+
+    def head_extra_params(self) -> int:
+        """A decoder's parameters after the last block besides the final norm and the LM head's
+        matrix: OPT's projection back to the embedding width, the LM head's bias (Phi)."""
+        h, e = self.hidden_size, self.embedding_dim
+        return (h * e if e != h else 0) + (self.vocab_size if self.lm_head_bias else 0)
 
     @property
     def num_params(self) -> int:
@@ -341,12 +567,12 @@ class ModelSpec:
         if self.arch == "encoder-decoder":
             return (total + self.num_encoder_layers * self.layer_params() + self.stack_params()
                     + self.num_layers * self.layer_params(cross=True))
-        return total + sum(self.layer_params(mlp=m) for m in self.mlp_layer_types)
+        return total + sum(g.count * self.layer_params(mlp=g.mlp) for g in self.layer_groups())
 
     @property
     def active_params(self) -> int:
-        """Parameters one token is computed with: all but the routed experts it does not use
-        (``moe_all_experts``: those it multiplies by a zero weight count as unused too)."""
+        """Parameters one token is computed with: all but the routed experts it does not use (in
+        each MoE layer; ``moe_all_experts``: those it multiplies by a zero weight count as unused too)."""
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
@@ -361,10 +587,19 @@ class ModelSpec:
             "moe_intermediate_size": self.moe_intermediate_size,
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
+            "moe_layers": self.mlp_layer_types.count("moe"),
+            **({} if self.moe_scoring == "softmax" else {"moe_scoring": self.moe_scoring}),
+            **({} if self.moe_groups == 1 else {"moe_groups": self.moe_groups,
+                                                "moe_topk_groups": self.moe_topk_groups}),
+            **({} if self.routed_scaling_factor == 1.0 else {"routed_scaling_factor": self.routed_scaling_factor}),
         }
         if self.num_experts and self.moe_all_experts:
             moe["moe_all_experts"] = True  # FLOPs: every routed expert on every token (transformers' Llama 4)
-        return {**self._summary(), "active_params": self.active_params, **moe, **self._variants()}
+        mla = {} if not self.mla else {f: getattr(self, f) for f in (
+            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
+        window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
+        return {**self._summary(), "active_params": self.active_params, **moe, **mla, **window,
+                "layer_groups": [g.to_dict() for g in self.layer_groups()], **self._variants()}
 
     def _variants(self) -> dict:
         """The issue-12 fields that differ from their defaults (a plain model shows none of them)."""
@@ -401,6 +636,12 @@ class ModelSpec:
         }
 
     def with_(self, **changes) -> "ModelSpec":
+        """A copy with ``changes``; per-layer types left at their default (uniform) are derived
+        again for the new num_layers / sliding_window / num_experts."""
+        if self.layer_types == self._default_layer_types():
+            changes.setdefault("layer_types", None)
+        if self.mlp_layer_types == self._default_mlp_layer_types():
+            changes.setdefault("mlp_layer_types", None)
         return replace(self, **changes)
 
 
@@ -428,6 +669,8 @@ class Workload:
     top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
     temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
+    mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
+    #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -443,6 +686,7 @@ class Workload:
         kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
+        require_choice("mla", self.mla, MLA_FORMS)
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -521,6 +765,7 @@ class Workload:
             "top_p": self.top_p,
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
+            "mla": self.mla,
         }
 
 

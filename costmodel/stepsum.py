@@ -172,6 +172,25 @@ def _sum_max(ops, pf, pb, n, F, B):
     return flops / F + nbytes / B, steps
 
 
+def split_sum(pg, pf, m, n: int):
+    """g(1) + ... + g(m) + f(m + 1) + ... + f(n), exact: a per-step cost that follows one
+    polynomial (``pg``) up to step m and another (``pf``) after it, e.g. a sliding-window layer
+    whose keys grow with the context until the window is full (m may be an array, 0 <= m <= n)."""
+    return prefix_sum(pg, m) + prefix_sum(pf, n) - prefix_sum(pf, m)
+
+
+def split_sum_max(pg, pf, pbg, pbf, m: int, n: int, flops_per_s: float, bytes_per_s: float):
+    """:func:`sum_max` over steps 1..m of (``pg``, ``pbg``) and m + 1..n of (``pf``, ``pbf``):
+    sum_{i <= m} max(g / F, bg / B) + sum_{m < i <= n} max(f / F, bf / B), and the steps where
+    compute wins. The second run is the whole run of f minus its first m steps."""
+    s1, c1 = sum_max(pg, pbg, m, flops_per_s, bytes_per_s)
+    if m >= n:
+        return s1, c1
+    s2, c2 = sum_max(pf, pbf, n, flops_per_s, bytes_per_s)
+    s3, c3 = sum_max(pf, pbf, m, flops_per_s, bytes_per_s)
+    return s1 + s2 - s3, c1 + c2 - c3
+
+
 def step_curve(p, n: int):
     """f(1), ..., f(n) as a float64 numpy array (numpy imported here only)."""
     import numpy as np

@@ -230,6 +230,11 @@ def check_parallel(spec: ModelSpec, wl: Workload, split: P.Split) -> None:
         raise SpecError(f"the sharded reference decodes greedily (one beam); got strategy {wl.strategy!r}")
     if not wl.kv_cache:
         raise SpecError("the sharded reference decodes with a KV cache; drop --no-kv-cache")
+    variants = [f for f, on in (("qk_norm", spec.qk_norm is not None), ("parallel_block", spec.parallel_block),
+                                ("sliding_window", "sliding_attention" in spec.layer_types)) if on]
+    if variants and split.world > 1:
+        raise SpecError(f"{spec.name} has {variants[0]}; the sharded reference splits blocks without q/k "
+                        "norms, parallel blocks or sliding layers: use tp = pp = 1")
     torch_dtype(wl.act_dtype)
 
 
@@ -335,9 +340,9 @@ class ParallelResult:
         }
 
 
-def _analytic_by_op(cost, sdpa: bool, first_layer: int) -> dict:
-    return {(None if layer is None else layer + first_layer, op): v
-            for (layer, op), v in analytic_matmul(cost, sdpa).items()}
+def _analytic_by_op(cost, sdpa: bool) -> dict:
+    """{(layer, op): matmul FLOPs}; a stage's cost keeps the global layer numbers (``stage_view``)."""
+    return dict(analytic_matmul(cost, sdpa))
 
 
 def _compare(rank: int, phase: str, step, analytic: dict, counted: dict, out: list) -> None:
@@ -352,17 +357,17 @@ def compare_rank(spec, wl, split, rank, sdpa: bool, raw: dict) -> RankResult:
     """Hold one rank's counts against :mod:`costmodel.parallel`, step by step and op by op."""
     rng = P.stage_range(spec.num_layers, split.pp, split.stage_of(rank))
     mism: list[str] = []
-    _compare(rank, "prefill", None, _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa, rng.start),
+    _compare(rank, "prefill", None, _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa),
              raw["counted"][("prefill", 0)], mism)
     dec = defaultdict(int)
     for i in range(1, wl.gen):
         c = raw["counted"][("decode", i)]
         _compare(rank, "decode", i,
-                 _analytic_by_op(P.rank_decode_step_cost(spec, wl, split, rank, i), sdpa, rng.start), c, mism)
+                 _analytic_by_op(P.rank_decode_step_cost(spec, wl, split, rank, i), sdpa), c, mism)
         for k, v in c.items():
             dec[k] += v
-    analytic = {"prefill": _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa, rng.start),
-                "decode": (_analytic_by_op(P.rank_decode_cost(spec, wl, split, rank), sdpa, rng.start)
+    analytic = {"prefill": _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa),
+                "decode": (_analytic_by_op(P.rank_decode_cost(spec, wl, split, rank), sdpa)
                            if wl.gen > 1 else {})}
     counted = {"prefill": raw["counted"][("prefill", 0)], "decode": dict(dec)}
     _compare(rank, "decode total", None, analytic["decode"], counted["decode"], mism)

@@ -177,6 +177,23 @@ class CountResult:
         return sorted(op for op in self.flop_counter_uncounted_ops if is_matmul_like(op))
 
 
+@contextmanager
+def _sliding_caches_kept(model):
+    """Run the body, then restore every :class:`~profiler.layers.SlidingKVCache` of ``model`` as it was
+    (its update appends, so a second run of the same pass would hold more positions)."""
+    from .layers import SlidingKVCache
+
+    saved = [(m, m.k.clone(), m.v.clone(), m.held, m.rows_used) for m in model.modules()
+             if isinstance(m, SlidingKVCache)]
+    try:
+        yield
+    finally:
+        for m, k, v, held, rows in saved:
+            m.k.copy_(k)
+            m.v.copy_(v)
+            m.held, m.rows_used = held, rows
+
+
 class CountingProbe(Probe):
     """Counts every forward pass and every pick of the generation loop, step by step."""
 
@@ -196,7 +213,10 @@ class CountingProbe(Probe):
             self.cross_kv_bytes[name] = self.model_ref.cross_kv_cache_bytes()
 
     def model(self, phase, step, model, fn, *args):
-        fv = fvcore_count(model, fn, *args) if self.fvcore else None  # runs the pass once (same writes)
+        fv = None
+        if self.fvcore:  # tracing runs the pass once: a full cache rewrites the same slots, a sliding
+            with _sliding_caches_kept(model):  # one would append again, so its state is put back
+                fv = fvcore_count(model, fn, *args)
         out, sc = count_call(fn, model, *args)
         if fv is not None:
             sc.fvcore, sc.fvcore_total = fv.fvcore, fv.fvcore_total

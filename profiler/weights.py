@@ -92,6 +92,10 @@ def _llama_names(spec, hf: dict[str, Tensor]):
                 t = g.pop(f"{p}self_attn.{name}_proj.{kind}", None)
                 if t is not None:
                     out[f"{q}attention.{name}_proj.{kind}"] = t
+        for name in ("q_norm", "k_norm"):  # Qwen3, OLMo 2
+            t = g.pop(f"{p}self_attn.{name}.weight", None)
+            if t is not None:
+                out[f"{q}attention.{name}.weight"] = t
         fused = g.pop(p + "mlp.gate_up_proj.weight", None)  # Phi-3
         if fused is not None:
             out[q + "mlp.gate.weight"], out[q + "mlp.up.weight"] = fused.split(spec.intermediate_size, dim=0)

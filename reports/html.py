@@ -87,8 +87,9 @@ def single_phase_rows(phase, num_layers):
     """Per-layer op table of one phase (models whose phases run different blocks: encoders)."""
     c = phase.cost
     rows = [[o.op, "model", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)] for o in c.before]
-    rows += [[o.op, f"each of {num_layers} layers", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)]
-             for o in c.layer]
+    for g, ops in c.groups:
+        scope = f"each of {num_layers} layers" if len(c.groups) == 1 else f"each of {g.describe()}"
+        rows += [[o.op, scope, human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)] for o in ops]
     rows += [[o.op, "model", human_flops(o.flops), human_bytes(o.bytes), _ai(o.flops, o.bytes)] for o in c.after]
     rows.append(["TOTAL", "", human_flops(phase.flops), human_bytes(phase.bytes), _ai(phase.flops, phase.bytes)])
     return rows
@@ -105,8 +106,10 @@ def layer_rows(result):
 
     for p, d in zip(pre.before, dec.before):
         add(p.op, "model", p, d)
-    for p, d in zip(pre.layer, dec.layer):
-        add(p.op, f"each of {result.model.num_layers} layers", p, d)
+    for (g, pops), (_, dops) in zip(pre.groups, dec.groups):
+        scope = f"each of {result.model.num_layers} layers" if len(pre.groups) == 1 else f"each of {g.describe()}"
+        for p, d in zip(pops, dops):
+            add(p.op, scope, p, d)
     for p, d in zip(pre.after, dec.after):
         add(p.op, "model", p, d)
     rows.append(["TOTAL", "", human_flops(result.prefill.flops), human_bytes(result.prefill.bytes),

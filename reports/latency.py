@@ -9,7 +9,9 @@
   and 3, as ``roofline.summed_op_time`` does), and ``sum_i max(flops / F, bytes / B)`` is
   :func:`costmodel.stepsum.sum_max`, the same code that sums one configuration, run element-wise on
   float64 arrays: the same vertex split and binary search for the steps where compute wins, the
-  same prefix sums. The tests check against ``roofline.predict`` to 1e-9.
+  same prefix sums. The tests check against ``roofline.predict`` to 1e-9. With a sliding window
+  the steps split where the window fills (a step that depends on the prompt), so those models are
+  summed one prompt at a time (:func:`costmodel.stepsum.split_sum_max`), vectorized over batch.
 
 The rates (achievable FLOP/s and bandwidth, per-op overhead) are ``roofline.rates(hw, act_dtype)``,
 each op at its kind's rates as in ``roofline.op_time``.
@@ -22,16 +24,15 @@ from dataclasses import replace
 import numpy as np
 
 from costmodel import stepsum
-from costmodel.analysis import decode_step_cost, encode_cost, prefill_cost
+from costmodel.analysis import decode_step_cost, encode_cost, prefill_cost, slides, window_split
 from costmodel.roofline import predict, rates
 
 from .grid import grid_workload, irregular_pairs, phases_of
 
 
 def _ops(cost):
-    """(multiplicity, op) for every op of a pass: block ops count num_layers times."""
-    return ([(1, o) for o in cost.before + cost.after]
-            + [(cost.num_layers, o) for o in cost.layer])
+    """(multiplicity, op) for every op of a pass: block ops count once per block of their group."""
+    return list(cost.weighted())
 
 
 def _f(x):
@@ -80,10 +81,26 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     if "decode" not in phases:
         return out
     j = phases.index("decode")
-    steps = [_ops(decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
-    coeffs = [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes),
-               r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
-              for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
+
+    def coeffs(gw, keys):
+        steps = [_ops(decode_step_cost(spec, gw, i, keys)) for i in (1, 2, 3)]
+        return [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes),
+                 r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
+                for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
+
+    if slides(spec, wl):  # the window fills at a step that depends on the prompt: one prompt at a time
+        for ip in range(P):
+            gp = grid_workload(wl, b, p[:, ip:ip + 1])
+            grow, full = coeffs(gp, "growing"), coeffs(gp, "full")
+            for k, g in enumerate(gens):
+                n = int(g) - 1
+                m = window_split(spec, replace(wl, prompt=int(prompts[ip])), n)
+                dec = 0.0
+                for (mult, pf, pb, F, Bw), (_, qf, qb, _, _) in zip(grow, full):
+                    dec = dec + mult * (stepsum.split_sum_max(pf, qf, pb, qb, m, n, F, Bw)[0] + n * r.op_overhead_s)
+                out[:, ip, k, j] = np.broadcast_to(dec, (B, 1))[:, 0]
+        return out
+    coeffs = coeffs(gw, "actual")
     for k, g in enumerate(gens):
         n = int(g) - 1
         dec = 0.0

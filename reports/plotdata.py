@@ -64,15 +64,13 @@ def term_labels(spec, causal: bool = False) -> dict:
 
 def _op_rows(cost, phase, meta):
     """Per-term FLOPs and bytes by kind of one pass on a grid: rows for every grid point."""
-    L = cost.num_layers
     acc = {t: {"flops": 0, "weights": 0, "activations": 0, "KV cache": 0} for t in TERMS}
-    for mult, ops in ((1, cost.before + cost.after), (L, cost.layer)):
-        for o in ops:
-            a = acc[term_of(o.op, o.kind)]
-            a["flops"] = a["flops"] + mult * o.flops
-            a["weights"] = a["weights"] + mult * o.weight_bytes
-            a["activations"] = a["activations"] + mult * (o.act_read_bytes + o.act_write_bytes)
-            a["KV cache"] = a["KV cache"] + mult * (o.kv_read_bytes + o.kv_write_bytes)
+    for mult, o in cost.weighted():
+        a = acc[term_of(o.op, o.kind)]
+        a["flops"] = a["flops"] + mult * o.flops
+        a["weights"] = a["weights"] + mult * o.weight_bytes
+        a["activations"] = a["activations"] + mult * (o.act_read_bytes + o.act_write_bytes)
+        a["KV cache"] = a["KV cache"] + mult * (o.kv_read_bytes + o.kv_write_bytes)
     shape = np.broadcast(meta["batch"], meta["prompt"]).shape
     frames = []
     for t, vals in acc.items():
@@ -126,6 +124,10 @@ def kv_cache_variants(spec, wl):
     GQA and at lower precision."""
     H, K = spec.num_heads, spec.num_kv_heads
     attn = "MHA" if K == H else ("MQA" if K == 1 else f"GQA {K} kv heads")
+    if spec.mla:  # the latent and the rotary key: no kv-head variants
+        attn = f"MLA latent {spec.kv_lora_rank} + rope {spec.qk_rope_head_dim}"
+        return [(f"as configured: {attn}, {wl.kv_dtype}", spec, wl)] + [
+            (f"{attn}, {dt} cache", spec, replace(wl, kv_dtype=dt)) for dt in ("fp8", "int4") if dt != wl.kv_dtype]
     out = [(f"as configured: {attn}, {wl.kv_dtype}", spec, wl)]
     if K != H:
         out.append((f"without GQA: MHA {H} kv heads, {wl.kv_dtype}", spec.with_(num_kv_heads=H), wl))
@@ -199,7 +201,7 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
     t = predict(spec, wl, hw)
     rows, left_out = [], set()
     for phase in (p for p in (t.encode, t.prefill, t.decode) if p is not None):
-        for o in phase.before + phase.layer + phase.after:
+        for o in (o for _, o in phase.weighted()):
             busy = o.seconds - o.overhead_s
             if o.flops == 0 or o.bytes == 0 or busy <= 0:
                 left_out.add(o.op)

@@ -15,7 +15,9 @@ there is no second copy of the formulas to drift. Where a formula branches on a 
 cross_len:``), the arrays (:class:`GridArray`) insist that the branch is the same at every grid
 point. Gen enters only through the exact decode sum: step costs are polynomials of degree <= 2 in
 the step number, so the decode total over gen - 1 steps is the exact prefix sum of
-:mod:`costmodel.stepsum` from steps 1, 2 and 3 (the same closed form
+:mod:`costmodel.stepsum` from steps 1, 2 and 3 (with a sliding window, two polynomials split at
+the step where the window fills, which depends on the prompt: :func:`~costmodel.stepsum.split_sum`
+with the split an array over the prompts) (the same closed form
 :func:`~costmodel.analysis.decode_cost` uses, applied to phase totals instead of op by op: the sum is
 linear, so the integers are identical).
 
@@ -46,7 +48,8 @@ import numpy as np
 
 from costmodel import stepsum
 from costmodel.analysis import (Phase, activation_peak_bytes, cross_kv_cache_bytes, decode_cost,
-                                decode_step_cost, encode_cost, kv_cache_bytes, prefill_cost, weight_bytes)
+                                decode_step_cost, encode_cost, kv_cache_bytes, prefill_cost, slides,
+                                weight_bytes, window_split)
 from costmodel.dtypes import nbytes
 from costmodel.errors import SpecError
 from costmodel.spec import ModelSpec, Workload
@@ -206,15 +209,22 @@ def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -
 
 
 def _decode_sums(spec, wl, gw, gens, out, j, start, cross, dtype) -> None:
-    """Decode totals over gen - 1 steps into ``out[..., k, j]`` for each gen (k), exactly."""
-    steps = [Phase("decode", 1, decode_step_cost(spec, gw, i)) for i in (1, 2, 3)]
-    step_totals = {c: [getattr(s, c) for s in steps] for c in ("flops", "matmul_flops", "bytes")}
+    """Decode totals over gen - 1 steps into ``out[..., k, j]`` for each gen (k), exactly; with a
+    sliding window, split where it fills (:func:`~costmodel.analysis.window_split`, per prompt)."""
+    grow = [Phase("decode", 1, decode_step_cost(spec, gw, i, "growing")) for i in (1, 2, 3)]
+    split = slides(spec, wl)
+    full = [Phase("decode", 1, decode_step_cost(spec, gw, i, "full")) for i in (1, 2, 3)] if split else []
+    step_totals = {c: [[getattr(s, c) for s in side] for side in (grow, full) if side]
+                   for c in ("flops", "matmul_flops", "bytes")}
     if dtype is np.int64:
-        _check_decode_sums(step_totals, max(gens) - 1)
+        for side in range(2 if split else 1):
+            _check_decode_sums({c: sides[side] for c, sides in step_totals.items()}, max(gens) - 1)
     for k, g in enumerate(gens):
         n = g - 1  # decode steps: the exact closed-form sum over steps 1 .. n
-        for col, (s1, s2, s3) in step_totals.items():
-            out[col][:, :, k, j] = stepsum.prefix_sum(stepsum.newton(s1, s2, s3), n)
+        m = window_split(spec, gw, n)  # per prompt: the steps before the window is full
+        for col, sides in step_totals.items():
+            p = [stepsum.newton(*side) for side in sides]
+            out[col][:, :, k, j] = stepsum.split_sum(p[0], p[1], m, n) if split else stepsum.prefix_sum(p[0], n)
         out["steps"][:, :, k, j] = n
         out["kv_cache_bytes"][:, :, k, j] = kv_cache_bytes(spec, gw, positions=start + n) + cross
     batches, prompts = gw.batch.ravel(), gw.prompt.ravel()

@@ -103,24 +103,44 @@ def _phase_op_rows(result, timing=None):
     def op_time(o):
         return ["-", ""] if o is None else [human_seconds(o.seconds), o.bound]
 
-    def section(attr, scope):
-        layer = 0 if attr == "layer" else None  # every block is alike: layer 0 stands for all
-        by_phase = [{o.op: o for o in getattr(p.cost, attr)} for p in phases]
-        names = _merge_names([[o.op for o in getattr(p.cost, attr)] for p in phases])
+    def section(ops_of, scope, layer=None):
+        """Rows of the ops ``ops_of(cost)`` gives (the same in each phase), timed at ``layer``."""
+        by_phase = [{o.op: o for o in ops_of(p.cost)} for p in phases]
+        names = _merge_names([[o.op for o in ops_of(p.cost)] for p in phases])
         return [timed(cells(n, scope, [(d[n].flops, d[n].bytes) if n in d else None for d in by_phase]),
                       lambda name: op_time(times.get((name, layer, n)))) for n in names]
 
-    def layer_s(name):
-        return sum(o.seconds for o in timing.phases[name].layer)
+    def block_rows(ops_of, count_of, time_ops_of, label, layer):
+        """A block's ops (timed at ``layer``, which stands for every block alike), its total for
+        one block and for ``label`` blocks."""
+        rows = section(ops_of, "each layer", layer)
+        per_layer = [(sum(o.flops for o in ops_of(p.cost)), sum(o.bytes for o in ops_of(p.cost))) for p in phases]
 
-    rows = section("before", "model") + section("layer", "each layer")
-    per_layer = [(sum(o.flops for o in p.cost.layer), sum(o.bytes for o in p.cost.layer)) for p in phases]
-    rows.append(timed(cells("layer total", "each layer", per_layer), lambda name: [human_seconds(layer_s(name)), ""]))
-    label = f"{layer_counts.pop()} layers" if len(layer_counts) == 1 else "all layers"
-    rows.append(timed(cells(label, "all layers", [(p.cost.num_layers * f, p.cost.num_layers * b)
-                                                  for p, (f, b) in zip(phases, per_layer)]),
-                      lambda name: [human_seconds(timing.phases[name].num_layers * layer_s(name)), ""]))
-    rows += section("after", "model")
+        def layer_s(name):
+            return sum(o.seconds for o in time_ops_of(timing.phases[name]))
+
+        rows.append(timed(cells("layer total", "each layer", per_layer),
+                          lambda name: [human_seconds(layer_s(name)), ""]))
+        rows.append(timed(cells(label, "all layers", [(count_of(p.cost) * f, count_of(p.cost) * b)
+                                                      for p, (f, b) in zip(phases, per_layer)]),
+                          lambda name: [human_seconds(count_of(timing.phases[name]) * layer_s(name)), ""]))
+        return rows
+
+    rows = section(lambda c: c.before, "model")
+    if all(len(p.cost.groups) == 1 for p in phases):  # every block alike: layer 0 stands for all
+        label = f"{layer_counts.pop()} layers" if len(layer_counts) == 1 else "all layers"
+        rows += block_rows(lambda c: c.layer, lambda c: c.num_layers, lambda t: t.layer, label, 0)
+    else:  # the decoder phases share their layer groups: one block of rows per group
+        for k, (g, _) in enumerate(phases[0].cost.groups):
+            heading = [g.describe(), ""] + [""] * (3 * len(phases))
+            rows.append(timed(heading, lambda name: ["", ""]))
+
+            def count_of(c, k=k):
+                return c.groups[k][0].count
+
+            rows += block_rows(lambda c, k=k: c.groups[k][1], count_of, lambda t, k=k: t.groups[k][1],
+                               f"{g.count} layers", g.first)
+    rows += section(lambda c: c.after, "model")
     rows.append(timed(cells("TOTAL", "", [(p.flops, p.bytes) for p in phases]),
                       lambda name: [human_seconds(timing.phases[name].seconds), ""]))
     matmul = ["  of which matmul", ""]
@@ -137,6 +157,10 @@ def _header_lines(result) -> list[str]:
     first = (f"{m.name}: {human_count(m.num_params)} parameters ({m.num_params:,}), {layers}, "
              f"hidden {m.hidden_size}, {m.num_heads} heads ({m.num_kv_heads} kv, head_dim {m.head_dim}), "
              f"intermediate {m.intermediate_size} ({m.mlp_kind}), vocab {m.vocab_size}")
+    if len(m.layer_groups()) > 1 or m.sliding_window is not None:
+        first += "; " + "; ".join(g.describe() for g in m.layer_groups())
+        if m.sliding_window is not None:
+            first += f" (window {m.sliding_window})"
     dtypes = f"weights {w.weight_dtype}, activations {w.act_dtype}"
     if m.arch == "encoder":
         return [first, f"workload: batch {w.batch}, input {w.prompt} tokens (one bidirectional encode "
@@ -164,6 +188,10 @@ def _memory_lines(result) -> list[str]:
         positions = decoder_start(m, w) + w.gen - 1
         kv = (f"KV cache {human_bytes(mem.kv_cache_bytes)} ({human_bytes(mem.kv_cache_bytes_per_token)}/token x "
               f"{positions} positions x {seqs} sequences")
+        sliding = m.layer_types.count("sliding_attention")
+        if sliding:
+            kv += (f"; {sliding} of the {m.num_layers} layers slide over {m.sliding_window} positions and "
+                   f"keep at most {m.sliding_window - 1}")
         if mem.cross_kv_cache_bytes:
             kv += (f" for self-attention, {human_bytes(mem.self_kv_cache_bytes)}; cross-attention "
                    f"{human_bytes(mem.cross_kv_cache_bytes)} for the {w.prompt} source positions")
@@ -180,6 +208,8 @@ def _memory_lines(result) -> list[str]:
                      f"expected under uniform routing: {human_bytes(moe['decode_step_expected_expert_weight_bytes'])} "
                      f"of expert weights), prefill reads {moe['prefill_experts_read']}")
         lines.append(line)
+    if result.checkpoint is not None:
+        lines.append(_checkpoint_line(result))
     if sv is not None and sv["flops_ratio"] is not None:
         lines.append(
             f"KV cache saving: decode {human_flops(sv['decode_flops_with_cache'])} with a cache vs "
@@ -187,6 +217,18 @@ def _memory_lines(result) -> list[str]:
             f"without; bytes {human_bytes(sv['decode_bytes_with_cache'])} vs "
             f"{human_bytes(sv['decode_bytes_without_cache'])})")
     return lines
+
+
+def _checkpoint_line(result) -> str:
+    c, w = result.checkpoint, result.workload
+    dtypes = ", ".join(f"{dt} {human_bytes(b)}" for dt, b in sorted(c.bytes_by_dtype.items(), key=lambda kv: -kv[1]))
+    line = (f"checkpoint: {len(c.files)} safetensors file{'s' if len(c.files) != 1 else ''}, {c.num_tensors:,} "
+            f"tensors, {c.num_params:,} elements, {human_bytes(c.weights_bytes)} ({dtypes}); ")
+    if c.quantised:
+        return line + (f"quantised (matrices in {', '.join(c.quantised_dtypes)}): the weight memory above is the checkpoint's "
+                       f"bytes, not the parameter count at {w.weight_dtype}; per-op weight reads still use "
+                       f"{w.weight_dtype}")
+    return line + f"weight memory above is the spec's parameters at {w.weight_dtype}"
 
 
 def _summary(result, timing, markdown=False) -> str:

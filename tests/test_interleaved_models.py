@@ -6,8 +6,9 @@ element-wise ops by hand.
 A prefill's matmul FLOPs do not depend on the sliding / chunked masks (eager attention scores the
 whole q_len x kv_len matrix on every layer), so they are exact here wherever all layers have the
 same MLP; Llama 4's dense and MoE layers differ, and a decode step's keys and the KV cache differ by
-layer kind: those totals need the layer groups (issue 12, groups) and are marked xfail until then;
-the same numbers are checked exactly here layer by layer with ``layer_ops(..., layer=i)``.
+layer kind: those totals come from the layer groups (``ModelSpec.layer_groups``: attention kind,
+MLP kind, NoPE or not); the same numbers are checked exactly here layer by layer with
+``layer_ops(..., layer=i)``.
 """
 
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from costmodel import ModelSpec, Workload, get_model
-from costmodel.analysis import decode_step_cost, kv_cache_bytes, layer_ops, model_ops, prefill_cost
+from costmodel.analysis import decode_cost, decode_step_cost, kv_cache_bytes, layer_ops, model_ops, prefill_cost
 from costmodel.errors import SpecError
 from costmodel.models import spec_from_hf_dict
 
@@ -25,7 +26,6 @@ TYPES = ("gemma2", "gemma3_text", "gpt_oss", "llama4_text")
 UNIFORM = ("gemma2", "gemma3_text", "gpt_oss")  # every layer has the same MLP
 PRESETS = ("gemma-2-9b", "gemma-2-27b", "gemma-3-12b", "gemma-3-27b", "gpt-oss-20b", "gpt-oss-120b",
            "llama-4-scout", "llama-4-maverick")
-NEEDS_GROUPS = pytest.mark.xfail(reason="needs layer groups (issue 12, groups)", strict=True)
 
 
 def fixture(model_type):
@@ -131,7 +131,6 @@ def test_prefill_matmul_flops_layer_by_layer(model_type, logits):
     assert flops == fx["prefill"][f"logits_{logits}"]["flops"]
 
 
-@NEEDS_GROUPS
 @pytest.mark.parametrize("logits", ["all", "last"])
 def test_llama4_prefill_matmul_flops(logits):
     spec, fx = fixture_spec("llama4_text")
@@ -174,7 +173,6 @@ def test_decode_matmul_flops_layer_by_layer(model_type):
         assert layered_flops(spec, wl, fx["batch"], 1, c + 1, 1) == counted, (prompt, c)
 
 
-@NEEDS_GROUPS
 @pytest.mark.parametrize("model_type", TYPES)
 def test_decode_step_matmul_flops(model_type):
     spec, fx = fixture_spec(model_type)
@@ -183,7 +181,6 @@ def test_decode_step_matmul_flops(model_type):
         assert decode_step_cost(spec, wl, c + 1 - prompt).total("matmul_flops") == counted, (prompt, c)
 
 
-@NEEDS_GROUPS
 @pytest.mark.parametrize("model_type", TYPES)
 def test_kv_cache_bytes(model_type):
     spec, fx = fixture_spec(model_type)
@@ -309,7 +306,7 @@ def test_llama4_layers_from_moe_layers_and_no_rope_layers():
      "use_bidirectional_attention true is not supported; allowed: false or null (causal)"),
     ("gemma3_text", {"sliding_window": None},
      "layer_types has 'sliding_attention' layers but sliding_window is None; allowed: a positive "
-     "sliding_window, or no 'sliding_attention' layers"),
+     "sliding_window, or only 'full_attention' layers"),
     ("gpt_oss", {"swiglu_limit": True}, "field 'swiglu_limit' must be a number, got true"),
     ("llama4_text", {"no_rope_layers": [1, 2]},
      "field 'no_rope_layers' must be 2 flags 0 or 1 (1: the layer uses rotary), got [1, 2]"),
@@ -337,7 +334,7 @@ BASE = dict(name="m", num_layers=2, hidden_size=64, num_heads=4, intermediate_si
      "layer_types entry 'local' is not supported; allowed: full_attention, sliding_attention, chunked_attention"),
     ({"mlp_layer_types": ("moe", "dense")},
      "mlp_layer_types has 'moe' layers but num_experts is 0; allowed: num_experts > 0, or only 'dense' layers"),
-    ({"qk_norm": "rms"}, "unknown qk_norm 'rms'; allowed: head, l2"),
+    ({"qk_norm": "rms"}, "unknown qk_norm 'rms'; allowed: full, head, l2, per_head"),
     ({"router_scoring": "sigmoid", "num_experts": 2, "experts_per_token": 1},
      "unknown router_scoring 'sigmoid'; allowed: softmax, topk_sigmoid, topk_softmax"),
     ({"attn_logit_softcapping": 0}, "attn_logit_softcapping must be a positive number or None, got 0"),
@@ -351,3 +348,34 @@ def test_bad_spec_fields_are_refused(fields, message):
     with pytest.raises(SpecError) as e:
         ModelSpec(**{**BASE, **fields})
     assert str(e.value) == message
+
+
+# --- layer groups: chunked and NoPE layers --------------------------------------------------------
+
+def test_layer_groups_split_on_chunked_and_nope_layers():
+    # llama4_text fixture: layers 0-2 chunked (chunk 8), layer 3 full and NoPE; MoE on layers 1 and 3
+    spec, _ = fixture_spec("llama4_text")
+    assert [(g.first, g.count, g.attention, g.mlp, g.rope) for g in spec.layer_groups()] == [
+        (0, 1, "chunked_attention", "dense", True), (1, 1, "chunked_attention", "moe", True),
+        (2, 1, "chunked_attention", "dense", True), (3, 1, "full_attention", "moe", False)]
+    assert spec.layer_groups()[3].describe() == "layer 3: moe, full attention, no rope"
+    assert spec.layer_groups()[3].to_dict() == {"first": 3, "count": 1, "attention": "full_attention",
+                                                "mlp": "moe", "rope": False}
+    assert [spec.window_of(g) for g in spec.layer_groups()] == [8, 8, 8, None]
+    # the same layer kinds with the layer NoPE or not: a group boundary only where rope changes
+    uniform = spec.with_(mlp_layer_types=("moe",) * 4, layer_types=("full_attention",) * 4)
+    assert [(g.first, g.count, g.rope) for g in uniform.layer_groups()] == [(0, 3, True), (3, 1, False)]
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "llama4_text"])
+@pytest.mark.parametrize("prompt,gen", [(3, 9), (7, 4), (12, 3)])
+def test_decode_sum_equals_the_step_loop(model_type, prompt, gen):
+    # windows (gemma2 W 8 sliding, llama4 chunk 8) filling during, at the start of, and before decode
+    spec, _ = fixture_spec(model_type)
+    wl = Workload(batch=2, prompt=prompt, gen=gen)
+    loop = {}
+    for i in range(1, wl.decode_steps + 1):
+        for layer, o in decode_step_cost(spec, wl, i).rows():
+            loop[(layer, o.op)] = tuple(a + b for a, b in zip(loop.get((layer, o.op), (0,) * 7), o.costs()))
+    summed = {(layer, o.op): o.costs() for layer, o in decode_cost(spec, wl).rows()}
+    assert summed == loop

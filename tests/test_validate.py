@@ -11,7 +11,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from costmodel import get_model  # noqa: E402
 from costmodel.analysis import step_cost  # noqa: E402
-from costmodel.cli import main  # noqa: E402
+from reports.cli import main  # noqa: E402
 from profiler import flops as flops_module  # noqa: E402
 from profiler import runner  # noqa: E402
 from profiler import validate as validate_module  # noqa: E402
@@ -155,3 +155,29 @@ def test_unknown_case_is_a_one_line_error():
     assert r.exit_code == 2
     assert r.output.startswith("Error: unknown case 'gpt5'; allowed: gpt2-prefill, ")
     assert r.output.count("\n") == 1
+
+
+# Issue 12's block variants: a case whose analytic side is still on another branch is pending
+# (out of the default matrix) and its comparison an expected failure until that branch is merged.
+_VARIANTS = ["qwen3-qk-norm", "olmo2-qk-norm-full", "neox-parallel", "phi-parallel", "sliding-window",
+             "sliding-window-crossed", "sliding-mixed", "sliding-no-cache", "sliding-beam", "moe-dense-first"]
+
+
+def _variant(name):
+    case = next(c for c in validate_module.ALL_CASES if c.name == name)
+    marks = [pytest.mark.xfail(reason=case.pending, raises=AssertionError, strict=True)] if case.pending else []
+    return pytest.param(case, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_variant(n) for n in _VARIANTS])
+def test_variant_cases_are_exact_on_both_counters(case):
+    res = runner.count(get_model(case.model), case.build_workload(), attention=case.attention, fvcore=True)
+    assert res.uncounted_matmul_ops() == []
+    assert res.mismatches == [], [str(m) for m in res.mismatches[:4]]
+
+
+def test_every_variant_case_is_in_the_default_matrix():
+    # their analytic side has landed: none waits (pending), each runs in the full matrix
+    assert [c.name for c in validate_module.ALL_CASES if c.pending] == []
+    assert set(_VARIANTS) <= {c.name for c, _ in plan(quick=False)}
+    assert [(c.name, a) for c, a in plan(quick=True, names=["sliding-mixed"])] == [("sliding-mixed", "sdpa")]
