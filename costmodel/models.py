@@ -89,6 +89,9 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     # a sigmoid-gated shared expert of 4 x 1408).
     _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, num_experts=8, experts_per_token=2,
            rope_theta=1000000.0),
+    # mistralai/Mixtral-8x22B-v0.1 (v3 tokenizer: vocab 32768), no sliding window
+    _llama("mixtral-8x22b", 56, 6144, 48, 8, 16384, 32768, 65536, num_experts=8, experts_per_token=2,
+           rope_theta=1000000.0),
     _llama("qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192, attention_bias=True,
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
