@@ -45,7 +45,7 @@ def main() -> int:
         return 0
     from click.testing import CliRunner
 
-    from costmodel.cli import main as cli
+    from reports.cli import main as cli
 
     page = os.path.join(args.out, f"report-{args.model}.html")
     shot = os.path.join(args.out, f"report-{args.model}.png")

@@ -82,10 +82,26 @@ def _elementwise(op, flops, elements_read, elements_written, wl: Workload, param
                   act_write_bytes=nbytes(elements_written, wl.act_dtype))
 
 
-def _norm(op, tokens, spec: ModelSpec, wl: Workload) -> OpCost:
-    n = tokens * spec.hidden_size
-    return _elementwise(op, F.norm_flops(tokens, spec.hidden_size, spec.norm_kind), n, n, wl,
-                        params=spec.norm_params())
+def _norm(op, tokens, spec: ModelSpec, wl: Workload, width: int | None = None,
+          params: int | None = None) -> OpCost:
+    """A norm over ``width`` (default hidden_size) on ``tokens`` rows; ``params``: its weights
+    (default one norm of ``width``)."""
+    width = spec.hidden_size if width is None else width
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, spec.norm_kind, spec.norm_bias), n, n, wl,
+                        params=spec.norm_params(width) if params is None else params)
+
+
+def _qk_norms(spec: ModelSpec, wl: Workload, q_tokens, kv_tokens) -> list[OpCost]:
+    """q_norm, k_norm on the projected q [q_tokens, q_size] and k [kv_tokens, kv_size]: per head
+    over head_dim ("head": one weight of head_dim; "per_head": a weight per head, Cohere) or over
+    the whole width ("full", OLMo 2). Norm FLOPs are per element, so the grouping changes none."""
+    if spec.qk_norm == "head":
+        q_params = k_params = spec.norm_params(spec.head_dim)
+    else:
+        q_params, k_params = spec.norm_params(spec.q_size), spec.norm_params(spec.kv_size)
+    return [_norm("q_norm", q_tokens, spec, wl, spec.q_size, q_params),
+            _norm("k_norm", kv_tokens, spec, wl, spec.kv_size, k_params)]
 
 
 def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix: str = "",
@@ -99,6 +115,8 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     ``cached``: new keys and values are written to a cache and attention reads K and V from it (kv
     dtype); otherwise they are read as activations.
     """
+    if spec.mla and not prefix:
+        return mla_attention_ops(spec, wl, batch, q_len, kv_len, cached=cached, causal=causal)
     h, q, kv, d = spec.hidden_size, spec.q_size, spec.kv_size, spec.head_dim
     heads = spec.num_heads
     a, c = wl.act_dtype, wl.kv_dtype
@@ -116,10 +134,13 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         n = F.qkv_elements(t, new, q, kv)  # new == 0: no k, v projected
         params = q + (0 if new_kv_tokens == 0 else 2 * kv)
         ops.append(_elementwise(f"{p}qkv_bias", F.add_flops(n), n, n, wl, params=params))
+    if spec.qk_norm and not p:  # self-attention only
+        ops += _qk_norms(spec, wl, t, new)
     if rotary:
-        n = t * (q + kv)  # q and k rotated
-        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, d), 0,
-                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, d), a),
+        n = t * (q + kv)  # q and k read and written whole; rotated_dim of each head rotated
+        rd = spec.rotated_dim
+        ops.append(OpCost(f"{p}rotary", "elementwise", F.rotary_flops(t, heads + spec.num_kv_heads, rd), 0,
+                          act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, rd), a),
                           act_write_bytes=nbytes(n, a)))
     if cached and new_kv_tokens != 0:
         n = F.kv_elements(new, kv)  # new keys and values copied into the cache
@@ -145,13 +166,131 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
     return ops
 
 
+def _rms_norm(op, tokens, width, spec: ModelSpec, wl: Workload) -> OpCost:
+    """An RMSNorm over ``width`` (not the residual stream's): latent attention's q_a_norm, kv_a_norm."""
+    n = tokens * width
+    return _elementwise(op, F.norm_flops(tokens, width, "rmsnorm"), n, n, wl, params=width)
+
+
+def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, cached: bool = True,
+                      causal: bool = False) -> list[OpCost]:
+    """Multi-head latent attention (DeepSeek-V2/V3; Liu et al. 2024, section 2.1) of ``batch * q_len``
+    queries over ``kv_len`` positions, as HF ``DeepseekV3Attention`` computes it.
+
+    Queries: q_a_proj [h, r_q], q_a_norm, q_b_proj [r_q, H * (d_nope + d_rope)] (q_proj without
+    r_q). Keys and values: kv_a_proj [h, d_c + d_rope] of the new tokens, kv_a_norm on the latent
+    c_kv, rotary on q_rope and the one shared k_rope; the cache holds c_kv and k_rope
+    (:func:`~costmodel.formulas.mla_cache_elements`).
+
+    ``wl.mla`` "transformers" (HF 5.23): kv_b_proj [d_c, H * (d_nope + d_v)] re-expands every
+    attended position's latent in every pass, then attention over d_nope + d_rope with values of d_v.
+    "absorbed" (serving engines, a decode step reading the cache): W^UK is applied to the query
+    (``kv_b_absorb_q``), scores are taken against the cached latent and rotary key (d_c + d_rope),
+    values are the latent (d_c), and W^UV follows per head (``kv_b_absorb_v``); a pass with
+    nothing cached before (prefill, or any pass without a cache) expands as "transformers" does.
+    """
+    h, heads = spec.hidden_size, spec.num_heads
+    r_q, r_kv = spec.q_lora_rank, spec.kv_lora_rank
+    dn, dr, dv = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    dqk = dn + dr
+    a, c = wl.act_dtype, wl.kv_dtype
+    t = batch * q_len  # query tokens (and new latents) in this pass
+    kv_t = batch * kv_len  # latents attended
+    # absorbed: a pass reading positions cached before it (a decode step, q_len 1 < kv_len); decided
+    # without comparing arrays (the sweep's grid passes arrays of prompts as q_len and kv_len)
+    absorbed = (wl.mla == "absorbed" and cached and isinstance(q_len, int)
+                and (not isinstance(kv_len, int) or kv_len > q_len))
+    if r_q is None:
+        ops = [_matmul("q_proj", t, h, heads * dqk, wl)]
+    else:
+        ops = [_matmul("q_a_proj", t, h, r_q, wl), _rms_norm("q_a_norm", t, r_q, spec, wl),
+               _matmul("q_b_proj", t, r_q, heads * dqk, wl)]
+    ops.append(_matmul("kv_a_proj", t, h, r_kv + dr, wl))
+    if spec.attention_bias:  # on q_a_proj (not q_proj) and kv_a_proj
+        n = t * ((r_q or 0) + r_kv + dr)
+        ops.append(_elementwise("qkv_bias", F.add_flops(n), n, n, wl, params=(r_q or 0) + r_kv + dr))
+    ops.append(_rms_norm("kv_a_norm", t, r_kv, spec, wl))
+    n = t * (heads + 1) * dr  # q_rope of every head and the one shared k_rope
+    ops.append(OpCost("rotary", "elementwise", F.rotary_flops(t, heads + 1, dr), 0,
+                      act_read_bytes=nbytes(n + F.rotary_table_elements(q_len, dr), a),
+                      act_write_bytes=nbytes(n, a)))
+    latent = F.mla_cache_elements(kv_t, r_kv, dr)  # c_kv and k_rope of the attended positions
+    if cached:
+        n = F.mla_cache_elements(t, r_kv, dr)
+        ops.append(OpCost("kv_cache_update", "memory", act_read_bytes=nbytes(n, a), kv_write_bytes=nbytes(n, c)))
+
+    def read(elements):  # (kv_read_bytes, act_read_bytes) of latent-cache elements
+        return (nbytes(elements, c), 0) if cached else (0, nbytes(elements, a))
+
+    pairs = F.attention_score_elements(batch, heads, q_len, kv_len, causal)
+    softmax = _elementwise("attn_softmax", F.attention_softmax_flops(batch, heads, q_len, kv_len, causal),
+                           pairs, pairs, wl)
+    if absorbed:
+        q_abs = F.mla_absorbed_query_flops(t, heads, dn, r_kv)
+        kv_read, act_read = read(latent)
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, r_kv + dr, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, r_kv, causal)
+        v_read, v_act_read = read(kv_t * r_kv)
+        out = F.mla_absorbed_output_flops(t, heads, r_kv, dv)
+        ops += [
+            OpCost("kv_b_absorb_q", "matmul", q_abs, q_abs, weight_bytes=nbytes(heads * dn * r_kv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * dn, a), act_write_bytes=nbytes(t * heads * r_kv, a)),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * (r_kv + dr), a) + act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=kv_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs, a) + v_act_read, act_write_bytes=nbytes(t * heads * r_kv, a),
+                   kv_read_bytes=v_read),
+            OpCost("kv_b_absorb_v", "matmul", out, out, weight_bytes=nbytes(heads * r_kv * dv, wl.weight_dtype),
+                   act_read_bytes=nbytes(t * heads * r_kv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    else:
+        expand = F.mla_kv_expand_flops(kv_t, r_kv, heads, dn, dv)
+        kv_read, act_read = read(kv_t * r_kv)
+        rope_read, rope_act_read = read(kv_t * dr)  # k_rope, broadcast to every head's key
+        score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, dqk, causal)
+        value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, dv, causal)
+        ops += [
+            OpCost("kv_b_proj", "matmul", expand, expand, weight_bytes=nbytes(r_kv * heads * (dn + dv), wl.weight_dtype),
+                   act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read),
+            OpCost("attn_scores", "matmul", score_flops, score_flops,
+                   act_read_bytes=nbytes(t * heads * dqk + kv_t * heads * dn, a) + rope_act_read,
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=rope_read),
+            softmax,
+            OpCost("attn_values", "matmul", value_flops, value_flops,
+                   act_read_bytes=nbytes(pairs + kv_t * heads * dv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+        ]
+    ops.append(_matmul("o_proj", t, heads * dv, h, wl))
+    if spec.attention_out_bias:
+        ops.append(_elementwise("o_bias", F.add_flops(t * h), t * h, t * h, wl, params=h))
+    return ops
+
+
 def _sublayer(spec: ModelSpec, wl: Workload, tokens, norm: str, residual: str, body: list[OpCost]):
-    """``body`` with its norm (before it, or after the residual add for post-norm) and residual add."""
+    """``body`` with its norm (before it; after the residual add for post-norm; on its output before
+    the add, ``post_{norm}``, for "output") and residual add (Granite: the output scaled first)."""
     n = tokens * spec.hidden_size
-    add = _elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)
+    add = [_elementwise(residual, F.residual_add_flops(tokens, spec.hidden_size), 2 * n, n, wl)]
+    if spec.residual_multiplier is not None:  # x + m * f(x)
+        add.insert(0, _elementwise(f"{residual}_scale", F.mul_flops(n), n, n, wl))
     if spec.norm_position == "pre":
-        return [_norm(norm, tokens, spec, wl), *body, add]
-    return [*body, add, _norm(norm, tokens, spec, wl)]
+        return [_norm(norm, tokens, spec, wl), *body, *add]
+    if spec.norm_position == "output":
+        return [*body, _norm(f"post_{norm}", tokens, spec, wl), *add]
+    return [*body, *add, _norm(norm, tokens, spec, wl)]
+
+
+def _parallel_block(spec: ModelSpec, wl: Workload, tokens, attention: list[OpCost],
+                    mlp: list[OpCost]) -> list[OpCost]:
+    """x + attn(n1(x)) + mlp(n2(x)): one shared norm (n2 = n1) or two, then one add of both outputs
+    and the residual (GPT-J, GPT-NeoX use_parallel_residual, Falcon parallel_attn, Cohere, Phi)."""
+    n = tokens * spec.hidden_size
+    norms = [_norm("attn_norm", tokens, spec, wl)]
+    if spec.parallel_block_norms == 2:
+        norms.append(_norm("mlp_norm", tokens, spec, wl))
+    add = _elementwise("parallel_residual", F.parallel_residual_flops(tokens, spec.hidden_size), 3 * n, n, wl)
+    return [*norms, *attention, *mlp, add]
 
 
 def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int, *,
@@ -168,15 +307,18 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     """
     t = batch * q_len  # tokens in this pass
     cached = wl.kv_cache and not encoder
-    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention_ops(
+    attention = attention_ops(
         spec, wl, batch, q_len, kv_len, cached=cached, causal=wl.causal and not encoder,
-        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0))
+        rotary=spec.position_kind == "rotary", position_bias=spec.relative_attention_buckets > 0)
+    moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
+    body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
+    if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
+        return _parallel_block(spec, wl, t, attention, body)
+    ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
             spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
-    moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
-    body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
     return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", body)
 
 
@@ -230,13 +372,16 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     """
     h, t, e, k = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token
     a = wl.act_dtype
-    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
-    ops = [
-        _matmul("router", t, h, e, wl),
-        _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
-        OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
-               act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
-    ]
+    if spec.moe_scoring == "sigmoid" or spec.moe_groups > 1 or spec.routed_scaling_factor != 1.0:
+        ops = deepseek_router_ops(spec, wl, t)
+    else:
+        topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize)
+        ops = [
+            _matmul("router", t, h, e, wl),
+            _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl),
+            OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                   act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k),
+        ]
     ops += mlp_ops(spec, wl, t * k, spec.moe_intermediate_size, "expert",
                    weight_copies=experts_touched(spec, t))
     ops.append(_elementwise("expert_combine", F.expert_combine_flops(t, k, h), t * k * (h + 1), t * h, wl))
@@ -254,6 +399,31 @@ def moe_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
     return ops
 
 
+def deepseek_router_ops(spec: ModelSpec, wl: Workload, tokens) -> list[OpCost]:
+    """The router of DeepSeek-V3 (HF ``DeepseekV3TopkRouter``; DeepSeek-V3 report, section 2.1.2)
+    for ``tokens`` tokens: logits [t, E] = x @ W_r; sigmoid scores (softmax with ``moe_scoring``
+    "softmax") and, for the choice only, the per-expert bias added; with ``moe_groups`` > 1 the
+    choice is limited to the ``moe_topk_groups`` best groups; top-k of E; the k weights (the
+    scores without the bias) renormalised (``moe_renormalize``) and scaled by
+    ``routed_scaling_factor``. FLOP conventions of the element-wise steps: see
+    :mod:`costmodel.formulas` (sigmoid 4 per score, a comparison per top-k candidate)."""
+    h, t, e, k, g = spec.hidden_size, tokens, spec.num_experts, spec.experts_per_token, spec.moe_groups
+    a = wl.act_dtype
+    if spec.moe_scoring == "sigmoid":  # scores, and scores + bias (the bias: E values, read once)
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_sigmoid", F.router_sigmoid_flops(t, e), t * e + e, 2 * t * e, wl)]
+    else:
+        ops = [_matmul("router", t, h, e, wl),
+               _elementwise("router_softmax", F.softmax_flops(t * e), t * e, t * e, wl)]
+    if g > 1:  # group scores [t, G], the best groups, the others' experts masked out [t, E]
+        ops.append(_elementwise("router_group_topk", F.router_group_topk_flops(t, e, g), t * e, t * e, wl))
+    scale = F.routed_scaling_flops(t, k) if spec.routed_scaling_factor != 1.0 else 0
+    topk_flops = F.router_topk_flops(t, e, k, spec.moe_renormalize) + scale  # no +=: arrays in a sweep
+    ops.append(OpCost("router_topk", "elementwise", topk_flops, 0, act_read_bytes=nbytes(t * e, a),
+                      act_write_bytes=nbytes(t * k, a) + INDEX_BYTES * t * k))
+    return ops
+
+
 def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_positions: int, *,
               stack: str = "decoder", kv_len: int | None = None) -> tuple[list[OpCost], list[OpCost]]:
     """Ops outside the blocks of one stack: (before the first block, after the last one).
@@ -264,9 +434,14 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     h, t = spec.hidden_size, batch * q_len
     n = t * h
     kv_len = q_len if kv_len is None else kv_len
-    # Embedding lookup: reads one row per token, writes the residual stream.
-    before = [OpCost("embedding", "memory", weight_bytes=nbytes(n, wl.weight_dtype),
-                     act_write_bytes=nbytes(n, wl.act_dtype))]
+    e = spec.embedding_dim
+    # Embedding lookup: reads one row per token, writes the residual stream (OPT: projected to h).
+    before = [OpCost("embedding", "memory", weight_bytes=nbytes(t * e, wl.weight_dtype),
+                     act_write_bytes=nbytes(t * e, wl.act_dtype))]
+    if e != h:
+        before.append(_matmul("embed_proj_in", t, e, h, wl))
+    if spec.embedding_multiplier is not None:  # Granite: x * embedding_multiplier
+        before.append(_elementwise("embedding_scale", F.mul_flops(n), n, n, wl))
     if spec.position_kind == "learned":
         before.append(_elementwise("pos_embedding", F.add_flops(n), n, n, wl, params=q_len * h))
     elif spec.position_kind == "sinusoidal":  # 2017: embedding x sqrt(h), then a fixed table [q_len, h] added
@@ -281,7 +456,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         before.append(OpCost("position_bias", "memory",
                              weight_bytes=nbytes(spec.relative_attention_buckets * spec.num_heads, wl.weight_dtype),
                              act_write_bytes=nbytes(spec.num_heads * q_len * kv_len, wl.act_dtype)))
-    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position == "pre" else []
+    after = [_norm("final_norm", t, spec, wl)] if spec.norm_position != "post" else []
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
             after += [_matmul("pooler", batch, h, h, wl),
@@ -296,9 +471,16 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
                       _elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size)]
         return before, after
     rows = batch * logits_positions
+    if e != h:  # OPT: back to the embedding width, on every position (inside the decoder stack)
+        after.append(_matmul("embed_proj_out", t, h, e, wl))
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
-    after.append(_matmul("lm_head", rows, h, spec.vocab_size, wl))
+    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl))
+    m = rows * spec.vocab_size
+    if spec.lm_head_bias:  # Phi
+        after.append(_elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size))
+    if spec.logits_scale is not None:  # Cohere logit_scale, Granite 1 / logits_scaling
+        after.append(_elementwise("logits_scale", F.mul_flops(m), m, m, wl))
     # Picking the next token: one row of logits per sequence (and beam); see costmodel.sampling.
     after += [OpCost(s.op, "elementwise", s.flops, 0, act_read_bytes=nbytes(s.read_elements, wl.act_dtype),
                      act_write_bytes=nbytes(s.write_elements, wl.act_dtype) + INDEX_BYTES * s.write_indices)
@@ -563,8 +745,9 @@ class Memory:
 
 def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> int:
     """Keys and values of one position: 2 * num_layers * num_kv_heads * head_dim elements (what
-    the cache grows by per position while no sliding layer's window is full)."""
-    return nbytes(2 * spec.num_layers * spec.kv_size, kv_dtype)
+    the cache grows by per position while no sliding layer's window is full; latent attention:
+    num_layers * (kv_lora_rank + qk_rope_head_dim), :attr:`ModelSpec.kv_cache_width`)."""
+    return nbytes(spec.num_layers * spec.kv_cache_width, kv_dtype)
 
 
 def cached_positions(spec: ModelSpec, wl: Workload) -> int:
@@ -592,7 +775,7 @@ def kv_cache_bytes(spec: ModelSpec, wl: Workload, positions: int | None = None,
             continue
         w = spec.window_of(g)
         held = positions if w is None else F.sliding_cache_positions(positions, w)
-        total = total + held * nbytes(2 * count * spec.kv_size, wl.kv_dtype)
+        total = total + held * nbytes(count * spec.kv_cache_width, wl.kv_dtype)
     return wl.batch * wl.beams * total
 
 
@@ -673,6 +856,7 @@ class Analysis:
     decode_alternative: Phase | None  # decode with the other KV-cache choice, to show the saving
     warnings: tuple[str, ...] = ()
     encode: Phase | None = None
+    checkpoint: object = None  # a costmodel.checkpoint.Checkpoint read beside the config, if any
 
     @property
     def phases(self) -> dict[str, Phase]:
@@ -748,6 +932,8 @@ class Analysis:
             d["kv_cache_saving"] = self.kv_cache_saving()
         if self.model.num_experts:
             d["moe"] = self.moe()
+        if self.checkpoint is not None:
+            d["checkpoint"] = self.checkpoint.to_dict()
         if include_ops:
             d["ops"] = list(self.rows())
         return d

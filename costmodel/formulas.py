@@ -11,13 +11,16 @@ Element-wise FLOPs are a convention too (counters report 0 for them); ours, per 
 op                    FLOP  what is counted
 ====================  ===  ==========================================================
 LayerNorm             7    mean (add), centre (sub), square, sum, scale by 1/std, gamma, beta
+LayerNorm, no bias    6    the same without beta (Cohere)
 RMSNorm               4    square, sum, scale by 1/rms, gamma
 softmax (attention)   6    scale by 1/sqrt(d), max, subtract, exp, sum, divide
 softmax (sampling)    5    max, subtract, exp, sum, divide
 GELU (erf or tanh)    8    the tanh form: x^3, two muls, add, tanh, add, two muls
 SiLU                  4    negate, exp, add, divide
+sigmoid               4    negate, exp, add, divide
 ReLU                  1    max(x, 0)
 rotary embedding      3    x * cos + rotate_half(x) * sin
+top-k selection       1    one comparison per candidate (a sort is not modelled)
 add (residual, bias)  1
 mul (gate, scale)     1
 tanh (BERT pooler)    1
@@ -37,6 +40,7 @@ ROTARY_FLOPS_PER_ELEMENT = 3
 ADD_FLOPS_PER_ELEMENT = 1  # residual, bias, position table
 MUL_FLOPS_PER_ELEMENT = 1  # gate * up, a scale
 TANH_FLOPS_PER_ELEMENT = 1
+SIGMOID_FLOPS_PER_ELEMENT = 4
 
 
 def matmul_flops(m: int, k: int, n: int) -> int:
@@ -81,8 +85,11 @@ def attention_value_flops(batch: int, heads: int, q_len: int, kv_len: int, head_
     return attention_score_flops(batch, heads, q_len, kv_len, head_dim, causal)
 
 
-def norm_flops(tokens: int, hidden: int, kind: str) -> int:
-    return NORM_FLOPS_PER_ELEMENT[kind] * tokens * hidden
+def norm_flops(tokens: int, hidden: int, kind: str, bias: bool = True) -> int:
+    """A norm over ``hidden`` on each of ``tokens`` rows; a LayerNorm without its shift (``bias``
+    False) saves one FLOP per element."""
+    no_shift = 1 if kind == "layernorm" and not bias else 0
+    return (NORM_FLOPS_PER_ELEMENT[kind] - no_shift) * tokens * hidden
 
 
 def activation_flops(elements: int, kind: str) -> int:
@@ -115,6 +122,12 @@ def mul_flops(elements: int) -> int:
 def residual_add_flops(tokens: int, hidden: int) -> int:
     """x + f(x) on the residual stream [tokens, hidden]."""
     return add_flops(tokens * hidden)
+
+
+def parallel_residual_flops(tokens: int, hidden: int) -> int:
+    """x + attn + mlp of a parallel block (GPT-J, GPT-NeoX, Falcon, Cohere, Phi): two adds on each
+    element of the residual stream [tokens, hidden]."""
+    return 2 * add_flops(tokens * hidden)
 
 
 def qkv_elements(q_tokens: int, kv_tokens: int, q_size: int, kv_size: int) -> int:
@@ -150,7 +163,8 @@ def sliding_cache_positions(positions, window):
 
 def rotary_table_elements(q_len: int, head_dim: int) -> int:
     """The cos and sin tables [q_len, head_dim], each read twice (for q and for k); RoFormer (Su et
-    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin."""
+    al. 2021), applied as gpt-fast / HF Llama do: x * cos + rotate_half(x) * sin. Partial rotary
+    (GPT-NeoX rotary_pct, Phi partial_rotary_factor): ``head_dim`` is the rotated dims only."""
     return 2 * 2 * q_len * head_dim
 
 
@@ -182,8 +196,56 @@ def shared_expert_combine_flops(tokens: int, hidden: int, gated: bool) -> int:
     return add_flops(tokens * hidden)
 
 
+def routed_scaling_flops(tokens: int, k: int) -> int:
+    """The k routing weights of each token multiplied by routed_scaling_factor (DeepSeek-V3; HF
+    ``DeepseekV3TopkRouter``): one multiply per kept weight."""
+    return mul_flops(tokens * k)
+
+
+def router_sigmoid_flops(tokens: int, experts: int) -> int:
+    """DeepSeek-V3's affinities s = sigmoid(u^T e) and the choice scores s + b (the per-expert
+    bias ``e_score_correction_bias``): 4 + 1 per router logit (DeepSeek-AI 2024, "DeepSeek-V3
+    Technical Report", section 2.1.2: sigmoid affinities, the bias b_i added for the top-k choice only)."""
+    return SIGMOID_FLOPS_PER_ELEMENT * tokens * experts + add_flops(tokens * experts)
+
+
+def router_group_topk_flops(tokens: int, experts: int, groups: int) -> int:
+    """Group-limited routing as HF ``DeepseekV3TopkRouter`` runs it (n_group, topk_group): each
+    group's score is the sum of its 2 best choice scores (a top-2 over each group: one comparison
+    per expert; one add per group), then the best topk_group groups are kept (one comparison per
+    group) and the other groups' experts masked (a select: no FLOPs)."""
+    return tokens * experts + add_flops(tokens * groups) + tokens * groups
+
+
+def mla_kv_expand_flops(kv_tokens: int, kv_lora_rank: int, heads: int, nope_dim: int, v_dim: int) -> int:
+    """kv_b_proj on cached latents: [kv_tokens, d_c] @ [d_c, H * (d_nope + d_v)], the keys' no-position
+    part k^C = W^UK c^KV and the values v^C = W^UV c^KV of every head (Liu et al. 2024, "DeepSeek-V2",
+    section 2.1.2, eqs. 9-11). transformers 5.23 runs it over every attended position, every pass."""
+    return linear_flops(kv_tokens, kv_lora_rank, heads * (nope_dim + v_dim))
+
+
+def mla_absorbed_query_flops(tokens: int, heads: int, nope_dim: int, kv_lora_rank: int) -> int:
+    """W^UK absorbed into the query (DeepSeek-V2, section 2.1.2: "we can absorb W^UK into W^Q"): each
+    head's q_nope [tokens, d_nope] @ W^UK_head [d_nope, d_c], a batched matmul over H heads, so
+    scores are taken against the cached latent directly: 2 * tokens * H * d_nope * d_c."""
+    return 2 * tokens * heads * nope_dim * kv_lora_rank
+
+
+def mla_absorbed_output_flops(tokens: int, heads: int, kv_lora_rank: int, v_dim: int) -> int:
+    """W^UV applied after attention (DeepSeek-V2, section 2.1.2: "W^UV into W^O"): each head's
+    latent output [tokens, d_c] @ W^UV_head [d_c, d_v]: 2 * tokens * H * d_c * d_v."""
+    return 2 * tokens * heads * kv_lora_rank * v_dim
+
+
+def mla_cache_elements(tokens: int, kv_lora_rank: int, rope_dim: int) -> int:
+    """What latent attention caches per position: the latent c^KV (d_c) and the shared rotary key
+    k^R (d_h^R) (DeepSeek-V2, section 2.1.4, table 1: (d_c + d_h^R) * l elements per token over l layers)."""
+    return tokens * (kv_lora_rank + rope_dim)
+
+
 def rotary_flops(tokens: int, heads: int, head_dim: int) -> int:
-    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements."""
+    """Rotary embedding of q or k: 3 FLOPs for each of tokens * heads * head_dim elements
+    (``head_dim``: the rotated dims; the rest of a partially rotated head passes through)."""
     return ROTARY_FLOPS_PER_ELEMENT * tokens * heads * head_dim
 
 

@@ -1,7 +1,8 @@
 """Built-in model presets and the offline reader of Hugging Face ``config.json`` files.
 
-:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), or a path to a
-``config.json`` file or to a folder holding one. No ``transformers`` import: the config is read
+:func:`get_model` is the one entry point: a preset name (``llama-2-7b``), a path to a
+``config.json`` file or to a folder holding one, or a Hugging Face id (``Qwen/Qwen3-8B``) already in
+the local cache (:mod:`costmodel.hub`, never the network). No ``transformers`` import: the config is read
 as JSON and its fields mapped per ``model_type``; unknown fields are ignored. A missing size
 (layers, width, heads, MLP width, vocabulary, experts) is a :class:`SpecError` naming it; any other
 missing field takes the default of transformers' config class for that ``model_type``. A value of
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from . import hub
 from .errors import SpecError, read_json_file
 from .spec import ATTENTION_TYPES, ModelSpec
 
@@ -91,6 +93,40 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,
            shared_expert_intermediate_size=5632, shared_expert_gate=True, moe_renormalize=False,
            rope_theta=1000000.0, norm_eps=1e-6),
+    # Issue 12: the models people deploy today (config.json of each checkpoint; counts in
+    # tests/fixtures/hf/published_params.json). Llama 3.1 / 3.2 (rope_scaling "llama3" changes no count).
+    _llama("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("llama-3.2-3b", 28, 3072, 24, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_word_embeddings=True),
+    _llama("qwen2.5-7b", 28, 3584, 28, 4, 18944, 152064, 131072, attention_bias=True, rope_theta=1000000.0,
+           norm_eps=1e-6),
+    _llama("qwen2.5-72b", 80, 8192, 64, 8, 29568, 152064, 131072, attention_bias=True, rope_theta=1000000.0),
+    # Qwen3: RMSNorm over head_dim on each q and k head; head_dim 128 given (32 heads x 128 = 4096)
+    _llama("qwen3-8b", 36, 4096, 32, 8, 12288, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, 40960, head_dim=128, qk_norm="head",
+           rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("phi-4", 40, 5120, 40, 10, 17920, 100352, 16384, rope_theta=250000.0),  # Phi3ForCausalLM
+    # OLMo 2: RMSNorm over the whole q and k widths; norms on each sublayer's output, x + norm(f(x))
+    _llama("olmo-2-7b", 32, 4096, 32, 32, 11008, 100352, 4096, qk_norm="full", norm_position="output",
+           rope_theta=500000.0, norm_eps=1e-6),
+    # Fine-grained experts without a shared one, q/k norms per head (Qwen3-MoE config.json files):
+    # 128 experts of 768 (1536), top 8, renormalised.
+    _llama("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, head_dim=128, qk_norm="head",
+           num_experts=128, experts_per_token=8, moe_intermediate_size=768, rope_theta=1000000.0, norm_eps=1e-6),
+    _llama("qwen3-235b-a22b", 94, 4096, 64, 4, 12288, 151936, 40960, head_dim=128, qk_norm="head",
+           num_experts=128, experts_per_token=8, moe_intermediate_size=1536, rope_theta=1000000.0, norm_eps=1e-6),
+    # DeepSeek-V3 (its config.json): latent attention (q rank 1536, kv rank 512, 128 + 64 rotary dims,
+    # values 128), layers 0-2 dense (18432), then 256 routed experts of 2048, top 8 of the 4 best of
+    # 8 groups, sigmoid scores, weights x 2.5, one shared expert. The multi-token-prediction layer of
+    # the released checkpoint is not counted (transformers does not build it).
+    _llama("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840, q_lora_rank=1536, kv_lora_rank=512,
+           qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, num_experts=256, experts_per_token=8,
+           moe_intermediate_size=2048, num_shared_experts=1, moe_scoring="sigmoid", moe_groups=8,
+           moe_topk_groups=4, routed_scaling_factor=2.5, mlp_layer_types=("dense",) * 3 + ("moe",) * 58,
+           norm_eps=1e-6),
     # Encoder-only and encoder-decoder models.
     _bert("bert-base", 12, 768, 12),
     _bert("bert-large", 24, 1024, 16),
@@ -132,19 +168,39 @@ def preset_names() -> list[str]:
 
 
 def get_model(name_or_path: str) -> ModelSpec:
-    """A preset by name, or a spec read from a ``config.json`` (file or folder) path."""
+    """A preset by name, a spec read from a ``config.json`` (file or folder) path, or a Hugging Face
+    id ``ORG/NAME[@REVISION]`` found in the local cache (:mod:`costmodel.hub`, offline)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
+    if not os.path.exists(name_or_path) and hub.looks_like_repo_id(name_or_path):
+        return load_hf_config(hub.find_config(name_or_path), name=name_or_path)
     if os.path.exists(name_or_path) or name_or_path.endswith(".json") or os.sep in name_or_path:
         return load_hf_config(name_or_path)
     raise SpecError(f"unknown model {name_or_path!r}; built-in models: {', '.join(PRESETS)} "
-                    "(or give a path to a Hugging Face config.json or its folder)")
+                    "(or give a path to a Hugging Face config.json or its folder, or a Hugging Face id "
+                    "ORG/NAME in the local cache)")
+
+
+def model_folder(name_or_path: str) -> str | None:
+    """The folder a model's files live in (where a checkpoint may sit beside ``config.json``):
+    the folder given, the folder of the config file given, or the cache snapshot of a Hugging Face
+    id; None for a preset."""
+    if name_or_path in PRESETS:
+        return None
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        return os.path.dirname(os.path.abspath(name_or_path))
+    if hub.looks_like_repo_id(name_or_path):
+        return hub.snapshot_folder(name_or_path)
+    return None
 
 
 # --- Hugging Face config.json ------------------------------------------------------------------
 
 HF_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "qwen2_moe", "bert",
-                  "roberta", "t5")
+                  "roberta", "t5", "qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi",
+                  "starcoder2", "qwen3_moe", "deepseek_v3")
 
 _HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -188,6 +244,42 @@ _HF_DEFAULTS: dict[str, dict] = {
                       shared_expert_intermediate_size=5632, norm_topk_prob=False, decoder_sparse_step=1,
                       mlp_only_layers=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
                       layer_types=None),
+    "qwen3": dict(num_key_value_heads=32, head_dim=128, hidden_act="silu", max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                  use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None),
+    "olmo2": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False),
+    "granite": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                    mlp_bias=False, embedding_multiplier=1.0, logits_scaling=1.0, residual_multiplier=1.0,
+                    attention_multiplier=1.0),
+    "cohere": dict(num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=8192,
+                   layer_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0, attention_bias=False,
+                   use_qk_norm=False, logit_scale=0.0625),
+    "falcon": dict(ffn_hidden_size=None, num_kv_heads=None, activation="gelu", max_position_embeddings=2048,
+                   layer_norm_epsilon=1e-5, tie_word_embeddings=True, rope_theta=10000.0, alibi=False,
+                   new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
+                   num_ln_in_parallel_attn=None),
+    "gpt_neox": dict(hidden_act="gelu", max_position_embeddings=2048, layer_norm_eps=1e-5,
+                     tie_word_embeddings=False, use_parallel_residual=True, attention_bias=True,
+                     rotary_pct=0.25, rotary_emb_base=10000.0),
+    "opt": dict(max_position_embeddings=2048, do_layer_norm_before=True, _remove_final_layer_norm=False,
+                word_embed_proj_dim=None, activation_function="relu", enable_bias=True,
+                layer_norm_elementwise_affine=True, tie_word_embeddings=True),
+    "phi": dict(num_key_value_heads=None, head_dim=None, hidden_act="gelu_new", max_position_embeddings=2048,
+                layer_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, qk_layernorm=False,
+                partial_rotary_factor=0.5),
+    "starcoder2": dict(num_key_value_heads=2, head_dim=None, hidden_act="gelu_pytorch_tanh",
+                       max_position_embeddings=4096, norm_epsilon=1e-5, tie_word_embeddings=True,
+                       rope_theta=10000.0, sliding_window=None, use_bias=True, layer_types=None),
+    "qwen3_moe": dict(num_key_value_heads=4, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                      use_sliding_window=False, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=None),
+    "deepseek_v3": dict(hidden_act="silu", max_position_embeddings=4096,
+                        rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False,
+                        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                        v_head_dim=128, n_shared_experts=1, n_group=8, topk_group=4, first_k_dense_replace=3,
+                        norm_topk_prob=True, routed_scaling_factor=2.5),
 }
 # Fields the class declares `int | None` (or a list or None): null there means derived (None above),
 # as transformers reads it; a null anywhere else is refused, as transformers' strict fields refuse it.
@@ -199,17 +291,27 @@ _HF_NULLABLE: dict[str, set] = {
     "phi3": {"num_key_value_heads", "sliding_window", "layer_types"},
     "mixtral": {"head_dim", "sliding_window", "layer_types"},
     "qwen2_moe": {"num_key_value_heads", "mlp_only_layers", "sliding_window", "layer_types"},
+    "qwen3": {"num_key_value_heads", "sliding_window", "layer_types"}, "olmo2": {"num_key_value_heads"},
+    "granite": {"num_key_value_heads"}, "cohere": {"num_key_value_heads", "use_qk_norm"},
+    "falcon": {"ffn_hidden_size", "num_kv_heads", "alibi", "new_decoder_architecture", "multi_query",
+               "parallel_attn", "bias", "num_ln_in_parallel_attn"},
+    "opt": {"word_embed_proj_dim"}, "phi": {"num_key_value_heads"},
+    "starcoder2": {"head_dim", "sliding_window", "layer_types"},
+    "qwen3_moe": {"mlp_only_layers"},
+    "deepseek_v3": {"q_lora_rank"},  # null: a plain q_proj
 }
 
 
-def load_hf_config(path: str) -> ModelSpec:
-    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`."""
+def load_hf_config(path: str, name: str | None = None) -> ModelSpec:
+    """Read a Hugging Face ``config.json`` (or the folder holding it) into a :class:`ModelSpec`,
+    named ``name`` (default: the folder's name, or the file's stem if not ``config.json``)."""
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     cfg = read_json_file(file, "config")
     if not isinstance(cfg, dict):
         raise SpecError(f"malformed config {file!r}: expected a JSON object, got {type(cfg).__name__}")
     folder = os.path.basename(os.path.dirname(os.path.abspath(file)))
-    name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
+    if name is None:
+        name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
     return spec_from_hf_dict(cfg, name=name, source=file)
 
 
@@ -270,7 +372,10 @@ class _HFFields:
         return _float_value(key, v)
 
     def flag(self, key: str) -> bool:
+        """true or false; null as false where the class allows it (``bool | None``, read as ``if``)."""
         v = self.cfg.get(key, self.defaults[key])
+        if v is None and key in self.nullable:
+            return False
         if not isinstance(v, bool):
             raise SpecError(f"field {key!r} must be true or false, got {_shown(v)}")
         return v
@@ -304,9 +409,8 @@ class _HFFields:
             raise SpecError(f"unsupported {key} {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
         return _HF_ACTIVATIONS[act]
 
-    def rope_theta(self) -> float:
-        """transformers 5 keeps it in ``rope_parameters`` (a legacy ``rope_scaling`` dict, when given,
-        takes its place); a top-level ``rope_theta`` fills in when that dict has none."""
+    def _rope_parameters(self) -> tuple[str | None, dict]:
+        """(the key, the dict) of ``rope_scaling`` (legacy, wins when given) or ``rope_parameters``."""
         found, params = None, {}
         for key in ("rope_scaling", "rope_parameters"):
             v = self.cfg.get(key)
@@ -314,9 +418,29 @@ class _HFFields:
                 raise SpecError(f"field {key!r} must be an object or null, got {_shown(v)}")
             if v and not params:
                 found, params = key, v
+        return found, params
+
+    def rope_theta(self, key: str = "rope_theta") -> float:
+        """transformers 5 keeps it in ``rope_parameters`` (a legacy ``rope_scaling`` dict, when given,
+        takes its place); a top-level ``rope_theta`` (GPT-NeoX: ``rotary_emb_base``) fills in when
+        that dict has none."""
+        found, params = self._rope_parameters()
         if "rope_theta" in params:
             return _float_value(f"{found}.rope_theta", params["rope_theta"])
-        return self.number("rope_theta")
+        return self.number(key)
+
+    def partial_rotary_factor(self, key: str = "partial_rotary_factor") -> float:
+        """Fraction of head_dim rotated: the rope dict's ``partial_rotary_factor``, else the top-level
+        field ``key`` (GPT-NeoX: ``rotary_pct``), else the class default; in (0, 1]."""
+        found, params = self._rope_parameters()
+        if "partial_rotary_factor" in params:
+            key, v = f"{found}.partial_rotary_factor", params["partial_rotary_factor"]
+        else:
+            v = self.cfg.get(key, self.defaults[key])
+        factor = _float_value(key, v)
+        if not 0 < factor <= 1:
+            raise SpecError(f"field {key!r} must be in (0, 1], got {_shown(v)}")
+        return factor
 
 
 def _int_value(key: str, v) -> int:
@@ -378,16 +502,26 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                "tie_word_embeddings": f.flag("tie_word_embeddings"),
                "norm_eps": f.number("layer_norm_epsilon")})
 
+    if model_type == "deepseek_v3":
+        return _deepseek_v3(cfg, f, name)
+    if model_type in _OWN_LAYOUT:
+        return _OWN_LAYOUT[model_type](f, name)
+
     heads = f.required_int("num_attention_heads")
     kw = dict(_LLAMA)
     # Biases as each modeling_<type>.py builds its projections.
     if model_type == "qwen2":
         kw["attention_bias"] = True  # q, k, v: bias=True; o_proj: bias=False
-    elif model_type in ("llama", "gemma"):
+    elif model_type in ("llama", "gemma", "qwen3", "olmo2", "granite", "cohere"):
         bias = f.flag("attention_bias")  # one flag for q, k, v and o
         kw.update(attention_bias=bias, attention_out_bias=bias)
-        if model_type == "llama":
+        if model_type in ("llama", "granite"):
             kw["mlp_bias"] = f.flag("mlp_bias")
+    elif model_type == "starcoder2":  # use_bias on q, k, v, o and both MLP matrices; LayerNorm
+        bias = f.flag("use_bias")
+        kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, mlp_kind="plain",
+                  norm_kind="layernorm")
+    kw.update(_llama_like_variant(f, model_type))
     if model_type == "mixtral":
         kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
@@ -399,6 +533,16 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
                   shared_expert_intermediate_size=shared or None, moe_renormalize=f.flag("norm_topk_prob"))
+    elif model_type == "qwen3_moe":
+        if f.flag("use_sliding_window"):
+            raise SpecError("use_sliding_window true is not supported for qwen3_moe; allowed: false")
+        bias = f.flag("attention_bias")  # one flag for q, k, v and o (modeling_qwen3_moe.py)
+        kw.update(attention_bias=bias, attention_out_bias=bias, qk_norm="head",
+                  num_experts=f.required_int("num_experts", "num_local_experts"),
+                  experts_per_token=f.required_int("num_experts_per_tok"),
+                  moe_intermediate_size=f.required_int("moe_intermediate_size"),
+                  moe_renormalize=f.flag("norm_topk_prob"),
+                  mlp_layer_types=_qwen2_moe_mlp_layer_types(f))  # Qwen3MoeDecoderLayer: the same rule
     if model_type in _SLIDING_TYPES:
         kw.update(_sliding_fields(f, f.required_int("num_hidden_layers")))
     act = f.activation("hidden_act")
@@ -410,26 +554,141 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
         intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
         max_position_embeddings=f.optional_int("max_position_embeddings"),
         **{**kw, "activation": act, "tie_word_embeddings": f.flag("tie_word_embeddings")},
-        rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
+        rope_theta=f.rope_theta(), norm_eps=f.number(_NORM_EPS.get(model_type, "rms_norm_eps")))
 
 
-_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe")
+_NORM_EPS = {"cohere": "layer_norm_eps", "starcoder2": "norm_epsilon"}  # the rest: rms_norm_eps
+
+
+def _llama_like_variant(f: _HFFields, model_type: str) -> dict:
+    """ModelSpec fields of the LLaMA-shaped families that differ in a detail of the block."""
+    if model_type == "qwen3":
+        return dict(qk_norm="head")  # Qwen3RMSNorm(head_dim) on each q and k head
+    if model_type == "olmo2":  # RMSNorm over all of q and k; norms on the sublayers' outputs
+        return dict(qk_norm="full", norm_position="output")
+    if model_type == "granite":
+        scaling = f.number("logits_scaling")  # logits / logits_scaling
+        if scaling == 0:
+            raise SpecError("field 'logits_scaling' must be non-zero (the logits are divided by it), got 0")
+        return dict(embedding_multiplier=f.number("embedding_multiplier"),
+                    residual_multiplier=f.number("residual_multiplier"),
+                    attention_multiplier=f.number("attention_multiplier"), logits_scale=1.0 / scaling)
+    if model_type == "cohere":  # one LayerNorm without bias feeds attention and MLP; logits scaled
+        return dict(norm_kind="layernorm", norm_bias=False, parallel_block=True,
+                    qk_norm="per_head" if f.flag("use_qk_norm") else None, logits_scale=f.number("logit_scale"))
+    return {}
+
+
+def _falcon_spec(f: _HFFields, name: str) -> ModelSpec:
+    """FalconForCausalLM: fused query_key_value (multi_query: one K/V head), a plain MLP, LayerNorm,
+    attention and MLP in parallel from one norm (parallel_attn), ``bias`` on every linear."""
+    for key in ("alibi", "new_decoder_architecture"):
+        if f.flag(key):
+            why = ("ALiBi position bias" if key == "alibi" else
+                   "GQA projections with keys and values broadcast to every head in the cache")
+            raise SpecError(f"falcon {key}: true ({why}) is not supported; allowed: false")
+    if f.optional_int("num_ln_in_parallel_attn") not in (None, 1):
+        raise SpecError("falcon num_ln_in_parallel_attn is for new_decoder_architecture; allowed: null or 1")
+    hidden = f.required_int("hidden_size", "n_embed")  # FalconConfig: a given n_embed wins
+    heads = f.required_int("num_attention_heads")
+    ffn = f.optional_int("ffn_hidden_size")
+    bias = f.flag("bias")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden, num_heads=heads,
+        num_kv_heads=1 if f.flag("multi_query") else heads,  # otherwise 3 * hidden: MHA
+        intermediate_size=4 * hidden if ffn is None else ffn, vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("activation"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=bias, parallel_block=f.flag("parallel_attn"),
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta(),
+        norm_eps=f.number("layer_norm_epsilon"))
+
+
+def _gpt_neox_spec(f: _HFFields, name: str) -> ModelSpec:
+    """GPTNeoXForCausalLM (Pythia): fused qkv with attention_bias, plain MLP with biases, LayerNorm,
+    rotary on rotary_pct of each head, parallel residual from two norms (use_parallel_residual)."""
+    hidden, heads = f.required_int("hidden_size"), f.required_int("num_attention_heads")
+    if hidden % heads:
+        raise SpecError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({heads})")
+    bias = f.flag("attention_bias")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden, num_heads=heads,
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("hidden_act"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=True,
+        rotary_dim=_rotary_dim(hidden // heads, f.partial_rotary_factor("rotary_pct")),
+        parallel_block=f.flag("use_parallel_residual"), parallel_block_norms=2,
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta("rotary_emb_base"),
+        norm_eps=f.number("layer_norm_eps"))
+
+
+def _opt_spec(f: _HFFields, name: str) -> ModelSpec:
+    """OPTForCausalLM: learned positions with 2 offset rows, LayerNorm before (or, 350m, after) each
+    sublayer, plain MLP, enable_bias on every linear, embeddings of word_embed_proj_dim projected
+    in and out when it is not hidden_size, tied LM head."""
+    if not f.flag("layer_norm_elementwise_affine"):
+        raise SpecError("opt layer_norm_elementwise_affine: false (LayerNorms without weights) is not "
+                        "supported; allowed: true")
+    pre = f.flag("do_layer_norm_before")
+    if pre and f.flag("_remove_final_layer_norm"):
+        raise SpecError("opt _remove_final_layer_norm: true (no final LayerNorm) is not supported; allowed: false")
+    hidden = f.required_int("hidden_size")
+    bias, proj = f.flag("enable_bias"), f.optional_int("word_embed_proj_dim")
+    return ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=hidden,
+        num_heads=f.required_int("num_attention_heads"), intermediate_size=f.required_int("ffn_dim"),
+        vocab_size=f.required_int("vocab_size"), max_position_embeddings=f.optional_int("max_position_embeddings"),
+        family="gpt2", mlp_kind="plain", activation=f.activation("activation_function"), norm_kind="layernorm",
+        position_kind="learned", position_offset=2, norm_position="pre" if pre else "post",
+        attention_bias=bias, attention_out_bias=bias, mlp_bias=bias,
+        word_embed_proj_dim=None if proj in (None, hidden) else proj,  # null: hidden_size
+        tie_word_embeddings=f.flag("tie_word_embeddings"))
+
+
+def _phi_spec(f: _HFFields, name: str) -> ModelSpec:
+    """PhiForCausalLM (Phi-1/2): biased q, k, v, dense, plain MLP with biases, LayerNorm shared by
+    attention and MLP in parallel, partial rotary, optional per-head q/k LayerNorm, LM head bias."""
+    heads = f.required_int("num_attention_heads")
+    spec = ModelSpec(
+        name=name, num_layers=f.required_int("num_hidden_layers"), hidden_size=f.required_int("hidden_size"),
+        num_heads=heads, num_kv_heads=f.optional_int("num_key_value_heads"), head_dim=f.optional_int("head_dim"),
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"), family="llama", mlp_kind="plain",
+        activation=f.activation("hidden_act"), norm_kind="layernorm", position_kind="rotary",
+        attention_bias=True, attention_out_bias=True, mlp_bias=True, lm_head_bias=True, parallel_block=True,
+        qk_norm="head" if f.flag("qk_layernorm") else None,
+        tie_word_embeddings=f.flag("tie_word_embeddings"), rope_theta=f.rope_theta(),
+        norm_eps=f.number("layer_norm_eps"))
+    return spec.with_(rotary_dim=_rotary_dim(spec.head_dim, f.partial_rotary_factor()))
+
+
+def _rotary_dim(head_dim: int, factor: float) -> int | None:
+    """Dims rotated, ``int(head_dim * factor)`` as the modeling code takes them; None: all of them."""
+    dims = int(head_dim * factor)
+    return None if dims == head_dim else dims
+
+
+_OWN_LAYOUT = {"falcon": _falcon_spec, "gpt_neox": _gpt_neox_spec, "opt": _opt_spec, "phi": _phi_spec}
+
+
+_SLIDING_TYPES = ("mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3", "starcoder2")
 
 
 def _sliding_fields(f: _HFFields, layers: int) -> dict:
     """``sliding_window`` and ``layer_types`` as transformers 5.23's config classes derive them.
 
-    Mistral, Mixtral, Phi-3: every layer slides when ``sliding_window`` is set (the cache,
-    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2: the window only
+    Mistral, Mixtral, Phi-3, StarCoder2: every layer slides when ``sliding_window`` is set (the cache,
+    ``get_layer_types_and_kwargs``, reads each layer's sliding_window). Qwen2, Qwen3: the window only
     with ``use_sliding_window``, on layers i >= ``max_window_layers``. Qwen2-MoE: with
     ``use_sliding_window``, on the even layers i < ``max_window_layers`` (``bool((i + 1) % 2)``).
     An explicit ``layer_types`` wins, as the cache reads it. A window of no layer is dropped."""
     t = f.model_type
     window = f.optional_int("sliding_window")
-    if t in ("qwen2", "qwen2_moe"):
+    if t in ("qwen2", "qwen2_moe", "qwen3"):
         use, first = f.flag("use_sliding_window"), f.optional_int("max_window_layers")
         window = window if use else None  # Qwen2MoeConfig sets 0: no layer may slide then
-        if t == "qwen2":
+        if t != "qwen2_moe":
             derived = ["sliding_attention" if window is not None and i >= first else "full_attention"
                        for i in range(layers)]
         else:
@@ -457,19 +716,47 @@ def _sliding_fields(f: _HFFields, layers: int) -> dict:
 
 def _qwen2_moe_mlp_layer_types(f: _HFFields) -> tuple:
     """Qwen2MoeDecoderLayer: a MoE block where i is not in ``mlp_only_layers`` and
-    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``.
-
-    NB: only decoder_sparse_step 1 is read (the derivation below would take any step, but the
-    reader's tests hold the refusal of other steps); mlp_only_layers makes the dense layers."""
+    (i + 1) % ``decoder_sparse_step`` == 0, else a dense MLP of ``intermediate_size``."""
     layers = f.required_int("num_hidden_layers")
     step = f.optional_int("decoder_sparse_step")
-    if step != 1:
-        raise SpecError(f"decoder_sparse_step {step} is not supported; allowed: decoder_sparse_step 1 "
-                        "(give the dense layers as mlp_only_layers)")
+    if step < 1:
+        raise SpecError(f"field 'decoder_sparse_step' must be a positive integer, got {step}")
     dense = set(f.int_list("mlp_only_layers"))
     if any(not 0 <= i < layers for i in dense):
         raise SpecError(f"field 'mlp_only_layers' must hold layer indices 0 to {layers - 1}, got {sorted(dense)}")
     return tuple("moe" if i not in dense and (i + 1) % step == 0 else "dense" for i in range(layers))
+
+
+def _deepseek_v3(cfg: dict, f: _HFFields, name: str) -> ModelSpec:
+    """DeepSeek-V3 (HF ``DeepseekV3ForCausalLM``): latent attention, the first ``first_k_dense_replace``
+    layers dense, then MoE layers of ``n_routed_experts`` with ``n_shared_experts`` shared ones (one
+    MLP of n_shared * moe_intermediate_size), sigmoid routing limited to ``topk_group`` of ``n_group``
+    groups, weights scaled by ``routed_scaling_factor``. The multi-token-prediction layer
+    (``num_nextn_predict_layers``) is not built by transformers and not counted here either."""
+    layers, heads = f.required_int("num_hidden_layers"), f.required_int("num_attention_heads")
+    bias = f.flag("attention_bias")  # q_a_proj, kv_a_proj and o_proj (q_b, kv_b, q_proj: never)
+    routed = f.required_int("n_routed_experts", "num_local_experts")
+    dense = f.optional_int("first_k_dense_replace")
+    shared = f.optional_int("n_shared_experts")
+    return ModelSpec(
+        name=name, num_layers=layers, hidden_size=f.required_int("hidden_size"), num_heads=heads,
+        num_kv_heads=heads,  # every head expands its own keys and values from the latent
+        intermediate_size=f.required_int("intermediate_size"), vocab_size=f.required_int("vocab_size"),
+        max_position_embeddings=f.optional_int("max_position_embeddings"),
+        **{**_LLAMA, "activation": f.activation("hidden_act"), "tie_word_embeddings": f.flag("tie_word_embeddings")},
+        attention_bias=bias, attention_out_bias=bias,
+        q_lora_rank=f.optional_int("q_lora_rank"), kv_lora_rank=f.optional_int("kv_lora_rank"),
+        qk_nope_head_dim=f.optional_int("qk_nope_head_dim"), qk_rope_head_dim=f.optional_int("qk_rope_head_dim"),
+        v_head_dim=f.optional_int("v_head_dim"),
+        num_experts=routed, experts_per_token=f.required_int("num_experts_per_tok"),
+        moe_intermediate_size=f.required_int("moe_intermediate_size"),
+        num_shared_experts=1 if shared else 0,
+        shared_expert_intermediate_size=shared * f.required_int("moe_intermediate_size") if shared else None,
+        moe_renormalize=f.flag("norm_topk_prob"), moe_scoring="sigmoid",
+        moe_groups=f.optional_int("n_group"), moe_topk_groups=f.optional_int("topk_group"),
+        routed_scaling_factor=f.number("routed_scaling_factor"),
+        mlp_layer_types=tuple("dense" if i < dense else "moe" for i in range(layers)),
+        rope_theta=f.rope_theta(), norm_eps=f.number("rms_norm_eps"))
 
 
 def _t5_feed_forward(ff: str) -> tuple[str, str]:

@@ -96,6 +96,7 @@ def timing_parts() -> tuple[tuple[str, str], ...]:
 
 # Before the first block (costmodel.analysis.model_ops)
 register("embedding", "memory")
+register("embed_proj_in", "matmul", modules=("embed_proj_in",))  # OPT: word_embed_proj_dim -> hidden
 register("embedding_scale", "elementwise")  # sinusoidal models: x * sqrt(h)
 register("pos_embedding", "elementwise")
 register("token_type_embedding", "elementwise")
@@ -113,6 +114,9 @@ def _attention(p: str, module: str, timed: tuple[str, str] | None) -> None:
     for name in ("q_proj", "k_proj", "v_proj"):
         register(p + name, "matmul", "projections", "column", (f"{module}.{name}",), proj(name))
     register(p + "qkv_bias", "elementwise", tp="split", timing=timed)  # inside q/k/v_proj's nn.Linear
+    if not p:  # Qwen3 / Cohere / OLMo 2 q and k norms (replicated: OLMo 2's span every head)
+        register("q_norm", "elementwise")
+        register("k_norm", "elementwise")
     if not p:  # cross-attention has neither rotary positions nor a position bias
         register("rotary", "elementwise", tp="split")
     register(p + "kv_cache_update", "memory", tp="split", timing=timed)
@@ -142,6 +146,25 @@ def _ffn(p: str, modules: str, bias: bool = False) -> None:
 # One block (costmodel.analysis.layer_ops); the norms and residual adds of each sublayer
 register("attn_norm", "elementwise")
 _attention("", "attention", None)
+register("post_attn_norm", "elementwise")  # norm_position "output" (OLMo 2): x + norm(attn(x))
+register("attn_residual_scale", "elementwise")  # Granite: x + residual_multiplier * attn(x)
+# Multi-head latent attention (costmodel.analysis.mla_attention_ops; DeepSeek-V2 section 2.1); it
+# reuses q_proj, qkv_bias, rotary, kv_cache_update, attn_scores, attn_softmax, attn_values, o_proj
+# and o_bias. Not timed per op (the reference model has no latent attention).
+# NB: under tensor parallelism its own ops are replicated here, although q_b_proj and kv_b_proj
+# (and the absorbed kv_b matmuls) split by heads in vLLM, q_a_proj and kv_a_proj being replicated;
+# tests/test_ops_registry.py holds every op of every preset to the splits and terms of the
+# classifier the registry replaced (which knew only q/k/v/o as projections: hence term "other").
+# The reused ops split as for any attention, the latent cache's reads and writes included, though
+# every rank holds the whole latent.
+register("q_a_proj", "matmul", modules=("attention.q_a_proj",))
+register("q_a_norm", "elementwise")
+register("q_b_proj", "matmul", modules=("attention.q_b_proj",))
+register("kv_a_proj", "matmul", modules=("attention.kv_a_proj",))
+register("kv_a_norm", "elementwise")
+register("kv_b_proj", "matmul", modules=("attention.kv_b_proj",))
+register("kv_b_absorb_q", "matmul")  # absorbed form: q_nope @ W^UK per head
+register("kv_b_absorb_v", "matmul")  # absorbed form: latent output @ W^UV per head
 register("attn_residual", "elementwise")
 register("cross_attn_norm", "elementwise")
 _attention("cross_", "cross_attention", ("cross_attention", "cross-attention"))
@@ -151,6 +174,8 @@ _ffn("mlp", "mlp", bias=True)
 # Mixture of experts (costmodel.analysis.moe_ops)
 register("router", "matmul", "MLP", modules=("mlp.router",), timing=("mlp", "mlp"))
 register("router_softmax", "elementwise", timing=("mlp", "mlp"))
+register("router_sigmoid", "elementwise", timing=("mlp", "mlp"))  # DeepSeek-V3: sigmoid scores + bias
+register("router_group_topk", "elementwise", timing=("mlp", "mlp"))  # group-limited routing
 register("router_topk", "elementwise", timing=("mlp", "mlp"))
 _ffn("expert", "experts.*")
 register("expert_combine", "elementwise", timing=("mlp", "mlp"))
@@ -158,10 +183,14 @@ _ffn("shared_expert", "mlp.shared_expert")
 # Qwen-MoE's sigmoid gate x @ w[h, 1] (not the shared expert's gate matrix)
 register("shared_expert_score", "matmul", "MLP", modules=("mlp.shared_expert_gate",), timing=("mlp", "mlp"))
 register("shared_expert_combine", "elementwise", timing=("mlp", "mlp"))
+register("post_mlp_norm", "elementwise")
+register("mlp_residual_scale", "elementwise")
 register("mlp_residual", "elementwise")
+register("parallel_residual", "elementwise")  # parallel block: x + attn + mlp, 2 adds per element
 
 # After the last block
 register("final_norm", "elementwise")
+register("embed_proj_out", "matmul", modules=("embed_proj_out",))  # OPT: hidden -> word_embed_proj_dim
 register("pooler", "matmul", modules=("pooler",))  # BERT
 register("pooler_act", "elementwise")
 register("mlm_dense", "matmul", modules=("mlm_dense",))
@@ -170,6 +199,7 @@ register("mlm_norm", "elementwise")
 register("lm_head_scale", "elementwise")  # T5 with tied embeddings
 register("lm_head", "matmul", "LM head", "vocabulary", ("lm_head",))
 register("lm_head_bias", "elementwise")
+register("logits_scale", "elementwise")  # Cohere logit_scale, Granite 1 / logits_scaling
 
 # Picking the next token (costmodel.sampling), measured as one module, the Sampler
 for _name in ("sampling_temperature", "sampling_argmax", "sampling_log_softmax", "sampling_beam_add",

@@ -85,9 +85,14 @@ def layout_for_gpus(spec: ModelSpec, hw: Hardware, gpus: int) -> Layout:
 # --- Per-GPU memory under tensor / pipeline parallelism ----------------------------------------------
 
 def _replicated_layer_params(spec: ModelSpec) -> int:
-    """Parameters of one block every tensor-parallel GPU holds: the norms and the biases added
-    after a row-parallel matmul (attention output, MLP down)."""
-    p = 2 * spec.norm_params()
+    """Parameters of one block every tensor-parallel GPU holds: the norms (q/k norms included) and
+    the biases added after a row-parallel matmul (attention output, MLP down)."""
+    p = spec.block_norms * spec.norm_params() + spec.qk_norm_params()
+    if spec.mla:  # q_a_proj, kv_a_proj and their norms (and biases): not split by heads
+        r_q, r_kv, h = spec.q_lora_rank or 0, spec.kv_lora_rank, spec.hidden_size
+        p += (h * r_q + r_q) + h * (r_kv + spec.qk_rope_head_dim) + r_kv
+        if spec.attention_bias:
+            p += r_q + r_kv + spec.qk_rope_head_dim
     if spec.attention_out_bias:
         p += spec.hidden_size
     if spec.mlp_bias:
@@ -105,12 +110,12 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     rep = _replicated_layer_params(spec)
     params = sum(g.count * (tp_share(spec.layer_params(mlp=g.mlp) - rep, tp) + rep)
                  for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), layers))
-    vocab_rows = spec.vocab_size * spec.hidden_size  # embedding and LM head, vocab-parallel
+    vocab_rows = spec.vocab_size * spec.embedding_dim  # embedding and LM head, vocab-parallel
     first, last = stage == 0, stage == pp - 1
     if first:
         params += tp_share(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
     if last:
-        params += spec.norm_params()
+        params += spec.norm_params() + spec.head_extra_params()  # final norm; OPT's project_out, head bias
         if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
             params += tp_share(vocab_rows, tp)
     return params

@@ -18,12 +18,15 @@ MLP_KINDS = ("plain", "gated")  # plain: down(act(up(x))); gated: down(act(gate(
 NORM_KINDS = ("layernorm", "rmsnorm")
 POSITION_KINDS = ("learned", "rotary", "sinusoidal", "relative")  # relative: T5's attention bias
 ARCHS = ("decoder", "encoder", "encoder-decoder")
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "output")  # output: x + norm(f(x)), on each sublayer's output (OLMo 2)
+QK_NORMS = ("head", "per_head", "full")  # see ModelSpec.qk_norm
 FAMILIES = ("gpt2", "llama", "bert", "t5", "transformer")
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 LOGITS_MODES = ("last", "all")
 ATTENTION_TYPES = ("full_attention", "sliding_attention")  # transformers' config.layer_types names
 MLP_LAYER_TYPES = ("dense", "moe")
+MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral, Qwen), sigmoid (DeepSeek-V3)
+MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,31 @@ class ModelSpec:
     #   if sliding_window else all full
     mlp_layer_types: tuple[str, ...] | None = None  # per decoder layer, "dense" or "moe"; None: all
     #   "moe" if num_experts else all "dense" (a dense layer of a MoE model uses intermediate_size)
+    qk_norm: str | None = None  # norm on q and k after their projections: "head" (over head_dim, one
+    # weight of head_dim: Qwen3, Phi qk_layernorm), "per_head" (over head_dim, a weight per head:
+    # Cohere, params q_size and kv_size), "full" (over the whole q_size / kv_size width: OLMo 2)
+    rotary_dim: int | None = None  # dims rotated per head (partial rotary: GPT-NeoX, Phi); None: head_dim
+    parallel_block: bool = False  # x + attn(n(x)) + mlp(n(x)): both read the block's normed input (GPT-J)
+    parallel_block_norms: int = 1  # parallel block: 1 norm shared (Falcon-7b, Cohere, Phi) or 2 (GPT-NeoX)
+    norm_bias: bool = True  # LayerNorm with a shift (False: Cohere)
+    word_embed_proj_dim: int | None = None  # OPT: embedding width, projected to hidden_size and back
+    position_offset: int = 0  # OPT: learned position table rows before position 0 (2)
+    lm_head_bias: bool = False  # bias on the LM head's vocabulary outputs (Phi)
+    embedding_multiplier: float | None = None  # Granite: embeddings scaled by it (None: no scaling op)
+    residual_multiplier: float | None = None  # Granite: x + m * f(x) on each residual add
+    attention_multiplier: float | None = None  # Granite: score scale instead of 1/sqrt(d); reference model only
+    logits_scale: float | None = None  # logits multiplied by it: Cohere logit_scale, Granite 1 / logits_scaling
+    # Routing variants (DeepSeek-V3, HF DeepseekV3TopkRouter)
+    moe_scoring: str = "softmax"  # "sigmoid": sigmoid scores plus a per-expert bias for the choice
+    moe_groups: int = 1  # n_group: experts split into groups, the choice limited to the best groups
+    moe_topk_groups: int = 1  # topk_group: groups a token's experts may come from
+    routed_scaling_factor: float = 1.0  # the k routing weights multiplied by it (DeepSeek-V3: 2.5)
+    # Multi-head latent attention (DeepSeek-V2, Liu et al. 2024, section 2.1); kv_lora_rank None: off
+    q_lora_rank: int | None = None  # rank of the query compression (None: a plain q_proj)
+    kv_lora_rank: int | None = None  # d_c: width of the cached joint key-value latent c_kv
+    qk_nope_head_dim: int | None = None  # d_h: per-head query/key width without positions
+    qk_rope_head_dim: int | None = None  # d_h^R: per-head rotary width (the decoupled key, shared)
+    v_head_dim: int | None = None  # per-head value width
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -114,6 +142,8 @@ class ModelSpec:
             raise SpecError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                 f"({self.num_kv_heads}); allowed num_kv_heads: divisors of {self.num_heads}")
+        if self.head_dim is None and self.kv_lora_rank is not None and self.qk_nope_head_dim and self.qk_rope_head_dim:
+            object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)  # MLA: q . k width
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise SpecError(
@@ -127,10 +157,40 @@ class ModelSpec:
         require_choice("position_kind", self.position_kind, POSITION_KINDS)
         require_choice("family", self.family, FAMILIES)
         self._check_arch()
+        self._check_mla()
         self._check_moe()
         self._check_layer_types()
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        self._check_block()
+
+    def _check_block(self) -> None:
+        """The block variants: q/k norm, partial rotary, parallel block, OPT's embedding, scales."""
+        if self.qk_norm is not None:
+            require_choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.rotary_dim is not None:
+            require_positive_int("rotary_dim", self.rotary_dim)
+            if self.position_kind != "rotary" or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise SpecError(f"rotary_dim must be even and at most head_dim ({self.head_dim}) with "
+                                f"position_kind 'rotary', got {self.rotary_dim} with {self.position_kind!r}")
+        if self.parallel_block_norms not in (1, 2) or isinstance(self.parallel_block_norms, bool):
+            raise SpecError(f"parallel_block_norms must be 1 or 2, got {self.parallel_block_norms!r}")
+        if self.norm_position == "output" and self.arch != "decoder":
+            raise SpecError(f"norm_position 'output' is for decoders, got arch {self.arch!r}")
+        if self.parallel_block and (self.norm_position != "pre" or self.arch != "decoder"):
+            raise SpecError("parallel_block is for pre-norm decoders; got norm_position "
+                            f"{self.norm_position!r}, arch {self.arch!r}")
+        if self.word_embed_proj_dim is not None:
+            require_positive_int("word_embed_proj_dim", self.word_embed_proj_dim)
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) or self.position_offset < 0:
+            raise SpecError(f"position_offset must be a non-negative integer, got {self.position_offset!r}")
+        if self.position_offset and self.position_kind != "learned":
+            raise SpecError(f"position_offset is for position_kind 'learned', got {self.position_kind!r}")
+        for f in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scale"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not -float("inf") < v < float("inf")):
+                raise SpecError(f"{f} must be a finite number or None, got {v!r}")
 
     def _check_arch(self) -> None:
         require_choice("arch", self.arch, ARCHS)
@@ -150,6 +210,34 @@ class ModelSpec:
                             f"{self.relative_attention_buckets} buckets")
         if self.type_vocab_size < 0:
             raise SpecError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+
+    def _check_mla(self) -> None:
+        """Multi-head latent attention: all its widths or none (q_lora_rank may stay None)."""
+        widths = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [f for f in (*widths, "q_lora_rank") if getattr(self, f) is not None]
+            if given:
+                raise SpecError(f"{', '.join(given)} need kv_lora_rank (multi-head latent attention); "
+                                "allowed: kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim together")
+            return
+        for f in widths:
+            require_positive_int(f, getattr(self, f))
+        if self.q_lora_rank is not None:
+            require_positive_int("q_lora_rank", self.q_lora_rank)
+        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise SpecError(f"multi-head latent attention: head_dim ({self.head_dim}) must be qk_nope_head_dim "
+                            f"+ qk_rope_head_dim ({self.qk_nope_head_dim + self.qk_rope_head_dim}), or None")
+        if self.num_kv_heads != self.num_heads:
+            raise SpecError(f"multi-head latent attention: num_kv_heads ({self.num_kv_heads}) must equal "
+                            f"num_heads ({self.num_heads}); every head expands its keys from the latent")
+        if self.norm_kind != "rmsnorm":
+            raise SpecError(f"multi-head latent attention normalises its latents with RMSNorm; got norm_kind "
+                            f"{self.norm_kind!r}, allowed: 'rmsnorm'")
+        if self.position_kind != "rotary" or self.qk_rope_head_dim % 2:
+            raise SpecError("multi-head latent attention needs position_kind 'rotary' and an even qk_rope_head_dim, "
+                            f"got {self.position_kind!r} and {self.qk_rope_head_dim}")
+        if self.arch != "decoder":
+            raise SpecError(f"multi-head latent attention is for arch 'decoder', got arch {self.arch!r}")
 
     def _check_moe(self) -> None:
         for f in ("num_experts", "experts_per_token", "num_shared_experts"):
@@ -174,6 +262,31 @@ class ModelSpec:
         require_positive_int("shared_expert_intermediate_size", self.shared_expert_intermediate_size)
         if self.shared_expert_gate and not self.num_shared_experts:
             raise SpecError("shared_expert_gate needs num_shared_experts > 0")
+        require_choice("moe_scoring", self.moe_scoring, MOE_SCORINGS)
+        require_positive_int("moe_groups", self.moe_groups)
+        require_positive_int("moe_topk_groups", self.moe_topk_groups)
+        if self.num_experts % self.moe_groups or not self.moe_topk_groups <= self.moe_groups:
+            raise SpecError(f"moe_groups ({self.moe_groups}) must divide num_experts ({self.num_experts}) and "
+                            f"moe_topk_groups ({self.moe_topk_groups}) be at most moe_groups")
+        if self.moe_groups > 1 and self.experts_per_token > self.moe_topk_groups * (self.num_experts // self.moe_groups):
+            raise SpecError(f"experts_per_token ({self.experts_per_token}) exceeds the experts of the "
+                            f"{self.moe_topk_groups} groups a token may use")
+        f = self.routed_scaling_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise SpecError(f"routed_scaling_factor must be a positive number, got {f!r}")
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3) instead of q, k, v projections."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Elements one layer caches per position: keys and values, 2 * num_kv_heads * head_dim;
+        with latent attention the latent and the shared rotary key, kv_lora_rank + qk_rope_head_dim."""
+        if self.mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_size
 
     def _default_layer_types(self) -> tuple[str, ...]:
         return (ATTENTION_TYPES[1 if self.sliding_window is not None else 0],) * self.num_layers
@@ -239,12 +352,54 @@ class ModelSpec:
     def num_mlp_matrices(self) -> int:
         return 3 if self.mlp_kind == "gated" else 2
 
-    def norm_params(self) -> int:
-        """Parameters of one norm: scale (and shift for LayerNorm)."""
-        return 2 * self.hidden_size if self.norm_kind == "layernorm" else self.hidden_size
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the token embedding (and the tied LM head's input): word_embed_proj_dim or hidden."""
+        return self.hidden_size if self.word_embed_proj_dim is None else self.word_embed_proj_dim
+
+    @property
+    def rotated_dim(self) -> int:
+        """Dims of each q and k head that rotary positions rotate: rotary_dim, or all of head_dim."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def block_norms(self) -> int:
+        """Norms in one block: 2 (attention, MLP), or parallel_block_norms in a parallel block."""
+        return self.parallel_block_norms if self.parallel_block else 2
+
+    def norm_params(self, width: int | None = None) -> int:
+        """Parameters of one norm over ``width`` (default hidden_size): scale (and shift for LayerNorm)."""
+        width = self.hidden_size if width is None else width
+        return 2 * width if self.norm_kind == "layernorm" and self.norm_bias else width
+
+    def qk_norm_params(self) -> int:
+        """Weights of the q and k norms: per head dim ("head"), per q and kv element ("per_head", "full")."""
+        if self.qk_norm is None:
+            return 0
+        if self.qk_norm == "head":
+            return 2 * self.norm_params(self.head_dim)
+        return self.norm_params(self.q_size) + self.norm_params(self.kv_size)
+
+    def mla_params(self) -> int:
+        """Latent attention (HF DeepseekV3Attention): q_a_proj [h, r_q], its RMSNorm, q_b_proj
+        [r_q, H * (d_nope + d_rope)] (or q_proj [h, H * (d_nope + d_rope)] without r_q), kv_a_proj
+        [h, r_kv + d_rope], its RMSNorm over r_kv, kv_b_proj [r_kv, H * (d_nope + d_v)], o_proj
+        [H * d_v, h]; biases (attention_bias) on q_a_proj and kv_a_proj, on o_proj (attention_out_bias)."""
+        h, heads, r_q, r_kv = self.hidden_size, self.num_heads, self.q_lora_rank, self.kv_lora_rank
+        q_out = heads * self.head_dim
+        q = h * q_out if r_q is None else h * r_q + r_q + r_q * q_out
+        kv = h * (r_kv + self.qk_rope_head_dim) + r_kv + r_kv * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        attn = q + kv + heads * self.v_head_dim * h
+        if self.attention_bias:
+            attn += (r_q or 0) + r_kv + self.qk_rope_head_dim
+        if self.attention_out_bias:
+            attn += h
+        return attn
 
     def attention_params(self) -> int:
-        """q, k, v and output projections with their biases."""
+        """q, k, v and output projections with their biases (latent attention: :meth:`mla_params`)."""
+        if self.mla:
+            return self.mla_params()
         h, q, kv = self.hidden_size, self.q_size, self.kv_size
         attn = h * q + 2 * h * kv + q * h
         if self.attention_bias:
@@ -259,7 +414,7 @@ class ModelSpec:
         decoder block of an encoder-decoder (cross-attention and its norm); ``mlp``: a "dense" or
         "moe" layer (default: "moe" when the model has experts)."""
         h, inter = self.hidden_size, self.intermediate_size
-        attn = self.attention_params()
+        attn = self.attention_params() + self.qk_norm_params()
         if cross:
             attn += self.attention_params() + self.norm_params()
         if (mlp or ("moe" if self.num_experts else "dense")) == "moe":
@@ -272,19 +427,21 @@ class ModelSpec:
             mlp = self.num_mlp_matrices * h * inter
             if self.mlp_bias:
                 mlp += (self.num_mlp_matrices - 1) * inter + h
-        return attn + mlp + 2 * self.norm_params()
+        return attn + mlp + self.block_norms * self.norm_params()
 
     def embedding_params(self) -> int:
-        """Token embedding, learned positions, token types (BERT) and the embedding norm (BERT)."""
-        h = self.hidden_size
-        pos = self.max_position_embeddings * h if self.position_kind == "learned" else 0
+        """Token embedding, learned positions (OPT: with its offset rows), token types (BERT), the
+        embedding norm (BERT) and OPT's projection of the embedding to hidden_size."""
+        h, e = self.hidden_size, self.embedding_dim
+        pos = (self.max_position_embeddings + self.position_offset) * h if self.position_kind == "learned" else 0
         norm = self.norm_params() if self.embedding_norm else 0
-        return self.vocab_size * h + pos + self.type_vocab_size * h + norm
+        project_in = e * h if e != h else 0
+        return self.vocab_size * e + pos + self.type_vocab_size * h + norm + project_in
 
     def stack_params(self) -> int:
         """Per stack, outside its blocks: T5's relative position bias and the final norm (pre-norm)."""
         bias = self.relative_attention_buckets * self.num_heads
-        return bias + (self.norm_params() if self.norm_position == "pre" else 0)
+        return bias + (self.norm_params() if self.norm_position != "post" else 0)
 
     def head_params(self) -> int:
         """Parameters after the last block not shared with the embedding: the LM head (0 when
@@ -292,14 +449,20 @@ class ModelSpec:
         h, v = self.hidden_size, self.vocab_size
         untied = 0 if self.tie_word_embeddings else v * h
         if self.arch != "encoder":
-            return untied
+            return self.lm_head_params() + self.head_extra_params()
         pooler = h * h + h if self.pooler else 0
         mlm = h * h + h + self.norm_params() + v + untied if self.mlm_head else 0
         return pooler + mlm
 
     def lm_head_params(self) -> int:
-        """Parameters of the LM head not shared with the embedding (0 when tied)."""
-        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        """Parameters of the LM head's matrix not shared with the embedding (0 when tied)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.embedding_dim
+
+    def head_extra_params(self) -> int:
+        """A decoder's parameters after the last block besides the final norm and the LM head's
+        matrix: OPT's projection back to the embedding width, the LM head's bias (Phi)."""
+        h, e = self.hidden_size, self.embedding_dim
+        return (h * e if e != h else 0) + (self.vocab_size if self.lm_head_bias else 0)
 
     @property
     def num_params(self) -> int:
@@ -312,7 +475,8 @@ class ModelSpec:
 
     @property
     def active_params(self) -> int:
-        """Parameters one token is computed with: all but the routed experts it does not use."""
+        """Parameters one token is computed with: all but the routed experts it does not use (in
+        each MoE layer)."""
         if not self.num_experts:
             return self.num_params
         unused = self.layer_params() - self.layer_params(experts=self.experts_per_token)
@@ -327,9 +491,16 @@ class ModelSpec:
             "moe_intermediate_size": self.moe_intermediate_size,
             "num_shared_experts": self.num_shared_experts,
             "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
+            "moe_layers": self.mlp_layer_types.count("moe"),
+            **({} if self.moe_scoring == "softmax" else {"moe_scoring": self.moe_scoring}),
+            **({} if self.moe_groups == 1 else {"moe_groups": self.moe_groups,
+                                                "moe_topk_groups": self.moe_topk_groups}),
+            **({} if self.routed_scaling_factor == 1.0 else {"routed_scaling_factor": self.routed_scaling_factor}),
         }
+        mla = {} if not self.mla else {f: getattr(self, f) for f in (
+            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
         window = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
-        return {**self._summary(), "active_params": self.active_params, **moe, **window,
+        return {**self._summary(), "active_params": self.active_params, **moe, **mla, **window,
                 "layer_groups": [g.to_dict() for g in self.layer_groups()]}
 
     def _summary(self) -> dict:
@@ -391,6 +562,8 @@ class Workload:
     top_p: float = 0.9  # probability mass kept by top_p and top_k_top_p
     temperature: float = 1.0  # logits are divided by it before sampling (not in greedy or beam)
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
+    mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
+    #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -406,6 +579,7 @@ class Workload:
         kv = self.act_dtype if self.kv_dtype is None else self.kv_dtype
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
+        require_choice("mla", self.mla, MLA_FORMS)
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -484,6 +658,7 @@ class Workload:
             "top_p": self.top_p,
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
+            "mla": self.mla,
         }
 
 

@@ -1,6 +1,6 @@
 """Encoder stacks and cross-attention for the reference transformer: BERT, T5, the 2017 Transformer.
 
-The same :class:`~profiler.model.Transformer` and :class:`~profiler.model.Block` build all three;
+The same :class:`~profiler.model.Transformer` and :class:`~profiler.block.Block` build all three;
 what differs is a field of the spec, read here:
 
 - ``arch="encoder"`` (BERT): the model's ``layers`` are bidirectional blocks; the embedding adds
@@ -35,37 +35,10 @@ from torch import Tensor, nn
 
 from costmodel.spec import ModelSpec
 
-from .model import Attention, Block, _norm, repeat_kv
+from .block import Block
+from .layers import _norm
 
 T5_MAX_DISTANCE = 128  # relative_attention_max_distance of every T5 config
-
-
-class CrossAttention(Attention):
-    """Decoder queries over the encoder output: bidirectional, keys and values from ``memory``.
-    The same projections and core as :class:`~profiler.model.Attention`; only ``forward`` differs."""
-
-    def __init__(self, spec: ModelSpec, attention: str):
-        super().__init__(spec, attention, causal=False)
-
-    def forward(self, x: Tensor, memory: Tensor | None) -> Tensor:
-        """``memory``: the encoder output to project keys and values from (and cache, with a
-        cache); None: read them from the cross cache (filled by the prefill)."""
-        B, T, _ = x.shape
-        H, Hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # q: [B, H, T, d]
-        cache = self.kv_cache
-        if memory is None:
-            k, v = cache.k[:B], cache.v[:B]  # k: [B, Hkv, S_src, d]
-        else:
-            S = memory.shape[1]
-            k = self.k_proj(memory).view(B, S, Hkv, d).transpose(1, 2)  # k: [B, Hkv, S_src, d]
-            v = self.v_proj(memory).view(B, S, Hkv, d).transpose(1, 2)
-            if cache is not None:
-                cache.update(torch.arange(S, device=x.device), k, v)
-        if Hkv != H:
-            k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
-        y = self.core(q, k, v, None, False, self.scale)  # [B, H, T, d]
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
 
 
 def relative_position_bucket(relative: Tensor, bidirectional: bool, num_buckets: int,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from costmodel.spec import ModelSpec
 
-from .model import MLP
+from .layers import MLP
 
 
 class MoE(nn.Module):

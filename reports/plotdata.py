@@ -124,6 +124,10 @@ def kv_cache_variants(spec, wl):
     GQA and at lower precision."""
     H, K = spec.num_heads, spec.num_kv_heads
     attn = "MHA" if K == H else ("MQA" if K == 1 else f"GQA {K} kv heads")
+    if spec.mla:  # the latent and the rotary key: no kv-head variants
+        attn = f"MLA latent {spec.kv_lora_rank} + rope {spec.qk_rope_head_dim}"
+        return [(f"as configured: {attn}, {wl.kv_dtype}", spec, wl)] + [
+            (f"{attn}, {dt} cache", spec, replace(wl, kv_dtype=dt)) for dt in ("fp8", "int4") if dt != wl.kv_dtype]
     out = [(f"as configured: {attn}, {wl.kv_dtype}", spec, wl)]
     if K != H:
         out.append((f"without GQA: MHA {H} kv heads, {wl.kv_dtype}", spec.with_(num_kv_heads=H), wl))

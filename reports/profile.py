@@ -154,3 +154,16 @@ def validate_table(results, planned: int, interrupted: bool = False) -> str:
     status = f"interrupted after {done} of {planned} cases" if interrupted else f"{done} cases"
     lines.append(f"{status}: {done - len(bad)} ok, {len(bad)} mismatched")
     return "\n".join(lines)
+
+
+def timing_validation_table(cases, summary: dict, hardware_id: str) -> str:
+    """``costmodel validate --timing``: predicted beside measured seconds per case, then the errors."""
+    rows = [[c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
+             f"{c.error_pct:+.1f} %", c.bound] for c in cases]
+    lines = [render(["phase", "batch", "context", "predicted", "measured", "error", "roofline"], rows,
+                    align=["l", "r", "r", "r", "r", "r", "l"])]
+    if cases:
+        lines.append(f"\n{summary['cases']} cases on {hardware_id}: median |error| "
+                     f"{summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, max {summary['max_abs_error_pct']:.1f} % "
+                     "(measured: fastest of 5 passes after a warm-up; eager attention, fp32)")
+    return "\n".join(lines)

@@ -208,6 +208,8 @@ def _memory_lines(result) -> list[str]:
                      f"expected under uniform routing: {human_bytes(moe['decode_step_expected_expert_weight_bytes'])} "
                      f"of expert weights), prefill reads {moe['prefill_experts_read']}")
         lines.append(line)
+    if result.checkpoint is not None:
+        lines.append(_checkpoint_line(result))
     if sv is not None and sv["flops_ratio"] is not None:
         lines.append(
             f"KV cache saving: decode {human_flops(sv['decode_flops_with_cache'])} with a cache vs "
@@ -215,6 +217,18 @@ def _memory_lines(result) -> list[str]:
             f"without; bytes {human_bytes(sv['decode_bytes_with_cache'])} vs "
             f"{human_bytes(sv['decode_bytes_without_cache'])})")
     return lines
+
+
+def _checkpoint_line(result) -> str:
+    c, w = result.checkpoint, result.workload
+    dtypes = ", ".join(f"{dt} {human_bytes(b)}" for dt, b in sorted(c.bytes_by_dtype.items(), key=lambda kv: -kv[1]))
+    line = (f"checkpoint: {len(c.files)} safetensors file{'s' if len(c.files) != 1 else ''}, {c.num_tensors:,} "
+            f"tensors, {c.num_params:,} elements, {human_bytes(c.weights_bytes)} ({dtypes}); ")
+    if c.quantised:
+        return line + (f"quantised (matrices in {', '.join(c.quantised_dtypes)}): the weight memory above is the checkpoint's "
+                       f"bytes, not the parameter count at {w.weight_dtype}; per-op weight reads still use "
+                       f"{w.weight_dtype}")
+    return line + f"weight memory above is the spec's parameters at {w.weight_dtype}"
 
 
 def _summary(result, timing, markdown=False) -> str:

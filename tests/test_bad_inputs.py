@@ -7,7 +7,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from costmodel.cli import main
+from reports.cli import main
 
 GOOD_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
               "num_hidden_layers": 2, "vocab_size": 100, "max_position_embeddings": 64}

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from costmodel.cli import main  # noqa: E402
+from reports.cli import main  # noqa: E402
 from costmodel.errors import SpecError  # noqa: E402
 from costmodel.hardware import hardware_from_dict, load_hardware_file  # noqa: E402
 from profiler import calibrate as cal  # noqa: E402

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model, load_hf_config
 from costmodel.analysis import decode_cost, decode_step_cost, encode_cost, prefill_cost
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 
 BERT = get_model("tiny-bert")  # h 64, 4 heads of 16, MLP 256, vocab 256, post-norm, pooler + MLM head

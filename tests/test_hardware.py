@@ -6,7 +6,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.hardware import (FLOPS_DTYPES, Hardware, catalog, get_hardware, hardware_from_dict,
                                 hardware_ids, load_hardware_file, parse_hardware)

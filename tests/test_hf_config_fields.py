@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model, load_hf_config
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.models import HF_MODEL_TYPES, spec_from_hf_dict
 
@@ -58,6 +58,68 @@ TRANSFORMERS_DEFAULTS = {
     "t5": dict(num_layers=6, num_encoder_layers=6, hidden_size=512, num_heads=8, head_dim=64,
         intermediate_size=2048, vocab_size=32128, mlp_kind="plain", activation="relu",
         relative_attention_buckets=32, tie_word_embeddings=True, norm_eps=1e-06),
+    # Wave 2 (issue 12): Qwen3Config head_dim=128, Olmo2 q/k norms over the whole width and norms on the
+    # sublayers' outputs, CohereConfig default_theta=500000, FalconConfig multi_query -> 1 KV head and
+    # ffn_hidden_size None -> 4 * hidden, GPTNeoXConfig rotary_pct=0.25 -> int(96 * 0.25) = 24 dims,
+    # PhiConfig partial_rotary_factor=0.5 and lm_head bias=True, OPT's 2 offset rows of positions.
+    "qwen3": dict(num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128,
+        intermediate_size=22016, vocab_size=151936, max_position_embeddings=32768, activation="silu",
+        tie_word_embeddings=False, rotary_dim=None, attention_bias=False, attention_out_bias=False,
+        mlp_bias=False, norm_kind="rmsnorm", norm_bias=True, qk_norm="head", parallel_block=False,
+        parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-06),
+    "olmo2": dict(num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128,
+        intermediate_size=11008, vocab_size=50304, max_position_embeddings=2048, activation="silu",
+        tie_word_embeddings=False, rotary_dim=None, attention_bias=False, attention_out_bias=False,
+        mlp_bias=False, norm_kind="rmsnorm", norm_bias=True, qk_norm="full", parallel_block=False,
+        parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-05, norm_position="output"),
+    "granite": dict(num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, head_dim=128,
+        intermediate_size=11008, vocab_size=32000, max_position_embeddings=2048, activation="silu",
+        tie_word_embeddings=False, rotary_dim=None, attention_bias=False, attention_out_bias=False,
+        mlp_bias=False, norm_kind="rmsnorm", norm_bias=True, qk_norm=None, parallel_block=False,
+        parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-06, embedding_multiplier=1.0,
+        residual_multiplier=1.0, attention_multiplier=1.0, logits_scale=1.0),
+    "cohere": dict(num_layers=40, hidden_size=8192, num_heads=64, num_kv_heads=64, head_dim=128,
+        intermediate_size=22528, vocab_size=256000, max_position_embeddings=8192, activation="silu",
+        tie_word_embeddings=True, rotary_dim=None, attention_bias=False, attention_out_bias=False,
+        mlp_bias=False, norm_kind="layernorm", norm_bias=False, qk_norm=None, parallel_block=True,
+        parallel_block_norms=1, rope_theta=500000.0, norm_eps=1e-05, logits_scale=0.0625),
+    "falcon": dict(num_layers=32, hidden_size=4544, num_heads=71, num_kv_heads=1, head_dim=64,
+        intermediate_size=18176, vocab_size=65024, max_position_embeddings=2048, activation="gelu",
+        tie_word_embeddings=True, rotary_dim=None, attention_bias=False, attention_out_bias=False,
+        mlp_bias=False, norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=True,
+        parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-05),
+    "gpt_neox": dict(num_layers=44, hidden_size=6144, num_heads=64, num_kv_heads=64, head_dim=96,
+        intermediate_size=24576, vocab_size=50432, max_position_embeddings=2048, activation="gelu",
+        tie_word_embeddings=False, rotary_dim=24, attention_bias=True, attention_out_bias=True, mlp_bias=True,
+        norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=True, parallel_block_norms=2,
+        rope_theta=10000.0, norm_eps=1e-05),
+    "opt": dict(num_layers=12, hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=64,
+        intermediate_size=3072, vocab_size=50272, max_position_embeddings=2048, activation="relu",
+        tie_word_embeddings=True, rotary_dim=None, attention_bias=True, attention_out_bias=True,
+        mlp_bias=True, norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=False,
+        parallel_block_norms=1, position_offset=2, word_embed_proj_dim=None, norm_position="pre"),
+    "phi": dict(num_layers=24, hidden_size=2048, num_heads=32, num_kv_heads=32, head_dim=64,
+        intermediate_size=8192, vocab_size=51200, max_position_embeddings=2048, activation="gelu_tanh",
+        tie_word_embeddings=False, rotary_dim=32, attention_bias=True, attention_out_bias=True, mlp_bias=True,
+        norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=True, parallel_block_norms=1,
+        rope_theta=10000.0, norm_eps=1e-05, lm_head_bias=True),
+    "starcoder2": dict(num_layers=30, hidden_size=3072, num_heads=24, num_kv_heads=2, head_dim=128,
+        intermediate_size=12288, vocab_size=49152, max_position_embeddings=4096, activation="gelu_tanh",
+        tie_word_embeddings=True, rotary_dim=None, attention_bias=True, attention_out_bias=True,
+        mlp_bias=True, norm_kind="layernorm", norm_bias=True, qk_norm=None, parallel_block=False,
+        parallel_block_norms=1, rope_theta=10000.0, norm_eps=1e-05, sliding_window=None),
+    "qwen3_moe": dict(num_layers=24, hidden_size=2048, num_heads=32, num_kv_heads=4, head_dim=64,
+        intermediate_size=6144, vocab_size=151936, max_position_embeddings=32768, activation="silu",
+        tie_word_embeddings=False, norm_eps=1e-06, rope_theta=10000.0, attention_bias=False,
+        attention_out_bias=False, mlp_bias=False, num_experts=128, experts_per_token=8,
+        moe_intermediate_size=768, moe_renormalize=False, qk_norm="head"),
+    "deepseek_v3": dict(num_layers=61, hidden_size=7168, num_heads=128, num_kv_heads=128, head_dim=192,
+        intermediate_size=18432, vocab_size=129280, max_position_embeddings=4096, activation="silu",
+        tie_word_embeddings=False, norm_eps=1e-06, rope_theta=10000.0, attention_bias=False,
+        attention_out_bias=False, mlp_bias=False, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, num_experts=256, experts_per_token=8, moe_intermediate_size=2048,
+        num_shared_experts=1, shared_expert_intermediate_size=2048, moe_renormalize=True,
+        moe_scoring="sigmoid", moe_groups=8, moe_topk_groups=4, routed_scaling_factor=2.5),
 }
 
 SIZES = {"num_hidden_layers": "num_layers", "hidden_size": "hidden_size", "num_attention_heads": "num_heads",
@@ -74,6 +136,15 @@ REQUIRED = {
     "mixtral": {**SIZES, "num_local_experts": "num_experts", "num_experts_per_tok": "experts_per_token"},
     "qwen2_moe": {**SIZES, "num_experts": "num_experts", "num_experts_per_tok": "experts_per_token",
                   "moe_intermediate_size": "moe_intermediate_size"},
+    "qwen3": SIZES, "olmo2": SIZES, "granite": SIZES, "cohere": SIZES, "gpt_neox": SIZES, "phi": SIZES,
+    "starcoder2": SIZES,
+    # FalconConfig: ffn_hidden_size null means 4 * hidden_size, as GPT-2's n_inner
+    "falcon": {k: f for k, f in SIZES.items() if k != "intermediate_size"},
+    "opt": {**{k: f for k, f in SIZES.items() if k != "intermediate_size"}, "ffn_dim": "intermediate_size"},
+    "qwen3_moe": {**SIZES, "num_experts": "num_experts", "num_experts_per_tok": "experts_per_token",
+                  "moe_intermediate_size": "moe_intermediate_size"},
+    "deepseek_v3": {**SIZES, "n_routed_experts": "num_experts", "num_experts_per_tok": "experts_per_token",
+                    "moe_intermediate_size": "moe_intermediate_size"},
 }
 
 

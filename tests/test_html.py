@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model
-from costmodel.cli import main
+from reports.cli import main
 from reports import html as H
 
 pytest.importorskip("matplotlib")

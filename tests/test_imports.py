@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["costmodel", "costmodel.cli"])
+@pytest.mark.parametrize("module", ["costmodel", "reports.cli"])
 def test_import_is_light(module):
     probe = (f"import sys, {module}; "
              "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))")
@@ -15,7 +15,7 @@ def test_import_is_light(module):
 
 
 def test_report_does_not_import_torch():
-    probe = ("import sys; from click.testing import CliRunner; from costmodel.cli import main; "
+    probe = ("import sys; from click.testing import CliRunner; from reports.cli import main; "
              "r = CliRunner().invoke(main, ['report', 'llama-2-70b', '--format', 'json']); "
              "assert r.exit_code == 0, r.output; "
              "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))")
@@ -32,7 +32,7 @@ def test_report_does_not_import_torch():
 def test_missing_optional_dependency_is_one_line(args, extra, tmp_path):
     # a fresh process where torch and matplotlib cannot be imported, as on an install without extras
     probe = ("import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None; "
-             "from click.testing import CliRunner; from costmodel.cli import main; "
+             "from click.testing import CliRunner; from reports.cli import main; "
              f"r = CliRunner().invoke(main, {args!r}); print(r.exit_code); print(r.output.strip())")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path).stdout.strip().splitlines()

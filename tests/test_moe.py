@@ -118,8 +118,10 @@ def test_hf_mixtral_and_qwen2_moe(tmp_path):
     assert spec.num_params == get_model("qwen1.5-moe-a2.7b").num_params == 14_315_784_192
     with pytest.raises(SpecError, match="missing required field 'num_local_experts'"):
         load_hf_config(write(tmp_path, {k: v for k, v in mixtral.items() if k != "num_local_experts"}))
-    with pytest.raises(SpecError, match="decoder_sparse_step"):
-        load_hf_config(write(tmp_path, {**qwen, "decoder_sparse_step": 2}))
+    # decoder_sparse_step 2 (refused before issue 12): MoE on layers i with (i + 1) % 2 == 0, dense
+    # MLPs of intermediate_size on the 12 others
+    sparse = load_hf_config(write(tmp_path, {**qwen, "decoder_sparse_step": 2}))
+    assert sparse.mlp_layer_types == ("dense", "moe") * 12
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from costmodel import PRESETS, Workload, analyze, capacity_plan, get_model, predict
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.hardware import Hardware, get_hardware
 from costmodel.plan import (Layout, allreduce_seconds, layout_for_gpus, max_batch, max_context, memory_use,

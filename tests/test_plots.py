@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model
 from costmodel.analysis import decode_step_cost
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.hardware import get_hardware
 from reports import plotdata as D
 from reports import plots
@@ -374,7 +374,7 @@ def test_cli_validation_input_not_json(tmp_path):
 
 
 def test_command_modules_import_no_heavy_libraries():
-    probe = ("import sys, costmodel.cli.sweep; "
+    probe = ("import sys, reports.cli.sweep; "
              "print(sorted(m for m in ('numpy', 'pandas', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from costmodel.cli import main  # noqa: E402
+from reports.cli import main  # noqa: E402
 
 FAST = ["--repeat", "2", "--warmup", "0"]
 

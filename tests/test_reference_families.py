@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from costmodel import ModelSpec, Workload, get_model  # noqa: E402
-from costmodel.cli import main  # noqa: E402
+from reports.cli import main  # noqa: E402
 from costmodel.errors import SpecError  # noqa: E402
 from profiler.encdec import relative_position_bucket  # noqa: E402
 from profiler.flops import count_call  # noqa: E402

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model
 from costmodel.analysis import OpCost, decode_step_cost, prefill_cost, weight_bytes
-from costmodel.cli import main
+from reports.cli import main
 from costmodel.errors import SpecError
 from costmodel.hardware import Hardware, get_hardware
 from costmodel.roofline import (Rates, decode_seconds, decode_step_curve, decode_step_seconds, op_time,

@@ -247,8 +247,9 @@ def test_qwen2_moe_dense_layers_and_sliding():
     slid = spec_from_hf_dict({**base, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 3}, name="m")
     assert slid.layer_types == ("sliding_attention", "full_attention", "sliding_attention", "full_attention")
     assert spec_from_hf_dict({**base, "sliding_window": 8}, name="m").sliding_window is None  # not used
-    with pytest.raises(SpecError, match="decoder_sparse_step 2 is not supported; allowed: decoder_sparse_step 1"):
-        spec_from_hf_dict({**base, "decoder_sparse_step": 2}, name="m")
+    # Qwen2MoeDecoderLayer: MoE where (i + 1) % decoder_sparse_step == 0: layers 1 and 3 of 0..3
+    assert spec_from_hf_dict({**base, "decoder_sparse_step": 2}, name="m").mlp_layer_types == (
+        "dense", "moe", "dense", "moe")
     with pytest.raises(SpecError, match=r"'mlp_only_layers' must hold layer indices 0 to 3, got \[4\]"):
         spec_from_hf_dict({**base, "mlp_only_layers": [4]}, name="m")
 

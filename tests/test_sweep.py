@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from costmodel import Workload, analyze, get_model, kv_cache_bytes
 from costmodel.errors import SpecError
-from costmodel.cli import main
+from reports.cli import main
 from reports.files import atomic_write
 from reports.sweep import _check_decode_sums, _NeedsPythonInts
 from reports.sweep import _grid_counts as sweep_counts
@@ -392,11 +392,11 @@ def test_help(command):
 
 def test_sweep_interrupted_keeps_finished_chunks(tmp_path, monkeypatch):
     """Ctrl-C during a chunk: the rows of the chunks before it are written, exit code 130."""
-    import costmodel.cli.sweep as cli_sweep
+    import reports.cli.sweep as cli_sweep
     import reports.sweep as rs
     from click.testing import CliRunner
 
-    from costmodel.cli import main
+    from reports.cli import main
 
     monkeypatch.setattr(cli_sweep, "CHUNK_CONFIGS", 2)  # 1 batch a chunk: 2 prompts x 1 gen
     real, calls = rs.sweep, []

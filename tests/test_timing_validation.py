@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from costmodel.cli import main
+from reports.cli import main
 from profiler.timing_validation import TimingCase, percentile, plan, summary
 
 

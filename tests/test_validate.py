@@ -11,7 +11,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from costmodel import get_model  # noqa: E402
 from costmodel.analysis import step_cost  # noqa: E402
-from costmodel.cli import main  # noqa: E402
+from reports.cli import main  # noqa: E402
 from profiler import flops as flops_module  # noqa: E402
 from profiler import runner  # noqa: E402
 from profiler import validate as validate_module  # noqa: E402

@@ -2,45 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
-from .common import emit_json, format_option, input_errors, main, model_argument, pop_workload, warn, workload_options
-from .plan import hardware_options
+from costmodel.analysis import analyze
+from costmodel.checkpoint import model_checkpoint, with_checkpoint
+from costmodel.models import PRESETS, get_model
+from costmodel.roofline import predict
+from costmodel.spec import MLA_FORMS
+
+from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+                     pop_workload, read_hardware, warn, workload_options)
 
 
 @main.command()
 @model_argument
-@workload_options
-@hardware_options
+@workload_options()
+@hardware_options()
 @format_option(["table", "csv", "json", "markdown"])
 @click.option("--html", "html_file", default=None, metavar="FILE",
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
+              help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
+                   "does, or decode absorbed in latent space as serving engines do.")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
-    MODEL is a built-in name (see `costmodel models`) or a path to a Hugging Face config.json
-    (or the folder holding it). With --gpu NAME or --hardware FILE, adds roofline latency:
+    MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
+    (or the folder holding it), or a Hugging Face id ORG/NAME[@REVISION] already in the local
+    cache (read offline). A safetensors checkpoint beside the config is summed from its headers. With --gpu NAME or --hardware FILE, adds roofline latency:
     seconds per op and phase, TTFT, TPOT (first, mean, last), tokens/s.
     """
-    from ..analysis import analyze
-    from ..models import get_model
     from reports import text
 
     spec = get_model(model)
-    result = analyze(spec, pop_workload(kwargs, spec))
-    timing = None
-    if gpu is not None or hardware_file is not None:
-        from ..hardware import get_hardware
-        from ..roofline import predict
-
-        timing = predict(spec, result.workload, get_hardware(gpu, hardware_file))
+    result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
+    hw = read_hardware(gpu, hardware_file)
+    timing = None if hw is None else predict(spec, result.workload, hw)
     for w in result.warnings:
         warn(w)
     if html_file is not None or out_dir is not None:
-        _write_files(spec, result, timing, gpu, hardware_file, fmt, html_file, out_dir)
+        _write_files(spec, result, timing, hw, fmt, html_file, out_dir)
         return
     if fmt == "json":
         emit_json(result.to_dict() if timing is None else timing.annotate(result.to_dict()))
@@ -52,15 +58,11 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, **kwargs):
         click.echo(text.report_table(result, timing))
 
 
-def _write_files(spec, result, timing, gpu, hardware_file, fmt, html_file, out_dir):
+def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
     """--html FILE and --out DIR: write the page / report.md and its plots; print the paths."""
     from reports import html, text
     from reports.files import check_writable_dir, check_writable_file
 
-    from ..hardware import get_hardware
-    from .common import InputError
-
-    hw = get_hardware(gpu, hardware_file) if gpu is not None or hardware_file is not None else None
     if out_dir is not None:
         if fmt != "markdown":
             raise InputError("--out DIR goes with --format markdown (report.md with relative image "
@@ -78,7 +80,6 @@ def _write_files(spec, result, timing, gpu, hardware_file, fmt, html_file, out_d
 @format_option(["table", "json"])
 def models(fmt):
     """List the built-in models."""
-    from ..models import PRESETS
     from reports import text
 
     if fmt == "json":

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
+from costmodel.parallel import Split
+
 from .common import emit_json
 
 
 def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str, seed: int, fmt: str) -> None:
     from profiler.parallel import run_parallel
     from reports.parallel import parallel_table
-
-    from ..parallel import Split
 
     result = run_parallel(spec, wl, Split(tp, pp), attention=attention, device=device, seed=seed)
     if fmt == "json":

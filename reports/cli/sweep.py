@@ -6,10 +6,18 @@ numpy, pandas and matplotlib are imported inside the command functions only, so 
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
+
 import click
 
-from .common import (WORKLOAD_KEYS, InputError, build_workload, input_errors, main, pop_workload, warn,
-                     workload_options, workload_options_without_sizes)
+from costmodel.errors import SpecError
+from costmodel.hardware import get_hardware
+from costmodel.models import get_model
+
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, hardware_options, input_errors, main,
+                     pop_workload, read_hardware, warn, workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
 
@@ -27,24 +35,16 @@ def _range_options(batch="1", prompt="512", gen=None):
     return deco
 
 
-def _workload(kw: dict, **sizes):
-    keys = [k for k in WORKLOAD_KEYS if k not in ("batch", "prompt", "gen")]
-    return build_workload(batch=sizes.get("batch", 1), prompt=sizes.get("prompt", 512),
-                          gen=sizes.get("gen", 128), **{k: kw.pop(k) for k in keys})
-
-
-def _hardware(gpu, hardware_file):
-    from ..hardware import get_hardware
-
-    return None if gpu is None and hardware_file is None else get_hardware(gpu, hardware_file)
+NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes ranges of the sizes
 
 
 @main.command()
 @click.argument("model", metavar="MODEL")
 @_range_options()
-@workload_options_without_sizes
-@click.option("--gpu", default=None, help="Add a `seconds` column (roofline) for this GPU (see `costmodel hardware`).")
-@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="Hardware profile file for `seconds`.")
+@workload_options(*NOT_SIZES)
+@hardware_options(
+    gpu=dict(metavar=None, help="Add a `seconds` column (roofline) for this GPU (see `costmodel hardware`)."),
+    hardware_file=dict(help="Hardware profile file for `seconds`."))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
               help="Output format (parquet needs pyarrow and --out).")
 @click.option("--out", default=None, metavar="FILE", help="Write to FILE (atomically) instead of stdout.")
@@ -61,17 +61,14 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
 
         costmodel sweep llama-2-7b --batch 1,2,4,8 --prompt 128:32768:x2 --gen 128
     """
-    from dataclasses import replace
-
-    from ..models import get_model
     from reports.files import check_writable_file
     from reports.sweep import parse_range, sweep as run_sweep, write_frame
 
     spec = get_model(model)
     gen = gen if gen is not None else ("1" if spec.arch == "encoder" else "128")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
-    wl = _workload(kw)
-    hw = _hardware(gpu, hardware_file)
+    wl = build_workload(**{k: kw.pop(k) for k in NOT_SIZES})
+    hw = read_hardware(gpu, hardware_file)
     if fmt == "parquet":
         if out is None:
             raise InputError("--format parquet needs --out FILE (parquet is binary)")
@@ -130,14 +127,14 @@ def _sweep_in_chunks(run_sweep, spec, wl, grid, hw):
 @main.command()
 @click.argument("kind", metavar="KIND", type=click.Choice(PLOT_KINDS))
 @click.argument("model", metavar="[MODEL]", required=False)
-@workload_options
+@workload_options()
 @click.option("--batch-range", default="1:256:x2", show_default=True,
               help="Batch axis: N,N2,..., START:STOP:+STEP or START:STOP:xFACTOR.")
 @click.option("--context-range", default="128:32768:x2", show_default=True,
               help="Context (prompt length) axis, same syntax.")
-@click.option("--gpu", default=None, metavar="NAME[,NAME...]",
-              help="Device(s) (see `costmodel hardware`); several for latency and compare.")
-@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="Hardware profile file.")
+@hardware_options(gpu=dict(metavar="NAME[,NAME...]",
+                           help="Device(s) (see `costmodel hardware`); several for latency and compare."),
+                  hardware_file=dict(help="Hardware profile file."))
 @click.option("--input", "input_file", default=None, metavar="FILE",
               help="validation: the JSON of `costmodel validate --format json`.")
 @click.option("--out", default=".", show_default=True, metavar="DIR", help="Folder for the PNG and SVG files.")
@@ -150,12 +147,6 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     `costmodel validate --format json`), compare (MODEL may be A,B,C; --gpu A,B optional).
     --batch/--prompt/--gen set the configuration; --batch-range/--context-range the axes.
     """
-    import json
-    import re
-    from dataclasses import replace
-
-    from ..errors import SpecError
-    from ..models import get_model
     from reports import plots
     from reports.files import check_writable_dir
     from reports.sweep import parse_range
@@ -204,8 +195,6 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
 
 
 def _hardware_list(gpu, hardware_file):
-    from ..hardware import get_hardware
-
     if gpu is None:
         return [get_hardware(None, hardware_file)] if hardware_file else []
     return [get_hardware(g.strip(), hardware_file) for g in gpu.split(",") if g.strip()]

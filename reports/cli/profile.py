@@ -9,8 +9,13 @@ import sys
 
 import click
 
-from ..sampling import STRATEGIES
-from .common import InputError, emit_json, format_option, input_errors, main, model_argument
+from costmodel.models import get_model
+from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
+
+from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+                     pop_workload, workload_options)
+from .parallel import profile_parallel, split_case_names, validate_parallel
+from .validate_timing import run_timing_validation
 
 
 def _progress(enabled: bool):
@@ -22,24 +27,20 @@ def _progress(enabled: bool):
 
 @main.command()
 @model_argument
-@click.option("--batch", "-b", type=int, default=1, show_default=True, help="Sequences in the batch.")
-@click.option("--prompt", "-s", type=int, default=128, show_default=True, help="Prompt length in tokens.")
-@click.option("--gen", "-n", type=int, default=32, show_default=True,
-              help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="greedy", show_default=True,
-              help="How the next token is picked.")
-@click.option("--top-k", type=int, default=50, show_default=True, help="Candidates kept (top_k, top_k_top_p).")
-@click.option("--top-p", type=float, default=0.9, show_default=True, help="Probability mass kept (top_p, top_k_top_p).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Logits divided by it (sampling).")
-@click.option("--beams", type=int, default=1, show_default=True, help="Beam width (beam search).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Weights, activations and KV cache.")
-@click.option("--attention", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
+@workload_options(
+    "batch", "prompt", "gen", "strategy", "top_k", "top_p", "temperature", "beams", "dtype", "logits", "no_kv_cache",
+    prompt=dict(default=128, help="Prompt length in tokens."),
+    gen=dict(default=32, show_default=True,
+             help="Tokens generated per sequence (prefill yields the first; gen - 1 decode steps)."),
+    strategy=dict(help="How the next token is picked."),
+    top_k=dict(help="Candidates kept (top_k, top_k_top_p)."),
+    top_p=dict(help="Probability mass kept (top_p, top_k_top_p)."),
+    temperature=dict(help="Logits divided by it (sampling)."),
+    beams=dict(help="Beam width (beam search)."),
+    dtype=dict(type=click.Choice(REFERENCE_DTYPES), default="fp32", help="Weights, activations and KV cache."))
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--attention", type=click.Choice(ATTENTION_PATHS), default="sdpa", show_default=True,
               help="F.scaled_dot_product_attention, or explicit matmuls and softmax.")
-@click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
-              help="Prefill LM head for the last position only, or every position.")
-@click.option("--no-kv-cache", is_flag=True, help="Decode recomputes the whole prefix every step.")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed runs (median and spread).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
@@ -52,8 +53,8 @@ def _progress(enabled: bool):
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split in order).")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beams, device, dtype, attention,
-            logits, no_kv_cache, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt):
+def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt,
+            **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
@@ -63,16 +64,9 @@ def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beam
     With --tp/--pp: the model split over tp x pp ranks, per rank and phase the counted matmul
     FLOPs, KV-cache bytes and collective payload bytes and time beside the analytic split.
     """
-    from ..models import get_model
-    from ..spec import Workload
-
     spec = get_model(model)
-    wl = Workload(batch=batch, prompt=prompt, gen=gen, weight_dtype=dtype, act_dtype=dtype, logits=logits,
-                  kv_cache=not no_kv_cache, beams=beams, strategy=strategy, top_k=top_k, top_p=top_p,
-                  temperature=temperature)
+    wl = pop_workload(kwargs, spec)
     if tp != 1 or pp != 1:
-        from .parallel import profile_parallel
-
         if weights:
             raise InputError("--weights is not supported with --tp/--pp (seeded random weights only)")
         return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt)
@@ -93,9 +87,9 @@ def profile(model, batch, prompt, gen, strategy, top_k, top_p, temperature, beam
 @click.option("--case", "cases", multiple=True, metavar="NAME", help="Run only this case (repeatable).")
 @click.option("--timing", is_flag=True, help="Instead: roofline-predicted vs measured seconds over prefill "
               "and decode shapes (with --hardware FILE from `costmodel calibrate`).")
-@click.option("--hardware", "hardware_file", default=None, metavar="FILE", help="--timing: hardware profile.")
-@click.option("--gpu", default=None, metavar="NAME", help="--timing: a catalog device (with --device cuda).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@hardware_options("hardware_file", "gpu", hardware_file=dict(help="--timing: hardware profile."),
+                  gpu=dict(help="--timing: a catalog device (with --device cuda)."))
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="--timing: where the reference model runs.")
 @click.option("--threads", type=int, default=None, help="--timing: CPU threads (default: the profile's).")
 @format_option(["table", "json"])
@@ -115,13 +109,10 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     over prefill and decode shapes, with the median and 90th-percentile absolute error.
     """
     if timing:
-        from .validate_timing import run_timing_validation
-
         return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
     from profiler.validate import plan, run_cases
+    from reports.parallel import parallel_cases_table
     from reports.profile import validate_table
-
-    from .parallel import split_case_names, validate_parallel
 
     single, parallel = split_case_names(cases)  # tp / pp cases run after the single-device ones
     planned = len(plan(quick, single or None)) if single or not cases else 0
@@ -147,8 +138,6 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     else:
         click.echo(validate_table(results, planned, interrupted))
         if par_results:
-            from reports.parallel import parallel_cases_table
-
             click.echo("\n" + parallel_cases_table(par_results))
     if not ok:
         click.get_current_context().exit(1)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import click
 
+from costmodel.hardware import get_hardware, hardware_from_dict
+
 from .common import emit_json
 
 
 def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> None:
     """Time the reference model over prefill and decode shapes and hold each against the roofline
     on ``--hardware FILE`` (or ``--gpu NAME``); without either, calibrate this machine first."""
-    from ..hardware import get_hardware, hardware_from_dict
     from profiler.timing_validation import plan, run_timing, summary
-    from reports.text import human_seconds, render
+    from reports.profile import timing_validation_table
+    from reports.text import human_seconds
 
     if hardware_file is None and gpu is None:
         from profiler.calibrate import calibrate
@@ -41,13 +43,6 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> No
                    "cases": [c.to_dict() for c in cases], "summary": s, "planned": planned,
                    "interrupted": interrupted})
     else:
-        rows = [[c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
-                 f"{c.error_pct:+.1f} %", c.bound] for c in cases]
-        click.echo(render(["phase", "batch", "context", "predicted", "measured", "error", "roofline"], rows,
-                          align=["l", "r", "r", "r", "r", "r", "l"]))
-        if cases:
-            click.echo(f"\n{s['cases']} cases on {hw.id}: median |error| {s['median_abs_error_pct']:.1f} %, "
-                       f"p90 {s['p90_abs_error_pct']:.1f} %, max {s['max_abs_error_pct']:.1f} % "
-                       "(measured: fastest of 5 passes after a warm-up; eager attention, fp32)")
+        click.echo(timing_validation_table(cases, s, hw.id))
     if interrupted:
         click.get_current_context().exit(130)

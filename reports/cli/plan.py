@@ -1,0 +1,138 @@
+"""``costmodel hardware``, ``costmodel plan`` and ``costmodel calibrate``.
+
+``hardware`` and ``plan`` are pure arithmetic (no numpy, pandas or torch); ``calibrate`` imports
+torch inside the command only. The tables are :mod:`reports.plan`'s, imported inside the commands
+as every rendering module is, so that ``costmodel --help`` loads none.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from costmodel.dtypes import DTYPE_BITS
+from costmodel.hardware import catalog, get_hardware, hardware_from_dict, load_hardware_file
+from costmodel.models import get_model
+from costmodel.plan import capacity_plan
+from profiler.choices import DEVICES
+
+from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+                     warn, workload_options)
+
+
+@main.command()
+@hardware_options("hardware_file", hardware_file=dict(help="Also list the profiles in this file."))
+@format_option(["table", "json"])
+@input_errors
+def hardware(hardware_file, fmt):
+    """List the hardware catalog: peak FLOP/s per dtype, memory, bandwidths, and their sources."""
+    from reports.plan import hardware_table
+
+    profiles = (load_hardware_file(hardware_file) if hardware_file else []) + catalog()
+    if fmt == "json":
+        emit_json([h.to_dict() for h in profiles])
+    else:
+        click.echo(hardware_table(profiles))
+
+
+def _positive_float():
+    return click.FloatRange(min=0, min_open=True)
+
+
+@main.command()
+@model_argument
+@hardware_options()
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="GPUs per replica; picks tp (within the fast interconnect) and pp.")
+@click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel GPUs.")
+@click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline stages.")
+@workload_options(
+    "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype",
+    prompt=dict(help="Prompt length in tokens."),
+    gen=dict(default=128, show_default=True, help="Tokens generated per request."),
+    batch=dict(default=None, show_default=False, help="Batch to evaluate (default: the largest that fits)."),
+    weight_dtype=dict(help=f"Weights only: {', '.join(DTYPE_BITS)}."),
+    kv_dtype=dict(help="KV cache (default: the activation dtype)."))
+@click.option("--ttft-slo", type=_positive_float(), default=None, metavar="MS", help="Time-to-first-token SLO, ms.")
+@click.option("--tpot-slo", type=_positive_float(), default=None, metavar="MS", help="Mean time-per-output-token SLO, ms.")
+@click.option("--rps", type=_positive_float(), default=None, metavar="R", help="Requests per second to serve.")
+@click.option("--gpu-hour-usd", type=_positive_float(), default=None, metavar="X", help="Price of one GPU-hour, USD.")
+@click.option("--reserve-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+              show_default=True, help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers).")
+@format_option(["table", "json"])
+@input_errors
+def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype,
+         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, fmt):
+    """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
+
+    Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
+    """
+    from reports.plan import plan_text
+
+    if gpus is not None and (tp is not None or pp is not None):
+        raise InputError("give --gpus N or --tp N --pp M, not both")
+    hw = get_hardware(gpu, hardware_file)
+    p = capacity_plan(
+        get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
+        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
+        ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
+        tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
+        rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
+    if fmt == "json":
+        emit_json(p.to_dict())
+    else:
+        click.echo(plan_text(p))
+
+
+@main.command()
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--dtype", "dtypes", multiple=True, metavar="DTYPE",
+              help="Matmul dtypes to measure (repeatable): fp32, bf16, fp16; tf32 and int8 on cuda. "
+                   "Default: fp32 and bf16 on cpu; fp32, tf32, bf16, fp16 on cuda.")
+@click.option("--out", "out", metavar="FILE", default=None, help="Write the profile (JSON) here.")
+@click.option("--id", "profile_id", default=None, help="Profile id (default: calibrated-<device>).")
+@click.option("--quick", is_flag=True, help="Small shapes and short timings (a few seconds; for tests).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: torch's).")
+@click.option("--collectives", is_flag=True, help="Also time all-reduces on 2 ranks (gloo on cpu, nccl on cuda) "
+              "and fit the plan's ring model: interconnect bandwidth and link latency.")
+@format_option(["table", "json"])
+@input_errors
+def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt):
+    """Measure this machine (matmul FLOP/s per dtype, memory bandwidth, per-op overhead) and write
+    a hardware profile usable wherever --hardware is."""
+    try:
+        from profiler import calibrate as cal
+    except ImportError as e:
+        raise InputError(f"calibrate needs torch ({e}); install it with: pip install 'costmodel[profile]'") from None
+    from reports.parallel import collectives_lines
+    from reports.plan import calibration_table
+
+    profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
+                            profile_id=profile_id)
+    if collectives:
+        from profiler.calibrate_collectives import calibrate_collectives
+
+        fit = calibrate_collectives(device=device, quick=quick)
+        profile.update(fit["fields"])
+        profile["sources"]["interconnect_bandwidth_bytes_per_s"] = profile["sources"]["link_latency_s"] = (
+            f"fitted by costmodel calibrate --collectives: {fit['collectives']['model']}")
+        profile["calibration"]["collectives"] = fit["collectives"]
+    hardware_from_dict(profile, "calibrated profile")  # what --hardware will accept
+    if out:
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(profile, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise InputError(f"cannot write {out!r}: {e.strerror or e}") from None
+    if fmt == "json":
+        emit_json(profile)
+    else:
+        click.echo(calibration_table(profile))
+        if collectives:
+            click.echo("\n".join(["", *collectives_lines(profile)]))
+        if out:
+            click.echo(f"profile written to {out}; use it with --hardware {out}")
+        else:
+            warn("no --out FILE given: the profile was not saved (use --format json to print it)")

@@ -1,0 +1,115 @@
+"""The hardware catalog, calibrated profiles and capacity plans as text (``costmodel hardware``,
+``calibrate``, ``plan``): figures in SI units from the library, converted here to GB, TFLOP/s, ms."""
+
+from __future__ import annotations
+
+from .text import human_bytes, human_seconds, render
+
+
+def _tflops(x):
+    return "-" if x is None else f"{x / 1e12:,.1f}"
+
+
+def _gbps(x):
+    return "-" if x is None else f"{x / 1e9:,.1f}"
+
+
+def hardware_table(profiles) -> str:
+    dts = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+    rows = []
+    for h in profiles:
+        link = "-" if not h.interconnect_bandwidth_bytes_per_s else \
+            f"{_gbps(h.interconnect_bandwidth_bytes_per_s)} x{h.interconnect_gpus}"
+        rows.append([h.id, h.name, f"{h.memory_bytes / 1e9:,.1f}", _gbps(h.memory_bandwidth_bytes_per_s)]
+                    + [_tflops(h.peak_flops_per_s[d]) for d in dts]
+                    + [link, _gbps(h.pcie_bandwidth_bytes_per_s)])
+    body = render(["id", "name", "memory GB", "mem GB/s"] + [f"{d} TFLOP/s" for d in dts]
+                  + ["link GB/s x GPUs", "PCIe GB/s"], rows, align=["l", "l"] + ["r"] * 12)
+    return "\n".join([
+        body, "",
+        "Dense peaks (no sparsity), 1 TFLOP/s = 1e12 FLOP/s; memory in GB as sold (1 GB = 1e9 bytes); "
+        "bandwidths in GB/s (1e9 bytes/s), links per direction ('x8': GPUs the link joins).",
+        "Sources for every figure: costmodel hardware --format json.",
+    ])
+
+
+def _ms(x):
+    return "-" if x is None else f"{x * 1e3:,.3f} ms"
+
+
+def plan_text(p) -> str:
+    hw, lay, w, m, t = p.hardware, p.layout, p.workload, p.memory, p.timing
+    eff = hw.efficiencies()
+    lines = [
+        f"{p.model.name} on {lay.gpus} x {hw.id} per replica (tp {lay.tp}, pp {lay.pp}): prompt {w.prompt}, "
+        f"gen {w.gen}; weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}",
+        f"memory per GPU at batch {max(p.batch, 1)}: weights {human_bytes(m.weights_bytes)} + KV "
+        f"{human_bytes(m.kv_bytes)} + activations {human_bytes(m.activations_bytes)} + reserve "
+        f"{human_bytes(m.reserve_bytes)} ({p.reserve_fraction:.0%}) = {human_bytes(m.total_bytes)} of "
+        f"{human_bytes(m.capacity_bytes)} ({m.capacity_bytes / 1e9:g} GB): "
+        + ("fits" if m.fits else f"DOES NOT FIT, {human_bytes(m.missing_bytes)} ({m.missing_bytes:,} bytes) missing"),
+        f"max batch: {p.max_batch}; max context at batch {p.max_context_batch}: {p.max_context:,} positions "
+        f"(model max {p.model.max_position_embeddings:,})",
+    ]
+    if t is not None and t.prefill is None:  # encoder-only: one pass, nothing generated
+        lines.append(f"at batch {p.batch}: encode pass {human_seconds(t.e2e_s)}")
+    elif t is not None:
+        tp = t.tpot()
+        lines.append(
+            f"at batch {p.batch}: TTFT {human_seconds(t.ttft_s)}; TPOT first {_ms(tp['first'])}, mean "
+            f"{_ms(tp['mean'])}, last {_ms(tp['last'])}; end-to-end {human_seconds(t.e2e_s)}; "
+            f"{t.tokens_per_s:,.1f} tokens/s generated"
+            + (f" ({t.decode_tokens_per_s:,.1f} tokens/s while decoding)" if t.decode_tokens_per_s else ""))
+    if p.ttft_slo_s is not None or p.tpot_slo_s is not None:
+        slo = ", ".join(s for s in (
+            None if p.ttft_slo_s is None else f"TTFT <= {p.ttft_slo_s * 1e3:g} ms",
+            None if p.tpot_slo_s is None else f"mean TPOT <= {p.tpot_slo_s * 1e3:g} ms") if s)
+        st = p.serving_timing
+        lines.append(f"SLOs {slo}: largest batch meeting them {p.serving_batch}"
+                     + ("" if st is None or st.prefill is None else f" (TTFT {human_seconds(st.ttft_s)}, "
+                        f"mean TPOT {_ms(st.tpot_mean_s)}, {st.tokens_per_s:,.1f} tokens/s)"))
+    if p.requests_per_s_per_replica:
+        lines.append(f"one replica serves {p.requests_per_s_per_replica:,.3f} requests/s at batch {p.serving_batch}")
+    if p.rps is not None:
+        lines.append(f"{p.rps:g} requests/s: " + (
+            f"{p.replicas} replicas x {lay.gpus} GPUs = {p.gpus_needed} GPUs" if p.gpus_needed
+            else "cannot be served (see notes)"))
+    usd, usd_all = p.usd_per_million_tokens(), p.usd_per_million_tokens(True)
+    if usd is not None:
+        lines.append(f"cost at ${p.gpu_hour_usd:g}/GPU-hour: ${usd:,.4f} per million generated tokens "
+                     f"(${usd_all:,.4f} per million prompt + generated tokens)")
+    elif usd_all is not None:
+        lines.append(f"cost at ${p.gpu_hour_usd:g}/GPU-hour: ${usd_all:,.4f} per million input tokens")
+    lines += ["", f"efficiencies ({eff['source']}): FLOP/s {eff['flops']:g}, bandwidth {eff['bandwidth']:g}, "
+              f"interconnect {eff['interconnect']:g}; per-op overhead {hw.op_overhead_s * 1e6:g} us; "
+              f"link latency {hw.link_latency_s_used * 1e6:g} us per all-reduce step"]
+    lines += [f"assumption: {a}" for a in p.to_dict()["assumptions"]]
+    lines += [f"note: {n}" for n in p.notes]
+    return "\n".join(lines)
+
+
+def calibration_table(profile: dict) -> str:
+    cal = profile["calibration"]
+    rows = [[m["dtype"], f"{m['m']}x{m['k']}x{m['n']}", f"{m['seconds'] * 1e3:.3f} ms",
+             f"{m['flops_per_s'] / 1e9:,.1f}"] for m in cal["matmul"]]
+    lines = [f"{profile['name']} ({profile['id']}): calibrated in {cal['seconds_taken']:.1f} s, "
+             f"torch {cal['torch_version']}, {cal['threads']} threads" if cal["device"] == "cpu" else
+             f"{profile['name']} ({profile['id']}): calibrated in {cal['seconds_taken']:.1f} s, torch {cal['torch_version']}",
+             "", render(["dtype", "matmul m x k x n", "time", "GFLOP/s"], rows), ""]
+    rows = [[b["kernel"], f"{b['bytes'] / 2**20:,.0f} MiB", f"{b['seconds'] * 1e3:.3f} ms",
+             f"{b['bytes_per_s'] / 1e9:,.2f}"] for b in cal["bandwidth"] + cal.get("matmul_streaming", [])]
+    lines += [render(["kernel", "bytes moved", "time", "GB/s"], rows), ""]
+    rows = [[e["dtype"], e["kernel"], f"{e['elements']:,}", f"{e['seconds'] * 1e6:.1f} us",
+             f"{e['flops_per_s'] / 1e9:,.2f}"] for e in cal.get("elementwise", [])]
+    if rows:
+        lines += [render(["dtype", "element-wise", "elements", "time", "GFLOP/s"], rows), ""]
+    peaks = ", ".join(f"{d} {v / 1e9:,.1f} GFLOP/s" for d, v in profile["peak_flops_per_s"].items() if v)
+    ew = ", ".join(f"{d} {v / 1e9:,.2f} GFLOP/s" for d, v in (profile.get("elementwise_flops_per_s") or {}).items() if v)
+    lines += [f"peak (best measured): {peaks}"] + ([f"element-wise peak (best measured): {ew}"] if ew else []) + [
+              f"memory bandwidth (best measured): {profile['memory_bandwidth_bytes_per_s'] / 1e9:,.2f} GB/s",
+              *([f"matmul weight streaming (best measured): {profile['matmul_bandwidth_bytes_per_s'] / 1e9:,.2f} GB/s"]
+                if profile.get("matmul_bandwidth_bytes_per_s") else []),
+              f"per-op dispatch overhead: {profile['op_overhead_s'] * 1e6:,.2f} us",
+              f"memory: {profile['memory_bytes'] / 1e9:,.1f} GB",
+              "efficiencies are 1: the peaks are what this machine reached"]
+    return "\n".join(lines)
