@@ -122,6 +122,7 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
     _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
     _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
+    # mistral-7b: Mistral-7B-v0.2's shapes (32k context, no window; v0.3 adds 768 vocabulary rows)
     _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
     # Mistral-7B-v0.1 as released: every layer slides over a 4096-token window.
     _llama("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, 32768, sliding_window=4096),
@@ -129,12 +130,16 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
            rope_theta=1000000.0, norm_eps=1e-6),
     _llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192, head_dim=256,
            activation="gelu_tanh", tie_word_embeddings=True, norm_eps=1e-6),
-    _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
-    # Phi-3-mini-4k-instruct as released: sliding_window 2047 on every layer.
+    # Phi-3-mini-4k-instruct as released: sliding_window 2047 on every layer (phi-3-mini: the same
+    # checkpoint, its name before issue 12; it ignored the window until then).
+    _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096, sliding_window=2047),
     _llama("phi-3-mini-4k", 32, 3072, 32, 32, 8192, 32064, 4096, sliding_window=2047),
     # Mixture of experts: Mixtral (8 experts, top 2); Qwen1.5-MoE-A2.7B (60 experts, top 4, plus
     # a sigmoid-gated shared expert of 4 x 1408).
     _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, num_experts=8, experts_per_token=2,
+           rope_theta=1000000.0),
+    # mistralai/Mixtral-8x22B-v0.1 (v3 tokenizer: vocab 32768), no sliding window
+    _llama("mixtral-8x22b", 56, 6144, 48, 8, 16384, 32768, 65536, num_experts=8, experts_per_token=2,
            rope_theta=1000000.0),
     _llama("qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192, attention_bias=True,
            num_experts=60, experts_per_token=4, moe_intermediate_size=1408, num_shared_experts=1,

@@ -27,7 +27,8 @@ magnitude it produced (inputs included). Every quantity the formulas build is a 
 sizes with non-negative coefficients, a min or max of such, or a difference of two such, so its
 magnitude anywhere in the block is at most the largest magnitude at the corner (the one exception,
 the Newton differences of the decode sum, is checked exactly on the int64 block, see
-:func:`_check_decode_sums`; ``tests/test_sweep.py`` checks the corner bound against the element-wise
+:func:`_check_decode_sums`, which also covers a sliding window's split sum: its split step falls
+as the prompt grows, so its partial sums are bounded by the whole block's n-step bound, not the corner's; ``tests/test_sweep.py`` checks the corner bound against the element-wise
 shadow of whole grids for every kind of model). If the corner stays below 2**62 the block runs in
 int64, where every step is then exact (float64 is off by at most ~1e-13 relative, far inside the
 factor of two between 2**62 and int64's 2**63). Otherwise it runs on numpy object arrays of Python

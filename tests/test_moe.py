@@ -133,3 +133,19 @@ def test_hf_mixtral_and_qwen2_moe(tmp_path):
 def test_bad_moe_specs(kwargs, message):
     with pytest.raises(SpecError, match=message):
         replace(MIX, **kwargs)
+
+
+def test_mixtral_8x22b_preset_is_its_published_checkpoint():
+    # mistralai/Mixtral-8x22B-v0.1, built on the meta device by transformers 5.23
+    # (tests/fixtures/hf/published_params.json): 140,630,071,296 total, 39,161,468,928 active
+    import json
+    from pathlib import Path
+
+    from costmodel.models import PRESETS, spec_from_hf_dict
+
+    published = json.loads((Path(__file__).parent / "fixtures" / "hf" / "published_params.json")
+                           .read_text())["presets"]["mixtral-8x22b"]
+    spec = PRESETS["mixtral-8x22b"]
+    assert spec == spec_from_hf_dict(published["config"], name="mixtral-8x22b")
+    assert (spec.num_params, spec.active_params) == (140_630_071_296, 39_161_468_928)
+    assert published["num_params"] == spec.num_params and published["active_params"] == spec.active_params

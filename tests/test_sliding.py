@@ -268,3 +268,24 @@ def test_config_windows():
         spec_from_hf_dict({**mistral, "sliding_window": 4096.0}, name="m")
     with pytest.raises(SpecError, match="no window"):
         spec_from_hf_dict({**qwen2, "layer_types": ["sliding_attention"] * 4}, name="q")
+
+
+def test_plan_with_a_window():
+    from costmodel.hardware import get_hardware
+    from costmodel.parallel import shard_step
+    from costmodel.plan import Layout, memory_use, parallel_timing
+    from costmodel.roofline import rates, step_time
+
+    spec, hw = get_model("mistral-7b-v0.1"), get_hardware("h100-sxm")
+    wl = Workload(batch=4, prompt=8192, gen=64)
+    # the cache after 8192 + 63 positions: 4 seqs x 4095 positions x 32 layers x 2 x 8 x 128 x 2 bytes,
+    # on the fuller of pp = 2 stages (16 layers each) half of it
+    assert memory_use(spec, hw, wl).kv_bytes == 4 * 4095 * 32 * 2 * 8 * 128 * 2
+    assert memory_use(spec, hw, wl, Layout(1, 2)).kv_bytes == 4 * 4095 * 16 * 2 * 8 * 128 * 2
+    # decode under tp = 2 across the window filling (prompt 4000: full after step 96): the ops'
+    # seconds are the sum of each step's
+    wl = Workload(batch=4, prompt=4000, gen=200)
+    t = parallel_timing(spec, hw, wl, Layout(2, 1))
+    r = rates(hw, wl.act_dtype)
+    loop = sum(step_time(shard_step(decode_step_cost(spec, wl, i), 2), r).ops_seconds for i in range(1, wl.gen))
+    assert t.decode.ops_seconds == pytest.approx(loop, rel=1e-9)
