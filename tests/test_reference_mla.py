@@ -166,3 +166,8 @@ def test_the_sharded_reference_refuses_latent_attention():
         with pytest.raises(SpecError, match="latent attention; the sharded reference splits q/k/v attention") as e:
             check_parallel(get_model("tiny-deepseek"), wl, Split(tp=tp))
         assert "\n" not in str(e.value)
+
+
+def test_real_weights_are_refused_for_latent_attention(tmp_path):
+    with pytest.raises(SpecError, match="tiny-deepseek is a latent-attention model: real weights load into dense"):
+        build_model(get_model("tiny-deepseek"), weights=str(tmp_path))
