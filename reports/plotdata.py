@@ -187,7 +187,7 @@ def memory_curves(spec, wl, hw, batches, contexts) -> tuple[pd.DataFrame, dict]:
                          "capacity_bytes": m.capacity_bytes})
     marks = {"max_batch": plan.max_batch(spec, hw, wl),
              "max_context": plan.max_context(spec, hw, replace(wl, gen=1)),
-             "capacity_bytes": hw.memory_bytes}
+             "capacity_bytes": hw.capacity_bytes, "capacity_figure": hw.capacity_figure}
     return pd.DataFrame(rows), marks
 
 
