@@ -518,6 +518,7 @@ def latency_figure(curves, spec, wl) -> Figure:
             if axis == "context" and arch != "decoder":
                 ax.set_xlabel(_context_label(arch))
     fig.suptitle(f"{spec.name}: roofline latency ({wl.weight_dtype} weights, {wl.act_dtype} compute)", fontsize=13)
+    fig.warnings = list(curves.attrs.get("warnings", ()))  # points that do not fit: the CLI prints them
     return fig
 
 
