@@ -46,6 +46,19 @@ TORCH_DTYPES = dict(zip(REFERENCE_DTYPES, (torch.float32, torch.bfloat16, torch.
 _DECODER_ONLY = {"norm_position": "pre", "embedding_norm": False}
 
 
+# Spec fields the reference model does not build (their analytic side is exact against transformers:
+# tests/fixtures/hf), with the value it needs; a spec that sets one is refused, never run without it.
+_NOT_BUILT = {
+    "word_embed_proj_dim": None, "position_offset": 0, "lm_head_bias": False, "embedding_multiplier": None,
+    "residual_multiplier": None, "attention_multiplier": None, "logits_scale": None,
+    "moe_scoring": "softmax", "moe_groups": 1, "moe_topk_groups": 1, "routed_scaling_factor": 1.0,
+    "attention_chunk_size": None, "sandwich_norms": False, "attn_logit_softcapping": None,
+    "final_logit_softcapping": None, "query_pre_attn_scalar": None, "attn_sinks": False,
+    "no_rope_layers": (), "attn_temperature_tuning": False, "router_bias": False,
+    "router_scoring": "softmax", "expert_bias": False, "swiglu_limit": None, "moe_all_experts": False,
+}
+
+
 def check_supported(spec: ModelSpec) -> None:
     """Refuse, with one line, a spec the reference model cannot build.
 
@@ -64,6 +77,13 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.mla and "sliding_attention" in spec.layer_types:
         raise SpecError(f"{spec.name} has latent attention with sliding layers; the reference model builds "
                         "latent attention over full layers only")
+    for f, want in _NOT_BUILT.items():
+        if getattr(spec, f) != want:
+            raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model does not build it "
+                            f"(allowed: {want!r}); its analytic costs are checked against transformers instead")
+    if "chunked_attention" in spec.layer_types:
+        raise SpecError(f"{spec.name} has chunked_attention layers; the reference model builds full and "
+                        "sliding_attention layers")
     for f, want in _DECODER_ONLY.items():
         if getattr(spec, f) != want:
             raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds "

@@ -323,3 +323,16 @@ def test_the_sharded_reference_refuses_the_variants_it_does_not_split(name):
     with pytest.raises(SpecError, match="use tp = pp = 1") as e:
         check_parallel(get_model(name), wl, Split(tp=2))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name, field", [("gemma-2-9b", "embedding_multiplier"), ("gpt-oss-20b", "attn_sinks"),
+                                         ("deepseek-v3", "moe_scoring"), ("llama-4-maverick", "attention_chunk_size")])
+def test_what_the_reference_does_not_build_is_refused_in_one_line(name, field):
+    # analytic-only variants (exact against transformers' fixtures): the reference never runs without them
+    from costmodel.errors import SpecError
+    from costmodel.models import get_model
+    from profiler.model import check_supported
+
+    with pytest.raises(SpecError) as e:
+        check_supported(get_model(name))
+    assert field in str(e.value) and "\n" not in str(e.value)
