@@ -3,7 +3,9 @@
 The catalog ships as ``costmodel/data/hardware.json``; users add their own with ``--hardware FILE``
 (a profile written by ``costmodel calibrate`` is one). A file holds one profile (a JSON object
 with an ``id``), a list of them, or an object ``{"hardware": [...]}``. Every figure is SI:
-``memory_bytes`` (vendor "80 GB" read as 80e9 bytes), ``memory_bandwidth_bytes_per_s``, dense
+``memory_bytes`` (vendor "80 GB" read as 80e9 bytes) beside ``memory_reported_bytes`` (the total the
+device reports: nvidia-smi, torch's ``total_memory``; what plans budget against where known),
+``memory_bandwidth_bytes_per_s``, dense
 ``peak_flops_per_s`` per dtype, link bandwidths per direction. Bad files raise
 :class:`~costmodel.errors.SpecError` naming the file, the entry and the field.
 
@@ -36,7 +38,7 @@ _ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 _REQUIRED = ("id", "name", "peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s")
 _OPTIONAL = ("kind", "elementwise_flops_per_s", "matmul_bandwidth_bytes_per_s", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
-             "pcie_bandwidth_bytes_per_s", "flops_efficiency", "bandwidth_efficiency",
+             "pcie_bandwidth_bytes_per_s", "memory_reported_bytes", "memory_reported_source", "flops_efficiency", "bandwidth_efficiency",
              "interconnect_efficiency", "link_latency_s", "op_overhead_s", "sources", "notes",
              "calibration")
 
@@ -48,7 +50,7 @@ class Hardware:
     id: str  # lowercase, hyphenated: "h100-sxm"
     name: str
     peak_flops_per_s: dict = field(hash=False)  # dense peak per dtype in FLOPS_DTYPES; None: unsupported
-    memory_bytes: int  # capacity, SI
+    memory_bytes: int  # capacity as sold, SI ("80 GB" = 80e9)
     memory_bandwidth_bytes_per_s: float
     kind: str = "gpu"
     # FLOP/s of element-wise ops (vector units, exp/tanh) per dtype where it differs from the matmul
@@ -62,6 +64,10 @@ class Hardware:
     interconnect_bandwidth_bytes_per_s: float | None = None  # per direction, per GPU
     interconnect_gpus: int = 1  # GPUs the fabric joins all-to-all (8: HGX baseboard; 2: a bridge)
     pcie_bandwidth_bytes_per_s: float | None = None  # per direction
+    # Total the device reports (nvidia-smi "81559MiB" = 81559 * 2**20 bytes); None: not known, plans
+    # use memory_bytes. memory_reported_source says where the figure comes from (or why there is none).
+    memory_reported_bytes: int | None = None
+    memory_reported_source: str = ""
     flops_efficiency: float | None = None  # None: DEFAULT_FLOPS_EFFICIENCY
     bandwidth_efficiency: float | None = None
     interconnect_efficiency: float | None = None
@@ -107,6 +113,11 @@ class Hardware:
             object.__setattr__(self, "elementwise_flops_per_s",
                                {d: None if ew.get(d) is None else float(ew[d]) for d in FLOPS_DTYPES})
         object.__setattr__(self, "memory_bytes", _positive_count(src, "memory_bytes", self.memory_bytes))
+        if self.memory_reported_bytes is not None:
+            object.__setattr__(self, "memory_reported_bytes",
+                               _positive_count(src, "memory_reported_bytes", self.memory_reported_bytes))
+        if not isinstance(self.memory_reported_source, str):
+            raise SpecError(f"{src}: memory_reported_source must be a string, got {self.memory_reported_source!r}")
         _positive(src, "memory_bandwidth_bytes_per_s", self.memory_bandwidth_bytes_per_s)
         for f in ("interconnect_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s", "link_latency_s",
                   "matmul_bandwidth_bytes_per_s"):
@@ -123,6 +134,21 @@ class Hardware:
         _number(src, "op_overhead_s", self.op_overhead_s)
         if self.op_overhead_s < 0:
             raise SpecError(f"{src}: op_overhead_s must be >= 0, got {self.op_overhead_s}")
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The capacity plans budget against: the reported total where known, else the marketed one."""
+        return self.memory_bytes if self.memory_reported_bytes is None else self.memory_reported_bytes
+
+    @property
+    def capacity_figure(self) -> str:
+        """Which figure :attr:`capacity_bytes` is: "reported" or "marketed"."""
+        return "marketed" if self.memory_reported_bytes is None else "reported"
+
+    def capacity_label(self) -> str:
+        """The capacity and which figure it is, for text output: "85.52 GB (reported by the device)"."""
+        which = "reported by the device" if self.memory_reported_bytes is not None else "marketed figure"
+        return f"{self.capacity_bytes / 1e9:,.2f} GB ({which})"
 
     # Achievable rates: peak x efficiency.
     @property
@@ -196,6 +222,8 @@ class Hardware:
             "elementwise_flops_per_s": None if self.elementwise_flops_per_s is None
             else dict(self.elementwise_flops_per_s),
             "memory_bytes": self.memory_bytes,
+            "memory_reported_bytes": self.memory_reported_bytes,
+            "memory_reported_source": self.memory_reported_source,
             "memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s,
             "interconnect": self.interconnect,
             "interconnect_bandwidth_bytes_per_s": self.interconnect_bandwidth_bytes_per_s,

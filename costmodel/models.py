@@ -238,6 +238,13 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in [
     _llama("tiny-moe-dense-first", 4, 64, 4, 2, 160, 256, 256, num_experts=4, experts_per_token=2,
            moe_intermediate_size=32, num_shared_experts=1, shared_expert_intermediate_size=64,
            mlp_layer_types=("dense", "moe", "dense", "moe")),  # dense first, then every other layer
+    # Latent attention in DeepSeek-V3's shapes of tests/fixtures/hf/deepseek_v3.json (q rank 32, kv rank
+    # 16, 16 + 8 rotary dims, values 16), dense layers; without q_lora_rank (DeepSeek-V2-Lite): q_proj,
+    # with a latent (32) wider than nope + rope (24) so that the absorbed scores differ in width.
+    _llama("tiny-deepseek", 3, 64, 4, 4, 128, 256, 256, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+           qk_rope_head_dim=8, v_head_dim=16, norm_eps=1e-6),
+    _llama("tiny-deepseek-lite", 2, 64, 4, 4, 128, 256, 256, kv_lora_rank=32, qk_nope_head_dim=16,
+           qk_rope_head_dim=8, v_head_dim=16, norm_eps=1e-6),
 ]}
 
 

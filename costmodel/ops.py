@@ -155,7 +155,8 @@ register("post_attn_norm", "elementwise")  # norm_position "output" (OLMo 2): x 
 register("attn_residual_scale", "elementwise")  # Granite: x + residual_multiplier * attn(x)
 # Multi-head latent attention (costmodel.analysis.mla_attention_ops; DeepSeek-V2 section 2.1); it
 # reuses q_proj, qkv_bias, rotary, kv_cache_update, attn_scores, attn_softmax, attn_values, o_proj
-# and o_bias. Not timed per op (the reference model has no latent attention).
+# and o_bias. Its modules are profiler.layers.LatentAttention's; not timed per op (the attention
+# core and o_proj are, as for any attention).
 # NB: under tensor parallelism its own ops are replicated here, although q_b_proj and kv_b_proj
 # (and the absorbed kv_b matmuls) split by heads in vLLM, q_a_proj and kv_a_proj being replicated;
 # tests/test_ops_registry.py holds every op of every preset to the splits and terms of the
@@ -168,8 +169,8 @@ register("q_b_proj", "matmul", modules=("attention.q_b_proj",))
 register("kv_a_proj", "matmul", modules=("attention.kv_a_proj",))
 register("kv_a_norm", "elementwise")
 register("kv_b_proj", "matmul", modules=("attention.kv_b_proj",))
-register("kv_b_absorb_q", "matmul")  # absorbed form: q_nope @ W^UK per head
-register("kv_b_absorb_v", "matmul")  # absorbed form: latent output @ W^UV per head
+register("kv_b_absorb_q", "matmul", modules=("attention.kv_b_absorb_q",))  # absorbed: q_nope @ W^UK per head
+register("kv_b_absorb_v", "matmul", modules=("attention.kv_b_absorb_v",))  # absorbed: latent out @ W^UV per head
 register("attn_residual", "elementwise")
 register("cross_attn_norm", "elementwise")
 _attention("cross_", "cross_attention", ("cross_attention", "cross-attention"))

@@ -38,7 +38,8 @@ DEFAULT_RESERVE_FRACTION = 0.10  # like vLLM's default gpu_memory_utilization=0.
 _MAX_SEARCH = 1 << 40  # upper bound for batch / context searches (memory always grows with both)
 
 ASSUMPTIONS = (
-    "capacity is the vendor figure read as SI (80 GB = 80e9 bytes)",
+    "capacity is the total the device reports (nvidia-smi memory.total, catalog memory_reported_bytes) "
+    "where known, else the vendor figure read as SI (80 GB = 80e9 bytes); the output says which",
     "memory per GPU (the fullest pipeline stage) = weights + KV cache at prompt + gen - 1 positions "
     "+ prefill activation peak (eager attention, scores materialised, whole batch prefilled at once) "
     "+ runtime reserve (CUDA context, allocator fragmentation, communication buffers)",
@@ -162,7 +163,7 @@ class MemoryUse:
 
 
 def reserve_bytes(hw: Hardware, reserve_fraction: float) -> int:
-    return round(hw.memory_bytes * reserve_fraction)
+    return round(hw.capacity_bytes * reserve_fraction)
 
 
 def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
@@ -177,17 +178,48 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     reserve = reserve_bytes(hw, reserve_fraction)
     if layout.gpus == 1:
         m = memory_of(spec, wl)
-        return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.memory_bytes)
+        return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.capacity_bytes)
     pre = shard_step(prefill_cost(spec, wl), layout.tp)  # per-GPU shares, rounded up
     best = None
     for s in range(layout.pp):
         m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
                       stage_kv_cache_bytes(spec, wl, layout, s),
                       activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
-                      reserve, hw.memory_bytes, s)
+                      reserve, hw.capacity_bytes, s)
         if best is None or m.total_bytes > best.total_bytes:
             best = m
     return best
+
+
+def memory_use_of(memory, hw: Hardware, reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryUse:
+    """One GPU's :class:`MemoryUse` from an analysis' :class:`~costmodel.analysis.Memory` (its
+    weights, possibly a checkpoint's, KV cache and activation peak) on ``hw``, with the plan's reserve."""
+    return MemoryUse(memory.weights_bytes, memory.kv_cache_bytes, memory.activation_peak_bytes,
+                     reserve_bytes(hw, reserve_fraction), hw.capacity_bytes)
+
+
+def fit_warnings(memory: MemoryUse, hw: Hardware, layout: Layout = Layout(),
+                 reserve_fraction: float = DEFAULT_RESERVE_FRACTION, latency_shown: bool = True) -> list[str]:
+    """One warning when ``memory`` does not fit ``hw`` (per GPU of ``layout``), saying what does not
+    fit and against which capacity figure; none when it fits."""
+    if memory.fits:
+        return []
+    cap = memory.capacity_bytes
+    figure = ("the total the device reports" if hw.capacity_figure == "reported"
+              else "the capacity it is sold by")
+    per = "" if layout.gpus == 1 else f" per GPU of tp {layout.tp} x pp {layout.pp}"
+    held = memory.weights_bytes + memory.kv_bytes + memory.activations_bytes
+    if memory.weights_bytes > cap:
+        what = f"the weights alone ({memory.weights_bytes:,} bytes{per}) exceed"
+    elif held > cap:
+        what = (f"weights {memory.weights_bytes:,} + KV cache {memory.kv_bytes:,} + activations "
+                f"{memory.activations_bytes:,} = {held:,} bytes{per} exceed")
+    else:
+        what = (f"weights {memory.weights_bytes:,} + KV cache {memory.kv_bytes:,} + activations "
+                f"{memory.activations_bytes:,} + runtime reserve {memory.reserve_bytes:,} "
+                f"({reserve_fraction:g} of capacity) = {memory.total_bytes:,} bytes{per} exceed")
+    return [f"does not fit: {what} the {cap:,} bytes of one {hw.id} ({figure})"
+            + ("; the latency shown assumes a device that holds it" if latency_shown else "")]
 
 
 def _largest_passing(ok) -> int:
@@ -310,6 +342,12 @@ class Plan:
         return self.memory.fits
 
     @property
+    def warnings(self) -> list[str]:
+        """Fit is part of the answer: a warning when the batch evaluated does not fit."""
+        return fit_warnings(self.memory, self.hardware, self.layout, self.reserve_fraction,
+                            latency_shown=self.timing is not None)
+
+    @property
     def requests_per_s_per_replica(self) -> float | None:
         t = self.serving_timing
         return self.serving_batch / t.e2e_s if t is not None else None
@@ -348,6 +386,9 @@ class Plan:
             "model": self.model.name,
             "hardware": {"id": self.hardware.id, "name": self.hardware.name,
                          "memory_bytes": self.hardware.memory_bytes,
+                         "memory_reported_bytes": self.hardware.memory_reported_bytes,
+                         "capacity_bytes": self.hardware.capacity_bytes,
+                         "capacity_figure": self.hardware.capacity_figure,
                          "efficiency": self.hardware.efficiencies(),
                          "op_overhead_s": self.hardware.op_overhead_s},
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus},
@@ -385,6 +426,7 @@ class Plan:
             "assumptions": list(ASSUMPTIONS) + [
                 f"runtime reserve: {self.reserve_fraction:g} of capacity"],
             "notes": list(self.notes),
+            "warnings": self.warnings,
         }
         return d
 

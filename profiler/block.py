@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from costmodel.spec import ModelSpec
 
-from .layers import MLP, Attention, CrossAttention, _norm
+from .layers import MLP, Attention, CrossAttention, LatentAttention, _norm
 from .moe import MoE
 
 
@@ -19,18 +19,20 @@ class Block(nn.Module):
 
     ``layer``: the decoder layer's index, whose ``spec.layer_types`` (sliding or full attention)
     and ``spec.mlp_layer_types`` (dense or experts) it takes; None (an encoder's layer): full
-    attention, experts when the spec has them.
+    attention, experts when the spec has them. ``spec.mla``: latent attention in ``mla``'s form
+    (:class:`~profiler.layers.LatentAttention`).
     """
 
     def __init__(self, spec: ModelSpec, attention: str, causal: bool = True, cross: bool = False,
-                 layer: int | None = None):
+                 layer: int | None = None, mla: str = "transformers"):
         super().__init__()
         sliding = layer is not None and spec.layer_types[layer] == "sliding_attention"
         moe = spec.mlp_layer_types[layer] == "moe" if layer is not None else bool(spec.num_experts)
         self.post_norm = spec.norm_position == "post"
         self.parallel = spec.parallel_block
         self.attn_norm = _norm(spec)
-        self.attention = Attention(spec, attention, causal, spec.sliding_window if sliding else None)
+        self.attention = (LatentAttention(spec, attention, mla) if spec.mla else
+                          Attention(spec, attention, causal, spec.sliding_window if sliding else None))
         self.cross_attention = None
         if cross:
             self.cross_attn_norm = _norm(spec)

@@ -1,4 +1,4 @@
-"""The sublayers of the reference transformer: KV cache, norms, attention (self and cross), MLP.
+"""The sublayers of the reference transformer: KV cache, norms, attention (self, cross and latent), MLP.
 
 :mod:`profiler.block` composes them into a block, :mod:`profiler.moe` builds its experts from
 :class:`MLP`, :mod:`profiler.model` and :mod:`profiler.encdec` stack the blocks. Module names and
@@ -23,11 +23,14 @@ class KVCache(nn.Module):
     them to their beams, :meth:`reorder` follows the beams a search step kept.
     """
 
-    def __init__(self, rows: int, kv_heads: int, max_len: int, head_dim: int, dtype, device):
+    def __init__(self, rows: int, kv_heads: int, max_len: int, head_dim: int, dtype, device,
+                 v_dim: int | None = None):
+        """``v_dim``: the width of ``v`` when it differs from the keys' (:class:`LatentKVCache`)."""
         super().__init__()
         shape = (rows, kv_heads, max_len, head_dim)
+        v_shape = shape if v_dim is None else (rows, kv_heads, max_len, v_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(v_shape, dtype=dtype, device=device), persistent=False)
         self.rows_used = 0  # largest batch written so far (a Python int: no device sync)
         self._last_positions: Tensor | None = None
 
@@ -93,6 +96,16 @@ class SlidingKVCache(KVCache):
     @property
     def positions_filled(self) -> int:
         return self.held
+
+
+class LatentKVCache(KVCache):
+    """Latent attention's cache, as transformers keeps it: ``k`` holds the latent c_kv
+    ``[rows, 1, max_len, kv_lora_rank]`` (after kv_a_norm), ``v`` the shared rotary key k_pe
+    ``[rows, 1, max_len, qk_rope_head_dim]`` (after rotary): kv_lora_rank + qk_rope_head_dim
+    elements a position, one "head" each."""
+
+    def __init__(self, rows: int, max_len: int, kv_lora_rank: int, rope_dim: int, dtype, device):
+        super().__init__(rows, 1, max_len, kv_lora_rank, dtype, device, v_dim=rope_dim)
 
 
 class RMSNorm(nn.Module):
@@ -306,6 +319,78 @@ class CrossAttention(Attention):
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
         y = self.core(q, k, v, None, False, self.scale)  # [B, H, T, d]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3; Liu et al. 2024, section 2.1), as HF
+    ``DeepseekV3Attention`` computes it, in one of two forms (``Workload.mla``).
+
+    q = q_b_proj(q_a_norm(q_a_proj(x))) (or q_proj(x) without q_lora_rank), [B, H, T, d_nope + d_rope];
+    kv_a_proj(x) = [c_kv | k_pe]: the latent c_kv [B, 1, T, d_c] after kv_a_norm and one rotary key
+    k_pe [B, 1, T, d_rope] shared by every head; rotary on q's last d_rope dims and on k_pe only.
+    The cache (:class:`LatentKVCache`) holds c_kv and k_pe.
+
+    ``form`` "transformers" (HF 5.23): every pass expands all attended latents through kv_b_proj
+    into k_nope and v of every head, then attends over d_nope + d_rope with values of d_v.
+    "absorbed" (serving engines), in a pass that reads positions cached before it (a decode step):
+    W^UK (kv_b_proj's key rows) is applied to q_nope per head (``kv_b_absorb_q``), scores are taken
+    against [c_kv | k_pe] (d_c + d_rope), the values are c_kv itself, and W^UV (its value rows)
+    follows per head (``kv_b_absorb_v``); other passes expand as "transformers" does. Scores are
+    scaled by 1/sqrt(d_nope + d_rope) in both.
+    """
+
+    def __init__(self, spec: ModelSpec, attention: str, form: str = "transformers"):
+        super().__init__()
+        h, H, r_q, r_kv = spec.hidden_size, spec.num_heads, spec.q_lora_rank, spec.kv_lora_rank
+        self.n_heads, self.kv_lora_rank, self.form, self.q_lora = H, r_kv, form, r_q is not None
+        self.dims = (spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim)
+        dn, dr, dv = self.dims
+        self.causal, self.window, self.qk_norm = True, None, None
+        self.scale = (dn + dr) ** -0.5
+        if r_q is None:
+            self.q_proj = nn.Linear(h, H * (dn + dr), bias=False)
+        else:
+            self.q_a_proj = nn.Linear(h, r_q, bias=spec.attention_bias)
+            self.q_a_norm = RMSNorm(r_q, spec.norm_eps)
+            self.q_b_proj = nn.Linear(r_q, H * (dn + dr), bias=False)
+        self.kv_a_proj = nn.Linear(h, r_kv + dr, bias=spec.attention_bias)
+        self.kv_a_norm = RMSNorm(r_kv, spec.norm_eps)
+        self.kv_b_proj = nn.Linear(r_kv, H * (dn + dv), bias=False)
+        self.kv_b_absorb_q = MatMul()
+        self.kv_b_absorb_v = MatMul()
+        self.o_proj = nn.Linear(H * dv, h, bias=spec.attention_out_bias)
+        self.core = EagerAttention() if attention == "eager" else SdpaAttention()
+        self.kv_cache: LatentKVCache | None = None
+
+    def forward(self, x: Tensor, input_pos: Tensor, kv_len: int, rope: tuple[Tensor, Tensor],
+                bias: Tensor | None = None) -> Tensor:
+        B, T, _ = x.shape
+        H, r_kv, (dn, dr, dv) = self.n_heads, self.kv_lora_rank, self.dims
+        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.q_lora else self.q_proj(x)
+        q_nope, q_pe = q.view(B, T, H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)  # [B, H, T, dn], [.., dr]
+        c_kv, k_pe = self.kv_a_proj(x).split([r_kv, dr], dim=-1)  # [B, T, d_c], [B, T, dr]
+        c_kv, k_pe = self.kv_a_norm(c_kv).unsqueeze(1), k_pe.unsqueeze(1)  # [B, 1, T, d_c], [B, 1, T, dr]
+        cos, sin = rope
+        q_pe, k_pe = apply_rotary(q_pe, cos, sin), apply_rotary(k_pe, cos, sin)
+        absorbed = self.form == "absorbed" and self.kv_cache is not None and kv_len > T
+        if self.kv_cache is not None:
+            c_kv, k_pe = self.kv_cache.update(input_pos, c_kv, k_pe)
+            c_kv, k_pe = c_kv[:, :, :kv_len], k_pe[:, :, :kv_len]  # [B, 1, S, d_c], [B, 1, S, dr]
+        S = c_kv.shape[2]
+        if absorbed:
+            # per head: W^UK rows, then W^UV rows (detached: a view of a parameter under no_grad has
+            # no grad_fn, which the counters' module tracker requires of a tensor that needs grad)
+            w = self.kv_b_proj.weight.detach().view(H, dn + dv, r_kv)
+            q = torch.cat((self.kv_b_absorb_q(q_nope, w[:, :dn]), q_pe), dim=-1)  # [B, H, T, d_c + dr]
+            k = torch.cat((c_kv, k_pe), dim=-1).expand(B, H, S, r_kv + dr)
+            y = self.core(q, k, c_kv.expand(B, H, S, r_kv), None, self.causal, self.scale)  # [B, H, T, d_c]
+            y = self.kv_b_absorb_v(y, w[:, dn:].transpose(1, 2))  # [B, H, T, d_c] @ [H, d_c, dv]
+        else:
+            kv = self.kv_b_proj(c_kv[:, 0]).view(B, S, H, dn + dv).transpose(1, 2)  # [B, H, S, dn + dv]
+            k_nope, v = kv.split([dn, dv], dim=-1)
+            k = torch.cat((k_nope, k_pe.expand(B, H, S, dr)), dim=-1)  # [B, H, S, dn + dr]
+            y = self.core(torch.cat((q_nope, q_pe), dim=-1), k, v, None, self.causal, self.scale)  # [B, H, T, dv]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * dv))
 
 
 class MLP(nn.Module):

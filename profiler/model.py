@@ -4,7 +4,8 @@ GPT-2 style (LayerNorm, GELU 4h MLP, learned positions, biases, tied LM head) an
 (RMSNorm, SwiGLU, rotary, GQA/MQA, optional q/k/v bias as in Qwen2, head_dim != hidden/heads as in
 Gemma) are the same code: every variant is a field of the spec, not a class of its own. So are
 q/k norms (Qwen3, OLMo 2), partial rotary (GPT-NeoX, Phi), parallel blocks, sliding-window layers
-(Mistral; mixed with full ones: Qwen2) and dense layers among expert ones (DeepSeek's first layers).
+(Mistral; mixed with full ones: Qwen2), dense layers among expert ones (DeepSeek's first layers) and
+multi-head latent attention (DeepSeek-V2/V3, in transformers' form or the absorbed one).
 
 The module tree mirrors the analytic op names so that FlopCounterMode's per-module counts and the
 timing hooks map one to one onto the rows of :mod:`costmodel.analysis`::
@@ -13,6 +14,8 @@ timing hooks map one to one onto the rows of :mod:`costmodel.analysis`::
     layers.{i}.attn_norm / .mlp_norm                     attn_norm / mlp_norm
     layers.{i}.attention.{q,k,v,o}_proj                  q_proj, k_proj, v_proj, o_proj (+ biases)
     layers.{i}.attention.{q,k}_norm                      q_norm, k_norm (Qwen3, OLMo 2)
+    layers.{i}.attention.{q_a,q_b,kv_a,kv_b}_proj        q_a_proj, q_b_proj, kv_a_proj, kv_b_proj (latent)
+    layers.{i}.attention.kv_b_absorb_{q,v}               kv_b_absorb_q, kv_b_absorb_v (latent, absorbed)
     layers.{i}.attention.core.attn_scores / attn_values  attn_scores, attn_values   (eager path)
     layers.{i}.attention.core.sdpa                       attn_scores + attn_values  (SDPA path)
     layers.{i}.mlp.{gate,up,down}                        mlp_gate, mlp_up, mlp_down
@@ -29,12 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from costmodel.errors import SpecError
-from costmodel.spec import ModelSpec
+from costmodel.spec import MLA_FORMS, ModelSpec
 
 from . import encdec
 from .block import Block
 from .choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
-from .layers import KVCache, SlidingKVCache, _norm
+from .layers import KVCache, LatentKVCache, SlidingKVCache, _norm
 
 TORCH_DTYPES = dict(zip(REFERENCE_DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -58,6 +61,9 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.qk_norm not in (None, "head", "full"):
         raise SpecError(f"{spec.name} has qk_norm={spec.qk_norm!r}; the reference model builds q/k norms "
                         "'head' and 'full'")
+    if spec.mla and "sliding_attention" in spec.layer_types:
+        raise SpecError(f"{spec.name} has latent attention with sliding layers; the reference model builds "
+                        "latent attention over full layers only")
     for f, want in _DECODER_ONLY.items():
         if getattr(spec, f) != want:
             raise SpecError(f"{spec.name} has {f}={getattr(spec, f)!r}; the reference model builds "
@@ -65,17 +71,20 @@ def check_supported(spec: ModelSpec) -> None:
 
 
 class Transformer(nn.Module):
-    def __init__(self, spec: ModelSpec, attention: str = "sdpa"):
+    def __init__(self, spec: ModelSpec, attention: str = "sdpa", mla: str = "transformers"):
+        """``mla``: the form latent attention runs in (``Workload.mla``; ignored without it)."""
         super().__init__()
         check_supported(spec)
         if attention not in ATTENTION_PATHS:
             raise SpecError(f"unknown attention path {attention!r}; allowed: {', '.join(ATTENTION_PATHS)}")
-        self.spec, self.attention = spec, attention
+        if mla not in MLA_FORMS:
+            raise SpecError(f"unknown latent attention form {mla!r}; allowed: {', '.join(MLA_FORMS)}")
+        self.spec, self.attention, self.mla = spec, attention, mla
         self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.pos_embeddings = (nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
                                if spec.position_kind == "learned" else None)
         self.layers = nn.ModuleList(Block(spec, attention, causal=spec.arch != "encoder",
-                                          cross=spec.arch == "encoder-decoder", layer=i)
+                                          cross=spec.arch == "encoder-decoder", layer=i, mla=mla)
                                     for i in range(spec.num_layers))
         self.final_norm = _norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
@@ -84,7 +93,7 @@ class Transformer(nn.Module):
         if spec.arch != "decoder":  # BERT's heads; T5's and the 2017 Transformer's encoder stack
             encdec.add_encoder_parts(self, spec, attention)
         if spec.position_kind == "rotary":
-            d = spec.head_dim if spec.rotary_dim is None else spec.rotary_dim  # dims rotated per head
+            d = spec.qk_rope_head_dim if spec.mla else spec.rotated_dim  # dims rotated per head
             inv_freq = 1.0 / spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
             angles = torch.outer(torch.arange(spec.max_position_embeddings, dtype=torch.float64), inv_freq)
             angles = torch.cat((angles, angles), dim=-1)  # [max_pos, r], halves repeated (rotate_half)
@@ -98,6 +107,10 @@ class Transformer(nn.Module):
         ``source_len``: an encoder-decoder's cross-attention cache of that many encoder positions."""
         p = self.tok_embeddings.weight
         for layer in self.layers:
+            if self.spec.mla:  # the latent c_kv and the shared rotary key
+                layer.attention.kv_cache = LatentKVCache(rows, max_len, self.spec.kv_lora_rank,
+                                                         self.spec.qk_rope_head_dim, p.dtype, p.device)
+                continue
             w = layer.attention.window
             layer.attention.kv_cache = (KVCache(rows, self.spec.num_kv_heads, max_len, self.spec.head_dim,
                                                 p.dtype, p.device) if w is None else
@@ -198,16 +211,16 @@ def init_weights(model: Transformer, seed: int) -> None:
 
 
 def build_model(spec: ModelSpec, *, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
-                attention: str = "sdpa", weights: str | None = None) -> Transformer:
+                attention: str = "sdpa", weights: str | None = None, mla: str = "transformers") -> Transformer:
     """The reference model of ``spec``: seeded random weights, or real ones from an HF folder.
 
     ``weights``: a folder holding ``*.safetensors`` in Hugging Face naming (see
-    :func:`profiler.weights.load_hf_weights`).
+    :func:`profiler.weights.load_hf_weights`); ``mla``: the form latent attention runs in.
     """
     check_supported(spec)
     dev, dt = check_device(device), torch_dtype(dtype)
     check_fits(spec, dt, dev)
-    model = Transformer(spec, attention)  # fp32 on the CPU, then moved and cast
+    model = Transformer(spec, attention, mla)  # fp32 on the CPU, then moved and cast
     if weights is None:
         init_weights(model, seed)
     else:

@@ -230,6 +230,8 @@ def check_parallel(spec: ModelSpec, wl: Workload, split: P.Split) -> None:
         raise SpecError(f"the sharded reference decodes greedily (one beam); got strategy {wl.strategy!r}")
     if not wl.kv_cache:
         raise SpecError("the sharded reference decodes with a KV cache; drop --no-kv-cache")
+    if spec.mla:
+        raise SpecError(f"{spec.name} has latent attention; the sharded reference splits q/k/v attention only")
     variants = [f for f, on in (("qk_norm", spec.qk_norm is not None), ("parallel_block", spec.parallel_block),
                                 ("sliding_window", "sliding_attention" in spec.layer_types)) if on]
     if variants and split.world > 1:

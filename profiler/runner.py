@@ -294,7 +294,10 @@ def count(spec: ModelSpec, wl: Workload, *, attention: str = "sdpa", device: str
     check_buildable(spec, wl)
     if model is None:
         model = build_model(spec, dtype=wl.act_dtype, device=device, seed=seed, attention=attention,
-                            weights=weights)
+                            weights=weights, mla=wl.mla)
+    elif spec.mla and model.mla != wl.mla:
+        raise SpecError(f"the model runs latent attention in form {model.mla!r}, the workload asks for "
+                        f"{wl.mla!r}; build it with mla={wl.mla!r}")
     dev = next(model.parameters()).device
     prompt, source = inputs(spec, wl, seed, dev)
     probe = CountingProbe(model, fvcore)
@@ -466,7 +469,8 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
         raise SpecError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
     check_buildable(spec, wl)
     dev = check_device(device)
-    model = build_model(spec, dtype=wl.act_dtype, device=device, seed=seed, attention=attention, weights=weights)
+    model = build_model(spec, dtype=wl.act_dtype, device=device, seed=seed, attention=attention, weights=weights,
+                        mla=wl.mla)
     say("counting FLOPs (FlopCounterMode" + (", fvcore)" if fvcore else ")"))
     counts = count(spec, wl, model=model, fvcore=fvcore, seed=seed)
     prompt, source = inputs(spec, wl, seed, dev)

@@ -112,6 +112,14 @@ ALL_CASES: tuple[Case, ...] = (
          dict(prompt=6, gen=6, strategy="beam", beams=2)),
     Case("moe-dense-first", "tiny-moe-dense-first", "layers 0, 2 dense, 1, 3 MoE with a shared expert", "eager",
          dict(batch=2, prompt=8, gen=5)),
+    # Multi-head latent attention (DeepSeek-V2/V3): the latent cache, in both forms.
+    Case("mla-transformers", "tiny-deepseek", "latent attention as transformers runs it: every step re-expands "
+         "the cached latent through kv_b_proj", "eager", dict(batch=2, prompt=12, gen=5)),
+    Case("mla-absorbed", "tiny-deepseek", "latent attention absorbed: decode attends in latent space "
+         "(W^UK on the query, W^UV after)", "sdpa", dict(batch=2, prompt=12, gen=5, mla="absorbed")),
+    Case("mla-q-proj-beam", "tiny-deepseek-lite", "latent attention without q_lora_rank (q_proj), absorbed, "
+         "beam search over the latent cache", "sdpa", dict(prompt=8, gen=5, strategy="beam", beams=2,
+                                                           mla="absorbed")),
 )
 CASES: tuple[Case, ...] = tuple(c for c in ALL_CASES if not c.pending)  # the default matrix
 

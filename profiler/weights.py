@@ -111,8 +111,9 @@ def _llama_names(spec, hf: dict[str, Tensor]):
 def load_hf_weights(model, folder: str) -> None:
     """Copy the checkpoint in ``folder`` into ``model`` (in place), checking names and shapes."""
     spec = model.spec
-    if spec.arch != "decoder" or spec.num_experts:
-        kind = f"arch {spec.arch!r}" if spec.arch != "decoder" else "a mixture-of-experts model"
+    if spec.arch != "decoder" or spec.num_experts or spec.mla:
+        kind = (f"arch {spec.arch!r}" if spec.arch != "decoder" else
+                "a mixture-of-experts model" if spec.num_experts else "a latent-attention model")
         raise SpecError(f"{spec.name} is {kind}: real weights load into dense decoder-only models "
                         "(GPT-2, LLaMA families); profile it with seeded random weights")
     hf = read_safetensors(folder)

@@ -174,7 +174,8 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
     total = mem.weights_bytes + mem.kv_cache_bytes + mem.activation_peak_bytes
     mem_rows.append(["total", human_bytes(total), f"{total:,}"])
     if hardware is not None:
-        mem_rows.append([f"{hardware.name} capacity", human_bytes(hardware.memory_bytes), f"{hardware.memory_bytes:,}"])
+        cap = hardware.capacity_bytes
+        mem_rows.append([f"{hardware.name} capacity ({hardware.capacity_figure})", human_bytes(cap), f"{cap:,}"])
     parts += ["<h2>Memory</h2>", _table(["", "size", "bytes"], mem_rows, total_rows=(4,))]
     parts += ["<h2>Per-layer ops</h2>",
               '<p class="note">Block ops are identical in every layer and shown once'

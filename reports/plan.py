@@ -20,14 +20,17 @@ def hardware_table(profiles) -> str:
     for h in profiles:
         link = "-" if not h.interconnect_bandwidth_bytes_per_s else \
             f"{_gbps(h.interconnect_bandwidth_bytes_per_s)} x{h.interconnect_gpus}"
-        rows.append([h.id, h.name, f"{h.memory_bytes / 1e9:,.1f}", _gbps(h.memory_bandwidth_bytes_per_s)]
+        reported = "-" if h.memory_reported_bytes is None else f"{h.memory_reported_bytes / 1e9:,.2f}"
+        rows.append([h.id, h.name, f"{h.memory_bytes / 1e9:,.1f}", reported, _gbps(h.memory_bandwidth_bytes_per_s)]
                     + [_tflops(h.peak_flops_per_s[d]) for d in dts]
                     + [link, _gbps(h.pcie_bandwidth_bytes_per_s)])
-    body = render(["id", "name", "memory GB", "mem GB/s"] + [f"{d} TFLOP/s" for d in dts]
-                  + ["link GB/s x GPUs", "PCIe GB/s"], rows, align=["l", "l"] + ["r"] * 12)
+    body = render(["id", "name", "memory GB", "reported GB", "mem GB/s"] + [f"{d} TFLOP/s" for d in dts]
+                  + ["link GB/s x GPUs", "PCIe GB/s"], rows, align=["l", "l"] + ["r"] * 13)
     return "\n".join([
         body, "",
-        "Dense peaks (no sparsity), 1 TFLOP/s = 1e12 FLOP/s; memory in GB as sold (1 GB = 1e9 bytes); "
+        "Dense peaks (no sparsity), 1 TFLOP/s = 1e12 FLOP/s; memory in GB as sold (1 GB = 1e9 bytes), "
+        "reported: the total the device reports (nvidia-smi), what plans budget against ('-': not known, "
+        "plans use the figure as sold); "
         "bandwidths in GB/s (1e9 bytes/s), links per direction ('x8': GPUs the link joins).",
         "Sources for every figure: costmodel hardware --format json.",
     ])
@@ -46,7 +49,8 @@ def plan_text(p) -> str:
         f"memory per GPU at batch {max(p.batch, 1)}: weights {human_bytes(m.weights_bytes)} + KV "
         f"{human_bytes(m.kv_bytes)} + activations {human_bytes(m.activations_bytes)} + reserve "
         f"{human_bytes(m.reserve_bytes)} ({p.reserve_fraction:.0%}) = {human_bytes(m.total_bytes)} of "
-        f"{human_bytes(m.capacity_bytes)} ({m.capacity_bytes / 1e9:g} GB): "
+        f"{human_bytes(m.capacity_bytes)} ({m.capacity_bytes / 1e9:.4g} GB, "
+        f"{'as the device reports it' if hw.capacity_figure == 'reported' else 'as sold'}): "
         + ("fits" if m.fits else f"DOES NOT FIT, {human_bytes(m.missing_bytes)} ({m.missing_bytes:,} bytes) missing"),
         f"max batch: {p.max_batch}; max context at batch {p.max_context_batch}: {p.max_context:,} positions "
         f"(model max {p.model.max_position_embeddings:,})",
@@ -85,6 +89,7 @@ def plan_text(p) -> str:
               f"link latency {hw.link_latency_s_used * 1e6:g} us per all-reduce step"]
     lines += [f"assumption: {a}" for a in p.to_dict()["assumptions"]]
     lines += [f"note: {n}" for n in p.notes]
+    lines += [f"Warning: {w}" for w in p.warnings]
     return "\n".join(lines)
 
 

@@ -187,7 +187,7 @@ def memory_curves(spec, wl, hw, batches, contexts) -> tuple[pd.DataFrame, dict]:
                          "capacity_bytes": m.capacity_bytes})
     marks = {"max_batch": plan.max_batch(spec, hw, wl),
              "max_context": plan.max_context(spec, hw, replace(wl, gen=1)),
-             "capacity_bytes": hw.memory_bytes}
+             "capacity_bytes": hw.capacity_bytes, "capacity_figure": hw.capacity_figure}
     return pd.DataFrame(rows), marks
 
 
@@ -218,7 +218,8 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
 
 def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
     """TTFT and mean TPOT (roofline) against batch (at ``wl.prompt``) and context (at
-    ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits.
+    ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits;
+    ``attrs['warnings']``: one per profile on which some points do not fit (none when all fit).
     TTFT includes an encoder-decoder's encode pass; for an encoder-only model ``ttft_s`` is the
     encode pass (its whole latency) and ``tpot_s`` is NaN."""
     from costmodel import plan
@@ -229,17 +230,29 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
         raise SpecError("the latency plot needs --gen 2 or more (TPOT is the time of a decode step)")
     if encoder_only:  # one encode pass: its time is the latency; nothing is generated
         wl = replace(wl, gen=1, beams=1)
-    rows = []
+    rows, warnings = [], []
     for hw in hws:
+        misfits = []
         for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
                               ("context", [replace(wl, prompt=int(c)) for c in contexts])):
             for w in configs:
                 t = predict(spec, w, hw)
+                m = plan.memory_use(spec, hw, w)
                 rows.append({"hardware": hw.id, "axis": axis, "batch": w.batch, "prompt": w.prompt,
                              "ttft_s": t.ttft_s if t.ttft_s is not None else t.e2e_s,
                              "tpot_s": t.tpot_mean_s if t.tpot_mean_s is not None else np.nan,
-                             "fits": plan.memory_use(spec, hw, w).fits})
-    return pd.DataFrame(rows)
+                             "fits": m.fits})
+                if not m.fits:
+                    misfits.append((axis, w, m))
+        if misfits:
+            axis, w, m = misfits[0]
+            first = plan.fit_warnings(m, hw)[0].removeprefix("does not fit: ")
+            warnings.append(f"{len(misfits)} of the latency plot's {len(batches) + len(contexts)} points do not "
+                            f"fit on one {hw.id} (hollow markers); the first, {axis} axis at batch {w.batch}, "
+                            f"prompt {w.prompt}: {first}")
+    df = pd.DataFrame(rows)
+    df.attrs["warnings"] = warnings
+    return df
 
 
 def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:

@@ -74,6 +74,11 @@ def _gb(x, _pos=None):
     return f"{x / GB:g}"
 
 
+def _capacity_gb(capacity_bytes, figure: str = "") -> str:
+    """A device capacity for a legend, and which figure it is: "85.5 GB (reported)", "80 GB (marketed)"."""
+    return f"{capacity_bytes / GB:.3g} GB" + (f" ({figure})" if figure else "")
+
+
 # --- phases ---------------------------------------------------------------------------------------
 
 PHASE_ORDER = ("encode", "prefill", "decode")
@@ -221,7 +226,7 @@ def phases_figure(terms, spec, wl, hw=None) -> Figure:
 # --- kv-cache ---------------------------------------------------------------------------------------
 
 def plot_kv_cache(ax, curves, capacity_bytes=None, weights_bytes=None, hw_label: str = "",
-                  prompt=None, final_context=None):
+                  prompt=None, final_context=None, capacity_figure: str = ""):
     """KV cache held against positions in the cache (log-log: every variant is a straight line, the
     gaps are the ratios), the request's prefill and generation spans shaded, with the device memory
     and what the weights leave of it. Variants of identical size share a line and a legend entry."""
@@ -239,13 +244,13 @@ def plot_kv_cache(ax, curves, capacity_bytes=None, weights_bytes=None, hw_label:
                                   label=f"decode adds 1 per token: ..{final_context:,}"))
     if capacity_bytes:
         artists.append(ax.axhline(capacity_bytes, color="black", lw=1.5,
-                                  label=f"{hw_label} memory {capacity_bytes / GB:g} GB"))
+                                  label=f"{hw_label} memory {_capacity_gb(capacity_bytes, capacity_figure)}"))
         if weights_bytes is not None and weights_bytes < capacity_bytes:
             artists.append(ax.axhline(capacity_bytes - weights_bytes, color="black", ls=":", lw=1.5,
                                       label=f"memory left after the weights ({(capacity_bytes - weights_bytes) / GB:.1f} GB)"))
         elif weights_bytes is not None:
             artists.append(ax.text(0.02, 0.90, f"the weights alone ({weights_bytes / GB:.0f} GB) exceed the "
-                                   f"{capacity_bytes / GB:g} GB of one {hw_label}", transform=ax.transAxes,
+                                   f"{capacity_bytes / GB:.3g} GB of one {hw_label}", transform=ax.transAxes,
                                    va="top", fontsize=9, color=OKABE_ITO[1]))
     _loglog(ax)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v / GB:g}"))
@@ -305,8 +310,9 @@ def kv_cache_figure(curves, spec, wl, hw=None) -> Figure:
         ax.set_title(f"{spec.name}: KV cache (batch {wl.batch}, input {wl.prompt})")
         return fig
     encdec = arch == "encoder-decoder"
-    plot_kv_cache(ax, curves, hw.memory_bytes if hw else None, weight_bytes(spec, wl.weight_dtype),
-                  hw.id if hw else "", None if encdec else wl.prompt, None if encdec else wl.final_context)
+    plot_kv_cache(ax, curves, hw.capacity_bytes if hw else None, weight_bytes(spec, wl.weight_dtype),
+                  hw.id if hw else "", None if encdec else wl.prompt, None if encdec else wl.final_context,
+                  hw.capacity_figure if hw else "")
     n = wl.batch * wl.beams
     seqs = f"{n} sequence{'s' if n > 1 else ''}"
     if encdec:
@@ -333,7 +339,8 @@ def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = "", kv_label
     artists = ax.stackplot(d[x].to_numpy(), *[d[p].to_numpy() for p in parts], colors=[BYTE_COLORS[p] for p in parts],
                            labels=[labels.get(p, p) for p in parts], alpha=0.85)
     cap = marks["capacity_bytes"]
-    artists.append(ax.axhline(cap, color="black", lw=1.5, label=f"{hw_label} capacity {cap / GB:g} GB"))
+    artists.append(ax.axhline(cap, color="black", lw=1.5,
+                              label=f"{hw_label} capacity {_capacity_gb(cap, marks.get('capacity_figure', ''))}"))
     best = marks["max_batch" if axis == "batch" else "max_context"]
     what = "max batch" if axis == "batch" else "max context"
     if best:
@@ -511,6 +518,7 @@ def latency_figure(curves, spec, wl) -> Figure:
             if axis == "context" and arch != "decoder":
                 ax.set_xlabel(_context_label(arch))
     fig.suptitle(f"{spec.name}: roofline latency ({wl.weight_dtype} weights, {wl.act_dtype} compute)", fontsize=13)
+    fig.warnings = list(curves.attrs.get("warnings", ()))  # points that do not fit: the CLI prints them
     return fig
 
 
@@ -565,7 +573,7 @@ def validation_figure(points) -> Figure:
 
 # --- compare -----------------------------------------------------------------------------------------
 
-def plot_compare(ax, curves, metric: str, ylabel: str, unit_scale: float = 1.0, capacity=None):
+def plot_compare(ax, curves, metric: str, ylabel: str, unit_scale: float = 1.0, capacity=None, figures=None):
     """One line per (model, hardware) of ``metric`` against context: colour per model, line style
     per hardware."""
     artists = []
@@ -587,7 +595,7 @@ def plot_compare(ax, curves, metric: str, ylabel: str, unit_scale: float = 1.0, 
     if capacity:
         for j, (hw, cap) in enumerate(capacity.items()):
             artists.append(ax.axhline(cap / unit_scale, color="black", ls=LINESTYLES[j % 4], lw=1,
-                                      label=f"{hw} memory {cap / GB:g} GB"))
+                                      label=f"{hw} memory {_capacity_gb(cap, (figures or {}).get(hw, ''))}"))
     _loglog(ax)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
     ax.set_xlabel("context length: prompt tokens; encoders: input or source (log₂)")
@@ -609,8 +617,8 @@ def compare_figure(curves, wl, hws=()) -> Figure:
     fig, axes = new_figure(rows, cols, 6 * cols, 5 * rows)
     flat = axes.ravel()
     for ax, (metric, ylabel, scale, title) in zip(flat, panels):
-        cap = {h.id: h.memory_bytes for h in hws} if metric == "memory_bytes" and hws else None
-        plot_compare(ax, curves, metric, ylabel, scale, cap)
+        cap = {h.id: h.capacity_bytes for h in hws} if metric == "memory_bytes" and hws else None
+        plot_compare(ax, curves, metric, ylabel, scale, cap, {h.id: h.capacity_figure for h in hws})
         ax.set_title(f"{title} (batch {wl.batch}{', gen ' + str(wl.gen) if metric.endswith('_s') else ''})")
     for ax in flat[len(panels):]:
         ax.set_visible(False)

@@ -227,3 +227,20 @@ def test_corrupt_header_through_the_cli(tmp_path):
     r = report(str(folder))
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert "corrupt safetensors file" in r.output and "header length 9,223,372,036,854,775,808 bytes" in r.output
+
+
+def test_fit_warning_extends_the_checkpoint_warnings(tmp_path):
+    folder = model_dir(tmp_path)
+    rest = {n: s for n, s in REST.items() if n != "lm_head.weight"}
+    write_safetensors(folder / "model.safetensors", as_dtype("BF16", {**ATTENTION, **rest}))
+    hw = tmp_path / "hw.json"  # 1,000 bytes as sold, no reported total
+    hw.write_text(json.dumps({"id": "tiny-gpu", "name": "tiny", "peak_flops_per_s": {"bf16": 1e12},
+                              "memory_bytes": 1000, "memory_bandwidth_bytes_per_s": 1e9}))
+    r = report(str(folder), "--hardware", str(hw), "--format", "json")
+    assert r.exit_code == 0, r.output
+    ckpt = "the checkpoint holds 632 elements, m's spec counts 760 parameters (-128)"
+    # weights: the spec's 760 parameters x 2 bytes (bf16) = 1,520 > 1,000
+    fit = ("does not fit: the weights alone (1,520 bytes) exceed the 1,000 bytes of one tiny-gpu (the capacity "
+           "it is sold by); the latency shown assumes a device that holds it")
+    assert json.loads(r.stdout)["warnings"] == [ckpt, fit]
+    assert r.stderr == f"Warning: {ckpt}\nWarning: {fit}\n"

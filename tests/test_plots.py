@@ -118,7 +118,8 @@ def test_memory_marks_agree_with_the_planner():
     spec = get_model("llama-2-7b")
     curves, marks = D.memory_curves(spec, Workload(prompt=2048, gen=128), H100, [1, 16, 64], [128, 4096])
     assert marks["max_batch"] == plan.max_batch(spec, H100, Workload(prompt=2048, gen=128)) > 0
-    assert marks["capacity_bytes"] == 80 * 10**9
+    # the H100 SXM's reported 81,559 MiB = 81,559 * 2**20 = 85,520,809,984 bytes (was the marketed 80e9)
+    assert (marks["capacity_bytes"], marks["capacity_figure"]) == (85_520_809_984, "reported")
     row = curves[(curves["axis"] == "batch") & (curves["batch"] == 1)].iloc[0]
     assert row["weights"] == 2 * 6_738_415_616
 
@@ -166,7 +167,7 @@ def test_kv_cache_figure_with_and_without_device():
     fig = plots.build("kv-cache", [spec], Workload(batch=8, prompt=2048), [H100])
     t = _check_labelled(fig)
     assert t["ylabels"] == ["KV cache (GB = 10⁹ bytes, log)"]
-    assert any("h100-sxm memory 80 GB" in s for s in t["legend"])
+    assert any("h100-sxm memory 85.5 GB (reported)" in s for s in t["legend"])  # 85,520,809,984 bytes
     assert any(s.startswith("without GQA: MHA 64 kv heads") for s in t["legend"])
     text = [x.get_text() for x in fig.axes[0].texts]
     assert any("weights alone (138 GB) exceed" in s for s in text)  # 2 * 68.98e9 bytes
@@ -179,7 +180,7 @@ def test_memory_figure_marks_max_batch():
     fig = plots.build("memory", [spec], Workload(prompt=2048), [H100], BATCHES * 16, CONTEXTS)
     t = _check_labelled(fig)
     assert any(s.startswith("max batch that fits:") for s in t["legend"])
-    assert any(s.startswith("h100-sxm capacity 80 GB") for s in t["legend"])
+    assert any(s.startswith("h100-sxm capacity 85.5 GB (reported)") for s in t["legend"])  # 81,559 MiB
     assert {"weights", "KV cache", "activations"} <= set(t["legend"])
 
 

@@ -160,7 +160,8 @@ def test_unknown_case_is_a_one_line_error():
 # Issue 12's block variants: a case whose analytic side is still on another branch is pending
 # (out of the default matrix) and its comparison an expected failure until that branch is merged.
 _VARIANTS = ["qwen3-qk-norm", "olmo2-qk-norm-full", "neox-parallel", "phi-parallel", "sliding-window",
-             "sliding-window-crossed", "sliding-mixed", "sliding-no-cache", "sliding-beam", "moe-dense-first"]
+             "sliding-window-crossed", "sliding-mixed", "sliding-no-cache", "sliding-beam", "moe-dense-first",
+             "mla-transformers", "mla-absorbed", "mla-q-proj-beam"]
 
 
 def _variant(name):

@@ -9,6 +9,7 @@ import click
 from costmodel.analysis import analyze
 from costmodel.checkpoint import model_checkpoint, with_checkpoint
 from costmodel.models import PRESETS, get_model
+from costmodel.plan import fit_warnings, memory_use_of
 from costmodel.roofline import predict
 from costmodel.spec import MLA_FORMS
 
@@ -43,6 +44,8 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
     hw = read_hardware(gpu, hardware_file)
     timing = None if hw is None else predict(spec, result.workload, hw)
+    if hw is not None:  # fit is part of every answer that shows latency
+        result = replace(result, warnings=result.warnings + tuple(fit_warnings(memory_use_of(result.memory, hw), hw)))
     for w in result.warnings:
         warn(w)
     if html_file is not None or out_dir is not None:

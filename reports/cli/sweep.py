@@ -190,6 +190,8 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
             if "max_position_embeddings" in w:
                 warn(w.replace(" exceeds ", " on the plot's axes exceeds ", 1))
     fig = plots.build(kind, specs, wl, hws, batches, contexts, validation)
+    for w in getattr(fig, "warnings", ()):  # latency points that do not fit the device's memory
+        warn(w)
     for path in plots.save(fig, out, stem):
         click.echo(path)
 
