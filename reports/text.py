@@ -161,6 +161,8 @@ def _header_lines(result) -> list[str]:
         first += "; " + "; ".join(g.describe() for g in m.layer_groups())
         if m.sliding_window is not None:
             first += f" (window {m.sliding_window})"
+        if "chunked_attention" in m.layer_types:
+            first += f" (chunk {m.attention_chunk_size})"
     dtypes = f"weights {w.weight_dtype}, activations {w.act_dtype}"
     if m.arch == "encoder":
         return [first, f"workload: batch {w.batch}, input {w.prompt} tokens (one bidirectional encode "
@@ -192,6 +194,10 @@ def _memory_lines(result) -> list[str]:
         if sliding:
             kv += (f"; {sliding} of the {m.num_layers} layers slide over {m.sliding_window} positions and "
                    f"keep at most {m.sliding_window - 1}")
+        chunked = m.layer_types.count("chunked_attention")
+        if chunked:
+            kv += (f"; {chunked} of the {m.num_layers} layers attend within chunks of {m.attention_chunk_size} "
+                   f"and keep at most {m.attention_chunk_size - 1}")
         if mem.cross_kv_cache_bytes:
             kv += (f" for self-attention, {human_bytes(mem.self_kv_cache_bytes)}; cross-attention "
                    f"{human_bytes(mem.cross_kv_cache_bytes)} for the {w.prompt} source positions")
