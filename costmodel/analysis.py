@@ -547,6 +547,18 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     return before, after
 
 
+def weighted_items(before, groups, after):
+    """(multiplicity, item) for each distinct item of a pass: 1 outside the blocks, a group's layer
+    count inside (items: op costs, or op times)."""
+    for o in before:
+        yield 1, o
+    for g, items in groups:
+        for o in items:
+            yield g.count, o
+    for o in after:
+        yield 1, o
+
+
 @dataclass(frozen=True, init=False)
 class StepCost:
     """Ops of one pass (or the sum of several): the ops before the blocks, then each group of
@@ -587,13 +599,7 @@ class StepCost:
 
     def weighted(self):
         """(multiplicity, op) for each distinct op: 1 outside the blocks, a group's count inside."""
-        for o in self.before:
-            yield 1, o
-        for g, ops in self.groups:
-            for o in ops:
-                yield g.count, o
-        for o in self.after:
-            yield 1, o
+        return weighted_items(self.before, self.groups, self.after)
 
     def ops(self) -> list[OpCost]:
         """Each distinct op once (a group's ops once, not once per layer)."""

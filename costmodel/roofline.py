@@ -136,13 +136,7 @@ class PhaseTime:
 
     def weighted(self):
         """(multiplicity, OpTime) for each distinct op, as ``StepCost.weighted``."""
-        for o in self.before:
-            yield 1, o
-        for g, ops in self.groups:
-            for o in ops:
-                yield g.count, o
-        for o in self.after:
-            yield 1, o
+        return _analysis.weighted_items(self.before, self.groups, self.after)
 
     @property
     def ops_seconds(self) -> float:

@@ -10,32 +10,18 @@ published_params.json (meta-device parameter counts of the released configs). A 
 over context_before + 1 keys."""
 
 import json
-from pathlib import Path
 
 import pytest
+from hf_fixtures import HF, fixture, spec_of, workload
 
 from costmodel import Workload, get_model
 from costmodel.analysis import decode_step_cost, kv_cache_bytes, prefill_cost
 from costmodel.errors import SpecError
 from costmodel.models import PRESETS, spec_from_hf_dict
 
-HF = Path(__file__).parent / "fixtures" / "hf"
 TYPES = ("qwen3", "olmo2", "granite", "cohere", "falcon", "gpt_neox", "opt", "phi", "starcoder2")
 # StarCoder2 slides over sliding_window=8 on every layer: a prefill counts the whole score matrix
 # (masks remove no FLOPs), a decode step min(context, W) keys, the cache keeps W - 1 positions.
-
-
-def fixture(model_type):
-    return json.loads((HF / f"{model_type}.json").read_text())
-
-
-def spec_of(fx):
-    return spec_from_hf_dict({"model_type": fx["model_type"], **fx["config"]}, name=fx["model_type"])
-
-
-def workload(fx, prompt=None, gen=5, logits="last"):
-    return Workload(batch=fx["batch"], prompt=prompt or fx["prompt"], gen=gen, weight_dtype="fp32",
-                    act_dtype="fp32", logits=logits)
 
 
 @pytest.mark.parametrize("model_type", TYPES)

@@ -9,30 +9,13 @@ test_hf_moe_mla.py, test_interleaved_models.py); this one covers gpt2, llama, ge
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from hf_fixtures import fixture, spec_of, workload
 
 from costmodel.analysis import decode_step_cost, kv_cache_bytes, prefill_cost
 from costmodel.models import spec_from_hf_dict
-from costmodel.spec import Workload
 
-HF = Path(__file__).parent / "fixtures" / "hf"
 TYPES = ("gpt2", "llama", "gemma", "qwen2_moe")
-
-
-def fixture(model_type):
-    return json.loads((HF / f"{model_type}.json").read_text())
-
-
-def spec_of(fx):
-    return spec_from_hf_dict({"model_type": fx["model_type"], **fx["config"]}, name=fx["model_type"])
-
-
-def workload(fx, prompt=None, gen=5, logits="last"):
-    return Workload(batch=fx["batch"], prompt=prompt or fx["prompt"], gen=gen, weight_dtype="fp32",
-                    act_dtype="fp32", logits=logits)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
