@@ -520,15 +520,6 @@ class _HFFields:
             raise SpecError(f"field {key!r} must be a list of integers, got {_shown(v)}")
         return v
 
-    def string_list(self, key: str) -> list | None:
-        """A list of strings, or None where the config has null (or leaves it out: derived)."""
-        v = self.cfg.get(key, self.defaults[key])
-        if v is None and key in self.nullable:
-            return None
-        if not isinstance(v, list) or any(not isinstance(i, str) for i in v):
-            raise SpecError(f"field {key!r} must be a list of strings, got {_shown(v)}")
-        return v
-
     def activation(self, key: str) -> str:
         act = self.string(key)
         if act not in _HF_ACTIVATIONS:
