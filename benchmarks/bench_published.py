@@ -45,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 from costmodel.plan import capacity_plan
@@ -112,7 +113,10 @@ def run(engine_name: str) -> dict:
     rows = []
     t0 = time.perf_counter()
     for m in load():
-        pred, warnings = predict(m, engine)
+        try:
+            pred, warnings = predict(m, engine)
+        except SpecError as e:  # a configuration the model refuses: reported, left out of the summary
+            pred, warnings = None, [f"refused: {e}"]
         err = None if pred is None else (pred - m["value"]) / m["value"]
         rows.append({"id": m["id"], "quantity": m["quantity"], "hardware": m["hardware"], "preset": m["preset"],
                      "tp": m["tp"], "batch": m["batch"], "prompt": m["prompt"], "gen": m["gen"],
@@ -142,7 +146,8 @@ def print_table(res: dict) -> None:
     print(f"engine: {res['engine']}")
     print(f"{'id':<48} {'quantity':<28} {'measured':>14} {'predicted':>14} {'error':>9}")
     for r in res["rows"]:
-        flag = "  (does not fit)" if r["warnings"] else ""
+        flag = ("  (" + r["warnings"][0] + ")" if r["predicted"] is None and r["warnings"]
+                else "  (does not fit)" if r["warnings"] else "")
         print(f"{r['id']:<48} {r['quantity']:<28} {_fmt(r['quantity'], r['measured']):>14} "
               f"{_fmt(r['quantity'], r['predicted']):>14} {_pct(r['error']):>9}{flag}")
 
