@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
-from .dtypes import DTYPE_BITS
+from .analysis import StepCost, activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
+from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
-from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
-                       stage_groups, stage_range, stage_view, tp_share)  # the one model of the split
+from . import collectives as C
+from .parallel import (TOKEN_ID_BYTES, Layout, activation_bytes, allowed_tp, check_split, ep_view, moe_layers,
+                       shard_step, split_vocab, stage_kv_cache_bytes, stage_groups, stage_range, stage_view,
+                       tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -109,16 +111,18 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     tp, pp = layout.tp, layout.pp
     layers = stage_range(spec.num_layers, pp, stage)
     rep = _replicated_layer_params(spec)
-    params = sum(g.count * (tp_share(spec.layer_params(mlp=g.mlp) - rep, tp) + rep)
+    experts = spec.num_experts // layout.ep if spec.num_experts else None  # ep: E / ep experts per GPU
+    params = sum(g.count * (tp_share(spec.layer_params(experts, mlp=g.mlp) - rep, tp) + rep)
                  for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), layers))
     vocab_rows = spec.vocab_size * spec.embedding_dim  # embedding and LM head, vocab-parallel
+    padded_rows = split_vocab(spec, layout) * spec.embedding_dim  # padded where tp does not divide V
     first, last = stage == 0, stage == pp - 1
     if first:
-        params += tp_share(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
+        params += tp_share(padded_rows, tp) + (spec.embedding_params() - vocab_rows)
     if last:
         params += spec.norm_params() + spec.head_extra_params()  # final norm; OPT's project_out, head bias
         if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
-            params += tp_share(vocab_rows, tp)
+            params += tp_share(padded_rows, tp)
     return params
 
 
@@ -179,11 +183,11 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     if layout.gpus == 1:
         m = memory_of(spec, wl)
         return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.capacity_bytes)
-    pre = shard_step(prefill_cost(spec, wl), layout.tp)  # per-GPU shares, rounded up
+    pre = gpu_step(spec, wl, layout, prefill_cost)  # per-GPU shares, rounded up
     best = None
     for s in range(layout.pp):
         m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
-                      stage_kv_cache_bytes(spec, wl, layout, s),
+                      stage_kv_cache_bytes(spec, ep_local_workload(wl, layout), layout, s),
                       activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
                       reserve, hw.capacity_bytes, s)
         if best is None or m.total_bytes > best.total_bytes:
@@ -257,58 +261,133 @@ def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = La
 
 # --- Time with parallelism --------------------------------------------------------------------------
 
+COMM_MODELS = ("ring", "nccl")  # see comm_seconds
+
+
 def allreduce_seconds(hw: Hardware, tp: int, message_bytes: int) -> float:
     """Ring all-reduce of ``message_bytes`` over ``tp`` GPUs: each sends and receives
-    2 (tp - 1) / tp of the message, in 2 (tp - 1) steps of one link latency each."""
+    2 (tp - 1) / tp of the message, in 2 (tp - 1) steps of one link latency each
+    (:func:`costmodel.collectives.all_reduce_s`, algo "ring", no base latency)."""
     if tp == 1:
         return 0.0
     _, bw = hw.link_for(tp)
-    return (2 * (tp - 1) / tp * message_bytes / (bw * hw.interconnect_efficiency_used)
-            + 2 * (tp - 1) * hw.link_latency_s_used)
+    return C.all_reduce_s(message_bytes, tp, bw * hw.interconnect_efficiency_used, hw.link_latency_s_used, "ring")
 
 
 def hop_seconds(hw: Hardware, layout: Layout, message_bytes: int) -> float:
     """One pipeline hop: the activations sent from a stage to the next."""
     _, bw = hw.link_for(layout.gpus)
-    return message_bytes / (bw * hw.interconnect_efficiency_used) + hw.link_latency_s_used
+    return C.send_s(message_bytes, bw * hw.interconnect_efficiency_used, hw.link_latency_s_used)
 
 
-def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int) -> float:
-    """Communication of one pass over ``tokens`` tokens: 2 all-reduces per layer and pp - 1 hops."""
+def _nccl_link(hw: Hardware, gpus: int) -> tuple[str, float, float | None]:
+    """(NCCL latency-table link kind, bus bandwidth, per-hop latency override) for ``gpus`` GPUs:
+    the hardware's link x interconnect efficiency; a profile's own ``link_latency_s`` (a measured
+    figure) replaces the table's per-hop latencies."""
+    name, bw = hw.link_for(gpus)
+    return ("pcie" if name == "PCIe" else "nvlink"), bw * hw.interconnect_efficiency_used, hw.link_latency_s
+
+
+def ep_local_workload(wl: Workload, layout: Layout) -> Workload:
+    """The fullest expert-parallel GPU's workload: ceil(batch / ep) sequences."""
+    return wl if layout.ep == 1 else replace(wl, batch=-(-wl.batch // layout.ep))
+
+
+def gpu_step(spec: ModelSpec, wl: Workload, layout: Layout, cost_of) -> StepCost:
+    """One GPU's share of the pass ``cost_of(spec, wl)``: tp shares (the LM head over the padded
+    vocabulary), or under ep the fullest rank's own sequences with 1 / ep of the experts' work."""
+    if layout.ep > 1:
+        return ep_view(cost_of(spec, ep_local_workload(wl, layout)), cost_of(spec, wl), layout.ep)
+    return shard_step(cost_of(spec, wl), layout.tp, vocab=(spec.vocab_size, split_vocab(spec, layout)))
+
+
+def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int,
+                 logit_rows: int = 0, collectives: str = "ring", rows: int = 0) -> float:
+    """Communication of one pass over ``tokens`` tokens (of ``rows`` sequences; the LM head on
+    ``logit_rows`` of them), under ``collectives``:
+
+    - "ring" (the original model, the eager engine's): 2 ring all-reduces per layer
+      (:func:`allreduce_seconds`) and pp - 1 hops (:func:`hop_seconds`); no logits all-gather;
+    - "nccl" (the serving engines'): the all-reduces as NCCL's tuner picks them
+      (:func:`costmodel.collectives.nccl_all_reduce`: ring or tree, LL / LL128 / Simple, with
+      NCCL's base and per-hop latencies), the vocab-parallel logits all-gather of ``logit_rows`` x
+      padded V, pp - 1 sends (NCCL p2p) and, with pp > 1, the broadcast of the picked token ids.
+
+    Under ep (either model), each MoE layer adds a dispatch all-gather of the ep ranks' tokens and a
+    combine reduce-scatter (:func:`costmodel.parallel.ep_comm_bytes`); ``tokens`` are then one
+    GPU's (its ceil(batch / ep) sequences) and the buffers ep times that.
+    """
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     message = activation_bytes(spec, wl, tokens)
-    t = 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
-    if layout.pp > 1:
-        t += (layout.pp - 1) * hop_seconds(hw, layout, message)
+    t = 0.0
+    if collectives == "ring":
+        t += 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
+        if layout.pp > 1:
+            t += (layout.pp - 1) * hop_seconds(hw, layout, message)
+    else:
+        if layout.tp > 1:
+            link, bus, hop = _nccl_link(hw, layout.tp)
+            t += 2 * spec.num_layers * C.nccl_all_reduce(message, layout.tp, bus, link, hop_latency_s=hop).seconds
+            logits = nbytes(logit_rows * split_vocab(spec, layout), wl.act_dtype)  # the gathered [rows, V_padded]
+            if logit_rows:
+                t += C.nccl_all_gather(logits, layout.tp, bus, link, hop_latency_s=hop).seconds
+        if layout.pp > 1:
+            link, bus, hop = _nccl_link(hw, layout.gpus)
+            t += (layout.pp - 1) * C.nccl_send(message, bus, link, hop_latency_s=hop).seconds
+            t += C.nccl_broadcast(rows * TOKEN_ID_BYTES, layout.gpus, bus, link, hop_latency_s=hop).seconds
+    if layout.ep > 1:
+        link, bus, hop = _nccl_link(hw, layout.ep)
+        n, whole = moe_layers(spec), layout.ep * message  # the gathered tokens, the combined buffer
+        if collectives == "ring":  # the original model's rings: the link latency per step, no base
+            lat = hw.link_latency_s_used
+            t += n * (C.all_gather_s(whole, layout.ep, bus, lat) + C.reduce_scatter_s(whole, layout.ep, bus, lat))
+        else:
+            t += n * (C.nccl_all_gather(whole, layout.ep, bus, link, hop_latency_s=hop).seconds
+                      + C.nccl_reduce_scatter(whole, layout.ep, bus, link, hop_latency_s=hop).seconds)
     return t
 
 
-def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout()) -> Timing:
-    """Roofline timing of one GPU's share plus communication; with tp = pp = 1 it equals
-    :func:`costmodel.roofline.predict`. Pipeline stages run in turn, so a pass takes the compute
-    time of every layer's tensor-parallel share, plus the hops between stages."""
+def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
+                    collectives: str = "ring") -> Timing:
+    """Roofline timing of one GPU's share plus communication (:func:`comm_seconds` under
+    ``collectives``); with tp = pp = ep = 1 it equals :func:`costmodel.roofline.predict`. Pipeline
+    stages run in turn, so a pass takes the compute time of every layer's tensor-parallel share,
+    plus the hops between stages. Communication is counted for every pass: the prefill and each
+    decode step (its all-reduces, logits all-gather, hops and ep exchanges)."""
     if layout.gpus == 1:
         return predict(spec, wl, hw)  # any architecture
-    n, seqs = wl.decode_steps, wl.batch * wl.beams
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
+    n = wl.decode_steps
+    local = ep_local_workload(wl, layout)
+    seqs = local.batch * local.beams
 
     def cost_at(i, keys="actual"):
-        return shard_step(decode_step_cost(spec, wl, i, keys), layout.tp)
+        return gpu_step(spec, wl, layout, lambda s, w: decode_step_cost(s, w, i, keys))
 
     def step_tokens(i):
         return seqs * (1 if wl.kv_cache else wl.prompt + i)
 
-    def comm(tokens):
-        return comm_seconds(spec, hw, wl, layout, tokens)
+    def comm(tokens, logit_rows):
+        return comm_seconds(spec, hw, wl, layout, tokens, logit_rows, collectives, seqs)
 
     decode_extra = (0.0, 0.0, 0.0)
     if n:
-        # Communication is affine in the tokens of a step; sum it over the steps in closed form.
-        total_tokens = seqs * (n if wl.kv_cache else n * wl.prompt + n * (n + 1) // 2)
-        base = comm(0)
-        decode_extra = (comm(step_tokens(1)), n * base + (comm(1) - base) * total_tokens,
-                        comm(step_tokens(n)))
-    return timing_from(hw, rates(hw, wl.act_dtype), wl, shard_step(prefill_cost(spec, wl), layout.tp),
-                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra,
-                       split=window_split(spec, wl, n))
+        if collectives == "ring":
+            # Affine in the tokens of a step: sum it over the steps in closed form.
+            total_tokens = seqs * (n if wl.kv_cache else n * wl.prompt + n * (n + 1) // 2)
+            base = comm(0, seqs)
+            total = n * base + (comm(1, seqs) - base) * total_tokens
+        elif wl.kv_cache:  # every step the same messages
+            total = n * comm(seqs, seqs)
+        else:  # NCCL's choice is piecewise in the message: step by step
+            total = sum(comm(step_tokens(i), seqs) for i in range(1, n + 1))
+        decode_extra = (comm(step_tokens(1), seqs), total, comm(step_tokens(n), seqs))
+    prefill_logits = seqs * (wl.prompt if wl.logits == "all" else 1)
+    return timing_from(hw, rates(hw, wl.act_dtype), wl, gpu_step(spec, wl, layout, prefill_cost),
+                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
+                       decode_extra, split=window_split(spec, wl, n))
 
 
 # --- The plan ----------------------------------------------------------------------------------------
