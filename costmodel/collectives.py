@@ -203,6 +203,9 @@ def nccl_all_reduce(message_bytes, n: int, bus_bw: float, link: str = "nvlink", 
     ``hop_latency_s`` (a measured per-hop latency) replaces the table's for every pair when given.
     ``nodes``: ranks spread over that many nodes (``n / nodes`` per node; inside a node the tree is
     a chain, so on one node the ring wins at every size, as NCCL's tuner finds on one NVLink node).
+    NB: the hops between nodes take the same per-hop latency as those inside one (NCCL's tuner
+    uses its larger NET table and the network's own latency there); this model prices what the
+    plan uses, the GPUs of one link domain.
     """
     if n == 1:
         return CollectiveTime(0.0, "ring", "Simple")

@@ -17,9 +17,23 @@ A replica of a decoder-only model runs on ``tp * pp`` ranks; rank ``r`` is tenso
   ``[tokens, hidden]`` activations from each tp rank to its peer of the next stage; with pp > 1
   the picked token ids (int64) are broadcast from the last stage to every rank.
 
+Two additions (issue 13):
+
+- **vocabulary padding**: tp pads a vocabulary it does not divide to the next multiple of
+  ``vocab_pad_multiple x tp`` rows (Megatron-LM's rule, :func:`padded_vocab`); each rank's LM head
+  holds ``V_padded / tp`` rows (zero rows in the reference, whose logits are dropped after the
+  all-gather) and the plan counts them in weights, FLOPs, bytes and the all-gather;
+- **expert parallelism** (``Split(ep=...)``, tp = pp = 1): each of the ep ranks holds E / ep of the
+  routed experts and every other weight, and runs batch / ep of the sequences; per MoE layer it
+  all-gathers the ep ranks' tokens (dispatch), routes them all, runs its experts on the pairs
+  routed to them and reduce-scatters the partial outputs (combine): :func:`ep_comm_bytes`.
+  The routed experts' per-rank FLOPs are the uniform 1 / ep share (:func:`ep_op`); only their sum
+  over ranks is exact for a given router.
+
 Communication bytes are **payloads**: per collective call, the bytes of the tensor this rank
-passes in (all-reduce: the buffer reduced in place; all-gather: its own shard; send / recv: the
-tensor sent or received; broadcast: the buffer). :func:`wire_bytes` gives what a ring moves per
+passes in (all-reduce: the buffer reduced in place; all-gather and ep's dispatch: its own shard;
+ep's combine (reduce-scatter): the whole buffer it passes in; send / recv: the tensor sent or
+received; broadcast: the buffer). :func:`wire_bytes` gives what a ring moves per
 rank for that payload (all-reduce ``2 (tp - 1) / tp`` x payload, the plan's timing model).
 
 Two views of the same split live here, read by ``costmodel.plan`` and the sharded reference

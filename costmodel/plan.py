@@ -52,6 +52,13 @@ ASSUMPTIONS = (
     "+ 2(tp-1) x link latency",
     "pp splits layers into stages run one after the other (no micro-batching): less memory per "
     "GPU, same compute time, one activation hop per stage boundary",
+    "collectives 'ring' (the default, the eager engine's): as above, no logits all-gather; 'nccl': "
+    "all-reduces as NCCL's tuner picks ring or tree and LL / LL128 / Simple (its base and per-hop "
+    "latencies), the vocab-parallel logits all-gather, p2p hops and the token-id broadcast, every pass",
+    "tp pads a vocabulary it does not divide to a multiple of 128 x tp rows (Megatron-LM); the padded "
+    "rows are counted in the embedding and LM-head weights, FLOPs, bytes and the logits all-gather",
+    "ep (mixture of experts, tp = pp = 1): E / ep experts per GPU, ceil(batch / ep) sequences each; "
+    "per MoE layer an all-gather dispatch and a reduce-scatter combine of the ep GPUs' tokens",
     "throughput: static batching, requests/s per replica = batch / end-to-end latency; the TPOT "
     "SLO applies to the mean over decode steps",
 )
@@ -415,6 +422,7 @@ class Plan:
     serving_batch: int = 0  # largest batch <= batch within memory and the SLOs
     serving_timing: Timing | None = None
     notes: tuple = ()
+    collectives: str = "ring"  # the communication model of the timing (comm_seconds)
 
     @property
     def fits(self) -> bool:
@@ -470,7 +478,9 @@ class Plan:
                          "capacity_figure": self.hardware.capacity_figure,
                          "efficiency": self.hardware.efficiencies(),
                          "op_overhead_s": self.hardware.op_overhead_s},
-            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus},
+            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus,
+                       "ep": self.layout.ep, "vocab_rows": split_vocab(self.model, self.layout)},
+            "collectives": self.collectives,
             "workload": {"prompt": w.prompt, "gen": w.gen, "weight_dtype": w.weight_dtype,
                          "act_dtype": w.act_dtype, "kv_dtype": w.kv_dtype, "beams": w.beams,
                          "kv_cache": w.kv_cache},
@@ -521,14 +531,18 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
          batch: int | None = None, tp: int = 1, pp: int = 1, gpus: int | None = None,
          ttft_slo_s: float | None = None, tpot_slo_s: float | None = None, rps: float | None = None,
          gpu_hour_usd: float | None = None, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-         **workload_fields) -> Plan:
+         ep: int = 1, collectives: str = "ring", **workload_fields) -> Plan:
     """Size a deployment of ``spec`` on ``hardware``.
 
     ``batch=None`` evaluates at the largest batch that fits. ``gpus`` (instead of ``tp``/``pp``)
     picks the layout with :func:`layout_for_gpus`. ``workload_fields`` go to :class:`Workload`
     (``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``beams``, ``kv_cache``, ``causal``, ...).
     Bad input raises SpecError; a model that does not fit is a Plan with ``fits=False``.
+    ``ep``: expert-parallel GPUs of a mixture-of-experts model (tp = pp = 1; the fullest GPU runs
+    ceil(batch / ep) sequences); ``collectives``: the communication model (:func:`comm_seconds`).
     """
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     if gpus is not None and (tp != 1 or pp != 1):
         raise SpecError("give gpus or tp/pp, not both")
     for name, v in (("ttft_slo_s", ttft_slo_s), ("tpot_slo_s", tpot_slo_s), ("rps", rps),
@@ -537,7 +551,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     if isinstance(reserve_fraction, bool) or not isinstance(reserve_fraction, (int, float)) \
             or not 0 <= reserve_fraction < 1:
         raise SpecError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
-    layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp)
+    layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp, ep)
     check_layout(spec, hardware, layout)
     wl = Workload(batch=1 if batch is None else batch, prompt=prompt, gen=gen, **workload_fields)
     notes = list(wl.check_against(spec))
@@ -549,7 +563,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     memory = memory_use(spec, hardware, wl_b, layout, reserve_fraction)
     ctx_batch = batch if batch is not None else 1
     mc = max_context(spec, hardware, replace(wl, batch=ctx_batch), layout, reserve_fraction)
-    timing = parallel_timing(spec, hardware, wl_b, layout) if b > 0 else None
+    timing = parallel_timing(spec, hardware, wl_b, layout, collectives) if b > 0 else None
     if mb == 0:
         notes.append(f"does not fit: one sequence needs {memory.total_bytes} bytes per GPU, "
                      f"{memory.missing_bytes} more than the {memory.capacity_bytes} available; "
@@ -564,7 +578,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
                      f"{spec.max_position_embeddings}: memory is not the limit there")
 
     def meets(bb: int) -> bool:
-        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout)
+        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout, collectives)
         first = t.ttft_s if t.ttft_s is not None else t.e2e_s  # encoder-only: the encode pass
         if ttft_slo_s is not None and first > ttft_slo_s:
             return False
@@ -574,7 +588,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     if limit > 0 and (ttft_slo_s is not None or tpot_slo_s is not None):
         serving = _largest_passing(lambda bb: bb <= limit and meets(bb))
         if serving == 0:
-            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout)
+            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout, collectives)
             first = t1.ttft_s if t1.ttft_s is not None else t1.e2e_s
             notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {first * 1e3:.3f} ms and "
                          f"mean TPOT {0 if t1.tpot_mean_s is None else t1.tpot_mean_s * 1e3:.3f} ms; "
@@ -583,9 +597,9 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
         serving = limit
     serving_timing = None
     if serving > 0:
-        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout)
+        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout, collectives)
     if rps is not None and serving == 0:
         notes.append("gpus_needed is null: no batch fits within memory and the SLOs")
     return Plan(spec, hardware, layout, wl_b, reserve_fraction, b, batch is not None, memory, mb, mc,
                 ctx_batch, timing, ttft_slo_s, tpot_slo_s, rps, gpu_hour_usd, serving, serving_timing,
-                tuple(notes))
+                tuple(notes), collectives)

@@ -72,6 +72,19 @@ def test_plan_ep_weights_memory_and_exchanges():
     assert t.prefill.extra_s == pytest.approx(2 * 2 * one, rel=1e-12)
 
 
+def test_capacity_plan_with_ep_and_nccl():
+    from costmodel.plan import capacity_plan
+
+    hw = get_hardware("h100-sxm")
+    p = capacity_plan(MIX, hw, prompt=16, gen=2, batch=4, ep=2, collectives="nccl")
+    d = p.to_dict()
+    assert (d["layout"]["ep"], d["layout"]["gpus_per_replica"], d["collectives"]) == (2, 2, "nccl")
+    assert p.timing.prefill.extra_s == parallel_timing(MIX, hw, Workload(batch=4, prompt=16, gen=2), Layout(ep=2),
+                                                       "nccl").prefill.extra_s
+    with pytest.raises(SpecError, match="^unknown collectives 'mpi'; allowed: ring, nccl$"):
+        capacity_plan(MIX, hw, collectives="mpi")
+
+
 # --- the sharded reference on gloo ------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
