@@ -386,6 +386,11 @@ class ParallelResult:
                 "measured_seconds": "wall time inside the collectives (waits for slower ranks "
                                     "included), the slowest rank",
                 "decode": "totals over the gen - 1 decode steps",
+                "ep": "dispatch: all-gather of the rank's own tokens (payload: its shard); combine: "
+                      "reduce-scatter of the expert outputs (payload: the whole buffer); routed-expert "
+                      "FLOPs compared summed over the ep ranks (per rank: the uniform 1 / ep share)",
+                "vocab_rows": "LM-head rows under tp: the vocabulary padded to a multiple of "
+                              "vocab_pad_multiple x tp where tp does not divide it (Megatron-LM)",
             },
             "ranks": [r.to_dict() for r in self.ranks],
             "communication": self.communication(),
