@@ -259,7 +259,16 @@ class FlashShape:
     sinks: bool = False
 
 
-def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int) -> int:
+def packs_gqa(version: str, shape: FlashShape) -> bool:
+    """Whether a decode step packs the query heads of a kv head into one tile: FA3 always with
+    varlen / paged inputs (hopper/heuristics.h should_pack_gqa: varlen -> true; hopper/flash_api.cpp
+    get_pack_gqa); FA2 only without a window (csrc/flash_attn/flash_api.cpp
+    seqlenq_ngroups_swapped: max_seqlen_q == 1, num_heads > num_heads_k, window_size_left < 0)."""
+    local = shape.window is not None or shape.chunk is not None
+    return version == "fa3" or not local
+
+
+def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int, packed: bool = True) -> int:
     """Split-K splits of a decode step: 1 when the (batch x kv head x packed-query tile) blocks
     nearly fill the GPU (>= 0.8 x SMs, FA2/FA3 ``num_splits_heuristic``), else enough to fill it,
     ceil(SMs / blocks), at most ``engine.flash["max_num_splits"]`` (vLLM: 16 under CUDA graphs).
@@ -269,7 +278,10 @@ def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int) -> int:
     if not sms or (getattr(engine, "flash", None) or {}).get("decode", "split-k") != "split-k":
         return 1
     group = shape.heads // shape.kv_heads
-    blocks = batch * shape.kv_heads * -(-(shape.q_len * group) // br)
+    if packed:
+        blocks = batch * shape.kv_heads * -(-(shape.q_len * group) // br)
+    else:
+        blocks = batch * shape.heads * -(-shape.q_len // br)
     if blocks >= 0.8 * sms:
         return 1
     return max(1, min((engine.flash or {}).get("max_num_splits", 128), -(-sms // blocks)))
@@ -288,9 +300,12 @@ def flash_ops(name: str, shape: FlashShape, batch: int, wl: Workload, engine, hw
     pairs = executed_pairs(q, shape.kv_len, br, bc, shape.causal, shape.window, shape.chunk)
     mm = 2 * b * h * pairs * (shape.d_qk + shape.d_v)  # Q K^T (d_qk) and P V (d_v) per pair
     rows = b * h * q  # query rows: one LSE each
-    if q == 1:  # decode: packed GQA, K and V once per kv head (over ceil(group / Br) packed tiles)
+    if q == 1 and packs_gqa(version, shape):  # K and V once per kv head (ceil(group / Br) packed tiles)
         key_reads = b * hk * -(-(h // hk) // br) * shape.kv_len
         splits = decode_splits(engine, hw, b, shape, br)
+    elif q == 1:  # FA2 on a sliding layer: one tile per query head, K and V read per query head
+        key_reads = b * h * shape.kv_len
+        splits = decode_splits(engine, hw, b, shape, br, packed=False)
     else:  # Theorem 2: once per query tile of each query head, over the keys it visits
         key_reads = b * h * tile_key_loads(q, shape.kv_len, br, bc, shape.causal, shape.window, shape.chunk)
         splits = 1

@@ -65,6 +65,14 @@ def test_sliding_window_and_chunk_skipping():
     assert fused.executed_pairs(8, 8, 2, 2, True, chunk=4) == 24
 
 
+def test_long_causal_prefill_approaches_the_papers_half_count():
+    # FA2 paper (Dao 2023, sec. 4.1) counts a causal forward as half of 4 s^2 d FLOPs per head:
+    # s^2 / 2 pairs. The kernel computes the diagonal tiles whole: with Br = Bc = 128 and s = 16384
+    # (T = 128 tiles) 128^2 x T (T + 1) / 2 = 16384 x 8256 = 135266304 = s^2 / 2 x (1 + 1 / T)
+    assert fused.executed_pairs(16384, 16384, 128, 128, True) == 135266304
+    assert 135266304 / (16384**2 / 2) == pytest.approx(1.0, abs=0.01)
+
+
 def test_decode_attends_over_exactly_its_keys():
     # one query row: no tile rounding, whatever the tiles
     assert fused.executed_pairs(1, 37, 128, 128, True) == 37
@@ -142,6 +150,17 @@ def test_sliding_layers_skip_blocks_outside_the_window():
     spec, wl = PRESETS["tiny-mistral-sw"], Workload(batch=1, prompt=16, gen=2)
     ex = fused.executed_step(spec, wl, small_tiles(4, 4), H100, A.prefill_cost(spec, wl), 1, 16, 16)
     assert op(ex, "flash_attention").flops == 2 * 4 * 144 * 32
+
+
+def test_fa2_sliding_decode_reads_kv_per_query_head():
+    # FA2 packs query heads only without a window (seqlenq_ngroups_swapped): tiny-mistral-sw (4 q
+    # heads, 2 kv heads, d 16), decode step over 9 keys (window 8 not yet full: prompt 8 + 1 = 9 >
+    # 8, so min(9, 8) = 8 keys): A100 reads 4 heads x 8 keys x 32 x 2 B = 2048, H100 (FA3, packed) 1024
+    spec, wl = PRESETS["tiny-mistral-sw"], Workload(batch=1, prompt=8, gen=3)
+    eager = A.decode_step_cost(spec, wl, 1)
+    on = {hw.id: op(fused.executed_step(spec, wl, Eng(), hw, eager, 1, 1, 9), "flash_attention").kv_read_bytes
+          for hw in (A100, H100)}
+    assert on == {"a100-sxm-80gb": 2048, "h100-sxm": 1024}
 
 
 def test_mla_absorbed_decode_reads_the_latent_once():
@@ -236,8 +255,8 @@ def test_executed_decode_costs_are_quadratic_in_the_step(name, extra):
     b = wl.batch
     eng = Eng(fusions=fused.FUSIONS)
     start = A.decoder_start(spec, wl)
-    for keys in ("growing", "full"):
-        steps = [fused.executed_step(spec, wl, eng, H100, A.decode_step_cost(spec, wl, i, keys), b, 1,
+    for hw, keys in ((H100, "growing"), (H100, "full"), (A100, "growing"), (A100, "full")):
+        steps = [fused.executed_step(spec, wl, eng, hw, A.decode_step_cost(spec, wl, i, keys), b, 1,
                                      start + i, sliding_keys=keys) for i in (1, 2, 3, 4)]
         rows = [[o.costs() for o in s.ops()] for s in steps]
         assert len({len(r) for r in rows}) == 1
