@@ -40,7 +40,7 @@ FlashAttention (``engine.attention == "flash"``)
 
     Kept eager: T5's relative position bias (FlashAttention adds no per-(q, k) bias but ALiBi;
     the model's attention keeps its eager ops, ``note`` of :func:`attention_plan` says so).
-    Soft-capping (Gemma 2) is a FlashAttention argument (FA2 >= 2.6 ``softcap``, FA3 ``softcap``:
+    Soft-capping (Gemma 2) is a FlashAttention argument (FA2 and FA3 ``softcap``:
     csrc/flash_attn/flash_api.cpp, hopper/flash_api.cpp); attention sinks (gpt-oss) are FA3 in vLLM's
     fork (vllm-project/flash-attention PR 75, vllm-project/vllm PR 22313; vLLM refuses them on FA2:
     "Sinks are only supported in FlashAttention 3", vllm issue 22331). Both run inside the kernel.
@@ -91,8 +91,11 @@ VLLM_FLASH = {
     "decode": "split-k",
     "max_num_splits": 16,
     "sources": {
-        "version_by_architecture": "vLLM FlashAttention backend: FA3 on Hopper (SM90), FA2 elsewhere "
-                                   "(vllm/attention/utils/fa_utils.py get_flash_attn_version; vllm PR 12093)",
+        "version_by_architecture": "vLLM FlashAttention backend, get_flash_attn_version "
+                                   "(vllm/v1/attention/backends/fa_utils.py; vllm PR 12093): FA3 on SM90 "
+                                   "(Hopper), FA2 otherwise (newer releases try FA4 on SM100; ROCm uses "
+                                   "its own kernels: blackwell and cdna here take FA2's tiles as the "
+                                   "nearest published ones, and no utilisation figure)",
         "paged_kv": "vLLM V1 attends over the paged cache through block_table for prefill and decode "
                     "(vllm/v1/attention/backends/flash_attn.py); FA2 then runs its split-KV kernel "
                     "(csrc/flash_attn/flash_api.cpp: run_mha_fwd(params, stream, paged_KV)), FA3 its "
