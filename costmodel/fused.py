@@ -161,8 +161,10 @@ def flash_version(engine, hw) -> str:
 
 
 def tile_sizes(version: str, arch: str | None, d_qk: int, d_v: int, causal: bool, local: bool,
-               paged: bool) -> tuple[int, int]:
-    """(Br, Bc): query rows and keys per tile of the forward kernel, 16-bit inputs.
+               paged: bool, element_bytes: int = 2) -> tuple[int, int]:
+    """(Br, Bc): query rows and keys per tile of the forward kernel, for 16-bit inputs (FA3 with
+    ``element_bytes`` 1, fp8: d <= 64 192 x 160; <= 96 192 x 128; <= 128 128 x (160 paged, else
+    224); <= 192 128 x (128 paged and local, else 160); else 128 x (64 local, else 128)).
 
     FA3 (hopper/tile_size.h, tile_size_fwd_sm90; ``paged`` is its paged_kv_non_TMA: 16-token pages):
     d <= 64: 192 x (128 causal/local/paged, else 192) [d_v 512: 64 x 64, MLA]; d <= 96: 192 x (128
@@ -174,6 +176,16 @@ def tile_sizes(version: str, arch: str | None, d_qk: int, d_v: int, causal: bool
     64, else 128 x 32); d <= 192: 128 x 64; 256: 128 x 64 on A100, 64 x 64 where shared memory is
     smaller (sm86/89) or larger (H100: 2 CTAs per SM).
     """
+    if version == "fa3" and element_bytes == 1:
+        if d_qk <= 64:
+            return 192, 160
+        if d_qk <= 96:
+            return 192, 128
+        if d_qk <= 128:
+            return 128, 160 if paged else 224
+        if d_qk <= 192:
+            return 128, 128 if (paged and local) else 160
+        return 128, 64 if local else 128
     if version == "fa3":
         if d_qk <= 64:
             if d_v == 512:
@@ -296,7 +308,8 @@ def flash_ops(name: str, shape: FlashShape, batch: int, wl: Workload, engine, hw
     paged = bool((getattr(engine, "flash", None) or {}).get("paged_kv", engine.kv_layout == "paged"))
     paged = paged and shape.kv_read_elements_per_key > 0 and shape.kv_act_elements_per_key == 0
     local = shape.window is not None or shape.chunk is not None
-    br, bc = tile_sizes(version, arch, shape.d_qk, shape.d_v, shape.causal, local, paged)
+    element_bytes = 1 if wl.act_dtype == "fp8" else 2
+    br, bc = tile_sizes(version, arch, shape.d_qk, shape.d_v, shape.causal, local, paged, element_bytes)
     br, bc = (engine.flash or {}).get("block_m", br), (engine.flash or {}).get("block_n", bc)
     a, c = wl.act_dtype, wl.kv_dtype
     b, h, hk, q = batch, shape.heads, shape.kv_heads, shape.q_len

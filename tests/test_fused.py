@@ -84,6 +84,7 @@ def test_tile_sizes_from_the_kernels():
     assert fused.tile_sizes("fa3", "hopper", 128, 128, True, False, True) == (128, 128)
     assert fused.tile_sizes("fa3", "hopper", 128, 128, False, False, False) == (128, 176)
     assert fused.tile_sizes("fa3", "hopper", 64, 512, True, False, True) == (64, 64)  # MLA
+    assert fused.tile_sizes("fa3", "hopper", 128, 128, True, False, True, element_bytes=1) == (128, 160)  # fp8
     # FA2 paged: split-KV kernel 64 x 64 for d 128, 64 x 128 for d 64; contiguous A100 128 x 64
     assert fused.tile_sizes("fa2", "ampere", 128, 128, True, False, True) == (64, 64)
     assert fused.tile_sizes("fa2", "ampere", 64, 64, True, False, True) == (64, 128)
