@@ -90,7 +90,10 @@ VLLM_FLASH = {
     "paged_kv": True,
     "decode": "split-k",
     "max_num_splits": 16,
+    "kv_hbm_reads": "per_query_tile",
     "sources": {
+        "kv_hbm_reads": "Dao et al. 2022, FlashAttention, Theorem 2 and Algorithm 1 (K, V read once per "
+                        "query block); see costmodel.fused.kv_hbm_reads",
         "version_by_architecture": "vLLM FlashAttention backend, get_flash_attn_version "
                                    "(vllm/v1/attention/backends/fa_utils.py; vllm PR 12093): FA3 on SM90 "
                                    "(Hopper), FA2 otherwise (newer releases try FA4 on SM100; ROCm uses "
@@ -302,6 +305,24 @@ def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int, packed: bo
     return max(1, min((engine.flash or {}).get("max_num_splits", 128), -(-sms // blocks)))
 
 
+KV_HBM_READS = ("per_query_tile", "per_kv_head")
+
+
+def kv_hbm_reads(engine) -> str:
+    """``engine.flash["kv_hbm_reads"]``: how often a multi-row pass reads K and V from HBM.
+
+    "per_query_tile" (default): the FlashAttention IO analysis (Dao et al. 2022, Theorem 2), which
+    has only SRAM between the kernel and HBM: every query tile of every query head loads the keys
+    it visits. "per_kv_head": once per sequence and kv head, as if the GPU's L2 (40-50 MB on A100 /
+    H100) served every re-read by the tiles that run at the same time (the lower bound). Neither is
+    measured here; Theorem 2 can make a long paged FA2 prefill look bandwidth-bound (64-row tiles),
+    which the FA2 paper's 50-73 % utilisation contradicts."""
+    v = (getattr(engine, "flash", None) or {}).get("kv_hbm_reads", "per_query_tile")
+    if v not in KV_HBM_READS:
+        raise ValueError(f"engine flash kv_hbm_reads {v!r}; allowed: {', '.join(KV_HBM_READS)}")
+    return v
+
+
 def flash_ops(name: str, shape: FlashShape, batch: int, wl: Workload, engine, hw) -> list[OpCost]:
     """The flash kernel of one attention (and, for a split-K decode, its combine kernel)."""
     version, arch = flash_version(engine, hw), architecture_of(hw)
@@ -322,6 +343,9 @@ def flash_ops(name: str, shape: FlashShape, batch: int, wl: Workload, engine, hw
     elif q == 1:  # FA2 on a sliding layer: one tile per query head, K and V read per query head
         key_reads = b * h * shape.kv_len
         splits = decode_splits(engine, hw, b, shape, br, packed=False)
+    elif kv_hbm_reads(engine) == "per_kv_head":  # the lower bound: L2 serves every re-read
+        key_reads = b * hk * shape.kv_len
+        splits = 1
     else:  # Theorem 2: once per query tile of each query head, over the keys it visits
         key_reads = b * h * tile_key_loads(q, shape.kv_len, br, bc, shape.causal, shape.window, shape.chunk)
         splits = 1

@@ -119,6 +119,9 @@ def test_flash_prefill_flops_and_io_bytes_by_hand():
     # K and V from the cache once per query tile per query head: tiles see 4 and 8 keys -> 12 keys
     # x 4 heads x (16 + 16) x 2 B = 3072
     assert f.kv_read_bytes == 3072
+    # the L2 lower bound: once per kv head, 8 keys x 2 kv heads x 32 x 2 B = 1024
+    low = Eng(flash={**fused.VLLM_FLASH, "block_m": 4, "block_n": 4, "kv_hbm_reads": "per_kv_head"})
+    assert op(fused.executed_step(spec, wl, low, H100, eager, 1, 8, 8), "flash_attention").kv_read_bytes == 1024
     names = [o.op for o in ex.groups[0][1]]
     assert not {"attn_scores", "attn_softmax", "attn_values"} & set(names)
     assert names.index("flash_attention") == names.index("kv_cache_update") + 1
