@@ -49,6 +49,12 @@ FlashAttention (``engine.attention == "flash"``)
     read once (as FlashMLA and FA3's MLA path do: hopper/tile_size.h, headdim_v 512); the expanded
     form (prefill) is attention over the expanded K (d_nope + d_rope) and V (d_v) of every head.
 
+The engine's ``flash`` dict (:data:`VLLM_FLASH` is vLLM's): ``version_by_architecture`` ({"ampere":
+"fa2", "hopper": "fa3", ...}: tiles and utilisation), ``paged_kv`` (the kernel reads a paged cache:
+FA2's split-KV kernel, FA3's non-TMA paged tiles), ``decode`` ("split-k", or anything else for no
+split), ``max_num_splits``, ``kv_hbm_reads`` (:func:`kv_hbm_reads`), optional ``block_m`` /
+``block_n`` overriding the tile table, and ``sources``.
+
 Fused element-wise kernels (``engine.fusions``, as vLLM runs them; vllm/model_executor/layers/
 layernorm.py, activation.py, rotary_embedding.py, csrc/cache_kernels.cu):
 
@@ -131,6 +137,11 @@ FA_EFFICIENCY = {("fa2", "ampere", "16"): 0.62, ("fa2", "hopper", "16"): 0.35,
                  ("fa3", "hopper", "16"): 0.75, ("fa3", "hopper", "8"): 0.60}
 
 
+def _flash_cfg(engine) -> dict:
+    """The engine's ``flash`` dict (empty when it has none)."""
+    return getattr(engine, "flash", None) or {}
+
+
 def architecture_of(hw) -> str | None:
     """``hw.architecture`` (hardware.json), else by the id's prefix (a100/a10/a30: ampere;
     h100/h200/gh200: hopper; l4/l40/rtx-4090: ada; b200: blackwell; mi*: cdna); None if unknown."""
@@ -159,7 +170,7 @@ def sm_count_of(hw) -> int | None:
 def flash_version(engine, hw) -> str:
     """"fa2" or "fa3": ``engine.flash["version_by_architecture"]`` for the GPU's architecture (fa2
     where the table has none)."""
-    table = (getattr(engine, "flash", None) or {}).get("version_by_architecture", {})
+    table = _flash_cfg(engine).get("version_by_architecture", {})
     return table.get(architecture_of(hw), "fa2")
 
 
@@ -293,7 +304,7 @@ def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int, packed: bo
     The heuristic's cap by the number of key blocks is left out, so the count does not change with
     kv_len (the decode sums stay exact). 1 when the GPU's SM count is unknown."""
     sms = sm_count_of(hw)
-    if not sms or (getattr(engine, "flash", None) or {}).get("decode", "split-k") != "split-k":
+    if not sms or _flash_cfg(engine).get("decode", "split-k") != "split-k":
         return 1
     group = shape.heads // shape.kv_heads
     if packed:
@@ -302,7 +313,7 @@ def decode_splits(engine, hw, batch: int, shape: FlashShape, br: int, packed: bo
         blocks = batch * shape.heads * -(-shape.q_len // br)
     if blocks >= 0.8 * sms:
         return 1
-    return max(1, min((engine.flash or {}).get("max_num_splits", 128), -(-sms // blocks)))
+    return max(1, min(_flash_cfg(engine).get("max_num_splits", 128), -(-sms // blocks)))
 
 
 KV_HBM_READS = ("per_query_tile", "per_kv_head")
@@ -317,7 +328,7 @@ def kv_hbm_reads(engine) -> str:
     H100) served every re-read by the tiles that run at the same time (the lower bound). Neither is
     measured here; Theorem 2 can make a long paged FA2 prefill look bandwidth-bound (64-row tiles),
     which the FA2 paper's 50-73 % utilisation contradicts."""
-    v = (getattr(engine, "flash", None) or {}).get("kv_hbm_reads", "per_query_tile")
+    v = _flash_cfg(engine).get("kv_hbm_reads", "per_query_tile")
     if v not in KV_HBM_READS:
         raise ValueError(f"engine flash kv_hbm_reads {v!r}; allowed: {', '.join(KV_HBM_READS)}")
     return v
@@ -326,12 +337,12 @@ def kv_hbm_reads(engine) -> str:
 def flash_ops(name: str, shape: FlashShape, batch: int, wl: Workload, engine, hw) -> list[OpCost]:
     """The flash kernel of one attention (and, for a split-K decode, its combine kernel)."""
     version, arch = flash_version(engine, hw), architecture_of(hw)
-    paged = bool((getattr(engine, "flash", None) or {}).get("paged_kv", engine.kv_layout == "paged"))
+    paged = bool(_flash_cfg(engine).get("paged_kv", getattr(engine, "kv_layout", "") == "paged"))
     paged = paged and shape.kv_read_elements_per_key > 0 and shape.kv_act_elements_per_key == 0
     local = shape.window is not None or shape.chunk is not None
     element_bytes = 1 if wl.act_dtype == "fp8" else 2
     br, bc = tile_sizes(version, arch, shape.d_qk, shape.d_v, shape.causal, local, paged, element_bytes)
-    br, bc = (engine.flash or {}).get("block_m", br), (engine.flash or {}).get("block_n", bc)
+    br, bc = _flash_cfg(engine).get("block_m", br), _flash_cfg(engine).get("block_n", bc)
     a, c = wl.act_dtype, wl.kv_dtype
     b, h, hk, q = batch, shape.heads, shape.kv_heads, shape.q_len
     pairs = executed_pairs(q, shape.kv_len, br, bc, shape.causal, shape.window, shape.chunk)
