@@ -130,7 +130,7 @@ def _config(tmp_path, text):
 
 
 BAD_INPUTS = [
-    (["report", "llama-9"], "unknown model 'llama-9'; built-in models: gpt2"),
+    (["report", "llama-9"], "unknown model 'llama-9' (`costmodel models` lists the"),
     (["report", "gpt2", "--batch", "0"], "batch must be a positive integer, got 0"),
     (["report", "gpt2", "--prompt", "-5"], "prompt must be a positive integer, got -5"),
     (["report", "gpt2", "--gen", "0"], "gen must be a positive integer, got 0"),

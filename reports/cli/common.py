@@ -20,6 +20,16 @@ from costmodel.sampling import STRATEGIES
 from costmodel.spec import LOGITS_MODES, Workload
 
 
+# The distribution's name on PyPI ("costmodel" there is someone else's Flask app); the import
+# packages and the command keep the name costmodel.
+DISTRIBUTION = "llm-costmodel"
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra, for error messages: by name, or from a checkout."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+
+
 class InputError(click.ClickException):
     """Bad user input: printed as one ``Error: ...`` line, exit code 2."""
 
@@ -63,7 +73,7 @@ Group.group_class = Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="costmodel")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """What running a transformer costs: FLOPs, bytes, memory and latency, prefill versus decode."""
 
@@ -91,7 +101,7 @@ def input_errors(fn):
             ctx = click.get_current_context(silent=True)
             what = ctx.command_path if ctx is not None else "this command"
             raise InputError(f"{what} needs {root}, which is not installed: "
-                             f"pip install 'costmodel[{_EXTRAS[root]}]'") from None
+                             f"{install_hint(_EXTRAS[root])}") from None
 
     return wrapper
 

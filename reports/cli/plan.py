@@ -17,7 +17,7 @@ from costmodel.models import get_model
 from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+from .common import (InputError, install_hint, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      warn, workload_options)
 
 
@@ -104,7 +104,7 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
     try:
         from profiler import calibrate as cal
     except ImportError as e:
-        raise InputError(f"calibrate needs torch ({e}); install it with: pip install 'costmodel[profile]'") from None
+        raise InputError(f"calibrate needs torch ({e}); install it with: {install_hint('profile')}") from None
     from reports.parallel import collectives_lines
     from reports.plan import calibration_table
 

@@ -40,6 +40,9 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     """
     from reports import text
 
+    if html_file is not None and fmt in ("json", "csv"):  # checked before anything is computed or written
+        raise InputError(f"--html FILE writes one HTML page and --format {fmt} prints to stdout: give one "
+                         "of them (run twice for both)")
     spec = get_model(model)
     result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
     hw = read_hardware(gpu, hardware_file)

@@ -16,7 +16,7 @@ from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, hardware_options, input_errors, main,
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, install_hint, build_workload, hardware_options, input_errors, main,
                      pop_workload, read_hardware, warn, workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
@@ -76,7 +76,7 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
             import pyarrow  # noqa: F401
         except ImportError:
             raise InputError("--format parquet needs pyarrow, which is not installed: "
-                             "pip install 'costmodel[sweep]' (or use --format csv or json)") from None
+                             f"{install_hint('sweep')} (or use --format csv or json)") from None
     if out is not None:
         check_writable_file(out)
     largest = replace(wl, prompt=max(grid["prompt"]), gen=max(grid["gen"]))
