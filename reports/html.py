@@ -131,7 +131,7 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
              f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>",
              f'<p class="note">FLOPs count a multiply-add as 2; bytes are moved by an eager implementation '
-             f"(every op's output materialised); memory in GiB (2³⁰ bytes) in the tables, GB (10⁹) in the plots."
+             f"(every op's output materialised); bytes in SI units in the tables and the plots (1 GB = 10⁹ bytes)."
              f"{' Latency: roofline on ' + _e(hardware.name) + '.' if hardware is not None else ''}</p>"]
     for warning in result.warnings:
         parts.append(f'<p class="warn">Warning: {_e(warning)}</p>')

@@ -54,7 +54,7 @@ def test_report_table_is_readable():
     out = r.output
     assert out.startswith("gpt2: 124.44 M parameters (124,439,808)")
     for text in ("prefill FLOPs", "decode FLOPs", "attn_scores", "mlp_up", "lm_head", "TOTAL",
-                 "12 layers", "KV cache saving", "15 decode steps", "memory: weights 237.35 MiB"):
+                 "12 layers", "KV cache saving", "15 decode steps", "memory: weights 248.88 MB", "units: SI (1 GB = 10^9 bytes"):
         assert text in out, text
 
 

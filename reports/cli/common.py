@@ -222,5 +222,28 @@ def warn(msg: str) -> None:
     click.echo(f"Warning: {msg}", err=True)
 
 
+def table_width(wide: bool) -> int | None:
+    """The width text tables fit: None (full width, one line per op) with --wide or when stdout is
+    not a terminal (a pipe or a file gets the full detail) unless COLUMNS says otherwise; else the
+    terminal's width (COLUMNS, then the terminal's own, as shutil reads them)."""
+    import os
+    import shutil
+
+    if wide:
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(int(columns), 40)
+    if not stdout_is_tty():
+        return None
+    return max(shutil.get_terminal_size().columns, 40)
+
+
+def wide_option(fn):
+    return click.option("--wide", is_flag=True,
+                        help="Tables at full width (phases side by side) even on a narrow terminal; "
+                             "by default a terminal's width is fitted (one table per phase).")(fn)
+
+
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()

@@ -14,7 +14,7 @@ from costmodel.roofline import predict
 from costmodel.spec import MLA_FORMS
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, read_hardware, warn, workload_options)
+                     pop_workload, read_hardware, table_width, warn, wide_option, workload_options)
 
 
 @main.command()
@@ -26,11 +26,12 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@wide_option
 @click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
               help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
                    "does, or decode absorbed in latent space as serving engines do.")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
     MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
@@ -61,7 +62,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     elif fmt == "markdown":
         click.echo(text.report_markdown(result, timing))
     else:
-        click.echo(text.report_table(result, timing))
+        click.echo(text.report_table(result, timing, table_width(wide)))
 
 
 def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
