@@ -636,6 +636,13 @@ def png_bytes(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def svg_bytes(fig) -> bytes:
+    """The figure as SVG: vector, legible at any width (the HTML page embeds these)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg")
+    return buf.getvalue()
+
+
 def save(fig, folder: str, stem: str, dpi: int = 110) -> list[str]:
     """Write ``stem.png`` and ``stem.svg`` into ``folder`` (atomically); return their paths."""
     import os

@@ -122,3 +122,45 @@ def test_unknown_names_get_a_did_you_mean(args, msg, tmp_path, monkeypatch):
     assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
     if "did you mean" not in msg:
         assert "did you mean" not in lines[0]
+
+
+def _complete(words: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1),
+           "_COSTMODEL_COMPLETE": "bash_complete"}
+    code = "import sys; sys.argv[0] = 'costmodel'; from reports.cli import main; main()"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return [line.split(",", 1)[1] for line in r.stdout.splitlines()]
+
+
+def test_shell_completion_of_model_and_gpu_names():
+    from costmodel.hardware import hardware_ids
+    from costmodel.models import preset_names
+
+    assert _complete("costmodel report llama-2-") == ["llama-2-7b", "llama-2-13b", "llama-2-70b"]
+    assert _complete("costmodel plan gpt2 --gpu h1") == [h for h in hardware_ids() if h.startswith("h1")]
+    assert _complete("costmodel sweep mixtral") == [n for n in preset_names() if n.startswith("mixtral")]
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    import io
+
+    from reports import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress.over([1, 2], "x", show=False) == [1, 2]  # not a terminal: the items themselves
+    with progress.Stages("profile", show=False) as say:
+        say("timing 1/3")  # nothing drawn, nothing raised
+    assert capsys.readouterr().err == ""
+    stream = Tty()
+    import tqdm
+    bar = tqdm.tqdm([1, 2, 3], file=stream, desc="rendering plots")
+    assert list(bar) == [1, 2, 3] and "rendering plots" in stream.getvalue()  # the library draws it
+    shown = progress.over([1, 2, 3], "rendering plots", show=True)
+    assert list(shown) == [1, 2, 3] and type(shown).__name__ == "tqdm"

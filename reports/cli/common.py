@@ -106,8 +106,29 @@ def input_errors(fn):
     return wrapper
 
 
+def complete_model(ctx, param, incomplete: str):
+    """Shell completion of MODEL: the built-in names starting with what is typed; paths to configs are
+    completed by the shell itself (click returns a "file" completion item when it looks like a path)."""
+    from click.shell_completion import CompletionItem
+
+    from costmodel.models import preset_names
+
+    if "/" in incomplete or incomplete.startswith("."):
+        return [CompletionItem(incomplete, type="file")]
+    return [CompletionItem(n) for n in preset_names() if n.startswith(incomplete)]
+
+
+def complete_gpu(ctx, param, incomplete: str):
+    """Shell completion of --gpu: the catalog's hardware ids starting with what is typed."""
+    from click.shell_completion import CompletionItem
+
+    from costmodel.hardware import hardware_ids
+
+    return [CompletionItem(n) for n in hardware_ids() if n.startswith(incomplete.lower())]
+
+
 def model_argument(fn):
-    return click.argument("model", metavar="MODEL")(fn)
+    return click.argument("model", metavar="MODEL", shell_complete=complete_model)(fn)
 
 
 # Activation dtypes: every format of 8 bits or more (int4 is for weights and the KV cache).
@@ -148,7 +169,7 @@ WORKLOAD_OPTIONS = {
 SIZES = ("batch", "prompt", "gen")
 
 HARDWARE_OPTIONS = {
-    "gpu": (("--gpu",), dict(metavar="NAME", default=None,
+    "gpu": (("--gpu",), dict(metavar="NAME", default=None, shell_complete=complete_gpu,
                              help="Hardware id from `costmodel hardware` (or from --hardware FILE).")),
     "hardware_file": (("--hardware", "hardware_file"), dict(
         metavar="FILE", default=None,

@@ -69,6 +69,7 @@ def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
     """--html FILE and --out DIR: write the page / report.md and its plots; print the paths."""
     from reports import html, text
     from reports.files import check_writable_dir, check_writable_file
+    from reports.progress import over
 
     if out_dir is not None:
         if fmt != "markdown":
@@ -77,9 +78,11 @@ def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
         check_writable_dir(out_dir)
     if html_file is not None:
         check_writable_file(html_file, "--html")
-        click.echo(html.write_html(html_file, spec, result, timing, hw))
+        click.echo(html.write_html(html_file, spec, result, timing, hw,
+                                   progress=lambda kinds: over(kinds, "rendering plots")))
     if out_dir is not None:
-        for path in html.write_markdown_dir(out_dir, spec, result, text.report_markdown(result, timing), hw):
+        for path in html.write_markdown_dir(out_dir, spec, result, text.report_markdown(result, timing), hw,
+                                            progress=lambda kinds: over(kinds, "rendering plots")):
             click.echo(path)
 
 

@@ -16,7 +16,7 @@ from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, install_hint, build_workload, hardware_options, input_errors, main,
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, complete_model, install_hint, build_workload, hardware_options, input_errors, main,
                      pop_workload, read_hardware, warn, workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
@@ -39,7 +39,7 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
 
 
 @main.command()
-@click.argument("model", metavar="MODEL")
+@click.argument("model", metavar="MODEL", shell_complete=complete_model)
 @_range_options()
 @workload_options(*NOT_SIZES)
 @hardware_options(
@@ -126,7 +126,7 @@ def _sweep_in_chunks(run_sweep, spec, wl, grid, hw):
 
 @main.command()
 @click.argument("kind", metavar="KIND", type=click.Choice(PLOT_KINDS))
-@click.argument("model", metavar="[MODEL]", required=False)
+@click.argument("model", metavar="[MODEL]", required=False, shell_complete=complete_model)
 @workload_options()
 @click.option("--batch-range", default="1:256:x2", show_default=True,
               help="Batch axis: N,N2,..., START:STOP:+STEP or START:STOP:xFACTOR.")
