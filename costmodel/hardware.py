@@ -212,7 +212,8 @@ class Hardware:
             "flops": self.flops_efficiency_used,
             "bandwidth": self.bandwidth_efficiency_used,
             "interconnect": self.interconnect_efficiency_used,
-            "source": "profile" if self.flops_efficiency is not None else "default",
+            "source": ("command line" if "efficiencies_given" in self.sources
+                       else "profile" if self.flops_efficiency is not None else "default"),
         }
 
     def to_dict(self) -> dict:

@@ -164,3 +164,62 @@ def test_progress_bar_only_on_a_terminal(capsys):
     assert list(bar) == [1, 2, 3] and "rendering plots" in stream.getvalue()  # the library draws it
     shown = progress.over([1, 2, 3], "rendering plots", show=True)
     assert list(shown) == [1, 2, 3] and type(shown).__name__ == "tqdm"
+
+
+def test_efficiencies_on_the_command_line_equal_a_profile_that_has_them(tmp_path):
+    from costmodel.hardware import get_hardware
+
+    hw = get_hardware("h100-sxm", None).to_dict()
+    hw.update(id="h100-eff", flops_efficiency=0.35, bandwidth_efficiency=0.6, interconnect_efficiency=0.5)
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(hw))
+    args = ["llama-2-7b", "--batch", "4", "--prompt", "1024", "--format", "json"]
+    by_file = CliRunner().invoke(main, ["report", *args, "--hardware", str(path)])
+    flags = ["--flops-efficiency", "0.35", "--bandwidth-efficiency", "0.6", "--interconnect-efficiency", "0.5"]
+    by_flag = CliRunner().invoke(main, ["report", *args, "--gpu", "h100-sxm", *flags])
+    default = CliRunner().invoke(main, ["report", *args, "--gpu", "h100-sxm"])
+    t_file, t_flag, t_default = (json.loads(r.stdout) for r in (by_file, by_flag, default))
+    assert t_flag["ttft_s"] == t_file["ttft_s"] and t_flag["tpot_s"] == t_file["tpot_s"]
+    assert t_flag["ttft_s"] > t_default["ttft_s"]  # 0.35 of the peak, not the default 0.7
+    plan = [json.loads(CliRunner().invoke(main, ["plan", "llama-2-7b", *extra, "--format", "json"]).stdout)
+            for extra in (["--hardware", str(path)], ["--gpu", "h100-sxm", *flags])]
+    assert [(p["ttft_s"], p["tpot_s"], p["max_batch"]) for p in plan][0] == \
+        [(p["ttft_s"], p["tpot_s"], p["max_batch"]) for p in plan][1]
+    r = CliRunner().invoke(main, ["report", "gpt2", "--gpu", "h100-sxm", "--flops-efficiency", "0"])
+    assert r.exit_code == 2 and "0<x<=1" in r.output
+
+
+def test_compare_memory_is_the_memory_plots_figure_less_its_reserve():
+    from costmodel.hardware import get_hardware
+    from costmodel.models import get_model
+    from costmodel.spec import Workload
+    from reports import plotdata as D
+
+    spec, hw, wl = get_model("llama-2-7b"), get_hardware("h100-sxm", None), Workload(batch=4, prompt=1024)
+    compare = D.compare_curves([spec], wl, [hw], [1024])
+    curves, _ = D.memory_curves(spec, wl, hw, [4], [1024])
+    row = curves[(curves["batch"] == 4) & (curves["prompt"] == 1024)].iloc[0]
+    assert compare["memory_bytes"].iloc[0] == row["weights"] + row["KV cache"] + row["activations"]
+
+
+def test_plot_context_axis_stops_at_the_models_limit(tmp_path):
+    r = CliRunner().invoke(main, ["plot", "phases", "gpt2", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    # 128 .. 1024 (gpt2's n_positions): only the largest prompt + gen - 1 = 1151 passes the limit
+    assert "context 1151 (prompt 1024 + gen 128 - 1) on the plot's axes exceeds" in r.output
+    assert "32895" not in r.output  # the old default axis ran to 32768
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "120"])
+def test_tables_fit_the_terminal_and_wide_keeps_full_detail(columns, monkeypatch):
+    monkeypatch.setenv("COLUMNS", columns)
+    for args in (["llama-2-7b", "--gpu", "h100-sxm"], ["t5-small", "--gpu", "h100-sxm"], ["gpt2"]):
+        out = CliRunner().invoke(main, ["report", *args]).stdout
+        assert max(map(len, out.splitlines())) <= int(columns), (args, columns)
+        wide = CliRunner().invoke(main, ["report", *args, "--wide"]).stdout
+        assert max(map(len, wide.splitlines())) > int(columns)
+        assert "prefill FLOPs" in out and "decode FLOPs" in out  # every phase still shown
+    monkeypatch.delenv("COLUMNS")
+    piped = CliRunner().invoke(main, ["report", "llama-2-7b", "--gpu", "h100-sxm"]).stdout  # not a terminal
+    header = next(line for line in piped.splitlines() if line.startswith("op "))
+    assert len(header) == 244 and "prefill FLOPs" in header and "decode time" in header  # phases side by side

@@ -225,9 +225,44 @@ def pop_workload(kwargs: dict, spec=None) -> Workload:
     return build_workload(**values)
 
 
+_EFFICIENCIES = {"flops_efficiency": "FLOP/s", "bandwidth_efficiency": "memory bandwidth",
+                 "interconnect_efficiency": "interconnect bandwidth"}
+_META = "costmodel.efficiencies"
+
+
+def _store_efficiency(ctx, param, value):
+    if value is not None:
+        ctx.meta.setdefault(_META, {})[param.name] = value
+    return value
+
+
+def efficiency_options(fn):
+    """--flops-efficiency, --bandwidth-efficiency, --interconnect-efficiency: the share of each peak
+    that is achievable, overriding the hardware profile's (or the defaults) for this run. Applied by
+    :func:`with_efficiencies` wherever the command reads its hardware."""
+    for name, what in reversed(list(_EFFICIENCIES.items())):
+        fn = click.option(f"--{name.replace('_', '-')}", name, type=click.FloatRange(0, 1, min_open=True),
+                          default=None, expose_value=False, callback=_store_efficiency, metavar="X",
+                          help=f"Achievable share of the peak {what}, in (0, 1] (default: the profile's, "
+                               "else the stated default).")(fn)
+    return fn
+
+
+def with_efficiencies(hw):
+    """``hw`` with the efficiencies given on the command line (if any), the output saying so."""
+    from dataclasses import replace
+
+    ctx = click.get_current_context(silent=True)
+    given = {} if ctx is None else ctx.meta.get(_META, {})  # click shares meta with every nested context
+    if hw is None or not given:
+        return hw
+    sources = {**hw.sources, "efficiencies_given": ", ".join(f"{k}={v:g}" for k, v in given.items()) + " (command line)"}
+    return replace(hw, **given, sources=sources)
+
+
 def read_hardware(gpu: str | None, hardware_file: str | None):
-    """The profile of --gpu / --hardware, or None when neither is given."""
-    return None if gpu is None and hardware_file is None else get_hardware(gpu, hardware_file)
+    """The profile of --gpu / --hardware (with command-line efficiencies), or None when neither is given."""
+    return None if gpu is None and hardware_file is None else with_efficiencies(get_hardware(gpu, hardware_file))
 
 
 def format_option(choices, default="table"):

@@ -14,7 +14,7 @@ from costmodel.roofline import predict
 from costmodel.spec import MLA_FORMS
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, read_hardware, table_width, warn, wide_option, workload_options)
+                     pop_workload, read_hardware, efficiency_options, table_width, warn, wide_option, workload_options)
 
 
 @main.command()
@@ -26,6 +26,7 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@efficiency_options
 @wide_option
 @click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
               help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
