@@ -222,4 +222,4 @@ def test_tables_fit_the_terminal_and_wide_keeps_full_detail(columns, monkeypatch
     monkeypatch.delenv("COLUMNS")
     piped = CliRunner().invoke(main, ["report", "llama-2-7b", "--gpu", "h100-sxm"]).stdout  # not a terminal
     header = next(line for line in piped.splitlines() if line.startswith("op "))
-    assert len(header) == 244 and "prefill FLOPs" in header and "decode time" in header  # phases side by side
+    assert "prefill FLOPs" in header and "decode time" in header  # one table, phases side by side
