@@ -69,6 +69,12 @@ class LayerGroup:
         return d if self.rope else {**d, "rope": False}
 
 
+def _require_positive_finite(name: str, value) -> None:
+    """A float field that must be a positive finite number (NaN, 0, negatives and infinities refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise SpecError(f"{name} must be a positive finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Shape of a transformer: decoder-only (GPT, LLaMA; the default), encoder-only (BERT) or
@@ -180,6 +186,8 @@ class ModelSpec:
                     f"({self.num_heads}); give head_dim explicitly or use a divisor of hidden_size")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         require_positive_int("head_dim", self.head_dim)
+        for f in ("rope_theta", "norm_eps"):  # a rotary base and a norm epsilon are positive and finite
+            _require_positive_finite(f, getattr(self, f))
         require_choice("mlp_kind", self.mlp_kind, MLP_KINDS)
         require_choice("activation", self.activation, ACTIVATIONS)
         require_choice("norm_kind", self.norm_kind, NORM_KINDS)
@@ -724,12 +732,8 @@ class Workload:
                             f"allowed: 1 to {spec.vocab_size}")
         if self.decoder_prompt != 1 and spec.arch != "encoder-decoder":
             raise SpecError(f"decoder_prompt is for encoder-decoder models; {spec.name} is arch {spec.arch!r}")
-        warnings = []
+        warnings = self.ignored_options(spec)
         if spec.arch == "encoder":
-            if self.gen != 1 or self.beams != 1 or self.strategy != "greedy":
-                warnings.append(f"{spec.name} is encoder-only: one encode pass over the input, no "
-                                f"generation; gen={self.gen}, beams={self.beams}, strategy "
-                                f"{self.strategy!r} are ignored")
             contexts = [(self.prompt, f"input {self.prompt}")]
         elif spec.arch == "encoder-decoder":
             n = self.decoder_prompt + self.gen - 1
@@ -743,6 +747,39 @@ class Workload:
                 if n > spec.max_position_embeddings:
                     warnings.append(f"{what} exceeds {spec.name}'s max_position_embeddings "
                                     f"{spec.max_position_embeddings}")
+        return warnings
+
+    def ignored_options(self, spec: ModelSpec) -> list[str]:
+        """One warning for the settings that change nothing here: sampling parameters the strategy
+        does not use, and generation and KV-cache settings of an encoder-only model. Only values that
+        differ from the defaults are named (a default the user did not set is never warned about)."""
+        d = Workload()
+        warnings = []
+        unused = []
+        uses = {"greedy": (), "beam": (), "sample": ("temperature",), "top_k": ("top_k", "temperature"),
+                "top_p": ("top_p", "temperature"), "top_k_top_p": ("top_k", "top_p", "temperature")}
+        if spec.arch != "encoder":
+            unused = [f"{f}={getattr(self, f)}" for f in ("top_k", "top_p", "temperature")
+                      if getattr(self, f) != getattr(d, f) and f not in uses[self.strategy]]
+            if unused:
+                warnings.append(f"strategy {self.strategy!r} does not use {', '.join(unused)}: ignored "
+                                f"(top_k is for top_k and top_k_top_p, top_p for top_p and top_k_top_p, "
+                                f"temperature for every sampling strategy)")
+            return warnings
+        ignored = [f"{f}={getattr(self, f)}" for f in ("gen", "beams") if getattr(self, f) != 1]
+        ignored += [f"{f}={getattr(self, f)}" for f in ("top_k", "top_p", "temperature")
+                    if getattr(self, f) != getattr(d, f)]
+        if self.strategy != "greedy" and self.strategy != "beam":
+            ignored.append(f"strategy {self.strategy!r}")
+        if not self.kv_cache:
+            ignored.append("kv_cache=False")
+        if self.kv_dtype != self.act_dtype:
+            ignored.append(f"kv_dtype={self.kv_dtype}")
+        if self.logits != d.logits:
+            ignored.append(f"logits={self.logits!r}")
+        if ignored:
+            warnings.append(f"{spec.name} is encoder-only: one encode pass over the input, no generation "
+                            f"and no KV cache; {', '.join(ignored)} ignored")
         return warnings
 
     def resolved(self) -> dict:

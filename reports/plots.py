@@ -608,7 +608,8 @@ def compare_figure(curves, wl, hws=()) -> Figure:
     panels = [("prefill_flops", "prefill FLOPs, encoders: + encode (TFLOP, log)", 1e12,
                "Prefill FLOPs (encoder models: encode + prefill)"),
               ("decode_flops_per_step", "decode step FLOPs (GFLOP, log)", 1e9, "Decode step FLOPs"),
-              ("memory_bytes", "weights + KV cache (GB, log)", GB, "Memory: weights + KV cache")]
+              ("memory_bytes", "weights + KV cache + activations (GB, log)", GB,
+               "Memory: weights + KV cache + activation peak (as the memory plot, less its reserve)")]
     if hws:
         panels += [("ttft_s", "TTFT (ms, log)", 1e-3, "Time to first token"),
                    ("tpot_s", "TPOT, mean (ms, log)", 1e-3, "Time per output token")]
@@ -633,6 +634,13 @@ def compare_figure(curves, wl, hws=()) -> Figure:
 def png_bytes(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def svg_bytes(fig) -> bytes:
+    """The figure as SVG: vector, legible at any width (the HTML page embeds these)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg")
     return buf.getvalue()
 
 

@@ -416,7 +416,7 @@ def _arrow_table(df):
         import pyarrow as pa
     except ImportError:
         raise SpecError("--format parquet needs pyarrow, which is not installed: "
-                        "pip install 'costmodel[sweep]' (or pyarrow), or use --format csv/json") from None
+                        "pip install 'llm-costmodel[sweep]' (or pyarrow), or use --format csv/json") from None
     from decimal import Decimal
 
     arrays, names = [], []

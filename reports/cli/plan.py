@@ -17,7 +17,7 @@ from costmodel.models import get_model
 from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+from .common import (InputError, efficiency_options, install_hint, with_efficiencies, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      warn, workload_options)
 
 
@@ -43,6 +43,7 @@ def _positive_float():
 @main.command()
 @model_argument
 @hardware_options()
+@efficiency_options
 @click.option("--gpus", type=click.IntRange(min=1), default=None,
               help="GPUs per replica; picks tp (within the fast interconnect) and pp.")
 @click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel GPUs.")
@@ -72,7 +73,7 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
 
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
-    hw = get_hardware(gpu, hardware_file)
+    hw = with_efficiencies(get_hardware(gpu, hardware_file))
     p = capacity_plan(
         get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
         weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
@@ -104,7 +105,7 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
     try:
         from profiler import calibrate as cal
     except ImportError as e:
-        raise InputError(f"calibrate needs torch ({e}); install it with: pip install 'costmodel[profile]'") from None
+        raise InputError(f"calibrate needs torch ({e}); install it with: {install_hint('profile')}") from None
     from reports.parallel import collectives_lines
     from reports.plan import calibration_table
 

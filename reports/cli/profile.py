@@ -18,11 +18,11 @@ from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
 
-def _progress(enabled: bool):
-    def say(msg: str) -> None:
-        if enabled:
-            click.echo(msg, err=True)
-    return say
+def _progress(desc: str):
+    """A tqdm bar on stderr while the reference model runs (only on a terminal)."""
+    from reports.progress import Stages
+
+    return Stages(desc)
 
 
 @main.command()
@@ -76,9 +76,10 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
-                         fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
-                         progress=_progress(sys.stderr.isatty()))
+    with _progress(f"profile {spec.name}") as say:
+        result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
+                             fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
+                             progress=say)
     if fmt == "json":
         emit_json(result.to_dict())
     else:
