@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
+from . import quant as Q
 from .dtypes import DTYPE_BITS
 from .errors import SpecError
 from .hardware import Hardware
@@ -122,6 +123,23 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     return params
 
 
+def stage_weight_bytes(spec: ModelSpec, wl: Workload, layout: Layout, stage: int) -> int:
+    """Weight bytes one GPU of ``stage`` holds: :func:`stage_weight_params` at ``wl.weight_dtype``;
+    with a quantisation scheme (``wl.quant``) each block's quantised matrices (packed, scales,
+    zeros: :func:`costmodel.quant.layer_quantised`) as a tp share of their bytes instead (MLA's
+    q_a_proj and kv_a_proj, which plans replicate, are then counted as split: an approximation)."""
+    params = stage_weight_params(spec, layout, stage)
+    scheme = Q.scheme_of(wl.quant)
+    if scheme is None:
+        return _bytes_of(params, wl.weight_dtype)
+    packed = 0
+    for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), stage_range(spec.num_layers, layout.pp, stage)):
+        q_params, q_bytes = Q.layer_quantised(scheme, spec, g.mlp)
+        params -= g.count * tp_share(q_params, layout.tp)
+        packed += g.count * tp_share(q_bytes, layout.tp)
+    return _bytes_of(params, wl.weight_dtype) + packed
+
+
 def _bytes_of(params: int, dtype: str) -> int:
     """Bytes of ``params`` values of ``dtype``, rounded up to a whole byte (sub-byte shards)."""
     return -(-params * DTYPE_BITS[dtype] // 8)
@@ -182,7 +200,7 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     pre = shard_step(prefill_cost(spec, wl), layout.tp)  # per-GPU shares, rounded up
     best = None
     for s in range(layout.pp):
-        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
+        m = MemoryUse(stage_weight_bytes(spec, wl, layout, s),
                       stage_kv_cache_bytes(spec, wl, layout, s),
                       activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
                       reserve, hw.capacity_bytes, s)
@@ -306,7 +324,7 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
         base = comm(0)
         decode_extra = (comm(step_tokens(1)), n * base + (comm(1) - base) * total_tokens,
                         comm(step_tokens(n)))
-    return timing_from(hw, rates(hw, wl.act_dtype), wl, shard_step(prefill_cost(spec, wl), layout.tp),
+    return timing_from(hw, rates(hw, wl.act_dtype, wl.quant), wl, shard_step(prefill_cost(spec, wl), layout.tp),
                        cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra,
                        split=window_split(spec, wl, n))
 
@@ -394,7 +412,7 @@ class Plan:
             "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus},
             "workload": {"prompt": w.prompt, "gen": w.gen, "weight_dtype": w.weight_dtype,
                          "act_dtype": w.act_dtype, "kv_dtype": w.kv_dtype, "beams": w.beams,
-                         "kv_cache": w.kv_cache},
+                         "kv_cache": w.kv_cache, "quant": w.quant},
             "batch": self.batch,
             "batch_given": self.batch_given,
             "fits": self.fits,

@@ -276,7 +276,7 @@ def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
             decode = (float(decode_step_cost(spec, w, 1).total("flops")) if arch != "encoder" else np.nan)
             base = {"model": spec.name, "prompt": w.prompt, "prefill_flops": float(first),
                     "decode_flops_per_step": decode,
-                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype) + kv_cache_bytes(spec, w)
+                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype, w.quant) + kv_cache_bytes(spec, w)
                                           + cross_kv_cache_bytes(spec, w))}
             if not hws:
                 rows.append({**base, "hardware": None, "ttft_s": np.nan, "tpot_s": np.nan})
