@@ -55,6 +55,15 @@ an abs-max reduction pass, then the scaling pass): it reads x twice, writes x in
 and the epilogue's rescale of each output (s_x * s_w folded into one multiply per output per
 tensor; two per output per channel/token) is counted here too, so that the matmul's own FLOPs stay
 the counted 2 * t * n_in * n_out. The matmul then reads x in fp8 and its scale(s).
+
+fp8 KV cache (``Workload.kv_dtype="fp8"``, ``--kv-dtype fp8``; independent of the scheme): keys and
+values are held and read by attention at 1 byte each (``analysis.kv_cache_bytes``, the
+``kv_read_bytes`` of ``attn_scores`` / ``attn_values``); attention computes at the activation dtype
+(vLLM's attention kernels dequantise fp8 KV on load). vLLM's ``kv_cache_dtype="fp8"`` keeps one
+float32 ``k_scale`` and one ``v_scale`` per attention layer (``vllm/attention/layer.py``
+``Attention._k_scale``/``_v_scale``; ``quantization/kv_cache.py`` ``BaseKVCacheMethod``): 8 bytes a
+layer, 256 bytes for Llama-2-7B, held once, not per token. They are not counted (the KV figures of
+an fp8 cache stay those of today).
 """
 
 from __future__ import annotations
