@@ -38,14 +38,24 @@ def dtype_bits(dtype: str) -> int:
     return DTYPE_BITS[canonical_dtype(dtype)]
 
 
+class NotWholeBytesError(SpecError, AssertionError):
+    """A count of sub-byte values that does not fill whole bytes (3 int4 values: 1.5 bytes).
+
+    A :class:`SpecError` (one line, exit code 2 in the CLI); also an ``AssertionError``, which is
+    what :func:`nbytes` raised before (callers that caught that keep working)."""
+
+
 def nbytes(num_elements: int, dtype: str) -> int:
     """Bytes taken by ``num_elements`` values of ``dtype``: exact, never rounded.
 
+    A count that is not a whole number of bytes raises :class:`NotWholeBytesError` (one line).
     ``num_elements`` may also be a numpy integer array (the vectorized sweep in ``reports.sweep``):
-    the same rule then holds element-wise.
+    the same rule then holds element-wise (one ``.all()`` over the array, no per-element Python).
     """
     bits = num_elements * DTYPE_BITS[dtype]
     whole = bits % 8 == 0
-    assert whole if isinstance(whole, bool) else whole.all(), \
-        f"{num_elements} x {dtype} is not a whole number of bytes"
+    if not (whole if isinstance(whole, bool) else whole.all()):
+        shown = num_elements if isinstance(whole, bool) else "some of the counts"
+        raise NotWholeBytesError(f"{shown} x {dtype} is not a whole number of bytes "
+                                 f"({DTYPE_BITS[dtype]}-bit values pack {8 // DTYPE_BITS[dtype]} a byte)")
     return bits // 8

@@ -230,3 +230,18 @@ for _p in ("mlp", "expert", "shared_expert"):  # vLLM SiluAndMul / GeluAndMul: a
 register("rotary_inplace", "elementwise", tp="split")  # vLLM rotary_embedding: in place on q, k
 register("reshape_and_cache", "memory", tp="split")  # vLLM reshape_and_cache(_flash): k, v into cache slots
 register("cross_reshape_and_cache", "memory", tp="split")
+
+# fp8 (W8A8) quantisation of each quantised matmul's input, just before it (costmodel.quant,
+# costmodel.analysis._with_input_quant): a column-parallel matmul's input is whole on every rank
+# (replicated), a row-parallel one's is sliced (split); MLA's own projections are replicated above.
+# Term "other" (element-wise work, as every element-wise op); not timed per op (the reference model
+# runs no quantisation).
+def _input_quant() -> None:
+    from .quant import QUANTISED_OPS
+
+    for name in sorted(QUANTISED_OPS):
+        info = op_info(name)
+        register(f"{name}_quant", "elementwise", tp="split" if info.tp == "row" else "replicated")
+
+
+_input_quant()

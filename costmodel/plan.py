@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .analysis import StepCost, activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
+from . import quant as Q
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
@@ -133,6 +134,26 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     return params
 
 
+def stage_weight_bytes(spec: ModelSpec, wl: Workload, layout: Layout, stage: int) -> int:
+    """Weight bytes one GPU of ``stage`` holds: :func:`stage_weight_params` at ``wl.weight_dtype``;
+    with a quantisation scheme (``wl.quant``) each block's quantised matrices (packed, scales,
+    zeros: :func:`costmodel.quant.layer_quantised`) as a tp share of their bytes instead (MLA's
+    q_a_proj and kv_a_proj, which plans replicate, are then counted as split: an approximation)."""
+    params = stage_weight_params(spec, layout, stage)
+    scheme = Q.scheme_of(wl.quant)
+    if scheme is None:
+        return _bytes_of(params, wl.weight_dtype)
+    if layout.ep > 1:
+        raise SpecError(f"quantisation ({wl.quant}) with expert parallelism (ep={layout.ep}) is not modelled; "
+                        "allowed: ep 1 with a quantisation scheme, or quant none with ep > 1")
+    packed = 0
+    for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), stage_range(spec.num_layers, layout.pp, stage)):
+        q_params, q_bytes = Q.layer_quantised(scheme, spec, g.mlp)
+        params -= g.count * tp_share(q_params, layout.tp)
+        packed += g.count * tp_share(q_bytes, layout.tp)
+    return _bytes_of(params, wl.weight_dtype) + packed
+
+
 def _bytes_of(params: int, dtype: str) -> int:
     """Bytes of ``params`` values of ``dtype``, rounded up to a whole byte (sub-byte shards)."""
     return -(-params * DTYPE_BITS[dtype] // 8)
@@ -193,7 +214,7 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     pre = gpu_step(spec, wl, layout, prefill_cost)  # per-GPU shares, rounded up
     best = None
     for s in range(layout.pp):
-        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
+        m = MemoryUse(stage_weight_bytes(spec, wl, layout, s),
                       stage_kv_cache_bytes(spec, ep_local_workload(wl, layout), layout, s),
                       activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
                       reserve, hw.capacity_bytes, s)
@@ -392,7 +413,7 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
             total = sum(comm(step_tokens(i), seqs) for i in range(1, n + 1))
         decode_extra = (comm(step_tokens(1), seqs), total, comm(step_tokens(n), seqs))
     prefill_logits = seqs * (wl.prompt if wl.logits == "all" else 1)
-    return timing_from(hw, rates(hw, wl.act_dtype), wl, gpu_step(spec, wl, layout, prefill_cost),
+    return timing_from(hw, rates(hw, wl.act_dtype, wl.quant), wl, gpu_step(spec, wl, layout, prefill_cost),
                        cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
                        decode_extra, split=window_split(spec, wl, n))
 
@@ -483,7 +504,7 @@ class Plan:
             "collectives": self.collectives,
             "workload": {"prompt": w.prompt, "gen": w.gen, "weight_dtype": w.weight_dtype,
                          "act_dtype": w.act_dtype, "kv_dtype": w.kv_dtype, "beams": w.beams,
-                         "kv_cache": w.kv_cache},
+                         "kv_cache": w.kv_cache, "quant": w.quant},
             "batch": self.batch,
             "batch_given": self.batch_given,
             "fits": self.fits,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from . import quant as _quant
 from .dtypes import DTYPE_BITS, canonical_dtype
 from .errors import SpecError, require_choice, require_positive_int
 from .sampling import STRATEGIES
@@ -679,6 +680,8 @@ class Workload:
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
     mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
     #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
+    quant: str = "none"  # deployed quantisation of the blocks' linear layers (costmodel.quant.SCHEMES):
+    #   packed weights with their scales and zeros; weight_dtype is then the unquantised tensors' dtype
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -695,6 +698,10 @@ class Workload:
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
         require_choice("mla", self.mla, MLA_FORMS)
+        if _quant.scheme_of(self.quant) is not None and DTYPE_BITS[self.weight_dtype] < 8:
+            raise SpecError(f"quant {self.quant!r} quantises the blocks' linear layers; weight dtype is then the "
+                            f"dtype of the other tensors (embedding, LM head, norms) and cannot be "
+                            f"{self.weight_dtype}; allowed: fp32, bf16, fp16, fp8, int8")
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -719,6 +726,9 @@ class Workload:
 
     def check_against(self, spec: ModelSpec) -> list[str]:
         """Raise SpecError where the workload cannot run on ``spec``; return warnings otherwise."""
+        scheme = _quant.scheme_of(self.quant)
+        if scheme is not None:
+            _quant.check_spec(scheme, spec)
         if DTYPE_BITS[self.weight_dtype] < 8:
             for f in ("hidden_size", "intermediate_size", "head_dim"):
                 if getattr(spec, f) % 2:
@@ -803,6 +813,8 @@ class Workload:
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
             "mla": self.mla,
+            "quant": self.quant,
+            "quant_scheme": _quant.to_dict(self.quant, self.weight_dtype),
         }
 
 

@@ -148,7 +148,8 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
         ("batch", f"{w.batch}" + (f" × {w.beams} beams" if w.beams > 1 else "")),
         ("prompt", f"{w.prompt:,} tokens"),
         ("generated", f"{w.gen:,} tokens ({w.decode_steps:,} decode steps, context up to {w.final_context:,})"),
-        ("number formats", f"weights {w.weight_dtype}, activations {w.act_dtype}, KV cache {w.kv_dtype}"),
+        ("number formats", f"weights {w.weight_dtype}, activations {w.act_dtype}, KV cache {w.kv_dtype}"
+         + ("" if w.quant == "none" else f"; quant {w.quant}")),
         ("KV cache", "on" if w.kv_cache else "off: each decode step recomputes the prefix"),
         ("logits", w.logits), ("attention counting", "causal (lower triangle)" if w.causal else "full")])]
     headers = ["phase", "steps", "FLOPs", "FLOPs (exact)", "matmul FLOPs", "bytes moved", "FLOP/byte"]

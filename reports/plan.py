@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from costmodel.quant import describe as quant_describe
+
 from .text import UNITS_NOTE, human_bytes, human_seconds, render
 
 
@@ -45,7 +47,8 @@ def plan_text(p) -> str:
     eff = hw.efficiencies()
     lines = [
         f"{p.model.name} on {lay.gpus} x {hw.id} per replica (tp {lay.tp}, pp {lay.pp}): prompt {w.prompt}, "
-        f"gen {w.gen}; weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}",
+        f"gen {w.gen}; weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}"
+        + ("" if w.quant == "none" else f"; quant {quant_describe(w.quant)}"),
         f"memory per GPU at batch {max(p.batch, 1)}: weights {human_bytes(m.weights_bytes)} + KV "
         f"{human_bytes(m.kv_bytes)} + activations {human_bytes(m.activations_bytes)} + reserve "
         f"{human_bytes(m.reserve_bytes)} ({p.reserve_fraction:.0%}) = {human_bytes(m.total_bytes)} of "

@@ -310,7 +310,7 @@ def kv_cache_figure(curves, spec, wl, hw=None) -> Figure:
         ax.set_title(f"{spec.name}: KV cache (batch {wl.batch}, input {wl.prompt})")
         return fig
     encdec = arch == "encoder-decoder"
-    plot_kv_cache(ax, curves, hw.capacity_bytes if hw else None, weight_bytes(spec, wl.weight_dtype),
+    plot_kv_cache(ax, curves, hw.capacity_bytes if hw else None, weight_bytes(spec, wl.weight_dtype, wl.quant),
                   hw.id if hw else "", None if encdec else wl.prompt, None if encdec else wl.final_context,
                   hw.capacity_figure if hw else "")
     n = wl.batch * wl.beams

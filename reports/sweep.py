@@ -205,7 +205,7 @@ def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -
         peak = np.maximum(peak, p)
     for phase in phases:
         put("activation_peak_bytes", phase, peak)
-        put("weights_bytes", phase, weight_bytes(spec, wl.weight_dtype))
+        put("weights_bytes", phase, weight_bytes(spec, wl.weight_dtype, wl.quant))
     return out
 
 

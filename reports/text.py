@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
+from costmodel.quant import describe as quant_describe
 from costmodel.roofline import join_by_key
 from costmodel.spec import decoder_start
 
@@ -169,6 +170,8 @@ def _header_lines(result) -> list[str]:
         if "chunked_attention" in m.layer_types:
             first += f" (chunk {m.attention_chunk_size})"
     dtypes = f"weights {w.weight_dtype}, activations {w.act_dtype}"
+    if w.quant != "none":
+        dtypes += f"; quant {quant_describe(w.quant)}"
     if m.arch == "encoder":
         return [first, f"workload: batch {w.batch}, input {w.prompt} tokens (one bidirectional encode "
                        f"pass, no generation); {dtypes}"]

@@ -16,6 +16,7 @@ import click
 from costmodel.dtypes import DTYPE_BITS, canonical_dtype
 from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
+from costmodel.quant import QUANT_CHOICES
 from costmodel.sampling import STRATEGIES
 from costmodel.spec import LOGITS_MODES, Workload
 
@@ -153,6 +154,11 @@ WORKLOAD_OPTIONS = {
         default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPE_BITS)}.")),
     "kv_dtype": (("--kv-dtype",), dict(default=None,
                                        help="KV cache (default: the activation dtype); int4 allowed.")),
+    "quant": (("--quant",), dict(
+        type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
+        help="Deployed quantisation of the blocks' linear layers, scales and zeros counted: AWQ/GPTQ int4 "
+             "group 128, int8 per channel (weight-only, computed at --dtype), fp8 W8A8 per tensor/channel "
+             "(fp8 compute; GPUs with fp8 only). --weight-dtype is then the other tensors' dtype.")),
     "logits": (("--logits",), dict(type=click.Choice(LOGITS_MODES), default="last", show_default=True,
                                    help="Prefill LM head for the last position only, or every position.")),
     "no_kv_cache": (("--no-kv-cache",), dict(is_flag=True, help="Decode recomputes the whole prefix every step.")),
@@ -207,13 +213,13 @@ def hardware_options(*names, **changes):
 
 def build_workload(batch=1, prompt=512, gen=None, dtype="bf16", weight_dtype=None, kv_dtype=None, logits="last",
                    no_kv_cache=False, causal=False, beams=1, decoder_prompt=1, strategy="greedy", top_k=50,
-                   top_p=0.9, temperature=1.0) -> Workload:
+                   top_p=0.9, temperature=1.0, quant="none") -> Workload:
     """The :class:`Workload` of the workload options' values (``gen`` None: 128)."""
     dtype = canonical_dtype(dtype, "dtype")
     return Workload(batch=batch, prompt=prompt, gen=128 if gen is None else gen,
                     weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, logits=logits,
                     kv_cache=not no_kv_cache, causal=causal, beams=beams, decoder_prompt=decoder_prompt,
-                    strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature)
+                    strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature, quant=quant)
 
 
 def pop_workload(kwargs: dict, spec=None) -> Workload:

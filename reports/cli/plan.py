@@ -49,7 +49,7 @@ def _positive_float():
 @click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel GPUs.")
 @click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline stages.")
 @workload_options(
-    "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype",
+    "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype", "quant",
     prompt=dict(help="Prompt length in tokens."),
     gen=dict(default=128, show_default=True, help="Tokens generated per request."),
     batch=dict(default=None, show_default=False, help="Batch to evaluate (default: the largest that fits)."),
@@ -63,7 +63,7 @@ def _positive_float():
               show_default=True, help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers).")
 @format_option(["table", "json"])
 @input_errors
-def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype,
+def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
          ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
@@ -76,7 +76,7 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
     hw = with_efficiencies(get_hardware(gpu, hardware_file))
     p = capacity_plan(
         get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
-        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
+        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, quant=quant,
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
         rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
