@@ -703,3 +703,66 @@ def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: 
               "overhead_s": overhead_s,
               "workload": {"weight_dtype": wl.weight_dtype, "act_dtype": wl.act_dtype, "kv_dtype": wl.kv_dtype}}
     return simulate(requests, cost, budget.blocks, scheduler, max_time_s, config)
+
+
+# --- Capacity search: replicas that hold p99 SLOs --------------------------------------------------
+
+MAX_REPLICAS = 1 << 12
+
+
+def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: float | None = None,
+                     tpot_slo_s: float | None = None, prompt=512, gen=128, tp: int = 1, pp: int = 1,
+                     requests: int = 500, seed: int = 0, scheduler: SchedulerConfig = SchedulerConfig(),
+                     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION, overhead_s: float = 0.0,
+                     **workload_fields) -> dict:
+    """Fewest replicas (each tp x pp GPUs) whose simulated p99 TTFT and p99 TPOT meet the SLOs when
+    ``rps`` Poisson requests/s are spread evenly over them (each replica sees a Poisson stream of
+    rps / replicas: a random split of a Poisson stream is Poisson). ``requests`` requests are
+    simulated per candidate, with the same ``seed``. The p99s grow with the rate (tested), so the
+    search doubles the replicas until the SLOs hold, then bisects. ``replicas`` None: not even
+    ``MAX_REPLICAS`` replicas meet them (a lone request is too slow, or never finishes)."""
+    if ttft_slo_s is None and tpot_slo_s is None:
+        raise SpecError("the simulated capacity search needs a TTFT or a TPOT SLO")
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
+        raise SpecError(f"rps must be a positive number, got {rps!r}")
+    layout = Layout(tp, pp)
+    wl = Workload(batch=1, prompt=1, gen=1, **workload_fields)
+    hw.peak_for(wl.act_dtype)
+    cost = IterationCost.from_model(spec, wl, hw, layout=layout, overhead_s=overhead_s)
+    budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
+                       scheduler.max_num_batched_tokens)
+    tried = {}
+
+    def check(n: int) -> bool:
+        if n not in tried:
+            res = simulate(poisson_requests(requests, rps / n, prompt, gen, seed), cost, budget.blocks, scheduler)
+            s = res.summary()
+            ttft, tpot = s["ttft_s"]["p99"], s["tpot_s"]["p99"]
+            ok = s["unfinished"] == 0 and ttft is not None
+            ok = ok and (ttft_slo_s is None or ttft <= ttft_slo_s)
+            ok = ok and (tpot_slo_s is None or tpot is None or tpot <= tpot_slo_s)
+            tried[n] = {"replicas": n, "rps_per_replica": rps / n, "ttft_p99_s": ttft, "tpot_p99_s": tpot,
+                        "output_tokens_per_s": s["output_tokens_per_s"], "preemptions": s["preemptions"],
+                        "meets_slo": ok}
+        return tried[n]["meets_slo"]
+
+    lo, hi = 0, 1  # check(lo) false (0: no replica), check(hi) to be found true
+    while not check(hi):
+        lo, hi = hi, hi * 2
+        if hi > MAX_REPLICAS:
+            hi = None
+            break
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if check(mid):
+                hi = mid
+            else:
+                lo = mid
+    best = tried.get(hi) if hi is not None else None
+    return {"replicas": hi, "gpus_needed": None if hi is None else hi * layout.gpus,
+            "gpus_per_replica": layout.gpus, "rps": rps, "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s,
+            "requests_simulated": requests, "seed": seed, "scheduler": scheduler.to_dict(),
+            "kv_blocks": budget.blocks, "at_replicas": best,
+            "searched": [tried[n] for n in sorted(tried)],
+            "method": "simulated continuous batching (costmodel.simulate), p99 over each candidate's requests"}

@@ -272,3 +272,36 @@ def test_cli_trace_and_bad_input(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+# --- Capacity search -------------------------------------------------------------------------------
+
+def test_replicas_for_slo_is_the_fewest_that_meet(spec, hw):
+    from costmodel.simulate import replicas_for_slo
+
+    d = replicas_for_slo(spec, hw, 60.0, ttft_slo_s=0.15, tpot_slo_s=0.03, prompt=512, gen=32, requests=150)
+    n = d["replicas"]
+    assert n is not None and n > 1
+    seen = {x["replicas"]: x for x in d["searched"]}
+    assert seen[n]["meets_slo"] and not seen[n - 1]["meets_slo"]  # the bisection checked n - 1
+    assert seen[n]["ttft_p99_s"] <= 0.15 and seen[n]["tpot_p99_s"] <= 0.03
+    assert seen[n]["rps_per_replica"] == pytest.approx(60.0 / n)
+    assert d["gpus_needed"] == n
+    # an SLO below what one lone request takes is never met
+    lone = simulate_model(spec, hw, at_once(1, 512, 32)).summary()["ttft_s"]["p50"]
+    assert replicas_for_slo(spec, hw, 1.0, ttft_slo_s=lone / 2, requests=10)["replicas"] is None
+    with pytest.raises(SpecError, match="SLO"):
+        replicas_for_slo(spec, hw, 1.0)
+
+
+def test_cli_plan_simulate():
+    args = ["plan", MODEL, "--gpu", GPU, "--prompt", "512", "--gen", "32", "--rps", "60", "--ttft-slo", "150",
+            "--tpot-slo", "30", "--simulate", "--sim-requests", "150"]
+    r = CliRunner().invoke(main, [*args, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["simulated"]["replicas"] >= 2 and d["simulated"]["at_replicas"]["meets_slo"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "Simulated continuous batching" in r.output
+    r = CliRunner().invoke(main, ["plan", MODEL, "--gpu", GPU, "--rps", "5", "--simulate"])
+    assert r.exit_code == 2 and "needs --rps R and --ttft-slo" in r.output

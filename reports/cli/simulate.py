@@ -149,3 +149,25 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
             raise InputError(f"cannot write {out!r}: {e.strerror or e}") from None
     else:
         click.echo(text)
+
+
+def simulated_plan(p, rps, ttft_slo_ms, tpot_slo_ms, requests: int) -> dict:
+    """``plan --simulate``: the replicas whose simulated p99 TTFT / TPOT meet the SLOs at ``rps``
+    (:func:`costmodel.simulate.replicas_for_slo`), for the plan's model, GPU, layout and workload."""
+    if rps is None or (ttft_slo_ms is None and tpot_slo_ms is None):
+        raise InputError("plan --simulate needs --rps R and --ttft-slo MS and/or --tpot-slo MS")
+    w = p.workload
+    return S.replicas_for_slo(p.model, p.hardware, rps, ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3,
+                              tpot_slo_s=None if tpot_slo_ms is None else tpot_slo_ms / 1e3, prompt=w.prompt,
+                              gen=w.gen, tp=p.layout.tp, pp=p.layout.pp, requests=requests,
+                              weight_dtype=w.weight_dtype, act_dtype=w.act_dtype, kv_dtype=w.kv_dtype)
+
+
+def simulated_plan_text(d: dict) -> str:
+    at = d["at_replicas"]
+    head = "Simulated continuous batching (p99 SLOs, vLLM scheduler defaults)"
+    if d["replicas"] is None:
+        return f"\n{head}: no replica count up to {S.MAX_REPLICAS} meets the SLOs"
+    return (f"\n{head}: {d['replicas']} replicas ({d['gpus_needed']} GPUs) for {d['rps']:g} requests/s: "
+            f"p99 TTFT {_ms(at['ttft_p99_s'])} ms, p99 TPOT {_ms(at['tpot_p99_s'])} ms at "
+            f"{at['rps_per_replica']:.3g} requests/s per replica ({d['requests_simulated']} requests simulated)")
