@@ -305,3 +305,18 @@ def test_cli_plan_simulate():
     assert r.exit_code == 0 and "Simulated continuous batching" in r.output
     r = CliRunner().invoke(main, ["plan", MODEL, "--gpu", GPU, "--rps", "5", "--simulate"])
     assert r.exit_code == 2 and "needs --rps R and --ttft-slo" in r.output
+
+
+def test_cli_rps_sweep_and_plot(tmp_path):
+    r = run("--rps", "5", "--requests", "30", "--gen", "16", "--rps-sweep", "40,5", "--format", "json",
+            "--plot", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / f"simulate-{MODEL}.png").stat().st_size > 0
+    assert (tmp_path / f"simulate-{MODEL}.svg").exists()
+    d = json.loads(r.stdout)
+    assert [p["rps"] for p in d["sweep"]] == [5.0, 40.0]
+    assert d["sweep"][0]["ttft_s"]["p99"] <= d["sweep"][1]["ttft_s"]["p99"]
+    for args, msg in ((("--rps", "5", "--rps-sweep", "a,b"), "bad --rps-sweep"),
+                      (("--rps", "5", "--plot", str(tmp_path / "missing")), "--plot folder")):
+        r = run(*args)
+        assert r.exit_code == 2 and msg in r.output

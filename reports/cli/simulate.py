@@ -98,12 +98,19 @@ def per_request_csv(result) -> str:
 @click.option("--dtype", default="bf16", show_default=True, help="Weights and activations.")
 @click.option("--weight-dtype", default=None, help="Weights only (overrides --dtype).")
 @click.option("--kv-dtype", default=None, help="KV cache (default: the activation dtype).")
+@click.option("--rps-sweep", default=None, metavar="R1,R2,...",
+              help="Also simulate these request rates (same requests count, lengths and seed): latency "
+                   "percentiles against the rate (JSON key sweep; with --plot, the knee).")
+@click.option("--plot", "plot_dir", default=None, metavar="DIR",
+              help="Write simulate-MODEL.png and .svg into DIR: KV use and the queue over time, and with "
+                   "--rps-sweep TTFT/TPOT p50 and p99 against the rate (needs matplotlib).")
 @format_option(["table", "json", "csv"])
 @click.option("--out", "out", metavar="FILE", default=None, help="Write the output here instead of stdout.")
 @input_errors
 def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, prompt_dist, gen_dist, seed,
              trace, max_num_seqs, max_num_batched_tokens, no_chunked_prefill, block_size,
-             gpu_memory_utilization, overhead_ms, max_time, dtype, weight_dtype, kv_dtype, fmt, out):
+             gpu_memory_utilization, overhead_ms, max_time, dtype, weight_dtype, kv_dtype, rps_sweep, plot_dir,
+             fmt, out):
     """Serve requests on MODEL with continuous batching: TTFT, TPOT and end-to-end percentiles,
     throughput, KV-cache use and pre-emptions.
 
@@ -125,13 +132,35 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
         g = S.parse_lengths(gen_dist if gen_dist is not None else gen,
                             "--gen-dist" if gen_dist is not None else "--gen")
         requests = S.poisson_requests(num_requests, rps, p, g, seed)
+    sweep_rates = []
+    if rps_sweep is not None:
+        if trace is not None:
+            raise InputError("--rps-sweep needs Poisson arrivals (--rps), not --trace")
+        try:
+            sweep_rates = [float(x) for x in rps_sweep.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"bad --rps-sweep {rps_sweep!r}: give positive rates separated by commas") from None
+        if not sweep_rates or any(not 0 < x < float("inf") for x in sweep_rates):
+            raise InputError(f"bad --rps-sweep {rps_sweep!r}: give positive rates separated by commas")
+    if plot_dir is not None:
+        from reports.files import check_writable_dir
+
+        check_writable_dir(plot_dir, "--plot")
     hw = get_hardware(gpu, hardware_file)
+    spec = get_model(model)
     scheduler = S.SchedulerConfig(max_num_seqs, max_num_batched_tokens, not no_chunked_prefill, block_size)
-    result = S.simulate_model(get_model(model), hw, requests, tp=tp, pp=pp, scheduler=scheduler,
-                              gpu_memory_utilization=gpu_memory_utilization, overhead_s=overhead_ms / 1e3,
-                              max_time_s=max_time, weight_dtype=weight_dtype or dtype, act_dtype=dtype,
-                              kv_dtype=kv_dtype)
+    run_args = dict(tp=tp, pp=pp, scheduler=scheduler, gpu_memory_utilization=gpu_memory_utilization,
+                    overhead_s=overhead_ms / 1e3, max_time_s=max_time, weight_dtype=weight_dtype or dtype,
+                    act_dtype=dtype, kv_dtype=kv_dtype)
+    result = S.simulate_model(spec, hw, requests, **run_args)
     d = result.to_dict()
+    points = []
+    for r in sorted(sweep_rates):
+        s = S.simulate_model(spec, hw, S.poisson_requests(num_requests, r, p, g, seed), **run_args).summary()
+        points.append({"rps": r, **{k: s[k] for k in ("ttft_s", "tpot_s", "e2e_s", "output_tokens_per_s",
+                                                      "finished", "unfinished", "preemptions")}})
+    if points:
+        d["sweep"] = points
     d["workload"]["source"] = trace if trace is not None else {
         "rps": rps, "requests": num_requests, "seed": seed,
         "prompt": (prompt_dist or prompt), "gen": (gen_dist or gen)}
@@ -141,6 +170,15 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
         text = per_request_csv(result).rstrip("\n")
     else:
         text = simulate_text(d)
+    if plot_dir is not None:
+        import re
+
+        from reports import plots
+
+        fig = plots.simulate_figure(d, points)
+        stem = "simulate-" + re.sub(r"[^A-Za-z0-9._-]+", "_", spec.name)
+        for path in plots.save(fig, plot_dir, stem):
+            click.echo(path, err=True)
     if out:
         try:
             with open(out, "w", encoding="utf-8") as f:
