@@ -766,3 +766,32 @@ def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: f
             "kv_blocks": budget.blocks, "at_replicas": best,
             "searched": [tried[n] for n in sorted(tried)],
             "method": "simulated continuous batching (costmodel.simulate), p99 over each candidate's requests"}
+
+
+def cheapest_deployment(spec: ModelSpec, candidates, rps: float, *, ttft_slo_s: float | None = None,
+                        tpot_slo_s: float | None = None, **kwargs) -> dict:
+    """The candidate deployment meeting the p99 SLOs at ``rps`` at least cost: ``candidates`` are
+    (hardware, tp, pp, gpu_hour_usd or None); cost = GPUs needed x price per GPU-hour (GPUs needed
+    alone where a price is missing, compared only among candidates without one when none has a
+    price). Each candidate is :func:`replicas_for_slo` (``kwargs`` go there); one that cannot hold
+    the model (SpecError) or never meets the SLOs is listed with its reason and skipped.
+    Returns {"best": the chosen row or None, "candidates": every row}."""
+    rows = []
+    for hw, tp, pp, price in candidates:
+        row = {"hardware": hw.id, "tp": tp, "pp": pp, "gpu_hour_usd": price}
+        try:
+            d = replicas_for_slo(spec, hw, rps, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, tp=tp, pp=pp,
+                                 **kwargs)
+        except SpecError as e:
+            rows.append({**row, "replicas": None, "gpus_needed": None, "usd_per_hour": None, "reason": str(e)})
+            continue
+        n = d["gpus_needed"]
+        rows.append({**row, "replicas": d["replicas"], "gpus_needed": n,
+                     "usd_per_hour": None if n is None or price is None else n * price,
+                     "reason": None if n is not None else "no replica count meets the SLOs",
+                     "at_replicas": d["at_replicas"]})
+    ok = [r for r in rows if r["gpus_needed"] is not None]
+    priced = [r for r in ok if r["usd_per_hour"] is not None]
+    best = (min(priced, key=lambda r: r["usd_per_hour"]) if priced
+            else min(ok, key=lambda r: r["gpus_needed"]) if ok else None)
+    return {"best": best, "candidates": rows, "rps": rps, "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s}

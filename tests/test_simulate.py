@@ -320,3 +320,16 @@ def test_cli_rps_sweep_and_plot(tmp_path):
                       (("--rps", "5", "--plot", str(tmp_path / "missing")), "--plot folder")):
         r = run(*args)
         assert r.exit_code == 2 and msg in r.output
+
+
+def test_cheapest_deployment_picks_least_cost(spec):
+    from costmodel.simulate import cheapest_deployment
+
+    l4, h100 = get_hardware("l4", None), get_hardware("h100-sxm", None)
+    d = cheapest_deployment(spec, [(l4, 1, 1, 0.8), (h100, 1, 1, 4.0), (l4, 3, 1, 0.8)], 60.0, ttft_slo_s=0.15,
+                            tpot_slo_s=0.03, prompt=512, gen=32, requests=100)
+    rows = d["candidates"]
+    assert rows[2]["replicas"] is None and "tp=3" in rows[2]["reason"]  # 3 does not divide the heads
+    costs = [r["usd_per_hour"] for r in rows[:2]]
+    assert d["best"]["usd_per_hour"] == min(costs)
+    assert all(r["usd_per_hour"] == r["gpus_needed"] * r["gpu_hour_usd"] for r in rows[:2])
