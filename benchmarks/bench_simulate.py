@@ -36,7 +36,8 @@ def main() -> None:
     for run in range(a.runs):
         t0 = time.perf_counter()
         cost = IterationCost.from_model(spec, wl, hw)
-        budget = kv_budget(spec, wl, hw, Layout(), cost, sched.block_size, 0.9, sched.max_num_batched_tokens)
+        budget = kv_budget(spec, wl, hw, Layout(), cost, sched.block_size, 0.9, sched.max_num_batched_tokens,
+                           max_num_seqs=sched.max_num_seqs)
         t1, c1 = time.perf_counter(), time.process_time()
         res = simulate(reqs, cost, budget.blocks, sched)
         t2, c2 = time.perf_counter(), time.process_time()

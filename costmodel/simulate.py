@@ -297,10 +297,11 @@ class IterationCost:
         self._expert_cap = spec if spec.num_experts else None
         return self
 
-    def activation_bytes(self, tokens: int, hidden_bytes_per_token: int) -> int:
-        """Activation reserve of a pass of ``tokens`` tokens: the residual stream plus the largest
-        per-token op's inputs and outputs (attention without a materialised score matrix)."""
-        best = max((a[0] + a[1] * tokens + a[2] for *_, a in self.token_ops), default=0)
+    def activation_bytes(self, tokens: int, hidden_bytes_per_token: int, rows: int = 1) -> int:
+        """Activation reserve of a pass of ``tokens`` tokens and ``rows`` sequences (logits rows):
+        the residual stream plus the largest per-token op's inputs and outputs (attention without a
+        materialised score matrix, as a fused kernel runs it)."""
+        best = max((a[0] + a[1] * tokens + a[2] * rows for *_, a in self.token_ops), default=0)
         return int(hidden_bytes_per_token * tokens + best)
 
     def _token_seconds(self, tokens: int, rows: int) -> float:
@@ -388,17 +389,19 @@ class KVBudget:
 
 def kv_budget(spec: ModelSpec, wl: Workload, hw: Hardware, layout: Layout, cost: IterationCost,
               block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int,
-              activation_bytes: int | None = None) -> KVBudget:
+              activation_bytes: int | None = None, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> KVBudget:
     """Blocks = (gpu_memory_utilization x capacity - weights - activation reserve) // block bytes, on
-    the fullest GPU. Activation reserve (default): a pass of ``max_num_batched_tokens`` tokens
-    (:meth:`IterationCost.activation_bytes`), as vLLM profiles a dummy batch of that size."""
+    the fullest GPU. Activation reserve (default): a pass of ``max_num_batched_tokens`` tokens over
+    up to ``max_num_seqs`` sequences (:meth:`IterationCost.activation_bytes`), as vLLM profiles a
+    dummy batch of that size before sizing its cache."""
     one = replace(wl, batch=1, prompt=block_size, gen=1)
     weights = memory_use(spec, hw, one, layout, 0.0).weights_bytes
     block = max(stage_kv_cache_bytes(spec, one, layout, s, positions=block_size) for s in range(layout.pp))
     if activation_bytes is None:
         from .dtypes import nbytes
 
-        activation_bytes = cost.activation_bytes(max_num_batched_tokens, nbytes(spec.hidden_size, wl.act_dtype))
+        activation_bytes = cost.activation_bytes(max_num_batched_tokens, nbytes(spec.hidden_size, wl.act_dtype),
+                                                 min(max_num_seqs, max_num_batched_tokens))
     free = math.floor(hw.capacity_bytes * gpu_memory_utilization) - weights - activation_bytes
     blocks = free // block if block else 0
     if blocks < 1:
@@ -693,7 +696,8 @@ def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: 
     hw.peak_for(wl.act_dtype)
     cost = IterationCost.from_model(spec, wl, hw, engine=engine, layout=layout, overhead_s=overhead_s)
     budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
-                       scheduler.max_num_batched_tokens)
+                       scheduler.max_num_batched_tokens,
+                       max_num_seqs=scheduler.max_num_seqs)
     if kv_blocks is not None:
         if isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int) or kv_blocks < 1:
             raise SpecError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
@@ -730,7 +734,8 @@ def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: f
     hw.peak_for(wl.act_dtype)
     cost = IterationCost.from_model(spec, wl, hw, layout=layout, overhead_s=overhead_s)
     budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
-                       scheduler.max_num_batched_tokens)
+                       scheduler.max_num_batched_tokens,
+                       max_num_seqs=scheduler.max_num_seqs)
     tried = {}
 
     def check(n: int) -> bool:

@@ -63,6 +63,20 @@ def test_equal_requests_at_zero_reproduce_plan(spec, hw, b, p, g):
     assert res.iterations == g  # one prefill step, g - 1 decode steps
 
 
+def test_equal_requests_reproduce_plan_with_tensor_parallelism():
+    """The same on tp 2 x pp 2 (per-GPU shares, all-reduces and pipeline hops, affine in the tokens)."""
+    spec, hw = get_model("llama-3-8b"), get_hardware("h100-sxm", None)
+    b, p, g = 4, 1024, 33
+    res = simulate_model(spec, hw, at_once(b, p, g), tp=2, pp=2,
+                         scheduler=SchedulerConfig(max_num_seqs=b, max_num_batched_tokens=b * p,
+                                                   chunked_prefill=False))
+    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b, tp=2, pp=2)
+    s = res.summary()
+    assert s["ttft_s"]["mean"] == pytest.approx(plan.timing.ttft_s, rel=0.01)
+    assert s["tpot_s"]["mean"] == pytest.approx(plan.timing.tpot_mean_s, rel=0.01)
+    assert res.config["memory"]["weights_bytes"] == plan.memory.weights_bytes  # the fullest GPU's
+
+
 def test_decode_mix_matches_one_batched_pass(spec, hw, cost):
     """A decode-only step of b sequences at context c costs what one analysed pass of batch b,
     q_len 1, kv_len c + 1 costs (up to the per-token rotary rows: see above)."""
