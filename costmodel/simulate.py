@@ -54,7 +54,8 @@ from .spec import ModelSpec, Workload
 # vLLM's defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults, the OpenAI API server
 # usage context on GPUs under 70 GiB or A100s: max_num_batched_tokens 2048, max_num_seqs 256; on
 # larger GPUs such as H100 it raises them to 8192 and 1024), block size 16 and
-# gpu_memory_utilization 0.9 (vllm/config/cache.py, CacheConfig). https://github.com/vllm-project/vllm
+# gpu_memory_utilization 0.90 (the EngineArgs field defaults in the same file; vLLM's docs,
+# https://docs.vllm.ai/en/stable/configuration/engine_args.html). https://github.com/vllm-project/vllm
 DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 DEFAULT_BLOCK_SIZE = 16
