@@ -487,6 +487,24 @@ def percentiles(values) -> dict:
     return {"mean": sum(v) / len(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
 
 
+def weighted_percentiles(pairs) -> dict:
+    """{mean, p50, p90, p99} of values given as (value, count) pairs: the q-quantile is the smallest
+    value whose cumulative count reaches q x total (nearest rank); all None when empty."""
+    v = sorted((x, c) for x, c in pairs if c > 0)
+    total = sum(c for _, c in v)
+    if not total:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    out = {"mean": sum(x * c for x, c in v) / total}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        need, seen = max(1, math.ceil(q * total)), 0
+        for x, c in v:
+            seen += c
+            if seen >= need:
+                out[name] = x
+                break
+    return out
+
+
 @dataclass
 class SimulationResult:
     requests: list  # [RequestResult] by id
@@ -500,6 +518,7 @@ class SimulationResult:
     in_system_mean: float  # time-weighted mean of requests waiting or running (sampled at step starts)
     series: list = field(repr=False)  # (t_s, waiting, running, kv_blocks) at each iteration start
     config: dict = field(default_factory=dict)
+    itl: list = field(default_factory=list, repr=False)  # (inter-token gap s, how many tokens had it)
 
     @property
     def finished(self) -> list:
@@ -518,6 +537,7 @@ class SimulationResult:
             "busy_s": self.busy_s,
             "ttft_s": percentiles(r.ttft_s for r in self.requests if r.ttft_s is not None),
             "tpot_s": percentiles(r.tpot_s for r in done if r.tpot_s is not None),
+            "itl_s": weighted_percentiles(self.itl),
             "e2e_s": percentiles(r.e2e_s for r in done),
             "output_tokens": out,
             "output_tokens_per_s": out / self.duration_s if self.duration_s else None,
@@ -554,6 +574,9 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
     out = [0] * n
     blocks = [0] * n
     first = [None] * n
+    last = [0.0] * n  # when each request last emitted a token
+    itl_steps = []  # (step seconds, tokens that came one step after their previous one)
+    itl_other = []  # inter-token gaps spanning more than one step (a pre-emption in between)
     finish = [None] * n
     preempt = [0] * n
     status = ["unfinished"] * n
@@ -651,10 +674,12 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
         series.append((now, len(waiting), len(running), used))
         blocks_time += used * dt
         in_sys_time += (len(waiting) + len(running)) * dt
+        start = now
         now += dt
         busy += dt
         iterations += 1
         done = False
+        following = 0
         for r, k in zip(sched, fed):
             c = computed[r] + k
             computed[r] = c
@@ -664,19 +689,26 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
                 num_tokens[r] = c + 1
                 if first[r] is None:
                     first[r] = now
+                elif last[r] == start:
+                    following += 1
+                else:
+                    itl_other.append(now - last[r])
+                last[r] = now
                 if o >= want[r]:
                     finish[r] = now
                     status[r] = "finished"
                     free += blocks[r]
                     blocks[r] = 0
                     done = True
+        if following:
+            itl_steps.append((dt, following))
         if done:
             running = [r for r in running if finish[r] is None]
     results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], out[i], first[i], finish[i], preempt[i],
                              status[i]) for i in range(n)]
     return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
                             blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
-                            series, dict(config or {}))
+                            series, dict(config or {}), itl_steps + [(g, 1) for g in itl_other])
 
 
 def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: int = 1,

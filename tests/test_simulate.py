@@ -346,3 +346,20 @@ def test_cheapest_deployment_picks_least_cost(spec):
     costs = [r["usd_per_hour"] for r in rows[:2]]
     assert d["best"]["usd_per_hour"] == min(costs)
     assert all(r["usd_per_hour"] == r["gpus_needed"] * r["gpu_hour_usd"] for r in rows[:2])
+
+
+def test_inter_token_latency(cost):
+    """One request alone: its gaps are its decode steps, so the mean ITL is its TPOT; the weighted
+    nearest-rank percentiles: 1, 1, 2, 5 with counts 1, 1, 1, 1 -> p50 = 1 (2nd of 4), p90 = 5."""
+    from costmodel.simulate import weighted_percentiles
+
+    res = simulate([Request(0, 0.0, 100, 20)], cost, 100)
+    s = res.summary()
+    assert s["itl_s"]["mean"] == pytest.approx(s["tpot_s"]["mean"], rel=1e-12)
+    assert sum(c for _, c in res.itl) == 19
+    w = weighted_percentiles([(5, 1), (1, 2), (2, 1)])
+    assert (w["mean"], w["p50"], w["p90"], w["p99"]) == (9 / 4, 1, 5, 5)
+    # pre-empted requests' gaps span the steps they waited: the ITL p99 exceeds every step time
+    res = simulate(at_once(8, 100, 60), cost, 40, SchedulerConfig(max_num_seqs=8))
+    assert res.summary()["itl_s"]["p99"] >= max(g for g, _ in res.itl if _ > 1)
+    assert sum(c for _, c in res.itl) == 8 * 59

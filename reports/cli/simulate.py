@@ -37,7 +37,7 @@ def simulate_text(d: dict) -> str:
         "",
         f"{'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}",
     ]
-    for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end to end")):
+    for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "inter-token"), ("e2e_s", "end to end")):
         v = d[key]
         lines.append(f"{name:<14}" + "".join(f"{_ms(v[k]):>10}" for k in ("mean", "p50", "p90", "p99")))
     kv = d["kv_blocks"]
