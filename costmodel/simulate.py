@@ -124,10 +124,11 @@ def parse_lengths(text: str, what: str = "length") -> Lengths:
     return Lengths(kind, a, b)
 
 
-def poisson_requests(n: int, rps: float, prompt, gen, seed: int = 0) -> list[Request]:
+def poisson_requests(n: int, rps: float, prompt, gen, seed: int = 0, lengths_from=None) -> list[Request]:
     """``n`` requests with Poisson arrivals at ``rps`` per second (exponential gaps of mean 1 / rps,
     the first after one gap), prompt and output lengths ``prompt`` / ``gen`` (ints or :class:`Lengths`),
-    all drawn from ``random.Random(seed)``: the same seed gives the same requests."""
+    or, with ``lengths_from`` (requests, e.g. a trace's), (prompt, output) pairs drawn from those
+    uniformly with replacement; all from ``random.Random(seed)``: the same seed gives the same requests."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SpecError(f"requests must be a positive integer, got {n!r}")
     if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
@@ -135,16 +136,23 @@ def poisson_requests(n: int, rps: float, prompt, gen, seed: int = 0) -> list[Req
     p = prompt if isinstance(prompt, Lengths) else parse_lengths(str(prompt), "prompt")
     g = gen if isinstance(gen, Lengths) else parse_lengths(str(gen), "gen")
     rng = random.Random(seed)
+    pairs = None if lengths_from is None else [(q.prompt_tokens, q.output_tokens) for q in lengths_from]
+    if pairs is not None and not pairs:
+        raise SpecError("lengths_from has no requests to draw lengths from")
     t, out = 0.0, []
     for i in range(n):
         t += rng.expovariate(rps)
-        out.append(Request(i, t, p.draw(rng), g.draw(rng)))
+        if pairs is None:
+            out.append(Request(i, t, p.draw(rng), g.draw(rng)))
+        else:
+            out.append(Request(i, t, *pairs[rng.randrange(len(pairs))]))
     return out
 
 
-def read_trace(lines, source: str = "trace") -> list[Request]:
+def read_trace(lines, source: str = "trace", arrivals: bool = True) -> list[Request]:
     """Requests from JSON lines ``{"arrival_s": s, "prompt_tokens": p, "output_tokens": g}`` (blank
-    lines skipped); sorted by arrival (stable). A bad line raises SpecError naming its number."""
+    lines skipped); sorted by arrival (stable). A bad line raises SpecError naming its number.
+    ``arrivals`` False: lengths only (``arrival_s`` optional, read as 0)."""
     out = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -155,6 +163,8 @@ def read_trace(lines, source: str = "trace") -> list[Request]:
             raise SpecError(f"{source} line {number}: not JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise SpecError(f"{source} line {number}: expected an object with arrival_s, prompt_tokens, output_tokens")
+        if not arrivals:
+            row = {"arrival_s": 0, **row}
         missing = [k for k in ("arrival_s", "prompt_tokens", "output_tokens") if k not in row]
         if missing:
             raise SpecError(f"{source} line {number}: missing {', '.join(missing)}")
@@ -171,10 +181,10 @@ def read_trace(lines, source: str = "trace") -> list[Request]:
     return [replace(out[j], id=i) for i, j in enumerate(order)]
 
 
-def read_trace_file(path: str) -> list[Request]:
+def read_trace_file(path: str, arrivals: bool = True) -> list[Request]:
     try:
         with open(path, encoding="utf-8") as f:
-            return read_trace(f, path)
+            return read_trace(f, path, arrivals)
     except OSError as e:
         raise SpecError(f"cannot read trace {path!r}: {e.strerror or e}") from None
 

@@ -363,3 +363,18 @@ def test_inter_token_latency(cost):
     res = simulate(at_once(8, 100, 60), cost, 40, SchedulerConfig(max_num_seqs=8))
     assert res.summary()["itl_s"]["p99"] >= max(g for g, _ in res.itl if _ > 1)
     assert sum(c for _, c in res.itl) == 8 * 59
+
+
+def test_lengths_drawn_from_a_trace(tmp_path):
+    pool = read_trace(['{"prompt_tokens": 10, "output_tokens": 3}', '{"prompt_tokens": 700, "output_tokens": 9}'],
+                      arrivals=False)
+    reqs = poisson_requests(50, 5.0, 1, 1, seed=2, lengths_from=pool)
+    assert {(r.prompt_tokens, r.output_tokens) for r in reqs} == {(10, 3), (700, 9)}
+    f = tmp_path / "lengths.jsonl"
+    f.write_text('{"prompt_tokens": 10, "output_tokens": 3}\n{"prompt_tokens": 700, "output_tokens": 9}\n')
+    r = run("--rps", "5", "--requests", "20", "--lengths-from", str(f), "--format", "csv")
+    assert r.exit_code == 0, r.output
+    rows = [line.split(",") for line in r.output.splitlines()[1:]]
+    assert {(row[7], row[8]) for row in rows} <= {("10", "3"), ("700", "9")} and len(rows) == 20
+    r = run("--rps", "5", "--lengths-from", str(f), "--prompt", "5")
+    assert r.exit_code == 2 and "not both" in r.output

@@ -77,6 +77,9 @@ def per_request_csv(result) -> str:
 @click.option("--prompt-dist", default=None, metavar="DIST",
               help="Prompt length distribution (overrides --prompt): uniform:LO:HI, normal:MEAN:SD, lognormal:MU:SIGMA.")
 @click.option("--gen-dist", default=None, metavar="DIST", help="Output length distribution (overrides --gen).")
+@click.option("--lengths-from", default=None, metavar="FILE.jsonl",
+              help="Draw (prompt, output) lengths from this trace's rows (arrival_s not needed) instead "
+                   "of --prompt/--gen.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of arrivals and lengths.")
 @click.option("--trace", "trace", metavar="FILE.jsonl", default=None,
               help="Requests from a file: one JSON object a line with arrival_s, prompt_tokens, output_tokens.")
@@ -107,7 +110,8 @@ def per_request_csv(result) -> str:
 @format_option(["table", "json", "csv"])
 @click.option("--out", "out", metavar="FILE", default=None, help="Write the output here instead of stdout.")
 @input_errors
-def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, prompt_dist, gen_dist, seed,
+def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, prompt_dist, gen_dist, lengths_from,
+             seed,
              trace, max_num_seqs, max_num_batched_tokens, no_chunked_prefill, block_size,
              gpu_memory_utilization, overhead_ms, max_time, dtype, weight_dtype, kv_dtype, rps_sweep, plot_dir,
              fmt, out):
@@ -118,7 +122,7 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
     """
     ctx = click.get_current_context()
-    given = [p for p in ("num_requests", "prompt", "gen", "prompt_dist", "gen_dist", "seed")
+    given = [p for p in ("num_requests", "prompt", "gen", "prompt_dist", "gen_dist", "lengths_from", "seed")
              if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if trace is not None:
         if rps is not None or given:
@@ -131,7 +135,10 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
                             "--prompt-dist" if prompt_dist is not None else "--prompt")
         g = S.parse_lengths(gen_dist if gen_dist is not None else gen,
                             "--gen-dist" if gen_dist is not None else "--gen")
-        requests = S.poisson_requests(num_requests, rps, p, g, seed)
+        if lengths_from is not None and (prompt_dist or gen_dist or "prompt" in given or "gen" in given):
+            raise InputError("give --lengths-from FILE or --prompt/--gen (or their -dist), not both")
+        pool = S.read_trace_file(lengths_from, arrivals=False) if lengths_from is not None else None
+        requests = S.poisson_requests(num_requests, rps, p, g, seed, pool)
     sweep_rates = []
     if rps_sweep is not None:
         if trace is not None:
@@ -156,14 +163,15 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
     d = result.to_dict()
     points = []
     for r in sorted(sweep_rates):
-        s = S.simulate_model(spec, hw, S.poisson_requests(num_requests, r, p, g, seed), **run_args).summary()
+        s = S.simulate_model(spec, hw, S.poisson_requests(num_requests, r, p, g, seed, pool), **run_args).summary()
         points.append({"rps": r, **{k: s[k] for k in ("ttft_s", "tpot_s", "e2e_s", "output_tokens_per_s",
                                                       "finished", "unfinished", "preemptions")}})
     if points:
         d["sweep"] = points
     d["workload"]["source"] = trace if trace is not None else {
         "rps": rps, "requests": num_requests, "seed": seed,
-        "prompt": (prompt_dist or prompt), "gen": (gen_dist or gen)}
+        "prompt": (prompt_dist or prompt), "gen": (gen_dist or gen),
+        **({"lengths_from": lengths_from} if lengths_from is not None else {})}
     if fmt == "json":
         text = json.dumps(d, indent=2)
     elif fmt == "csv":
