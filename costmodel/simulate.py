@@ -22,8 +22,9 @@ https://github.com/vllm-project/vllm) does it, one iteration at a time:
   tokens reset to 0, and it goes back to the head of the waiting queue; readmitted, it is
   prefilled again over prompt + the tokens it had generated, and the last of them yields its next
   token (the tokens already emitted stay emitted).
-- a request that can never run (more positions than the whole cache; without chunking, more tokens
-  than the budget) is rejected on arrival and reported unfinished: no request is lost.
+- a request that can never run (more positions than the whole cache; without chunking, a prompt
+  longer than the budget) is rejected on arrival and reported unfinished: no request is lost (nor
+  is one that, unchunked, was pre-empted and can no longer be recomputed within the budget).
 
 Step time (:class:`IterationCost`): the roofline ``max(compute, memory)`` of each op of the pass,
 with the FLOPs and bytes of exactly that mix: the per-token ops (projections, MLP, norms) scaled by
@@ -234,7 +235,7 @@ class IterationCost:
     def __init__(self, token_ops, context_groups, comm, overhead_s: float, op_overhead_s: float,
                  description: dict | None = None):
         # token_ops: [(mult, F, B, (flops c0, cT, cR), (bytes c0, cT, cR), expert_bytes_per_copy)]
-        # context_groups: [(window or None, [(mult, F, B, flops coeffs, bytes coeffs), ...])]
+        # context_groups: [(window or None, [(mult, F, B, flops coeffs, bytes coeffs, weight bytes), ...])]
         self.token_ops = token_ops
         self.context_groups = context_groups
         self.comm = comm  # (seconds at 0 tokens, seconds per token)
@@ -286,8 +287,9 @@ class IterationCost:
             if varies:  # attention over the context: sum over sequences
                 fit = _fit_context(*(c[j][2].costs() for c in ctx))
                 fl = fit[0]
-                by = tuple(sum(x) for x in zip(*fit[2:]))
-                groups.setdefault(g, []).append((m, Fr, Br, fl, by))
+                by = tuple(sum(x) for x in zip(*fit[3:]))  # activations and KV: per sequence
+                weights = ctx[0][j][2].weight_bytes  # read once per pass (latent attention's kv_b_proj)
+                groups.setdefault(g, []).append((m, Fr, Br, fl, by, weights))
                 continue
             fit = _fit_token(*(e[j][2].costs() for e in tok))
             w1, w2 = tok[0][j][2].weight_bytes, tok[1][j][2].weight_bytes
@@ -361,9 +363,9 @@ class IterationCost:
                     s_q += q
                     s_qq += q * q
                     s_1 += 1
-            for m, Fr, Br, fl, by in ops:
+            for m, Fr, Br, fl, by, weights in ops:
                 f = fl[0] * s_qk + fl[1] * s_k + fl[2] * s_q + fl[3] * s_qq + fl[4] * s_1
-                b = by[0] * s_qk + by[1] * s_k + by[2] * s_q + by[3] * s_qq + by[4] * s_1
+                b = weights + by[0] * s_qk + by[1] * s_k + by[2] * s_q + by[3] * s_qq + by[4] * s_1
                 s += m * max(f / Fr, b / Br)
         return (s + self._kernels * self.op_overhead_s + self.comm[0] + self.comm[1] * tokens
                 + self.overhead_s)
@@ -601,7 +603,7 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
         positions = prompt[i] + want[i] - 1  # the last token is emitted, never fed
         if -(-positions // bs) > kv_blocks:
             return False
-        return chunked or positions <= budget0
+        return chunked or prompt[i] <= budget0  # unchunked, a prompt is scheduled whole
 
     while True:
         while ai < n and reqs[ai].arrival_s <= now:

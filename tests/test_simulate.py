@@ -76,6 +76,19 @@ def test_equal_requests_reproduce_plan_with_tensor_parallelism():
     assert res.config["memory"]["weights_bytes"] == plan.memory.weights_bytes  # the fullest GPU's
 
 
+@pytest.mark.parametrize("model", ["tiny-deepseek", "tiny-mixtral", "tiny-mistral-sw"])
+def test_decode_steps_match_plan_for_latent_attention_experts_and_windows(model):
+    """Latent attention (kv_b_proj's weights read once per pass, not per sequence), routed experts
+    (min(E, tokens x k) weight copies) and sliding windows: decode steps as the plan times them."""
+    spec, hw = get_model(model), get_hardware("h100-sxm", None)
+    b, p, g = 16, 300, 6
+    res = simulate_model(spec, hw, at_once(b, p, g), kv_blocks=10_000,
+                         scheduler=SchedulerConfig(max_num_seqs=b, max_num_batched_tokens=b * p,
+                                                   chunked_prefill=False))
+    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b)
+    assert res.summary()["tpot_s"]["mean"] == pytest.approx(plan.timing.tpot_mean_s, rel=1e-3)
+
+
 def test_decode_mix_matches_one_batched_pass(spec, hw, cost):
     """A decode-only step of b sequences at context c costs what one analysed pass of batch b,
     q_len 1, kv_len c + 1 costs (up to the per-token rotary rows: see above)."""
