@@ -249,11 +249,19 @@ class IterationCost:
 
     @classmethod
     def from_model(cls, spec: ModelSpec, wl: Workload, hw: Hardware, engine=None,
-                   layout: Layout | None = None, overhead_s: float = 0.0) -> "IterationCost":
+                   layout: Layout | None = None, overhead_s: float = 0.0, *, pass_cost=None,
+                   op_rates=None) -> "IterationCost":
         """Coefficients for ``spec`` run as ``wl`` (its dtypes, causal counting, sampling) on ``hw``
         laid out as ``layout`` (per-GPU shares of tp, pp stages in turn, as the plan times them).
-        ``engine``: None or "eager" (today's eager ops); other engines are not modelled here yet."""
-        if engine not in (None, "eager") and getattr(engine, "id", None) != "eager":
+
+        ``engine``: None or "eager" (today's eager ops); other engines are refused until wired in.
+        The two seams an engine model fills: ``pass_cost(batch, q_len, kv_len)`` -> the StepCost of
+        one pass as the engine executes it (per GPU; default: ``analysis.step_cost`` with logits for
+        one position a sequence, sharded over tp), and ``op_rates`` (a ``roofline.Rates``; default
+        ``rates(hw, act_dtype)``); its per-step host time goes in ``overhead_s``. The coefficients
+        are fitted from eight such passes, so whatever ``pass_cost`` returns must keep each op's
+        costs polynomial in (q_len, kv_len) as :func:`_fit_context` assumes."""
+        if pass_cost is None and engine not in (None, "eager") and getattr(engine, "id", None) != "eager":
             raise SpecError(f"simulate models the eager engine only for now, got engine {engine!r}")
         if spec.arch != "decoder":
             raise SpecError(f"simulate serves decoder-only models; {spec.name} is arch {spec.arch!r}")
@@ -264,10 +272,12 @@ class IterationCost:
         layout = layout or Layout()
         check_layout(spec, hw, layout)
         wl = replace(wl, batch=1)
-        r = rates(hw, wl.act_dtype)
+        r = op_rates if op_rates is not None else rates(hw, wl.act_dtype)
 
         def cost(b, q, k):
-            c = step_cost(spec, wl, b, q, k, 1, sliding_keys="growing")
+            if pass_cost is not None:
+                return pass_cost(b, q, k)
+            c = step_cost(spec, wl, b, q, k, 1, sliding_keys="growing")  # the window applied per step
             return shard_step(c, layout.tp) if layout.tp > 1 else c
 
         def flat(c):

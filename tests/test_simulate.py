@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -391,3 +392,22 @@ def test_lengths_drawn_from_a_trace(tmp_path):
     assert {(row[7], row[8]) for row in rows} <= {("10", "3"), ("700", "9")} and len(rows) == 20
     r = run("--rps", "5", "--lengths-from", str(f), "--prompt", "5")
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_pass_cost_seam(spec, hw, cost):
+    """The seam an engine model plugs into: a pass_cost returning today's passes gives the same
+    coefficients as the default, and one whose passes cost twice as much doubles every step."""
+    wl = Workload(batch=1, prompt=1, gen=1)
+
+    def eager(b, q, k):
+        return step_cost(spec, wl, b, q, k, 1, sliding_keys="growing")
+
+    same = IterationCost.from_model(spec, wl, hw, engine="custom", pass_cost=eager)
+    r = rates(hw, wl.act_dtype)
+    half = IterationCost.from_model(spec, wl, hw, pass_cost=eager, op_rates=replace(
+        r, flops_per_s=r.flops_per_s / 2, bytes_per_s=r.bytes_per_s / 2))
+    mix = ([(300, 0), (64, 1000)], [10, 500, 4000])
+    assert same.seconds(*mix) == cost.seconds(*mix)
+    assert half.seconds(*mix) == pytest.approx(2 * cost.seconds(*mix), rel=1e-12)
+    with pytest.raises(SpecError, match="eager engine only"):
+        IterationCost.from_model(spec, wl, hw, engine="vllm")
