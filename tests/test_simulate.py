@@ -335,6 +335,7 @@ def test_cli_plan_simulate():
 
 
 def test_cli_rps_sweep_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
     r = run("--rps", "5", "--requests", "30", "--gen", "16", "--rps-sweep", "40,5", "--format", "json",
             "--plot", str(tmp_path))
     assert r.exit_code == 0, r.output
