@@ -61,10 +61,14 @@ def _positive_float():
 @click.option("--gpu-hour-usd", type=_positive_float(), default=None, metavar="X", help="Price of one GPU-hour, USD.")
 @click.option("--reserve-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers).")
+@click.option("--simulate", "simulated", is_flag=True,
+              help="With --rps and an SLO: find the replicas by simulating continuous batching (p99 SLOs).")
+@click.option("--sim-requests", type=click.IntRange(min=10), default=500, show_default=True,
+              help="Requests simulated per candidate replica count (with --simulate).")
 @format_option(["table", "json"])
 @input_errors
 def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
-         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, fmt):
+         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
@@ -80,10 +84,19 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
         rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
+    sim = None
+    if simulated:
+        from .simulate import simulated_plan
+
+        sim = simulated_plan(p, rps, ttft_slo, tpot_slo, sim_requests)
     if fmt == "json":
-        emit_json(p.to_dict())
+        emit_json(p.to_dict() if sim is None else {**p.to_dict(), "simulated": sim})
     else:
         click.echo(plan_text(p))
+        if sim is not None:
+            from .simulate import simulated_plan_text
+
+            click.echo(simulated_plan_text(sim))
 
 
 @main.command()
