@@ -90,7 +90,7 @@ def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1, varying: str
                   shape=(1, tokens, n_out, n_in, _rows_vary(wl) if varying is None else varying))
 
 
-def _attention_shapes(bh, q_len, kv_len, dqk, dv, cached_keys: bool, wl: Workload) -> tuple:
+def attention_matmul_shapes(bh, q_len, kv_len, dqk, dv, cached_keys: bool, wl: Workload) -> tuple:
     """Shapes of the score and value matmuls of ``bh`` (batch x heads) attention problems: scores
     [q_len, dqk] @ [dqk, kv_len], values [q_len, kv_len] @ [kv_len, dv]. The key length grows with
     the decode step when ``cached_keys`` (self-attention: the context; cross-attention's encoder
@@ -171,7 +171,7 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         ops.append(OpCost(f"{p}kv_cache_update", "memory", act_read_bytes=nbytes(n, a),
                           kv_write_bytes=nbytes(n, c)))
     score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, causal)
-    score_shape, value_shape = _attention_shapes(batch * heads, q_len, kv_len, d, d, not p, wl)
+    score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, d, d, not p, wl)
     ops.append(OpCost(f"{p}attn_scores", "matmul", score_flops, score_flops,
                       act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
                       kv_read_bytes=kv_read, shape=score_shape))
@@ -281,7 +281,7 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
         value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, r_kv, causal)
         v_read, v_act_read = read(kv_t * r_kv)
         out = F.mla_absorbed_output_flops(t, heads, r_kv, dv)
-        score_shape, value_shape = _attention_shapes(batch * heads, q_len, kv_len, r_kv + dr, r_kv, True, wl)
+        score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, r_kv + dr, r_kv, True, wl)
         rows = _rows_vary(wl)
         ops += [  # the absorptions: per head, [t, dn] @ [dn, r_kv] and [t, r_kv] @ [r_kv, dv]
             OpCost("kv_b_absorb_q", "matmul", q_abs, q_abs, weight_bytes=nbytes(heads * dn * r_kv, wl.weight_dtype),
@@ -304,7 +304,7 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
         rope_read, rope_act_read = read(kv_t * dr)  # k_rope, broadcast to every head's key
         score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, dqk, causal)
         value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, dv, causal)
-        score_shape, value_shape = _attention_shapes(batch * heads, q_len, kv_len, dqk, dv, True, wl)
+        score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, dqk, dv, True, wl)
         ops += [  # kv_b_proj: every attended latent [kv_t, r_kv] @ [r_kv, H (dn + dv)]: rows grow with the step
             OpCost("kv_b_proj", "matmul", expand, expand, weight_bytes=nbytes(r_kv * heads * (dn + dv), wl.weight_dtype),
                    act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read,

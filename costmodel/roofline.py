@@ -21,7 +21,17 @@ so ``compute(i) - memory(i)`` changes sign at most twice; :func:`costmodel.steps
 where (a vertex split and an integer binary search) and sums each piece with exact integer prefix sums.
 A sliding-window layer's keys stop growing once the window is full: the steps split there
 (:func:`costmodel.analysis.window_split`) into two polynomials, each summed that way.
-No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
+No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks
+(flat rates).
+
+Rate models (:func:`rates`, ``model``): "flat", the above with one FLOP and one bandwidth efficiency
+per GPU (every result before issue 13), and "shape-aware" (:mod:`costmodel.shapes`): a matmul's FLOP
+rate from its shape (``OpCost.shape``: tile and wave quantisation over the GPU's SMs, short-K
+penalty), memory time ``(bytes + latency bytes) / bandwidth`` with the bandwidth efficiency of the
+kernel's kind (memory-bound matmul, streaming, reduction). The decode sums stay exact under it: a
+dimension that grows with the step is never quantised (the op builders mark it ``varying``; the
+closed form also treats any unmarked one that changes so), so every op's rates are the same at every
+step, and the latency is a whole number of bytes added to each step's polynomial.
 """
 
 from __future__ import annotations
