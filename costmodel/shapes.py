@@ -62,7 +62,7 @@ DEFAULT_GEMM_TILES = ((256, 128), (128, 256), (128, 128), (256, 64), (64, 256), 
 # a tile costs ceil(k / 64) + 2 K-block times: GEMM_K_PROLOGUE_BLOCKS.
 GEMM_K_TILE = 64
 GEMM_K_PROLOGUE_BLOCKS = 2
-# DRAM access latency in clock cycles: ~400 on V100, A100 and H100 (Table 3 of Kuchta et al. 2023,
+# DRAM access latency in clock cycles: ~400 on V100, A100 and H100 (Table 3 of the article at
 # "Hardware features of different Nvidia GPU architectures", https://pmc.ncbi.nlm.nih.gov/articles/PMC10448217/;
 # Jia et al., "Dissecting the NVIDIA Volta GPU Architecture via Microbenchmarking", arXiv:1804.06826,
 # measure ~400 cycles on V100).
