@@ -22,7 +22,7 @@ scores included) and, with a cache, writes new keys/values into it and attends o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from . import formulas as F
 from . import quant as Q
@@ -50,6 +50,11 @@ class OpCost:
     act_write_bytes: int = 0
     kv_read_bytes: int = 0
     kv_write_bytes: int = 0
+    # Matmuls: (batch_count, m, n, k, varying): C[m, n] = A[m, k] @ B[k, n], batch_count times; varying
+    # names the dimensions ("m", "n", "k") that grow with the decode step (the attended keys; the token
+    # rows without a KV cache), which the shape-aware rates do not quantise (costmodel.shapes).
+    # None for other ops. Not a cost: not compared, not in the JSON rows.
+    shape: tuple | None = field(default=None, compare=False)
 
     @property
     def bytes(self) -> int:
@@ -65,12 +70,20 @@ class OpCost:
         return tuple(getattr(self, f) for f in _COST_FIELDS)
 
     def with_costs(self, values) -> "OpCost":
-        return OpCost(self.op, self.kind, *values)
+        return OpCost(self.op, self.kind, *values, shape=self.shape)
 
 
-def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1) -> OpCost:
+def _rows_vary(wl: Workload) -> str:
+    """The ``varying`` mark of a matmul's token rows: "m" without a KV cache (a decode step then
+    recomputes every position, so the rows grow with the step), "" with one."""
+    return "" if wl.kv_cache else "m"
+
+
+def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1, varying: str | None = None) -> OpCost:
     """x[tokens, n_in] @ W[n_in, n_out]: ``weight_copies`` weight matrices read once each (1 but
-    for routed experts), input read, output written.
+    for routed experts), input read, output written. Shape (1, tokens, n_out, n_in); ``varying``
+    (default :func:`_rows_vary`): see :attr:`OpCost.shape`. Routed experts count as one GEMM over
+    all their token rows (a grouped GEMM's tiles are per expert: an approximation).
 
     A quantised op (``wl.quant``, :data:`costmodel.quant.QUANTISED_OPS`) reads its packed weight with
     its scales and zeros (:func:`costmodel.quant.matrix_bytes`); an fp8 (W8A8) one reads its input in
@@ -83,7 +96,8 @@ def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1) -> OpCost:
         weights = weight_copies * Q.matrix_bytes(scheme, n_in, n_out)
         x = Q.matmul_input_bytes(scheme, tokens, n_in) if scheme.compute == "fp8" else nbytes(tokens * n_in, a)
     return OpCost(op, "matmul", F.linear_flops(tokens, n_in, n_out), F.linear_flops(tokens, n_in, n_out),
-                  weight_bytes=weights, act_read_bytes=x, act_write_bytes=nbytes(tokens * n_out, a))
+                  weight_bytes=weights, act_read_bytes=x, act_write_bytes=nbytes(tokens * n_out, a),
+                  shape=(1, tokens, n_out, n_in, _rows_vary(wl) if varying is None else varying))
 
 
 def _with_input_quant(spec: ModelSpec, wl: Workload, ops: list[OpCost]) -> list[OpCost]:
@@ -105,6 +119,16 @@ def _with_input_quant(spec: ModelSpec, wl: Workload, ops: list[OpCost]) -> list[
             out.append(OpCost(f"{o.op}_quant", "elementwise", flops, 0, act_read_bytes=read, act_write_bytes=write))
         out.append(o)
     return out
+
+
+def attention_matmul_shapes(bh, q_len, kv_len, dqk, dv, cached_keys: bool, wl: Workload) -> tuple:
+    """Shapes of the score and value matmuls of ``bh`` (batch x heads) attention problems: scores
+    [q_len, dqk] @ [dqk, kv_len], values [q_len, kv_len] @ [kv_len, dv]. The key length grows with
+    the decode step when ``cached_keys`` (self-attention: the context; cross-attention's encoder
+    keys do not), the query rows without a KV cache."""
+    q = _rows_vary(wl)
+    return ((bh, q_len, kv_len, dqk, q + ("n" if cached_keys else "")),
+            (bh, q_len, dv, kv_len, q + ("k" if cached_keys else "")))
 
 
 def _elementwise(op, flops, elements_read, elements_written, wl: Workload, params=0) -> OpCost:
@@ -178,9 +202,10 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         ops.append(OpCost(f"{p}kv_cache_update", "memory", act_read_bytes=nbytes(n, a),
                           kv_write_bytes=nbytes(n, c)))
     score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, causal)
+    score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, d, d, not p, wl)
     ops.append(OpCost(f"{p}attn_scores", "matmul", score_flops, score_flops,
                       act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
-                      kv_read_bytes=kv_read))
+                      kv_read_bytes=kv_read, shape=score_shape))
     if position_bias:  # T5: the [heads, q, kv] relative position bias added to the scores
         ops.append(_elementwise(f"{p}attn_position_bias", F.add_flops(pairs), 2 * pairs, pairs, wl))
     if spec.attn_logit_softcapping is not None and not p:  # Gemma 2: tanh(scores / c) * c
@@ -195,7 +220,7 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         _elementwise(f"{p}attn_softmax", softmax_flops, pairs, pairs, wl),
         OpCost(f"{p}attn_values", "matmul", value_flops, value_flops,
                act_read_bytes=nbytes(pairs, a) + kv_act_read, act_write_bytes=nbytes(t * q, a),
-               kv_read_bytes=kv_read),
+               kv_read_bytes=kv_read, shape=value_shape),
         _matmul(f"{p}o_proj", t, q, h, wl),
     ]
     if spec.attention_out_bias:
@@ -287,18 +312,22 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
         value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, r_kv, causal)
         v_read, v_act_read = read(kv_t * r_kv)
         out = F.mla_absorbed_output_flops(t, heads, r_kv, dv)
-        ops += [
+        score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, r_kv + dr, r_kv, True, wl)
+        rows = _rows_vary(wl)
+        ops += [  # the absorptions: per head, [t, dn] @ [dn, r_kv] and [t, r_kv] @ [r_kv, dv]
             OpCost("kv_b_absorb_q", "matmul", q_abs, q_abs, weight_bytes=nbytes(heads * dn * r_kv, wl.weight_dtype),
-                   act_read_bytes=nbytes(t * heads * dn, a), act_write_bytes=nbytes(t * heads * r_kv, a)),
+                   act_read_bytes=nbytes(t * heads * dn, a), act_write_bytes=nbytes(t * heads * r_kv, a),
+                   shape=(heads, t, r_kv, dn, rows)),
             OpCost("attn_scores", "matmul", score_flops, score_flops,
                    act_read_bytes=nbytes(t * heads * (r_kv + dr), a) + act_read,
-                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=kv_read),
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=kv_read, shape=score_shape),
             softmax,
             OpCost("attn_values", "matmul", value_flops, value_flops,
                    act_read_bytes=nbytes(pairs, a) + v_act_read, act_write_bytes=nbytes(t * heads * r_kv, a),
-                   kv_read_bytes=v_read),
+                   kv_read_bytes=v_read, shape=value_shape),
             OpCost("kv_b_absorb_v", "matmul", out, out, weight_bytes=nbytes(heads * r_kv * dv, wl.weight_dtype),
-                   act_read_bytes=nbytes(t * heads * r_kv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+                   act_read_bytes=nbytes(t * heads * r_kv, a), act_write_bytes=nbytes(t * heads * dv, a),
+                   shape=(heads, t, dv, r_kv, rows)),
         ]
     else:
         expand = F.mla_kv_expand_flops(kv_t, r_kv, heads, dn, dv)
@@ -306,15 +335,18 @@ def mla_attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, ca
         rope_read, rope_act_read = read(kv_t * dr)  # k_rope, broadcast to every head's key
         score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, dqk, causal)
         value_flops = F.attention_value_flops(batch, heads, q_len, kv_len, dv, causal)
-        ops += [
+        score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, dqk, dv, True, wl)
+        ops += [  # kv_b_proj: every attended latent [kv_t, r_kv] @ [r_kv, H (dn + dv)]: rows grow with the step
             OpCost("kv_b_proj", "matmul", expand, expand, weight_bytes=nbytes(r_kv * heads * (dn + dv), wl.weight_dtype),
-                   act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read),
+                   act_read_bytes=act_read, act_write_bytes=nbytes(kv_t * heads * (dn + dv), a), kv_read_bytes=kv_read,
+                   shape=(1, kv_t, heads * (dn + dv), r_kv, "m")),
             OpCost("attn_scores", "matmul", score_flops, score_flops,
                    act_read_bytes=nbytes(t * heads * dqk + kv_t * heads * dn, a) + rope_act_read,
-                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=rope_read),
+                   act_write_bytes=nbytes(pairs, a), kv_read_bytes=rope_read, shape=score_shape),
             softmax,
             OpCost("attn_values", "matmul", value_flops, value_flops,
-                   act_read_bytes=nbytes(pairs + kv_t * heads * dv, a), act_write_bytes=nbytes(t * heads * dv, a)),
+                   act_read_bytes=nbytes(pairs + kv_t * heads * dv, a), act_write_bytes=nbytes(t * heads * dv, a),
+                   shape=value_shape),
         ]
     ops.append(_matmul("o_proj", t, heads * dv, h, wl))
     if spec.attention_out_bias:
@@ -546,7 +578,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
     after = [_norm("final_norm", t, spec, wl)] if spec.norm_position != "post" else []
     if stack == "encoder":
         if spec.pooler:  # tanh(W x + b) on each sequence's first token
-            after += [_matmul("pooler", batch, h, h, wl),
+            after += [_matmul("pooler", batch, h, h, wl, varying=""),
                       _elementwise("pooler_act", F.pooler_activation_flops(batch, h), batch * h, batch * h, wl,
                                    params=h)]
         if spec.mlm_head:  # every position: dense, bias, GELU, LayerNorm, decoder, bias
@@ -562,7 +594,7 @@ def model_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, logits_posi
         after.append(_matmul("embed_proj_out", t, h, e, wl))
     if spec.family == "t5" and spec.tie_word_embeddings:  # T5 scales by d_model ** -0.5 when tied
         after.append(_elementwise("lm_head_scale", F.mul_flops(rows * h), rows * h, rows * h, wl))
-    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl))
+    after.append(_matmul("lm_head", rows, e, spec.vocab_size, wl, varying=""))  # logits positions: fixed
     m = rows * spec.vocab_size
     if spec.lm_head_bias:  # Phi
         after.append(_elementwise("lm_head_bias", F.add_flops(m), m, m, wl, params=spec.vocab_size))

@@ -26,6 +26,8 @@ from .errors import SpecError, did_you_mean, read_json_file
 
 FLOPS_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 KINDS = ("gpu", "cpu")
+# GPU architectures the shape-aware rates know (costmodel.shapes): NVIDIA SM generations, AMD CDNA.
+ARCHITECTURES = ("volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna2", "cdna3", "cdna4", "other")
 
 # Defaults where a profile gives none (stated in every output that uses them):
 DEFAULT_FLOPS_EFFICIENCY = 0.7  # large GEMMs in cuBLAS/rocBLAS reach ~60-80 % of the dense peak
@@ -40,7 +42,10 @@ _REQUIRED = ("id", "name", "peak_flops_per_s", "memory_bytes", "memory_bandwidth
 _OPTIONAL = ("kind", "elementwise_flops_per_s", "matmul_bandwidth_bytes_per_s", "interconnect", "interconnect_bandwidth_bytes_per_s", "interconnect_gpus",
              "pcie_bandwidth_bytes_per_s", "memory_reported_bytes", "memory_reported_source", "flops_efficiency", "bandwidth_efficiency",
              "interconnect_efficiency", "link_latency_s", "op_overhead_s", "sources", "notes",
-             "calibration")
+             "calibration", "architecture", "sm_count", "shared_memory_per_sm_bytes", "l2_cache_bytes",
+             "boost_clock_hz", "gemm_tiles")
+# The fields the shape-aware rates read (costmodel.shapes); each catalog GPU cites its source for them.
+SHAPE_FIELDS = ("architecture", "sm_count", "shared_memory_per_sm_bytes", "l2_cache_bytes", "boost_clock_hz")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,16 @@ class Hardware:
     sources: dict = field(default_factory=dict, hash=False, compare=False)
     notes: str = ""
     calibration: dict | None = field(default=None, hash=False, compare=False)  # raw measurements
+    # What the shape-aware rates (costmodel.shapes) read; None where unknown (then they fall back to
+    # the flat rates). From the vendor whitepapers / CUDA programming guide (see each entry's sources).
+    architecture: str | None = None  # one of ARCHITECTURES
+    sm_count: int | None = None  # streaming multiprocessors (NVIDIA) / compute units (AMD) enabled
+    shared_memory_per_sm_bytes: int | None = None  # max shared memory (LDS) one SM/CU can give its blocks
+    l2_cache_bytes: int | None = None
+    boost_clock_hz: float | None = None  # the clock the dense tensor peak is quoted at
+    # output tile shapes (rows, cols) the GEMM library picks from, most efficient first; None: the
+    # default set of costmodel.shapes (NVIDIA's matrix-multiplication performance guide)
+    gemm_tiles: tuple | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         src = f"hardware {self.id!r}"
@@ -134,6 +149,23 @@ class Hardware:
         _number(src, "op_overhead_s", self.op_overhead_s)
         if self.op_overhead_s < 0:
             raise SpecError(f"{src}: op_overhead_s must be >= 0, got {self.op_overhead_s}")
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise SpecError(f"{src}: unknown architecture {self.architecture!r}; allowed: {', '.join(ARCHITECTURES)}")
+        for f in ("sm_count", "shared_memory_per_sm_bytes", "l2_cache_bytes"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, _positive_count(src, f, getattr(self, f)))
+        if self.boost_clock_hz is not None:
+            _positive(src, "boost_clock_hz", self.boost_clock_hz)
+            if not 1e8 <= self.boost_clock_hz <= 1e10:
+                raise SpecError(f"{src}: boost_clock_hz must be in hertz (1e8 .. 1e10), got {self.boost_clock_hz}")
+        if self.gemm_tiles is not None:
+            tiles = self.gemm_tiles
+            if (not isinstance(tiles, (list, tuple)) or not tiles
+                    or not all(isinstance(t, (list, tuple)) and len(t) == 2 for t in tiles)):
+                raise SpecError(f"{src}: gemm_tiles must be a non-empty list of [rows, cols] pairs, got {tiles!r}")
+            object.__setattr__(self, "gemm_tiles", tuple(
+                (_positive_count(src, "gemm_tiles rows", r), _positive_count(src, "gemm_tiles cols", c))
+                for r, c in tiles))
 
     @property
     def capacity_bytes(self) -> int:
@@ -237,6 +269,11 @@ class Hardware:
             "op_overhead_s": self.op_overhead_s,
             "sources": dict(self.sources),
         }
+        for f in SHAPE_FIELDS:  # added keys (issue 13): only where the profile has them
+            if getattr(self, f) is not None:
+                d[f] = getattr(self, f)
+        if self.gemm_tiles is not None:
+            d["gemm_tiles"] = [list(t) for t in self.gemm_tiles]
         if self.notes:
             d["notes"] = self.notes
         if self.calibration is not None:

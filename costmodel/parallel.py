@@ -324,10 +324,23 @@ def shard_op(op: OpCost, tp: int, rounding: str = "ceil") -> OpCost:
     divide; ``rounding`` says what an uneven share becomes)."""
     if tp == 1:
         return op
-    split = _SHARDED_FIELDS[_tp_split_of(op.op)]
+    how = _tp_split_of(op.op)
+    split = _SHARDED_FIELDS[how]
     if not split:
         return op
-    return replace(op, **{f: tp_share(getattr(op, f), tp, rounding, f"{op.op} {f}") for f in split})
+    return replace(op, **{f: tp_share(getattr(op, f), tp, rounding, f"{op.op} {f}") for f in split},
+                   shape=_shard_shape(op.shape, how, tp))
+
+
+def _shard_shape(shape, how: str, tp: int):
+    """One GPU's matmul shape (batch_count, m, n, k, ...): a column split divides n, a row split k,
+    a split inside the region (attention: its heads) the batch count; each share rounded up."""
+    if shape is None:
+        return None
+    b, m, n, k, *rest = shape
+    b, n, k = (-(-b // tp) if how == "split" else b, -(-n // tp) if how == "column" else n,
+               -(-k // tp) if how == "row" else k)
+    return (b, m, n, k, *rest)
 
 
 def pad_vocab_op(op: OpCost, vocab_size: int, padded: int) -> OpCost:

@@ -21,14 +21,25 @@ so ``compute(i) - memory(i)`` changes sign at most twice; :func:`costmodel.steps
 where (a vertex split and an integer binary search) and sums each piece with exact integer prefix sums.
 A sliding-window layer's keys stop growing once the window is full: the steps split there
 (:func:`costmodel.analysis.window_split`) into two polynomials, each summed that way.
-No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks.
+No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks
+(flat rates).
+
+Rate models (:func:`rates`, ``model``): "flat", the above with one FLOP and one bandwidth efficiency
+per GPU (every result before issue 13), and "shape-aware" (:mod:`costmodel.shapes`): a matmul's FLOP
+rate from its shape (``OpCost.shape``: tile and wave quantisation over the GPU's SMs, short-K
+penalty), memory time ``(bytes + latency bytes) / bandwidth`` with the bandwidth efficiency of the
+kernel's kind (memory-bound matmul, streaming, reduction). The decode sums stay exact under it: a
+dimension that grows with the step is never quantised (the op builders mark it ``varying``; the
+closed form also treats any unmarked one that changes so), so every op's rates are the same at every
+step, and the latency is a whole number of bytes added to each step's polynomial.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import analysis as _analysis
+from . import shapes as _shapes
 from . import stepsum
 from .analysis import (OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost,
                        window_split)
@@ -51,6 +62,15 @@ class Rates:
     # quant_flops_per_s, the GPU's achievable fp8 rate; None: every matmul at flops_per_s
     quant_flops_per_s: float | None = None
     quant_ops: frozenset = frozenset()
+    # Added for issue 13. model: "flat" (the rates above for every op) or "shape-aware" (matmul FLOP
+    # efficiency from the op's shape, bandwidth by kind of kernel and bytes moved: costmodel.shapes;
+    # ``shape`` None: the hardware lacks what that needs, and the flat rates apply).
+    model: str = "flat"
+    shape: _shapes.ShapeParams | None = None
+    # op name -> FLOP efficiency (share of ``peak_flops_per_s``) replacing the model's for that op
+    # (the fused attention kernel's published utilisation); peak_flops_per_s: the dense peak it scales.
+    op_efficiency: dict | None = field(default=None, hash=False)
+    peak_flops_per_s: float | None = field(default=None, compare=False)
 
     def bytes_rate(self, kind: str) -> float:
         """Achievable bytes/s for an op of ``kind``: matmuls stream weights at their own rate
@@ -68,25 +88,66 @@ class Rates:
             return self.elementwise_flops_per_s
         return self.flops_per_s
 
+    def op_rates(self, op: OpCost, shape=None) -> tuple[float, float, int]:
+        """(FLOP/s, bytes/s, latency bytes) of ``op``: its compute time is flops / FLOP/s, its memory
+        time (bytes + latency bytes) / bytes/s. Flat: the kind's rates and no latency. ``shape``
+        (default ``op.shape``): the shape whose efficiency applies (the decode sum passes one with
+        every step-dependent dimension marked varying: :func:`costmodel.shapes.step_invariant`)."""
+        p = self.shape
+        if p is None:
+            F, B, lat = self.flops_rate(op.kind, op.op), self.bytes_rate(op.kind), 0
+        else:
+            shape = op.shape if shape is None else shape
+            F = (p.flops_rate(shape) if op.kind == "matmul" and shape is not None
+                 else self.flops_rate(op.kind, op.op))
+            if self.quant_flops_per_s is not None and op.op in self.quant_ops and op.kind == "matmul" and shape:
+                F *= self.quant_flops_per_s / self.flops_per_s  # fp8 compute: the same shape efficiency
+            B, lat = p.bytes_rate(op.op, op.kind), p.latency_bytes(op.op, op.kind)
+        if self.op_efficiency and op.op in self.op_efficiency:
+            F = self.peak_flops_per_s * self.op_efficiency[op.op]
+        return F, B, lat
+
     def to_dict(self) -> dict:
         d = {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
              "bytes_per_s": self.bytes_per_s, "matmul_bytes_per_s": self.bytes_rate("matmul"),
-             "op_overhead_s": self.op_overhead_s}
+             "op_overhead_s": self.op_overhead_s, "model": self.model}
         if self.quant_flops_per_s is not None:
             d["quant_matmul_flops_per_s"] = self.quant_flops_per_s
+        if self.model != "flat":
+            d["shape"] = None if self.shape is None else self.shape.to_dict()
+        if self.op_efficiency:
+            d["op_efficiency"] = dict(self.op_efficiency)
         return d
 
 
-def rates(hw: Hardware, act_dtype: str, quant: str = "none") -> Rates:
+RATE_MODELS = ("flat", "shape-aware")
+
+
+def rates(hw: Hardware, act_dtype: str, quant: str = "none", model: str = "flat",
+          op_efficiency: dict | None = None) -> Rates:
     """Achievable FLOP/s for ``act_dtype`` (matmuls and element-wise ops), achievable bandwidth,
-    per-op overhead of ``hw``. ``quant``: a weight-only scheme computes at the activation dtype
-    (dequantised in the kernel); an fp8 W8A8 one's quantised matmuls at ``hw``'s fp8 peak, refused
-    in one line where it has none (A100)."""
+    per-op overhead of ``hw``.
+
+    ``quant``: a weight-only scheme computes at the activation dtype (dequantised in the kernel); an
+    fp8 W8A8 one's quantised matmuls at ``hw``'s fp8 peak, refused in one line where it has none (A100).
+    ``model``: "flat" (one FLOP and one bandwidth efficiency per GPU, as before issue 13) or
+    "shape-aware" (:mod:`costmodel.shapes`: matmul efficiency from M, N, K over the GPU's SMs,
+    bandwidth by kind of kernel and bytes moved; the flat rates where the hardware lacks ``sm_count``
+    or ``boost_clock_hz``). ``op_efficiency``: op name -> FLOP efficiency (share of the dense peak)
+    overriding the model's for that op, in either model."""
+    if model not in RATE_MODELS:
+        raise SpecError(f"unknown rate model {model!r}; allowed: {', '.join(RATE_MODELS)}")
     ew = hw.achievable_elementwise_flops_per_s(act_dtype)
     mm_bw = hw.achievable_matmul_bandwidth_bytes_per_s
+    shape = _shapes.params_for(hw, act_dtype) if model == "shape-aware" else None
+    for name, e in (op_efficiency or {}).items():
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 1:
+            raise SpecError(f"op_efficiency[{name!r}] must be a number in (0, 1], got {e!r}")
     r = Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
               hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew,
-              None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw)
+              None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw,
+              model=model, shape=shape, op_efficiency=dict(op_efficiency) if op_efficiency else None,
+              peak_flops_per_s=hw.peak_for(act_dtype))
     scheme = scheme_of(quant)
     if scheme is None or scheme.compute != "fp8":
         return r
@@ -127,8 +188,12 @@ class OpTime:
 
 
 def op_time(op: OpCost, r: Rates) -> OpTime:
-    """One op of one pass: ``max(flops / F, bytes / B) + overhead``."""
-    c, m = op.flops / r.flops_rate(op.kind, op.op), op.bytes / r.bytes_rate(op.kind)
+    """One op of one pass: ``max(flops / F, (bytes + latency bytes) / B) + overhead`` (F, B and the
+    latency bytes from :meth:`Rates.op_rates`; no latency under the flat model, nor for an op that
+    moves nothing)."""
+    F, B, lat = r.op_rates(op)
+    nbytes = op.bytes
+    c, m = op.flops / F, (nbytes + (lat if nbytes else 0)) / B
     return OpTime(op.op, op.kind, op.flops, op.bytes, c, m, r.op_overhead_s,
                   max(c, m) + r.op_overhead_s, 1, int(c > m))
 
@@ -213,19 +278,27 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
     """One op summed over decode steps 1..steps, from its costs at steps 1, 2 and 3; with
     ``split`` = m < steps, steps m + 1.. follow the polynomial of ``f1``, ``f2``, ``f3`` instead
     (a sliding window that fills at step m: :func:`costmodel.analysis.window_split`)."""
-    pf = stepsum.newton(o1.flops, o2.flops, o3.flops)
-    pb = stepsum.newton(o1.bytes, o2.bytes, o3.bytes)
     m = steps if split is None else split
+    ops = (o1, o2, o3) if m >= steps else (o1, o2, o3, f1, f2, f3)
+    # Shape-aware rates: one efficiency for every step, from the dimensions no step changes
+    # (costmodel.shapes: the attended keys, and every token row without a KV cache, are marked
+    # varying by the op builders; a dimension that changes unmarked is treated the same way).
+    shape = None
+    if r.shape is not None and all(o.shape is not None for o in ops):
+        shape = _shapes.step_invariant(*(o.shape for o in ops))
+    F, B, lat = r.op_rates(o1, shape)
+    lat = lat if any(o.bytes for o in ops) else 0  # as op_time: no latency for an op moving nothing
+    pf = stepsum.newton(o1.flops, o2.flops, o3.flops)
+    pb = stepsum.newton(o1.bytes + lat, o2.bytes + lat, o3.bytes + lat)
     if m < steps:
         qf = stepsum.newton(f1.flops, f2.flops, f3.flops)
-        qb = stepsum.newton(f1.bytes, f2.bytes, f3.bytes)
+        qb = stepsum.newton(f1.bytes + lat, f2.bytes + lat, f3.bytes + lat)
     else:
         qf, qb = pf, pb
-    F, B = r.flops_rate(o1.kind, o1.op), r.bytes_rate(o1.kind)
     seconds, compute_steps = stepsum.split_sum_max(pf, qf, pb, qb, m, steps, F, B)
-    flops, nbytes = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
+    flops, moved = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
     overhead = steps * r.op_overhead_s
-    return OpTime(o1.op, o1.kind, flops, nbytes, flops / F, nbytes / B,
+    return OpTime(o1.op, o1.kind, flops, moved - steps * lat, flops / F, moved / B,
                   overhead, seconds + overhead, steps, compute_steps)
 
 
@@ -340,7 +413,21 @@ class Timing:
                      "achievable = peak x efficiency; decode summed step by step",
             "efficiency": hw.efficiencies(),
             "achievable": self.rates.to_dict(),
+            "rate_model": self.rates.model,
+            "rate_model_description": rate_model_description(self.rates),
         }
+
+
+def rate_model_description(r: Rates) -> str:
+    """One line naming the rate model ``r`` uses."""
+    if r.model == "flat":
+        return "flat: one FLOP efficiency and one bandwidth efficiency per GPU for every op"
+    if r.shape is None:
+        return ("shape-aware requested, but the hardware has no sm_count / boost_clock_hz: "
+                "the flat rates apply")
+    return ("shape-aware (costmodel.shapes): matmul FLOP efficiency = base x tile x wave quantisation "
+            "over the SMs x short-K factor; memory time = latency + bytes / (peak x efficiency of the "
+            "kernel kind: matmul, streaming, reduction)")
 
 
 def op_key(row: dict) -> tuple:
@@ -408,13 +495,15 @@ def timing_from(hw: Hardware, r: Rates, wl: Workload, prefill: StepCost, cost_at
     return Timing(hw, r, wl.batch, wl.gen, pre, decode, first, last)
 
 
-def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
+def predict(spec: ModelSpec, wl: Workload, hw: Hardware, r: Rates | None = None) -> Timing:
     """Roofline latency of ``wl`` on one device ``hw``: TTFT, TPOT first/mean/last, per-op times.
 
     Encoder models (``spec.arch`` "encoder" or "encoder-decoder") add an ``encode`` phase: one
-    bidirectional pass over the input; an encoder-only model has no prefill or decode.
+    bidirectional pass over the input; an encoder-only model has no prefill or decode. ``r``: the
+    rates to use (default ``rates(hw, wl.act_dtype)``, the flat model; e.g.
+    ``rates(hw, wl.act_dtype, model="shape-aware")``).
     """
-    r = rates(hw, wl.act_dtype, wl.quant)
+    r = rates(hw, wl.act_dtype, wl.quant) if r is None else r
     arch = spec.arch
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
     if arch == "encoder":
