@@ -44,8 +44,11 @@ def nbytes(num_elements: int, dtype: str) -> int:
     ``num_elements`` may also be a numpy integer array (the vectorized sweep in ``reports.sweep``):
     the same rule then holds element-wise.
     """
-    bits = num_elements * DTYPE_BITS[dtype]
-    whole = bits % 8 == 0
-    assert whole if isinstance(whole, bool) else whole.all(), \
-        f"{num_elements} x {dtype} is not a whole number of bytes"
-    return bits // 8
+    bits = DTYPE_BITS[dtype]
+    if bits % 8 == 0:  # whole bytes per element: nothing to check (and no array pass for the sweep)
+        return num_elements * (bits // 8)
+    total = num_elements * bits
+    rest = total % 8
+    if rest if isinstance(rest, int) else rest.any():  # a numpy array: any element not whole bytes
+        raise SpecError(f"{num_elements} x {dtype} is not a whole number of bytes")
+    return total // 8
