@@ -578,6 +578,10 @@ class _HFFields:
 def _int_value(key: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise SpecError(f"field {key!r} must be an integer, got {_shown(v)}")
+    limit = 2**20 if "layer" in key else 2**40  # the bounds of spec.SIZE_LIMITS, before per-layer lists
+    if v > limit:
+        raise SpecError(f"field {key!r} is {_shown(v)}, past any physical model; the limit is "
+                        f"{limit:,} (2**{limit.bit_length() - 1})")
     return v
 
 
