@@ -471,14 +471,15 @@ class FrameWriter:
         table = _arrow_table(df)
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._out.file, table.schema)
-        elif table.schema != self._parquet.schema_arrow:
+            self._schema = table.schema
+        elif table.schema != self._schema:
             for name in table.schema.names:
-                want, got = self._parquet.schema_arrow.field(name).type, table.schema.field(name).type
+                want, got = self._schema.field(name).type, table.schema.field(name).type
                 if want != got and not (str(got) == "int64" and str(want).startswith("decimal")):
                     raise SpecError(f"column {name} passes int64 only from batch {int(df['batch'].iloc[0])} on; "
                                     "parquet takes one type per column: use --format csv or json (exact "
                                     "Python ints), or sweep that range separately")
-            table = table.cast(self._parquet.schema_arrow)
+            table = table.cast(self._schema)
         self._parquet.write_table(table)
 
     def close(self, partial: bool = False) -> str | None:
@@ -492,6 +493,12 @@ class FrameWriter:
         return self._out.commit(self.path + ".partial" if partial else None)
 
     def discard(self) -> None:
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._parquet = None
         if self._out is not None:
             self._out.discard()
 
