@@ -6,7 +6,6 @@ numpy, pandas and matplotlib are imported inside the command functions only, so 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 
@@ -47,7 +46,9 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
     hardware_file=dict(help="Hardware profile file for `seconds`."))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
               help="Output format (parquet needs pyarrow and --out).")
-@click.option("--out", default=None, metavar="FILE", help="Write to FILE (atomically) instead of stdout.")
+@click.option("--out", default=None, metavar="FILE",
+              help="Write to FILE (atomically; missing folders are created) instead of stdout. "
+                   "Ctrl-C keeps the rows finished in FILE.partial.")
 @input_errors
 def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
