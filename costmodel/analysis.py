@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from . import formulas as F
+from . import quant as Q
 from . import stepsum
 from .dtypes import nbytes
 from .sampling import INDEX_BYTES, sampling_ops
@@ -69,11 +70,41 @@ class OpCost:
 
 def _matmul(op, tokens, n_in, n_out, wl: Workload, weight_copies=1) -> OpCost:
     """x[tokens, n_in] @ W[n_in, n_out]: ``weight_copies`` weight matrices read once each (1 but
-    for routed experts), input read, output written."""
+    for routed experts), input read, output written.
+
+    A quantised op (``wl.quant``, :data:`costmodel.quant.QUANTISED_OPS`) reads its packed weight with
+    its scales and zeros (:func:`costmodel.quant.matrix_bytes`); an fp8 (W8A8) one reads its input in
+    fp8 with its scale(s), quantised by the ``{op}_quant`` op before it (:func:`_with_input_quant`)."""
     a = wl.act_dtype
+    scheme = Q.scheme_of(wl.quant) if op in Q.QUANTISED_OPS else None
+    if scheme is None:
+        weights, x = nbytes(weight_copies * n_in * n_out, wl.weight_dtype), nbytes(tokens * n_in, a)
+    else:
+        weights = weight_copies * Q.matrix_bytes(scheme, n_in, n_out)
+        x = Q.matmul_input_bytes(scheme, tokens, n_in) if scheme.compute == "fp8" else nbytes(tokens * n_in, a)
     return OpCost(op, "matmul", F.linear_flops(tokens, n_in, n_out), F.linear_flops(tokens, n_in, n_out),
-                  weight_bytes=nbytes(weight_copies * n_in * n_out, wl.weight_dtype),
-                  act_read_bytes=nbytes(tokens * n_in, a), act_write_bytes=nbytes(tokens * n_out, a))
+                  weight_bytes=weights, act_read_bytes=x, act_write_bytes=nbytes(tokens * n_out, a))
+
+
+def _with_input_quant(spec: ModelSpec, wl: Workload, ops: list[OpCost]) -> list[OpCost]:
+    """``ops`` with, for an fp8 (W8A8) scheme, ``{op}_quant`` before each quantised matmul: its input
+    quantised to fp8 with dynamic scales and its output rescaled (:func:`costmodel.quant.input_quant_cost`).
+    The matmul's rows are its FLOPs / (2 n_in n_out) (routed experts: tokens x k), exact."""
+    scheme = Q.scheme_of(wl.quant)
+    if scheme is None or scheme.compute != "fp8":
+        return ops
+    shapes = {}
+    for mlp in ("dense", "moe") if spec.num_experts else ("dense",):
+        shapes.update({op: (n_in, n_out) for op, _, n_in, n_out in Q.layer_matrices(spec, mlp, cross=True)})
+    out = []
+    for o in ops:
+        if o.op in Q.QUANTISED_OPS:
+            n_in, n_out = shapes[o.op]
+            rows = o.flops // (2 * n_in * n_out)
+            flops, read, write = Q.input_quant_cost(scheme, rows, n_in, n_out, wl.act_dtype)
+            out.append(OpCost(f"{o.op}_quant", "elementwise", flops, 0, act_read_bytes=read, act_write_bytes=write))
+        out.append(o)
+    return out
 
 
 def _elementwise(op, flops, elements_read, elements_written, wl: Workload, params=0) -> OpCost:
@@ -347,13 +378,13 @@ def layer_ops(spec: ModelSpec, wl: Workload, batch: int, q_len: int, kv_len: int
     moe = (mlp or ("moe" if spec.num_experts else "dense")) == "moe"
     body = moe_ops(spec, wl, t) if moe else mlp_ops(spec, wl, t, spec.intermediate_size, "mlp", bias=spec.mlp_bias)
     if spec.parallel_block:  # decoder-only (ModelSpec refuses it elsewhere): no cross-attention
-        return _parallel_block(spec, wl, t, attention, body)
+        return _with_input_quant(spec, wl, _parallel_block(spec, wl, t, attention, body))
     ops = _sublayer(spec, wl, t, "attn_norm", "attn_residual", attention)
     if cross_len:
         new = batch * cross_len if project_cross else 0
         ops += _sublayer(spec, wl, t, "cross_attn_norm", "cross_attn_residual", attention_ops(
             spec, wl, batch, q_len, cross_len, prefix="cross_", new_kv_tokens=new, cached=wl.kv_cache))
-    return ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", body)
+    return _with_input_quant(spec, wl, ops + _sublayer(spec, wl, t, "mlp_norm", "mlp_residual", body))
 
 
 def mlp_ops(spec: ModelSpec, wl: Workload, tokens, inter: int, prefix: str, bias: bool = False,
@@ -851,8 +882,15 @@ def cross_kv_cache_bytes(spec: ModelSpec, wl: Workload) -> int:
     return wl.batch * wl.beams * wl.prompt * kv_cache_bytes_per_token(spec, wl.kv_dtype)
 
 
-def weight_bytes(spec: ModelSpec, weight_dtype: str) -> int:
-    return nbytes(spec.num_params, weight_dtype)
+def weight_bytes(spec: ModelSpec, weight_dtype: str, quant: str = "none") -> int:
+    """Bytes of every parameter: all at ``weight_dtype`` (``quant`` "none"), or the blocks' linear
+    layers packed by the scheme with their scales and zeros (:mod:`costmodel.quant`) and the rest
+    (embedding, LM head, norms, biases, routers) at ``weight_dtype``."""
+    scheme = Q.scheme_of(quant)
+    if scheme is None:
+        return nbytes(spec.num_params, weight_dtype)
+    params, packed = Q.quantised_params_and_bytes(scheme, spec)
+    return nbytes(spec.num_params - params, weight_dtype) + packed
 
 
 def activation_peak_bytes(spec: ModelSpec, wl: Workload, prefill: StepCost, tokens=None,
@@ -886,7 +924,7 @@ def memory_of(spec: ModelSpec, wl: Workload, *, encode: StepCost | None = None,
             peaks.append(activation_peak_bytes(spec, wl, pre))
     self_kv, cross_kv = kv_cache_bytes(spec, wl), cross_kv_cache_bytes(spec, wl)
     return Memory(
-        weights_bytes=weight_bytes(spec, wl.weight_dtype),
+        weights_bytes=weight_bytes(spec, wl.weight_dtype, wl.quant),
         kv_cache_bytes=self_kv + cross_kv,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, wl.kv_dtype) if spec.arch != "encoder" else 0,
         activation_peak_bytes=max(peaks),
@@ -962,8 +1000,13 @@ class Analysis:
         spec, wl = self.model, self.workload
         if not spec.num_experts:
             return None
-        expert_bytes = nbytes(spec.num_mlp_matrices * spec.hidden_size * spec.moe_intermediate_size,
-                              wl.weight_dtype)
+        scheme = Q.scheme_of(wl.quant)
+        if scheme is None:
+            expert_bytes = nbytes(spec.num_mlp_matrices * spec.hidden_size * spec.moe_intermediate_size,
+                                  wl.weight_dtype)
+        else:  # one expert's matrices, packed with their scales and zeros
+            expert_bytes = sum(Q.matrix_bytes(scheme, i, o) for op, _, i, o in Q.layer_matrices(spec, "moe")
+                               if op.startswith("expert_"))
         d = {"num_experts": spec.num_experts, "experts_per_token": spec.experts_per_token,
              "total_params": spec.num_params, "active_params": spec.active_params,
              "expert_bytes": expert_bytes}

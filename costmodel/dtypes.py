@@ -38,17 +38,27 @@ def dtype_bits(dtype: str) -> int:
     return DTYPE_BITS[canonical_dtype(dtype)]
 
 
+class NotWholeBytesError(SpecError, AssertionError):
+    """A count of sub-byte values that does not fill whole bytes (3 int4 values: 1.5 bytes).
+
+    A :class:`SpecError` (one line, exit code 2 in the CLI); also an ``AssertionError``, which is
+    what :func:`nbytes` raised before (callers that caught that keep working)."""
+
+
 def nbytes(num_elements: int, dtype: str) -> int:
     """Bytes taken by ``num_elements`` values of ``dtype``: exact, never rounded.
 
+    A count that is not a whole number of bytes raises :class:`NotWholeBytesError` (one line).
     ``num_elements`` may also be a numpy integer array (the vectorized sweep in ``reports.sweep``):
-    the same rule then holds element-wise.
+    the same rule then holds element-wise (one ``.all()`` over the array, no per-element Python).
     """
-    bits = DTYPE_BITS[dtype]
-    if bits % 8 == 0:  # whole bytes per element: nothing to check (and no array pass for the sweep)
-        return num_elements * (bits // 8)
-    total = num_elements * bits
-    rest = total % 8
-    if rest if isinstance(rest, int) else rest.any():  # a numpy array: any element not whole bytes
-        raise SpecError(f"{num_elements} x {dtype} is not a whole number of bytes")
-    return total // 8
+    width = DTYPE_BITS[dtype]
+    if width % 8 == 0:  # whole bytes per element: nothing to check (no array pass in the sweep)
+        return num_elements * (width // 8)
+    bits = num_elements * width
+    whole = bits % 8 == 0
+    if not (whole if isinstance(whole, bool) else whole.all()):
+        shown = num_elements if isinstance(whole, bool) else "some of the counts"
+        raise NotWholeBytesError(f"{shown} x {dtype} is not a whole number of bytes "
+                                 f"({width}-bit values pack {8 // width} a byte)")
+    return bits // 8

@@ -98,3 +98,32 @@ def require_choice(field: str, value: object, allowed) -> str:
     if value not in allowed:
         raise SpecError(f"unknown {field} {value!r}; allowed: {', '.join(sorted(allowed))}")
     return value  # type: ignore[return-value]
+
+
+def close_matches(name: str, choices, n: int = 3) -> list[str]:
+    """Up to ``n`` of ``choices`` spelled like ``name``, best first: those it begins (``h100`` ->
+    ``h100-sxm``), then the closest by difflib's ratio (case-insensitive):
+    the did-you-mean of an unknown name. Names sharing the lower-cased last path part (a Hugging Face
+    id's NAME, ``Llama-2-7b-hf`` -> ``llama-2-7b``) count as close."""
+    import difflib
+
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    key = str(name).lower()
+    keys = [key, key.rsplit("/", 1)[-1]]
+    if keys[1].endswith("-hf"):
+        keys.append(keys[1][:-3])
+    found: list[str] = [lowered[c] for c in lowered if key and c.startswith(key)][:n]  # "h100" -> h100-sxm
+    for k in keys:
+        for m in difflib.get_close_matches(k, list(lowered), n=n, cutoff=0.75):
+            if lowered[m] not in found:
+                found.append(lowered[m])
+    return found[:n]
+
+
+def did_you_mean(name: str, choices) -> str:
+    """"; did you mean 'a' or 'b'?" for an unknown ``name``, or "" when nothing is close."""
+    found = close_matches(name, choices)
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(repr(f) for f in found) + "?"

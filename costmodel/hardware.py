@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .errors import SpecError, read_json_file
+from .errors import SpecError, did_you_mean, read_json_file
 
 FLOPS_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 KINDS = ("gpu", "cpu")
@@ -212,7 +212,8 @@ class Hardware:
             "flops": self.flops_efficiency_used,
             "bandwidth": self.bandwidth_efficiency_used,
             "interconnect": self.interconnect_efficiency_used,
-            "source": "profile" if self.flops_efficiency is not None else "default",
+            "source": ("command line" if "efficiencies_given" in self.sources
+                       else "profile" if self.flops_efficiency is not None else "default"),
         }
 
     def to_dict(self) -> dict:
@@ -352,4 +353,5 @@ def get_hardware(gpu: str | None = None, hardware_file: str | None = None) -> Ha
         if h.id == key:
             return h
     known = [h.id for h in user] + hardware_ids()
-    raise SpecError(f"unknown GPU {gpu!r}; known: {', '.join(known)} (or give --hardware FILE)")
+    raise SpecError(f"unknown GPU {gpu!r}; known: {', '.join(known)} (or give --hardware FILE)"
+                    f"{did_you_mean(gpu, known)}")

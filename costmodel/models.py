@@ -15,7 +15,7 @@ import json
 import os
 
 from . import hub
-from .errors import SpecError, read_json_file
+from .errors import SpecError, close_matches, did_you_mean, read_json_file
 from .spec import ATTENTION_TYPES, ModelSpec
 
 # GPT-2 family: LayerNorm, GELU (tanh) 4h MLP, learned positions, biases everywhere, tied LM head.
@@ -258,12 +258,19 @@ def get_model(name_or_path: str) -> ModelSpec:
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     if not os.path.exists(name_or_path) and hub.looks_like_repo_id(name_or_path):
-        return load_hf_config(hub.find_config(name_or_path), name=name_or_path)
+        try:
+            config = hub.find_config(name_or_path)
+        except SpecError as e:  # not in the cache: name the built-in of that name, if there is one
+            near = close_matches(name_or_path, PRESETS, n=1)
+            if not near:
+                raise
+            raise SpecError(f"{e}; or use the built-in {near[0]!r} (`costmodel report {near[0]}`)") from None
+        return load_hf_config(config, name=name_or_path)
     if os.path.exists(name_or_path) or name_or_path.endswith(".json") or os.sep in name_or_path:
         return load_hf_config(name_or_path)
-    raise SpecError(f"unknown model {name_or_path!r}; built-in models: {', '.join(PRESETS)} "
-                    "(or give a path to a Hugging Face config.json or its folder, or a Hugging Face id "
-                    "ORG/NAME in the local cache)")
+    raise SpecError(f"unknown model {name_or_path!r}{did_you_mean(name_or_path, PRESETS)} (`costmodel models` "
+                    f"lists the {len(PRESETS)} built-in models; a path to a Hugging Face config.json or its "
+                    "folder, or a Hugging Face id ORG/NAME in the local cache, also work)")
 
 
 def model_folder(name_or_path: str) -> str | None:
@@ -478,6 +485,14 @@ class _HFFields:
                 return k, self.cfg[k]
         return key, _MISSING
 
+    def experts(self, key: str, *aliases: str) -> int:
+        """A routed-expert count of a MoE model_type: at least 1 (0 would silently analyse a dense MLP)."""
+        n = self.required_int(key, *aliases)
+        if n < 1:
+            raise SpecError(f"field {key!r} must be at least 1 for model_type {self.model_type!r} "
+                            f"(a mixture of experts), got {n}")
+        return n
+
     def required_int(self, key: str, *aliases: str) -> int:
         k, v = self._get(key, aliases)
         if v is _MISSING:
@@ -586,9 +601,18 @@ def _int_value(key: str, v) -> int:
 
 
 def _float_value(key: str, v) -> float:
+    """A config's float field: every one costmodel reads (rotary bases, norm epsilons, multipliers,
+    soft-caps, scales) is a positive finite number; NaN, infinities, 0 and negatives are refused."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise SpecError(f"field {key!r} must be a number, got {_shown(v)}")
-    return float(v)
+    try:
+        x = float(v)
+    except OverflowError:  # an integer too large for a float
+        raise SpecError(f"field {key!r} must be a positive finite number, got an integer of "
+                        f"{len(str(abs(v)))} digits") from None
+    if not 0 < x < float("inf"):
+        raise SpecError(f"field {key!r} must be a positive finite number, got {_shown(v)}")
+    return x
 
 
 def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
@@ -661,12 +685,12 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
                   norm_kind="layernorm")
     kw.update(_llama_like_variant(f, model_type))
     if model_type == "mixtral":
-        kw.update(num_experts=f.required_int("num_local_experts", "num_experts"),
+        kw.update(num_experts=f.experts("num_local_experts", "num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"))
     elif model_type == "qwen2_moe":
         kw["mlp_layer_types"] = _qwen2_moe_mlp_layer_types(f)
         shared = f.optional_int("shared_expert_intermediate_size")  # 0: no shared expert
-        kw.update(attention_bias=f.flag("qkv_bias"), num_experts=f.required_int("num_experts"),
+        kw.update(attention_bias=f.flag("qkv_bias"), num_experts=f.experts("num_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"),
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   num_shared_experts=1 if shared else 0, shared_expert_gate=bool(shared),
@@ -676,7 +700,7 @@ def _spec_from_hf_dict(cfg: dict, name: str, source: str) -> ModelSpec:
             raise SpecError("use_sliding_window true is not supported for qwen3_moe; allowed: false")
         bias = f.flag("attention_bias")  # one flag for q, k, v and o (modeling_qwen3_moe.py)
         kw.update(attention_bias=bias, attention_out_bias=bias, qk_norm="head",
-                  num_experts=f.required_int("num_experts", "num_local_experts"),
+                  num_experts=f.experts("num_experts", "num_local_experts"),
                   experts_per_token=f.required_int("num_experts_per_tok"),
                   moe_intermediate_size=f.required_int("moe_intermediate_size"),
                   moe_renormalize=f.flag("norm_topk_prob"),
@@ -873,7 +897,7 @@ def _deepseek_v3(cfg: dict, f: _HFFields, name: str) -> ModelSpec:
     (``num_nextn_predict_layers``) is not built by transformers and not counted here either."""
     layers, heads = f.required_int("num_hidden_layers"), f.required_int("num_attention_heads")
     bias = f.flag("attention_bias")  # q_a_proj, kv_a_proj and o_proj (q_b, kv_b, q_proj: never)
-    routed = f.required_int("n_routed_experts", "num_local_experts")
+    routed = f.experts("n_routed_experts", "num_local_experts")
     dense = f.optional_int("first_k_dense_replace")
     shared = f.optional_int("n_shared_experts")
     return ModelSpec(
@@ -974,7 +998,7 @@ def _gpt_oss(f: _HFFields, name: str) -> ModelSpec:
         name=name, **sizes, intermediate_size=f.required_int("intermediate_size"), **_LLAMA,
         attention_bias=bias, attention_out_bias=bias, rope_theta=f.rope_theta(),
         sliding_window=f.optional_int("sliding_window"), layer_types=_layer_types(f, sizes["num_layers"], 2),
-        attn_sinks=True, num_experts=f.required_int("num_local_experts"),
+        attn_sinks=True, num_experts=f.experts("num_local_experts"),
         experts_per_token=f.required_int("num_experts_per_tok"), moe_renormalize=False,
         router_bias=True, router_scoring="topk_softmax", expert_bias=True, swiglu_limit=f.number("swiglu_limit"))
 
@@ -1011,7 +1035,7 @@ def _llama4_text(f: _HFFields, name: str) -> ModelSpec:
         no_rope_layers=tuple(i for i, r in enumerate(rope) if not r),
         attn_temperature_tuning=f.flag("attn_temperature_tuning") and 0 in rope,
         qk_norm="l2" if f.flag("use_qk_norm") else None,
-        num_experts=f.required_int("num_local_experts"), experts_per_token=f.required_int("num_experts_per_tok"),
+        num_experts=f.experts("num_local_experts"), experts_per_token=f.required_int("num_experts_per_tok"),
         moe_intermediate_size=inter, num_shared_experts=1, shared_expert_intermediate_size=inter,
         moe_renormalize=False, router_scoring="topk_sigmoid", moe_all_experts=True)
 

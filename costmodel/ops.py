@@ -217,3 +217,31 @@ for _name in ("sampling_temperature", "sampling_argmax", "sampling_log_softmax",
               "sampling_topk", "sampling_sort", "sampling_softmax", "sampling_cumsum", "sampling_top_p_mask",
               "sampling_draw"):
     register(_name, "elementwise")
+
+# What an engine executes in place of eager ops (costmodel.fused.executed_step)
+register("flash_attention", "matmul", "attention", "split")  # scores .. values in one kernel, by heads
+register("flash_attention_combine", "elementwise", "attention", "split")  # split-K decode: partials reduced
+register("cross_flash_attention", "matmul", "attention", "split")
+register("cross_flash_attention_combine", "elementwise", "attention", "split")
+register("fused_add_rms_norm", "elementwise")  # vLLM fused_add_rms_norm: residual add + the next RMSNorm
+for _p in ("mlp", "expert", "shared_expert"):  # vLLM SiluAndMul / GeluAndMul: act(gate) * up in one kernel
+    register(f"{_p}_silu_and_mul", "elementwise", tp="split")
+    register(f"{_p}_gelu_and_mul", "elementwise", tp="split")
+register("rotary_inplace", "elementwise", tp="split")  # vLLM rotary_embedding: in place on q, k
+register("reshape_and_cache", "memory", tp="split")  # vLLM reshape_and_cache(_flash): k, v into cache slots
+register("cross_reshape_and_cache", "memory", tp="split")
+
+# fp8 (W8A8) quantisation of each quantised matmul's input, just before it (costmodel.quant,
+# costmodel.analysis._with_input_quant): a column-parallel matmul's input is whole on every rank
+# (replicated), a row-parallel one's is sliced (split); MLA's own projections are replicated above.
+# Term "other" (element-wise work, as every element-wise op); not timed per op (the reference model
+# runs no quantisation).
+def _input_quant() -> None:
+    from .quant import QUANTISED_OPS
+
+    for name in sorted(QUANTISED_OPS):
+        info = op_info(name)
+        register(f"{name}_quant", "elementwise", tp="split" if info.tp == "row" else "replicated")
+
+
+_input_quant()

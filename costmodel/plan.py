@@ -25,12 +25,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
-from .dtypes import DTYPE_BITS
+from .analysis import StepCost, activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
+from . import quant as Q
+from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
-from .parallel import (Layout, activation_bytes, allowed_tp, check_split, shard_step, stage_kv_cache_bytes,
-                       stage_groups, stage_range, stage_view, tp_share)  # the one model of the split
+from . import collectives as C
+from .parallel import (TOKEN_ID_BYTES, Layout, activation_bytes, allowed_tp, check_split, ep_view, moe_layers,
+                       shard_step, split_vocab, stage_kv_cache_bytes, stage_groups, stage_range, stage_view,
+                       tp_share)  # the one model of the split
 from .roofline import Timing, first_polynomial_step, predict, rates, timing_from
 from .spec import ModelSpec, Workload
 
@@ -50,6 +53,13 @@ ASSUMPTIONS = (
     "+ 2(tp-1) x link latency",
     "pp splits layers into stages run one after the other (no micro-batching): less memory per "
     "GPU, same compute time, one activation hop per stage boundary",
+    "collectives 'ring' (the default, the eager engine's): as above, no logits all-gather; 'nccl': "
+    "all-reduces as NCCL's tuner picks ring or tree and LL / LL128 / Simple (its base and per-hop "
+    "latencies), the vocab-parallel logits all-gather, p2p hops and the token-id broadcast, every pass",
+    "tp pads a vocabulary it does not divide to a multiple of 128 x tp rows (Megatron-LM); the padded "
+    "rows are counted in the embedding and LM-head weights, FLOPs, bytes and the logits all-gather",
+    "ep (mixture of experts, tp = pp = 1): E / ep experts per GPU, ceil(batch / ep) sequences each; "
+    "per MoE layer an all-gather dispatch and a reduce-scatter combine of the ep GPUs' tokens",
     "throughput: static batching, requests/s per replica = batch / end-to-end latency; the TPOT "
     "SLO applies to the mean over decode steps",
 )
@@ -109,17 +119,39 @@ def stage_weight_params(spec: ModelSpec, layout: Layout, stage: int) -> int:
     tp, pp = layout.tp, layout.pp
     layers = stage_range(spec.num_layers, pp, stage)
     rep = _replicated_layer_params(spec)
-    params = sum(g.count * (tp_share(spec.layer_params(mlp=g.mlp) - rep, tp) + rep)
+    experts = spec.num_experts // layout.ep if spec.num_experts else None  # ep: E / ep experts per GPU
+    params = sum(g.count * (tp_share(spec.layer_params(experts, mlp=g.mlp) - rep, tp) + rep)
                  for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), layers))
     vocab_rows = spec.vocab_size * spec.embedding_dim  # embedding and LM head, vocab-parallel
+    padded_rows = split_vocab(spec, layout) * spec.embedding_dim  # padded where tp does not divide V
     first, last = stage == 0, stage == pp - 1
     if first:
-        params += tp_share(vocab_rows, tp) + (spec.embedding_params() - vocab_rows)
+        params += tp_share(padded_rows, tp) + (spec.embedding_params() - vocab_rows)
     if last:
         params += spec.norm_params() + spec.head_extra_params()  # final norm; OPT's project_out, head bias
         if not spec.tie_word_embeddings or not first:  # a tied head on another stage needs its copy
-            params += tp_share(vocab_rows, tp)
+            params += tp_share(padded_rows, tp)
     return params
+
+
+def stage_weight_bytes(spec: ModelSpec, wl: Workload, layout: Layout, stage: int) -> int:
+    """Weight bytes one GPU of ``stage`` holds: :func:`stage_weight_params` at ``wl.weight_dtype``;
+    with a quantisation scheme (``wl.quant``) each block's quantised matrices (packed, scales,
+    zeros: :func:`costmodel.quant.layer_quantised`) as a tp share of their bytes instead (MLA's
+    q_a_proj and kv_a_proj, which plans replicate, are then counted as split: an approximation)."""
+    params = stage_weight_params(spec, layout, stage)
+    scheme = Q.scheme_of(wl.quant)
+    if scheme is None:
+        return _bytes_of(params, wl.weight_dtype)
+    if layout.ep > 1:
+        raise SpecError(f"quantisation ({wl.quant}) with expert parallelism (ep={layout.ep}) is not modelled; "
+                        "allowed: ep 1 with a quantisation scheme, or quant none with ep > 1")
+    packed = 0
+    for g, _ in stage_groups(((g, ()) for g in spec.layer_groups()), stage_range(spec.num_layers, layout.pp, stage)):
+        q_params, q_bytes = Q.layer_quantised(scheme, spec, g.mlp)
+        params -= g.count * tp_share(q_params, layout.tp)
+        packed += g.count * tp_share(q_bytes, layout.tp)
+    return _bytes_of(params, wl.weight_dtype) + packed
 
 
 def _bytes_of(params: int, dtype: str) -> int:
@@ -179,11 +211,11 @@ def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Lay
     if layout.gpus == 1:
         m = memory_of(spec, wl)
         return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.capacity_bytes)
-    pre = shard_step(prefill_cost(spec, wl), layout.tp)  # per-GPU shares, rounded up
+    pre = gpu_step(spec, wl, layout, prefill_cost)  # per-GPU shares, rounded up
     best = None
     for s in range(layout.pp):
-        m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype),
-                      stage_kv_cache_bytes(spec, wl, layout, s),
+        m = MemoryUse(stage_weight_bytes(spec, wl, layout, s),
+                      stage_kv_cache_bytes(spec, ep_local_workload(wl, layout), layout, s),
                       activation_peak_bytes(spec, wl, stage_view(pre, layout, s)),
                       reserve, hw.capacity_bytes, s)
         if best is None or m.total_bytes > best.total_bytes:
@@ -257,58 +289,133 @@ def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = La
 
 # --- Time with parallelism --------------------------------------------------------------------------
 
+COMM_MODELS = ("ring", "nccl")  # see comm_seconds
+
+
 def allreduce_seconds(hw: Hardware, tp: int, message_bytes: int) -> float:
     """Ring all-reduce of ``message_bytes`` over ``tp`` GPUs: each sends and receives
-    2 (tp - 1) / tp of the message, in 2 (tp - 1) steps of one link latency each."""
+    2 (tp - 1) / tp of the message, in 2 (tp - 1) steps of one link latency each
+    (:func:`costmodel.collectives.all_reduce_s`, algo "ring", no base latency)."""
     if tp == 1:
         return 0.0
     _, bw = hw.link_for(tp)
-    return (2 * (tp - 1) / tp * message_bytes / (bw * hw.interconnect_efficiency_used)
-            + 2 * (tp - 1) * hw.link_latency_s_used)
+    return C.all_reduce_s(message_bytes, tp, bw * hw.interconnect_efficiency_used, hw.link_latency_s_used, "ring")
 
 
 def hop_seconds(hw: Hardware, layout: Layout, message_bytes: int) -> float:
     """One pipeline hop: the activations sent from a stage to the next."""
     _, bw = hw.link_for(layout.gpus)
-    return message_bytes / (bw * hw.interconnect_efficiency_used) + hw.link_latency_s_used
+    return C.send_s(message_bytes, bw * hw.interconnect_efficiency_used, hw.link_latency_s_used)
 
 
-def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int) -> float:
-    """Communication of one pass over ``tokens`` tokens: 2 all-reduces per layer and pp - 1 hops."""
+def _nccl_link(hw: Hardware, gpus: int) -> tuple[str, float, float | None]:
+    """(NCCL latency-table link kind, bus bandwidth, per-hop latency override) for ``gpus`` GPUs:
+    the hardware's link x interconnect efficiency; a profile's own ``link_latency_s`` (a measured
+    figure) replaces the table's per-hop latencies."""
+    name, bw = hw.link_for(gpus)
+    return ("pcie" if name == "PCIe" else "nvlink"), bw * hw.interconnect_efficiency_used, hw.link_latency_s
+
+
+def ep_local_workload(wl: Workload, layout: Layout) -> Workload:
+    """The fullest expert-parallel GPU's workload: ceil(batch / ep) sequences."""
+    return wl if layout.ep == 1 else replace(wl, batch=-(-wl.batch // layout.ep))
+
+
+def gpu_step(spec: ModelSpec, wl: Workload, layout: Layout, cost_of) -> StepCost:
+    """One GPU's share of the pass ``cost_of(spec, wl)``: tp shares (the LM head over the padded
+    vocabulary), or under ep the fullest rank's own sequences with 1 / ep of the experts' work."""
+    if layout.ep > 1:
+        return ep_view(cost_of(spec, ep_local_workload(wl, layout)), cost_of(spec, wl), layout.ep)
+    return shard_step(cost_of(spec, wl), layout.tp, vocab=(spec.vocab_size, split_vocab(spec, layout)))
+
+
+def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, tokens: int,
+                 logit_rows: int = 0, collectives: str = "ring", rows: int = 0) -> float:
+    """Communication of one pass over ``tokens`` tokens (of ``rows`` sequences; the LM head on
+    ``logit_rows`` of them), under ``collectives``:
+
+    - "ring" (the original model, the eager engine's): 2 ring all-reduces per layer
+      (:func:`allreduce_seconds`) and pp - 1 hops (:func:`hop_seconds`); no logits all-gather;
+    - "nccl" (the serving engines'): the all-reduces as NCCL's tuner picks them
+      (:func:`costmodel.collectives.nccl_all_reduce`: ring or tree, LL / LL128 / Simple, with
+      NCCL's base and per-hop latencies), the vocab-parallel logits all-gather of ``logit_rows`` x
+      padded V, pp - 1 sends (NCCL p2p) and, with pp > 1, the broadcast of the picked token ids.
+
+    Under ep (either model), each MoE layer adds a dispatch all-gather of the ep ranks' tokens and a
+    combine reduce-scatter (:func:`costmodel.parallel.ep_comm_bytes`); ``tokens`` are then one
+    GPU's (its ceil(batch / ep) sequences) and the buffers ep times that.
+    """
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     message = activation_bytes(spec, wl, tokens)
-    t = 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
-    if layout.pp > 1:
-        t += (layout.pp - 1) * hop_seconds(hw, layout, message)
+    t = 0.0
+    if collectives == "ring":
+        t += 2 * spec.num_layers * allreduce_seconds(hw, layout.tp, message)
+        if layout.pp > 1:
+            t += (layout.pp - 1) * hop_seconds(hw, layout, message)
+    else:
+        if layout.tp > 1:
+            link, bus, hop = _nccl_link(hw, layout.tp)
+            t += 2 * spec.num_layers * C.nccl_all_reduce(message, layout.tp, bus, link, hop_latency_s=hop).seconds
+            logits = nbytes(logit_rows * split_vocab(spec, layout), wl.act_dtype)  # the gathered [rows, V_padded]
+            if logit_rows:
+                t += C.nccl_all_gather(logits, layout.tp, bus, link, hop_latency_s=hop).seconds
+        if layout.pp > 1:
+            link, bus, hop = _nccl_link(hw, layout.gpus)
+            t += (layout.pp - 1) * C.nccl_send(message, bus, link, hop_latency_s=hop).seconds
+            t += C.nccl_broadcast(rows * TOKEN_ID_BYTES, layout.gpus, bus, link, hop_latency_s=hop).seconds
+    if layout.ep > 1:
+        link, bus, hop = _nccl_link(hw, layout.ep)
+        n, whole = moe_layers(spec), layout.ep * message  # the gathered tokens, the combined buffer
+        if collectives == "ring":  # the original model's rings: the link latency per step, no base
+            lat = hw.link_latency_s_used
+            t += n * (C.all_gather_s(whole, layout.ep, bus, lat) + C.reduce_scatter_s(whole, layout.ep, bus, lat))
+        else:
+            t += n * (C.nccl_all_gather(whole, layout.ep, bus, link, hop_latency_s=hop).seconds
+                      + C.nccl_reduce_scatter(whole, layout.ep, bus, link, hop_latency_s=hop).seconds)
     return t
 
 
-def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout()) -> Timing:
-    """Roofline timing of one GPU's share plus communication; with tp = pp = 1 it equals
-    :func:`costmodel.roofline.predict`. Pipeline stages run in turn, so a pass takes the compute
-    time of every layer's tensor-parallel share, plus the hops between stages."""
+def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
+                    collectives: str = "ring") -> Timing:
+    """Roofline timing of one GPU's share plus communication (:func:`comm_seconds` under
+    ``collectives``); with tp = pp = ep = 1 it equals :func:`costmodel.roofline.predict`. Pipeline
+    stages run in turn, so a pass takes the compute time of every layer's tensor-parallel share,
+    plus the hops between stages. Communication is counted for every pass: the prefill and each
+    decode step (its all-reduces, logits all-gather, hops and ep exchanges)."""
     if layout.gpus == 1:
         return predict(spec, wl, hw)  # any architecture
-    n, seqs = wl.decode_steps, wl.batch * wl.beams
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
+    n = wl.decode_steps
+    local = ep_local_workload(wl, layout)
+    seqs = local.batch * local.beams
 
     def cost_at(i, keys="actual"):
-        return shard_step(decode_step_cost(spec, wl, i, keys), layout.tp)
+        return gpu_step(spec, wl, layout, lambda s, w: decode_step_cost(s, w, i, keys))
 
     def step_tokens(i):
         return seqs * (1 if wl.kv_cache else wl.prompt + i)
 
-    def comm(tokens):
-        return comm_seconds(spec, hw, wl, layout, tokens)
+    def comm(tokens, logit_rows):
+        return comm_seconds(spec, hw, wl, layout, tokens, logit_rows, collectives, seqs)
 
     decode_extra = (0.0, 0.0, 0.0)
     if n:
-        # Communication is affine in the tokens of a step; sum it over the steps in closed form.
-        total_tokens = seqs * (n if wl.kv_cache else n * wl.prompt + n * (n + 1) // 2)
-        base = comm(0)
-        decode_extra = (comm(step_tokens(1)), n * base + (comm(1) - base) * total_tokens,
-                        comm(step_tokens(n)))
-    return timing_from(hw, rates(hw, wl.act_dtype), wl, shard_step(prefill_cost(spec, wl), layout.tp),
-                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt), decode_extra,
-                       split=window_split(spec, wl, n))
+        if collectives == "ring":
+            # Affine in the tokens of a step: sum it over the steps in closed form.
+            total_tokens = seqs * (n if wl.kv_cache else n * wl.prompt + n * (n + 1) // 2)
+            base = comm(0, seqs)
+            total = n * base + (comm(1, seqs) - base) * total_tokens
+        elif wl.kv_cache:  # every step the same messages
+            total = n * comm(seqs, seqs)
+        else:  # NCCL's choice is piecewise in the message: step by step
+            total = sum(comm(step_tokens(i), seqs) for i in range(1, n + 1))
+        decode_extra = (comm(step_tokens(1), seqs), total, comm(step_tokens(n), seqs))
+    prefill_logits = seqs * (wl.prompt if wl.logits == "all" else 1)
+    return timing_from(hw, rates(hw, wl.act_dtype, wl.quant), wl, gpu_step(spec, wl, layout, prefill_cost),
+                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
+                       decode_extra, split=window_split(spec, wl, n))
 
 
 # --- The plan ----------------------------------------------------------------------------------------
@@ -336,6 +443,7 @@ class Plan:
     serving_batch: int = 0  # largest batch <= batch within memory and the SLOs
     serving_timing: Timing | None = None
     notes: tuple = ()
+    collectives: str = "ring"  # the communication model of the timing (comm_seconds)
 
     @property
     def fits(self) -> bool:
@@ -391,10 +499,12 @@ class Plan:
                          "capacity_figure": self.hardware.capacity_figure,
                          "efficiency": self.hardware.efficiencies(),
                          "op_overhead_s": self.hardware.op_overhead_s},
-            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus},
+            "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "gpus_per_replica": self.layout.gpus,
+                       "ep": self.layout.ep, "vocab_rows": split_vocab(self.model, self.layout)},
+            "collectives": self.collectives,
             "workload": {"prompt": w.prompt, "gen": w.gen, "weight_dtype": w.weight_dtype,
                          "act_dtype": w.act_dtype, "kv_dtype": w.kv_dtype, "beams": w.beams,
-                         "kv_cache": w.kv_cache},
+                         "kv_cache": w.kv_cache, "quant": w.quant},
             "batch": self.batch,
             "batch_given": self.batch_given,
             "fits": self.fits,
@@ -442,14 +552,18 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
          batch: int | None = None, tp: int = 1, pp: int = 1, gpus: int | None = None,
          ttft_slo_s: float | None = None, tpot_slo_s: float | None = None, rps: float | None = None,
          gpu_hour_usd: float | None = None, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-         **workload_fields) -> Plan:
+         ep: int = 1, collectives: str = "ring", **workload_fields) -> Plan:
     """Size a deployment of ``spec`` on ``hardware``.
 
     ``batch=None`` evaluates at the largest batch that fits. ``gpus`` (instead of ``tp``/``pp``)
     picks the layout with :func:`layout_for_gpus`. ``workload_fields`` go to :class:`Workload`
     (``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``beams``, ``kv_cache``, ``causal``, ...).
     Bad input raises SpecError; a model that does not fit is a Plan with ``fits=False``.
+    ``ep``: expert-parallel GPUs of a mixture-of-experts model (tp = pp = 1; the fullest GPU runs
+    ceil(batch / ep) sequences); ``collectives``: the communication model (:func:`comm_seconds`).
     """
+    if collectives not in COMM_MODELS:
+        raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     if gpus is not None and (tp != 1 or pp != 1):
         raise SpecError("give gpus or tp/pp, not both")
     for name, v in (("ttft_slo_s", ttft_slo_s), ("tpot_slo_s", tpot_slo_s), ("rps", rps),
@@ -458,7 +572,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     if isinstance(reserve_fraction, bool) or not isinstance(reserve_fraction, (int, float)) \
             or not 0 <= reserve_fraction < 1:
         raise SpecError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
-    layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp)
+    layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp, ep)
     check_layout(spec, hardware, layout)
     wl = Workload(batch=1 if batch is None else batch, prompt=prompt, gen=gen, **workload_fields)
     notes = list(wl.check_against(spec))
@@ -470,7 +584,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     memory = memory_use(spec, hardware, wl_b, layout, reserve_fraction)
     ctx_batch = batch if batch is not None else 1
     mc = max_context(spec, hardware, replace(wl, batch=ctx_batch), layout, reserve_fraction)
-    timing = parallel_timing(spec, hardware, wl_b, layout) if b > 0 else None
+    timing = parallel_timing(spec, hardware, wl_b, layout, collectives) if b > 0 else None
     if mb == 0:
         notes.append(f"does not fit: one sequence needs {memory.total_bytes} bytes per GPU, "
                      f"{memory.missing_bytes} more than the {memory.capacity_bytes} available; "
@@ -485,7 +599,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
                      f"{spec.max_position_embeddings}: memory is not the limit there")
 
     def meets(bb: int) -> bool:
-        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout)
+        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout, collectives)
         first = t.ttft_s if t.ttft_s is not None else t.e2e_s  # encoder-only: the encode pass
         if ttft_slo_s is not None and first > ttft_slo_s:
             return False
@@ -495,7 +609,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     if limit > 0 and (ttft_slo_s is not None or tpot_slo_s is not None):
         serving = _largest_passing(lambda bb: bb <= limit and meets(bb))
         if serving == 0:
-            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout)
+            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout, collectives)
             first = t1.ttft_s if t1.ttft_s is not None else t1.e2e_s
             notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {first * 1e3:.3f} ms and "
                          f"mean TPOT {0 if t1.tpot_mean_s is None else t1.tpot_mean_s * 1e3:.3f} ms; "
@@ -504,9 +618,9 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
         serving = limit
     serving_timing = None
     if serving > 0:
-        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout)
+        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout, collectives)
     if rps is not None and serving == 0:
         notes.append("gpus_needed is null: no batch fits within memory and the SLOs")
     return Plan(spec, hardware, layout, wl_b, reserve_fraction, b, batch is not None, memory, mb, mc,
                 ctx_batch, timing, ttft_slo_s, tpot_slo_s, rps, gpu_hour_usd, serving, serving_timing,
-                tuple(notes))
+                tuple(notes), collectives)

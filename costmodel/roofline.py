@@ -32,7 +32,9 @@ from . import analysis as _analysis
 from . import stepsum
 from .analysis import (OpCost, StepCost, decode_step_cost, first_polynomial_step, prefill_cost, step_cost,
                        window_split)
+from .errors import SpecError
 from .hardware import Hardware
+from .quant import QUANTISED_OPS, scheme_of
 from .spec import ModelSpec, Workload
 
 
@@ -45,6 +47,10 @@ class Rates:
     op_overhead_s: float = 0.0
     elementwise_flops_per_s: float | None = None  # None: the same as flops_per_s
     matmul_bytes_per_s: float | None = None  # memory-bound matmuls; None: the same as bytes_per_s
+    # fp8 W8A8 quantisation (costmodel.quant): the quantised matmuls (quant_ops) compute at
+    # quant_flops_per_s, the GPU's achievable fp8 rate; None: every matmul at flops_per_s
+    quant_flops_per_s: float | None = None
+    quant_ops: frozenset = frozenset()
 
     def bytes_rate(self, kind: str) -> float:
         """Achievable bytes/s for an op of ``kind``: matmuls stream weights at their own rate
@@ -53,26 +59,43 @@ class Rates:
             return self.matmul_bytes_per_s
         return self.bytes_per_s
 
-    def flops_rate(self, kind: str) -> float:
-        """Achievable FLOP/s for an op of ``kind`` ("matmul", "elementwise", "memory")."""
+    def flops_rate(self, kind: str, op: str | None = None) -> float:
+        """Achievable FLOP/s for an op of ``kind`` ("matmul", "elementwise", "memory"); ``op``: its
+        name (an fp8-quantised matmul computes at ``quant_flops_per_s``)."""
+        if self.quant_flops_per_s is not None and op in self.quant_ops:
+            return self.quant_flops_per_s
         if kind == "elementwise" and self.elementwise_flops_per_s is not None:
             return self.elementwise_flops_per_s
         return self.flops_per_s
 
     def to_dict(self) -> dict:
-        return {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
-                "bytes_per_s": self.bytes_per_s, "matmul_bytes_per_s": self.bytes_rate("matmul"),
-                "op_overhead_s": self.op_overhead_s}
+        d = {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
+             "bytes_per_s": self.bytes_per_s, "matmul_bytes_per_s": self.bytes_rate("matmul"),
+             "op_overhead_s": self.op_overhead_s}
+        if self.quant_flops_per_s is not None:
+            d["quant_matmul_flops_per_s"] = self.quant_flops_per_s
+        return d
 
 
-def rates(hw: Hardware, act_dtype: str) -> Rates:
+def rates(hw: Hardware, act_dtype: str, quant: str = "none") -> Rates:
     """Achievable FLOP/s for ``act_dtype`` (matmuls and element-wise ops), achievable bandwidth,
-    per-op overhead of ``hw``."""
+    per-op overhead of ``hw``. ``quant``: a weight-only scheme computes at the activation dtype
+    (dequantised in the kernel); an fp8 W8A8 one's quantised matmuls at ``hw``'s fp8 peak, refused
+    in one line where it has none (A100)."""
     ew = hw.achievable_elementwise_flops_per_s(act_dtype)
     mm_bw = hw.achievable_matmul_bandwidth_bytes_per_s
-    return Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
-                 hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew,
-                 None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw)
+    r = Rates(hw.achievable_flops_per_s(act_dtype), hw.achievable_bandwidth_bytes_per_s,
+              hw.op_overhead_s, None if ew == hw.achievable_flops_per_s(act_dtype) else ew,
+              None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw)
+    scheme = scheme_of(quant)
+    if scheme is None or scheme.compute != "fp8":
+        return r
+    if hw.peak_flops_per_s.get("fp8") is None:
+        have = [d for d, v in hw.peak_flops_per_s.items() if v is not None]
+        raise SpecError(f"quant {quant} computes in fp8 (W8A8) and {hw.id} has no fp8 peak FLOP/s (dtypes it has: "
+                        f"{', '.join(have)}); use a weight-only scheme (awq-int4-g128, gptq-int4-g128, "
+                        "int8-channel) or a GPU with fp8 tensor cores (H100, H200, L4, L40S, ...)")
+    return replace(r, quant_flops_per_s=hw.achievable_flops_per_s("fp8"), quant_ops=QUANTISED_OPS)
 
 
 @dataclass(frozen=True)
@@ -105,7 +128,7 @@ class OpTime:
 
 def op_time(op: OpCost, r: Rates) -> OpTime:
     """One op of one pass: ``max(flops / F, bytes / B) + overhead``."""
-    c, m = op.flops / r.flops_rate(op.kind), op.bytes / r.bytes_rate(op.kind)
+    c, m = op.flops / r.flops_rate(op.kind, op.op), op.bytes / r.bytes_rate(op.kind)
     return OpTime(op.op, op.kind, op.flops, op.bytes, c, m, r.op_overhead_s,
                   max(c, m) + r.op_overhead_s, 1, int(c > m))
 
@@ -198,7 +221,7 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
         qb = stepsum.newton(f1.bytes, f2.bytes, f3.bytes)
     else:
         qf, qb = pf, pb
-    F, B = r.flops_rate(o1.kind), r.bytes_rate(o1.kind)
+    F, B = r.flops_rate(o1.kind, o1.op), r.bytes_rate(o1.kind)
     seconds, compute_steps = stepsum.split_sum_max(pf, qf, pb, qb, m, steps, F, B)
     flops, nbytes = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
     overhead = steps * r.op_overhead_s
@@ -391,7 +414,7 @@ def predict(spec: ModelSpec, wl: Workload, hw: Hardware) -> Timing:
     Encoder models (``spec.arch`` "encoder" or "encoder-decoder") add an ``encode`` phase: one
     bidirectional pass over the input; an encoder-only model has no prefill or decode.
     """
-    r = rates(hw, wl.act_dtype)
+    r = rates(hw, wl.act_dtype, wl.quant)
     arch = spec.arch
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None
     if arch == "encoder":
@@ -409,24 +432,24 @@ def pass_seconds(spec: ModelSpec, wl: Workload, hw: Hardware, batch: int, q_len:
     attending over ``kv_len`` keys (prefill: q_len = kv_len = prompt; cached decode: q_len = 1,
     kv_len = context). Dtypes, KV-cache use and causal counting come from ``wl``."""
     cost = step_cost(spec, wl, batch, q_len, kv_len, logits_positions)
-    return step_time(cost, rates(hw, wl.act_dtype)).seconds
+    return step_time(cost, rates(hw, wl.act_dtype, wl.quant)).seconds
 
 
 def prefill_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
     """Predicted seconds of the prefill pass of ``wl`` (its TTFT)."""
-    return step_time(prefill_cost(spec, wl), rates(hw, wl.act_dtype)).seconds
+    return step_time(prefill_cost(spec, wl), rates(hw, wl.act_dtype, wl.quant)).seconds
 
 
 def decode_step_seconds(spec: ModelSpec, wl: Workload, hw: Hardware, i: int) -> float:
     """Predicted seconds of decode step ``i`` (1-based: attends over prompt + i keys)."""
-    return step_time(decode_step_cost(spec, wl, i), rates(hw, wl.act_dtype)).seconds
+    return step_time(decode_step_cost(spec, wl, i), rates(hw, wl.act_dtype, wl.quant)).seconds
 
 
 def decode_seconds(spec: ModelSpec, wl: Workload, hw: Hardware) -> float:
     """Predicted seconds of all gen - 1 decode steps, summed exactly."""
     n = wl.decode_steps
     return decode_time(lambda i, keys="actual": decode_step_cost(spec, wl, i, keys), n,
-                       rates(hw, wl.act_dtype), first_polynomial_step(spec, wl),
+                       rates(hw, wl.act_dtype, wl.quant), first_polynomial_step(spec, wl),
                        split=window_split(spec, wl, n)).seconds
 
 
@@ -437,7 +460,7 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
     :func:`decode_seconds` up to float rounding."""
     import numpy as np
 
-    r = rates(hw, wl.act_dtype)
+    r = rates(hw, wl.act_dtype, wl.quant)
     n = wl.decode_steps
     p0 = min(first_polynomial_step(spec, wl), n + 1)
     m = window_split(spec, wl, n) - (p0 - 1)
@@ -449,7 +472,7 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
         for (mult, o1), (_, o2), (_, o3) in zip(*(cost_at(i).weighted() for i in (p0, p0 + 1, p0 + 2))):
             step = stepsum.max_step_curve(stepsum.newton(o1.flops, o2.flops, o3.flops),
                                           stepsum.newton(o1.bytes, o2.bytes, o3.bytes), n - (p0 - 1),
-                                          r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
+                                          r.flops_rate(o1.kind, o1.op), r.bytes_rate(o1.kind))
             out = out + mult * (step + r.op_overhead_s)
         return out
 

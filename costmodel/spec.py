@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from . import quant as _quant
 from .dtypes import DTYPE_BITS, canonical_dtype
 from .errors import SpecError, require_choice, require_positive_int
 from .sampling import STRATEGIES
@@ -80,6 +81,12 @@ class LayerGroup:
     def to_dict(self) -> dict:
         d = {"first": self.first, "count": self.count, "attention": self.attention, "mlp": self.mlp}
         return d if self.rope else {**d, "rope": False}
+
+
+def _require_positive_finite(name: str, value) -> None:
+    """A float field that must be a positive finite number (NaN, 0, negatives and infinities refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise SpecError(f"{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,8 @@ class ModelSpec:
                     f"({self.num_heads}); give head_dim explicitly or use a divisor of hidden_size")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         require_positive_int("head_dim", self.head_dim)
+        for f in ("rope_theta", "norm_eps"):  # a rotary base and a norm epsilon are positive and finite
+            _require_positive_finite(f, getattr(self, f))
         require_choice("mlp_kind", self.mlp_kind, MLP_KINDS)
         require_choice("activation", self.activation, ACTIVATIONS)
         require_choice("norm_kind", self.norm_kind, NORM_KINDS)
@@ -696,6 +705,8 @@ class Workload:
     decoder_prompt: int = 1  # encoder-decoder: tokens the decoder starts from (prompt is the source)
     mla: str = "transformers"  # latent attention: "transformers" re-expands the whole cached latent
     #   through kv_b_proj every pass (HF 5.23); "absorbed" decodes in latent space (serving engines)
+    quant: str = "none"  # deployed quantisation of the blocks' linear layers (costmodel.quant.SCHEMES):
+    #   packed weights with their scales and zeros; weight_dtype is then the unquantised tensors' dtype
 
     def __post_init__(self) -> None:
         require_positive_int("batch", self.batch)
@@ -712,6 +723,10 @@ class Workload:
         object.__setattr__(self, "kv_dtype", canonical_dtype(kv, "KV-cache dtype"))
         require_choice("logits", self.logits, LOGITS_MODES)
         require_choice("mla", self.mla, MLA_FORMS)
+        if _quant.scheme_of(self.quant) is not None and DTYPE_BITS[self.weight_dtype] < 8:
+            raise SpecError(f"quant {self.quant!r} quantises the blocks' linear layers; weight dtype is then the "
+                            f"dtype of the other tensors (embedding, LM head, norms) and cannot be "
+                            f"{self.weight_dtype}; allowed: fp32, bf16, fp16, fp8, int8")
         require_choice("strategy", self.strategy, STRATEGIES)
         if self.beams > 1 and self.strategy == "greedy":
             object.__setattr__(self, "strategy", "beam")  # beams > 1 has always meant beam search
@@ -736,6 +751,9 @@ class Workload:
 
     def check_against(self, spec: ModelSpec) -> list[str]:
         """Raise SpecError where the workload cannot run on ``spec``; return warnings otherwise."""
+        scheme = _quant.scheme_of(self.quant)
+        if scheme is not None:
+            _quant.check_spec(scheme, spec)
         if DTYPE_BITS[self.weight_dtype] < 8:
             for f in ("hidden_size", "intermediate_size", "head_dim"):
                 if getattr(spec, f) % 2:
@@ -749,12 +767,8 @@ class Workload:
                             f"allowed: 1 to {spec.vocab_size}")
         if self.decoder_prompt != 1 and spec.arch != "encoder-decoder":
             raise SpecError(f"decoder_prompt is for encoder-decoder models; {spec.name} is arch {spec.arch!r}")
-        warnings = []
+        warnings = self.ignored_options(spec)
         if spec.arch == "encoder":
-            if self.gen != 1 or self.beams != 1 or self.strategy != "greedy":
-                warnings.append(f"{spec.name} is encoder-only: one encode pass over the input, no "
-                                f"generation; gen={self.gen}, beams={self.beams}, strategy "
-                                f"{self.strategy!r} are ignored")
             contexts = [(self.prompt, f"input {self.prompt}")]
         elif spec.arch == "encoder-decoder":
             n = self.decoder_prompt + self.gen - 1
@@ -768,6 +782,39 @@ class Workload:
                 if n > spec.max_position_embeddings:
                     warnings.append(f"{what} exceeds {spec.name}'s max_position_embeddings "
                                     f"{spec.max_position_embeddings}")
+        return warnings
+
+    def ignored_options(self, spec: ModelSpec) -> list[str]:
+        """One warning for the settings that change nothing here: sampling parameters the strategy
+        does not use, and generation and KV-cache settings of an encoder-only model. Only values that
+        differ from the defaults are named (a default the user did not set is never warned about)."""
+        d = Workload()
+        warnings = []
+        unused = []
+        uses = {"greedy": (), "beam": (), "sample": ("temperature",), "top_k": ("top_k", "temperature"),
+                "top_p": ("top_p", "temperature"), "top_k_top_p": ("top_k", "top_p", "temperature")}
+        if spec.arch != "encoder":
+            unused = [f"{f}={getattr(self, f)}" for f in ("top_k", "top_p", "temperature")
+                      if getattr(self, f) != getattr(d, f) and f not in uses[self.strategy]]
+            if unused:
+                warnings.append(f"strategy {self.strategy!r} does not use {', '.join(unused)}: ignored "
+                                f"(top_k is for top_k and top_k_top_p, top_p for top_p and top_k_top_p, "
+                                f"temperature for every sampling strategy)")
+            return warnings
+        ignored = [f"{f}={getattr(self, f)}" for f in ("gen", "beams") if getattr(self, f) != 1]
+        ignored += [f"{f}={getattr(self, f)}" for f in ("top_k", "top_p", "temperature")
+                    if getattr(self, f) != getattr(d, f)]
+        if self.strategy != "greedy" and self.strategy != "beam":
+            ignored.append(f"strategy {self.strategy!r}")
+        if not self.kv_cache:
+            ignored.append("kv_cache=False")
+        if self.kv_dtype != self.act_dtype:
+            ignored.append(f"kv_dtype={self.kv_dtype}")
+        if self.logits != d.logits:
+            ignored.append(f"logits={self.logits!r}")
+        if ignored:
+            warnings.append(f"{spec.name} is encoder-only: one encode pass over the input, no generation "
+                            f"and no KV cache; {', '.join(ignored)} ignored")
         return warnings
 
     def resolved(self) -> dict:
@@ -791,6 +838,8 @@ class Workload:
             "temperature": self.temperature,
             "decoder_prompt": self.decoder_prompt,
             "mla": self.mla,
+            "quant": self.quant,
+            "quant_scheme": _quant.to_dict(self.quant, self.weight_dtype),
         }
 
 

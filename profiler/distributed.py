@@ -72,15 +72,27 @@ class Comm:
         self._record("all_reduce", t, t0)
         return t
 
-    def all_gather(self, t: torch.Tensor, group: str, dim: int = -1) -> torch.Tensor:
-        """Every rank's ``t`` (equal shapes) concatenated along ``dim`` in rank order."""
+    def all_gather(self, t: torch.Tensor, group: str, dim: int = -1, kind: str = "all_gather") -> torch.Tensor:
+        """Every rank's ``t`` (equal shapes) concatenated along ``dim`` in rank order; recorded
+        as ``kind`` (expert parallelism's dispatch is an all-gather too)."""
         pg, ranks = self.groups[group]
         t = t.contiguous()
         outs = [torch.empty_like(t) for _ in ranks]
         t0 = self._start()
         dist.all_gather(outs, t, group=pg)
-        self._record("all_gather", t, t0)
+        self._record(kind, t, t0)
         return torch.cat(outs, dim=dim)
+
+    def reduce_scatter(self, t: torch.Tensor, group: str, kind: str = "reduce_scatter") -> torch.Tensor:
+        """The sum over ``group`` of ``t`` (dim 0 divisible by the group size), this rank's slice
+        of dim 0 (its position in the group); the payload is ``t``, the buffer passed in."""
+        pg, ranks = self.groups[group]
+        t = t.contiguous()
+        out = torch.empty((t.shape[0] // len(ranks),) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+        t0 = self._start()
+        getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)(out, t, group=pg)
+        self._record(kind, t, t0)
+        return out
 
     def send(self, t: torch.Tensor, dst: int) -> None:
         t = t.contiguous()

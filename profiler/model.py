@@ -265,6 +265,6 @@ def check_fits(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> Non
             return
         where = "available RAM"
     if need > have:
-        raise SpecError(f"{spec.name} needs {need / 2**30:.1f} GiB of weights in {str(dtype).split('.')[-1]}, "
-                        f"more than the {have / 2**30:.1f} GiB of {where}; use a smaller model "
+        raise SpecError(f"{spec.name} needs {need / 1e9:.1f} GB of weights in {str(dtype).split('.')[-1]}, "
+                        f"more than the {have / 1e9:.1f} GB of {where}; use a smaller model "
                         "(e.g. a tiny-* preset)")

@@ -41,6 +41,21 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, h = x.shape
         x = x.reshape(B * T, h)  # x: [t, h]
+        out = self.routed(x)
+        if self.shared_expert is not None:
+            out = out + self.shared(x)
+        return out.view(B, T, h)
+
+    def shared(self, x: Tensor) -> Tensor:
+        """The shared experts' output for ``x: [t, h]`` (sigmoid-gated where the model gates it)."""
+        shared = self.shared_expert(x)
+        if self.shared_expert_gate is not None:
+            shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+        return shared
+
+    def routed(self, x: Tensor, owned: range | None = None) -> Tensor:
+        """The routed experts' weighted sum for ``x: [t, h]``: every expert, or only those of
+        ``owned`` (expert parallelism: the other experts' shares come from the other ranks)."""
         probs = torch.softmax(self.router(x).float(), dim=-1)  # [t, E]
         weights, chosen = probs.topk(self.k, dim=-1)  # [t, k]: each token's k experts, best first
         if self.renormalize:
@@ -50,16 +65,11 @@ class MoE(nn.Module):
         counts = torch.bincount(chosen.reshape(-1), minlength=len(self.experts)).tolist()
         out = torch.zeros_like(x)
         start = 0
-        for expert, n in zip(self.experts, counts):
-            if n:
+        for j, (expert, n) in enumerate(zip(self.experts, counts)):
+            if n and (owned is None or j in owned):
                 pairs = order[start:start + n]
                 rows = pairs // self.k  # the tokens routed to this expert: [n]
                 y = expert(x.index_select(0, rows)) * weights.index_select(0, pairs)[:, None]  # [n, h]
                 out.index_add_(0, rows, y)
-                start += n
-        if self.shared_expert is not None:
-            shared = self.shared_expert(x)
-            if self.shared_expert_gate is not None:
-                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
-            out = out + shared
-        return out.view(B, T, h)
+            start += n
+        return out

@@ -28,6 +28,7 @@ from .distributed import Comm, launch
 from .flops import count_call, is_matmul_like
 from .generate import decode_one_token, generate, prefill, random_prompt
 from .model import KVCache, Transformer, build_model, torch_dtype
+from .moe import MoE
 from .runner import analytic_matmul, check_buildable
 from .sampling import Sampler, Strategy
 
@@ -40,6 +41,21 @@ class RowParallelLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         y = self.comm.all_reduce(F.linear(x, self.weight), "tp")
         return y if self.bias is None else y + self.bias
+
+
+class ExpertParallelMoE(MoE):
+    """One ep rank's MoE layer: dispatch (all-gather the ep ranks' tokens), route every gathered
+    token, run the rank's own experts (``owned``) on the pairs routed to them, combine
+    (reduce-scatter the partial sums: this rank's tokens back), then its shared experts."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, h = x.shape
+        x = x.reshape(B * T, h)  # x: [t, h], this rank's tokens
+        xs = self.comm.all_gather(x, "ep", dim=0, kind="dispatch")  # [ep * t, h], rank order
+        out = self.comm.reduce_scatter(self.routed(xs, self.owned), "ep", kind="combine")  # [t, h]
+        if self.shared_expert is not None:
+            out = out + self.shared(x)
+        return out.view(B, T, h)
 
 
 class ShardedTransformer(Transformer):
@@ -89,8 +105,10 @@ class ShardedTransformer(Transformer):
         x = self.final_norm(x)
         if logits == "last":
             x = x[:, -1:]
-        out = self.lm_head(x)  # [B, t, V / tp]
-        return self.comm.all_gather(out, "tp") if split.tp > 1 else out
+        out = self.lm_head(x)  # [B, t, V_padded / tp]
+        if split.tp == 1:
+            return out
+        return self.comm.all_gather(out, "tp")[..., :self.full_spec.vocab_size]  # padded rows dropped
 
 
 def _rows(w: Tensor, i: int, n: int) -> Tensor:
@@ -104,8 +122,33 @@ def _cols(w: Tensor, i: int, n: int) -> Tensor:
     return w[:, i * k:(i + 1) * k]
 
 
+def _ep_model(full: Transformer, spec: ModelSpec, split: P.Split, rank: int, comm: Comm) -> ShardedTransformer:
+    """``rank``'s expert-parallel copy of ``full`` (tp = pp = 1): every weight but the routed
+    experts of other ranks, which become ``nn.Identity`` (module names keep the global expert
+    numbers); each MoE layer an :class:`ExpertParallelMoE` owning experts
+    ``[e * E / ep, (e + 1) * E / ep)``."""
+    dev, dt = full.tok_embeddings.weight.device, full.tok_embeddings.weight.dtype
+    m = ShardedTransformer(spec, full.attention).to(device=dev, dtype=dt)
+    m.load_state_dict(full.state_dict())
+    m.setup(spec, split, rank, comm)
+    per = spec.num_experts // split.ep
+    owned = range(split.ep_rank_of(rank) * per, (split.ep_rank_of(rank) + 1) * per)
+    for layer in m.layers:
+        if isinstance(layer.mlp, MoE):
+            layer.mlp.__class__ = ExpertParallelMoE
+            layer.mlp.comm, layer.mlp.owned = comm, owned
+            for j in range(spec.num_experts):
+                if j not in owned:
+                    layer.mlp.experts[j] = nn.Identity()
+    return m.eval()
+
+
 def shard_model(full: Transformer, spec: ModelSpec, split: P.Split, rank: int, comm: Comm) -> ShardedTransformer:
-    """``rank``'s shard of the full model ``full`` (weights copied; ``full`` is left as it is)."""
+    """``rank``'s shard of the full model ``full`` (weights copied; ``full`` is left as it is).
+    Under tp the LM head holds its ``V_padded / tp`` rows of the head padded with zero rows
+    (:func:`costmodel.parallel.padded_vocab`)."""
+    if split.ep > 1:
+        return _ep_model(full, spec, split, rank, comm)
     tp, t = split.tp, split.tp_rank_of(rank)
     sspec = P.shard_spec(spec, tp).with_(tie_word_embeddings=False)
     dev, dt = full.tok_embeddings.weight.device, full.tok_embeddings.weight.dtype
@@ -120,8 +163,12 @@ def shard_model(full: Transformer, spec: ModelSpec, split: P.Split, rank: int, c
             m.tok_embeddings = m.pos_embeddings = None
         if m.last:
             m.final_norm.load_state_dict(full.final_norm.state_dict())
-            m.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size // tp, bias=False, device=dev, dtype=dt)
-            m.lm_head.weight.copy_(_rows(full.lm_head.weight, t, tp))
+            vp = P.split_vocab(spec, split)
+            m.lm_head = nn.Linear(spec.hidden_size, vp // tp, bias=False, device=dev, dtype=dt)
+            w = full.lm_head.weight
+            if vp > spec.vocab_size:  # zero rows: their logits are dropped after the all-gather
+                w = torch.cat([w, w.new_zeros(vp - spec.vocab_size, w.shape[1])])
+            m.lm_head.weight.copy_(_rows(w, t, tp))
         else:
             m.final_norm = m.lm_head = None
         for i in range(spec.num_layers):
@@ -172,6 +219,8 @@ def rank_main(rank: int, comm: Comm, spec: ModelSpec, wl: Workload, split: P.Spl
         pg = dist.new_group(ranks)
         if rank in ranks:
             comm.groups["tp"] = (pg, ranks)
+    if split.ep > 1:
+        comm.groups["ep"] = (dist.new_group(split.ep_group()), split.ep_group())
     comm.groups["world"] = (dist.group.WORLD, world)
     full = build_model(spec, dtype=wl.act_dtype, device=str(comm.device.type), seed=seed, attention=attention)
     if comm.device.type == "cuda":
@@ -180,7 +229,9 @@ def rank_main(rank: int, comm: Comm, spec: ModelSpec, wl: Workload, split: P.Spl
     if not (reference and rank == 0):
         del full
     dev = comm.device
-    prompt = random_prompt(spec, wl.batch, wl.prompt, seed, dev)
+    full_prompt = random_prompt(spec, wl.batch, wl.prompt, seed, dev)
+    b = wl.batch // split.ep  # under ep each rank runs its batch / ep of the sequences
+    prompt = full_prompt[split.ep_rank_of(rank) * b:(split.ep_rank_of(rank) + 1) * b]
     B, S = prompt.shape
     last_src = split.rank(split.pp - 1, 0)
     counted: dict = {}  # (phase, step) -> {(layer, op): flops}
@@ -214,7 +265,7 @@ def rank_main(rank: int, comm: Comm, spec: ModelSpec, wl: Workload, split: P.Spl
            "uncounted_matmul_ops": sorted(str(o) for o in uncounted), "tokens": tokens, "seconds": seconds}
     if reference and rank == 0:
         with torch.no_grad():
-            ref = generate(full, prompt, wl.gen, Sampler(Strategy.of(wl), seed, dev), kv_cache=True,
+            ref = generate(full, full_prompt, wl.gen, Sampler(Strategy.of(wl), seed, dev), kv_cache=True,
                            logits=wl.logits)
         out["reference_tokens"] = ref.cpu().tolist()
     return out
@@ -225,6 +276,7 @@ def rank_main(rank: int, comm: Comm, spec: ModelSpec, wl: Workload, split: P.Spl
 def check_parallel(spec: ModelSpec, wl: Workload, split: P.Split) -> None:
     """Refuse, with one line, what the sharded reference cannot run."""
     P.check_split(spec, split)
+    P.check_ep_workload(wl, split)
     check_buildable(spec, wl)
     if wl.strategy != "greedy" or wl.beams != 1:
         raise SpecError(f"the sharded reference decodes greedily (one beam); got strategy {wl.strategy!r}")
@@ -266,7 +318,7 @@ class RankResult:
                                   "measured_bytes": comm.get(k, {}).get("bytes", 0),
                                   "calls": comm.get(k, {}).get("calls", 0),
                                   "measured_seconds": comm.get(k, {}).get("seconds", 0.0)}
-                              for k in P.COLLECTIVES if self.analytic_comm[phase][k] or k in comm},
+                              for k in self.analytic_comm[phase] if self.analytic_comm[phase][k] or k in comm},
         }
 
     def to_dict(self) -> dict:
@@ -320,7 +372,8 @@ class ParallelResult:
 
     def to_dict(self) -> dict:
         return {
-            "model": self.spec.name, "tp": self.split.tp, "pp": self.split.pp, "world": self.split.world,
+            "model": self.spec.name, "tp": self.split.tp, "pp": self.split.pp, "ep": self.split.ep,
+            "world": self.split.world, "vocab_rows": P.split_vocab(self.spec, self.split),
             "backend": "nccl" if self.device == "cuda" else "gloo", "device": self.device,
             "attention": self.attention, "workload": self.workload.resolved(),
             "conventions": {
@@ -333,6 +386,11 @@ class ParallelResult:
                 "measured_seconds": "wall time inside the collectives (waits for slower ranks "
                                     "included), the slowest rank",
                 "decode": "totals over the gen - 1 decode steps",
+                "ep": "dispatch: all-gather of the rank's own tokens (payload: its shard); combine: "
+                      "reduce-scatter of the expert outputs (payload: the whole buffer); routed-expert "
+                      "FLOPs compared summed over the ep ranks (per rank: the uniform 1 / ep share)",
+                "vocab_rows": "LM-head rows under tp: the vocabulary padded to a multiple of "
+                              "vocab_pad_multiple x tp where tp does not divide it (Megatron-LM)",
             },
             "ranks": [r.to_dict() for r in self.ranks],
             "communication": self.communication(),
@@ -347,8 +405,15 @@ def _analytic_by_op(cost, sdpa: bool) -> dict:
     return dict(analytic_matmul(cost, sdpa))
 
 
-def _compare(rank: int, phase: str, step, analytic: dict, counted: dict, out: list) -> None:
+def _routed(key) -> bool:
+    """A routed expert's op: under ep its per-rank FLOPs follow the router, only their sum is exact."""
+    return key[1].startswith("expert")
+
+
+def _compare(rank: int, phase: str, step, analytic: dict, counted: dict, out: list, skip=None) -> None:
     for key in sorted(set(analytic) | set(counted), key=lambda k: (k[0] is None, k[0] or 0, k[1])):
+        if skip is not None and skip(key):
+            continue
         a, c = analytic.get(key, 0), counted.get(key, 0)
         if a != c:
             where = phase + (f" step {step}" if step else "") + (f" layer {key[0]}" if key[0] is not None else "")
@@ -359,20 +424,21 @@ def compare_rank(spec, wl, split, rank, sdpa: bool, raw: dict) -> RankResult:
     """Hold one rank's counts against :mod:`costmodel.parallel`, step by step and op by op."""
     rng = P.stage_range(spec.num_layers, split.pp, split.stage_of(rank))
     mism: list[str] = []
+    skip = _routed if split.ep > 1 else None  # summed over the ep ranks instead (_compare_experts)
     _compare(rank, "prefill", None, _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa),
-             raw["counted"][("prefill", 0)], mism)
+             raw["counted"][("prefill", 0)], mism, skip)
     dec = defaultdict(int)
     for i in range(1, wl.gen):
         c = raw["counted"][("decode", i)]
         _compare(rank, "decode", i,
-                 _analytic_by_op(P.rank_decode_step_cost(spec, wl, split, rank, i), sdpa), c, mism)
+                 _analytic_by_op(P.rank_decode_step_cost(spec, wl, split, rank, i), sdpa), c, mism, skip)
         for k, v in c.items():
             dec[k] += v
     analytic = {"prefill": _analytic_by_op(P.rank_prefill_cost(spec, wl, split, rank), sdpa),
                 "decode": (_analytic_by_op(P.rank_decode_cost(spec, wl, split, rank), sdpa)
                            if wl.gen > 1 else {})}
     counted = {"prefill": raw["counted"][("prefill", 0)], "decode": dict(dec)}
-    _compare(rank, "decode total", None, analytic["decode"], counted["decode"], mism)
+    _compare(rank, "decode total", None, analytic["decode"], counted["decode"], mism, skip)
     akv = {"prefill": P.rank_kv_cache_bytes(spec, wl, split, rank, wl.prompt),
            "decode": P.rank_kv_cache_bytes(spec, wl, split, rank)}
     acomm = {p: P.rank_comm_bytes(spec, wl, split, rank, p) for p in PHASES}
@@ -380,7 +446,7 @@ def compare_rank(spec, wl, split, rank, sdpa: bool, raw: dict) -> RankResult:
         if akv[p] != raw["kv_cache_bytes"][p]:
             mism.append(f"{p}: kv_cache_bytes analytic {akv[p]:,} != measured {raw['kv_cache_bytes'][p]:,}")
         got = raw["comm"].get(p, {})
-        for k in P.COLLECTIVES:
+        for k in P.collective_kinds(split):
             m = got.get(k, {}).get("bytes", 0)
             if m != acomm[p][k]:
                 mism.append(f"{p}: {k} bytes analytic {acomm[p][k]:,} != measured {m:,}")
@@ -398,12 +464,36 @@ def run_parallel(spec: ModelSpec, wl: Workload, split: P.Split, *, attention: st
                   device=device, timeout_s=timeout_s)
     sdpa = attention == "sdpa"
     ranks = [compare_rank(spec, wl, split, r, sdpa, raw) for r, raw in enumerate(raws)]
-    tokens = raws[0]["tokens"]
-    for raw in raws[1:]:
-        if raw["tokens"] != tokens:
-            ranks[raw["rank"]].mismatches.append("generated tokens differ from rank 0's")
+    if split.ep > 1:  # each rank generated its own sequences: the batch is theirs in rank order
+        tokens = [row for raw in raws for row in raw["tokens"]]
+        ranks[0].mismatches.extend(_compare_experts(spec, wl, raws, sdpa))
+    else:
+        tokens = raws[0]["tokens"]
+        for raw in raws[1:]:
+            if raw["tokens"] != tokens:
+                ranks[raw["rank"]].mismatches.append("generated tokens differ from rank 0's")
     return ParallelResult(spec, wl, split, attention, device, ranks, tokens, raws[0].get("reference_tokens"),
                           time.perf_counter() - t0)
+
+
+def _compare_experts(spec: ModelSpec, wl: Workload, raws: list, sdpa: bool) -> list[str]:
+    """Under ep: the routed experts' matmul FLOPs summed over the ranks, per pass, layer and op,
+    against the whole batch's analytic ones (2 t k h I_e per matrix, however the router spread
+    the pairs over the ranks)."""
+    from costmodel.analysis import decode_step_cost, prefill_cost
+
+    out: list[str] = []
+    steps = [("prefill", 0, prefill_cost(spec, wl))] + [("decode", i, decode_step_cost(spec, wl, i))
+                                                         for i in range(1, wl.gen)]
+    for phase, i, cost in steps:
+        analytic = {k: v for k, v in _analytic_by_op(cost, sdpa).items() if _routed(k)}
+        summed = defaultdict(int)
+        for raw in raws:
+            for k, v in raw["counted"][(phase, i)].items():
+                if _routed(k):
+                    summed[k] += v
+        _compare(0, f"{phase} (experts, all ep ranks)", i or None, analytic, dict(summed), out)
+    return out
 
 
 # --- validation cases ------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def _bound(spec, wl, hw, batch, q_len, kv_len) -> str:
     from costmodel.analysis import step_cost
     from costmodel.roofline import rates, step_time
 
-    t = step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype))
+    t = step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant))
     share = t.bound_seconds()
     memory = share["memory"] / t.seconds if t.seconds else 0.0
     return f"{memory:.0%} memory"

@@ -23,7 +23,7 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 td.l { text-align: left; } tr.total td { font-weight: 600; background: #fafafa; }
 .note { color: #555; font-size: 0.92em; } .warn { color: #a04000; }
-figure { margin: 1.2em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figure { margin: 1.2em 0 2em; } figure img { width: 100%; max-width: 1200px; height: auto; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.95em; margin-top: 0.3em; }
 dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 0.15em 1.2em; }
 dl.kv dt { color: #555; } dl.kv dd { margin: 0; }
@@ -118,12 +118,14 @@ def layer_rows(result):
     return rows
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes) -> str:
+    """A data: URI of a PNG or an SVG (told apart by the SVG's XML start)."""
+    kind = "svg+xml" if image.lstrip()[:5] in (b"<?xml", b"<svg ") else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(image).decode("ascii")
 
 
 def report_html(result, figures: dict, timing=None, hardware=None) -> str:
-    """The page. ``figures``: kind -> PNG bytes (embedded in that order)."""
+    """The page. ``figures``: kind -> SVG (or PNG) bytes, embedded in that order at the page's width."""
     m, w, mem = result.model, result.workload, result.memory
     title = f"Cost report: {m.name}"
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -131,7 +133,7 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
              f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>",
              f'<p class="note">FLOPs count a multiply-add as 2; bytes are moved by an eager implementation '
-             f"(every op's output materialised); memory in GiB (2³⁰ bytes) in the tables, GB (10⁹) in the plots."
+             f"(every op's output materialised); bytes in SI units in the tables and the plots (1 GB = 10⁹ bytes)."
              f"{' Latency: roofline on ' + _e(hardware.name) + '.' if hardware is not None else ''}</p>"]
     for warning in result.warnings:
         parts.append(f'<p class="warn">Warning: {_e(warning)}</p>')
@@ -146,7 +148,8 @@ def report_html(result, figures: dict, timing=None, hardware=None) -> str:
         ("batch", f"{w.batch}" + (f" × {w.beams} beams" if w.beams > 1 else "")),
         ("prompt", f"{w.prompt:,} tokens"),
         ("generated", f"{w.gen:,} tokens ({w.decode_steps:,} decode steps, context up to {w.final_context:,})"),
-        ("number formats", f"weights {w.weight_dtype}, activations {w.act_dtype}, KV cache {w.kv_dtype}"),
+        ("number formats", f"weights {w.weight_dtype}, activations {w.act_dtype}, KV cache {w.kv_dtype}"
+         + ("" if w.quant == "none" else f"; quant {w.quant}")),
         ("KV cache", "on" if w.kv_cache else "off: each decode step recomputes the prefix"),
         ("logits", w.logits), ("attention counting", "causal (lower triangle)" if w.causal else "full")])]
     headers = ["phase", "steps", "FLOPs", "FLOPs (exact)", "matmul FLOPs", "bytes moved", "FLOP/byte"]
@@ -210,8 +213,9 @@ def report_kinds(hardware, spec=None, wl=None) -> list[str]:
     return kinds + (device if hardware is not None else [])
 
 
-def report_figures(spec, wl, hardware=None, batches=None, contexts=None):
-    """kind -> Figure for a report: batch axis 1..256, context axis 128 .. the model's max positions."""
+def report_figures(spec, wl, hardware=None, batches=None, contexts=None, progress=None):
+    """kind -> Figure for a report: batch axis 1..256, context axis 128 .. the model's max positions.
+    ``progress``: wraps the list of kinds while they render (a progress bar), or None."""
     from . import plots
 
     batches = batches or [2**i for i in range(9)]
@@ -219,20 +223,22 @@ def report_figures(spec, wl, hardware=None, batches=None, contexts=None):
         top = max(256, spec.max_position_embeddings)
         contexts = [c for c in (2**i for i in range(7, 21)) if c <= top]
     hws = [hardware] if hardware is not None else []
-    return {k: plots.build(k, [spec], wl, hws, batches, contexts) for k in report_kinds(hardware, spec, wl)}
+    kinds = report_kinds(hardware, spec, wl)
+    return {k: plots.build(k, [spec], wl, hws, batches, contexts) for k in (progress or list)(kinds)}
 
 
-def write_html(path: str, spec, result, timing=None, hardware=None, dpi: int = 80) -> str:
-    """Render the plots and write the self-contained page to ``path`` atomically."""
+def write_html(path: str, spec, result, timing=None, hardware=None, progress=None) -> str:
+    """Render the plots (SVG, legible at the page's full width) and write the self-contained page to
+    ``path`` atomically. ``progress`` as in :func:`report_figures`."""
     from .files import atomic_write
-    from .plots import png_bytes
+    from .plots import svg_bytes
 
-    figures = {k: png_bytes(f, dpi) for k, f in report_figures(spec, result.workload, hardware).items()}
+    figures = {k: svg_bytes(f) for k, f in report_figures(spec, result.workload, hardware, progress=progress).items()}
     page = report_html(result, figures, timing, hardware)
     return atomic_write(path, lambda f: f.write(page))
 
 
-def write_markdown_dir(folder: str, spec, result, markdown: str, hardware=None) -> list[str]:
+def write_markdown_dir(folder: str, spec, result, markdown: str, hardware=None, progress=None) -> list[str]:
     """Write the plots (PNG) and ``report.md`` (the given Markdown plus relative image links) into
     ``folder``; return the paths written, report.md last."""
     from .files import atomic_write
@@ -240,7 +246,7 @@ def write_markdown_dir(folder: str, spec, result, markdown: str, hardware=None) 
 
     paths, links = [], []
     stem_model = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.name)
-    for kind, fig in report_figures(spec, result.workload, hardware).items():
+    for kind, fig in report_figures(spec, result.workload, hardware, progress=progress).items():
         png, svg = save(fig, folder, f"{kind}-{stem_model}")
         paths += [png, svg]
         links.append(f"### {kind}\n\n![{kind}]({os.path.basename(png)})\n\n{CAPTIONS.get(kind, '')}\n")

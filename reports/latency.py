@@ -54,7 +54,7 @@ def _pass_seconds(cost, r):
     peak and matmul bandwidth)."""
     total = 0.0
     for mult, o in _ops(cost):
-        F, Bw = r.flops_rate(o.kind), r.bytes_rate(o.kind)
+        F, Bw = r.flops_rate(o.kind, o.op), r.bytes_rate(o.kind)
         total = total + mult * (np.maximum(_f(o.flops) / F, _f(o.bytes) / Bw) + r.op_overhead_s)
     return total
 
@@ -66,7 +66,7 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     ``exact_ints``: compute the op counts in Python ints (when int64 could overflow; see
     :func:`reports.sweep.grid_counts`), else int64.
     """
-    r = rates(hw, wl.act_dtype)
+    r = rates(hw, wl.act_dtype, wl.quant)
     B, P, G = len(batches), len(prompts), len(gens)
     phases = phases_of(spec)
     dt = object if exact_ints else np.int64
@@ -85,7 +85,7 @@ def phase_seconds(spec, wl, hw, batches, prompts, gens, exact_ints: bool = False
     def coeffs(gw, keys):
         steps = [_ops(decode_step_cost(spec, gw, i, keys)) for i in (1, 2, 3)]
         return [(mult, _newton(o1.flops, o2.flops, o3.flops), _newton(o1.bytes, o2.bytes, o3.bytes),
-                 r.flops_rate(o1.kind), r.bytes_rate(o1.kind))
+                 r.flops_rate(o1.kind, o1.op), r.bytes_rate(o1.kind))
                 for (mult, o1), (_, o2), (_, o3) in zip(*steps)]
 
     if slides(spec, wl):  # the window fills at a step that depends on the prompt: one prompt at a time

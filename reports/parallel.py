@@ -24,7 +24,8 @@ def _tokens_line(r) -> str:
 def parallel_table(r) -> str:
     """Per rank and phase: matmul FLOPs, KV bytes and collective payload bytes, analytic beside measured."""
     w = r.workload
-    lines = [f"{r.spec.name}: tp={r.split.tp} x pp={r.split.pp} = {r.split.world} ranks on "
+    lines = [f"{r.spec.name}: tp={r.split.tp} x pp={r.split.pp}{f' x ep={r.split.ep}' if r.split.ep > 1 else ''}"
+             f" = {r.split.world} ranks on "
              f"{'nccl' if r.device == 'cuda' else 'gloo'} ({r.device}), {r.attention} attention, batch {w.batch}, "
              f"prompt {w.prompt}, gen {w.gen}, {w.act_dtype}; {r.seconds:.1f} s with start-up", ""]
     rows = []
@@ -56,6 +57,11 @@ def parallel_table(r) -> str:
               "decode sums the gen - 1 steps; KV bytes of each rank's cache tensors; communication bytes are "
               "the payloads of the collective calls (all-reduce buffer, all-gather own shard, sent / "
               "received activations, broadcast token ids).", _tokens_line(r)]
+    if r.split.ep > 1:
+        lines.insert(-1, "Under ep each rank's routed-expert FLOPs follow the seeded router (the per-rank "
+                         "analytic figure is the uniform 1 / ep share); their sum over the ranks is compared, "
+                         "per pass, layer and op; dispatch (all-gather) and combine (reduce-scatter) payloads "
+                         "depend on shapes only.")
     for m in r.mismatches:
         lines.append(f"MISMATCH {m}")
     lines.append("all figures equal the analytic split" if r.ok else f"{len(r.mismatches)} mismatches")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from .text import human_bytes, human_seconds, render
+from costmodel.quant import describe as quant_describe
+
+from .text import UNITS_NOTE, human_bytes, human_seconds, render
 
 
 def _tflops(x):
@@ -45,11 +47,12 @@ def plan_text(p) -> str:
     eff = hw.efficiencies()
     lines = [
         f"{p.model.name} on {lay.gpus} x {hw.id} per replica (tp {lay.tp}, pp {lay.pp}): prompt {w.prompt}, "
-        f"gen {w.gen}; weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}",
+        f"gen {w.gen}; weights {w.weight_dtype}, activations {w.act_dtype}, KV {w.kv_dtype}"
+        + ("" if w.quant == "none" else f"; quant {quant_describe(w.quant)}"),
         f"memory per GPU at batch {max(p.batch, 1)}: weights {human_bytes(m.weights_bytes)} + KV "
         f"{human_bytes(m.kv_bytes)} + activations {human_bytes(m.activations_bytes)} + reserve "
         f"{human_bytes(m.reserve_bytes)} ({p.reserve_fraction:.0%}) = {human_bytes(m.total_bytes)} of "
-        f"{human_bytes(m.capacity_bytes)} ({m.capacity_bytes / 1e9:.4g} GB, "
+        f"{human_bytes(m.capacity_bytes)} ({m.capacity_bytes:,} bytes, "
         f"{'as the device reports it' if hw.capacity_figure == 'reported' else 'as sold'}): "
         + ("fits" if m.fits else f"DOES NOT FIT, {human_bytes(m.missing_bytes)} ({m.missing_bytes:,} bytes) missing"),
         f"max batch: {p.max_batch}; max context at batch {p.max_context_batch}: {p.max_context:,} positions "
@@ -90,6 +93,7 @@ def plan_text(p) -> str:
     lines += [f"assumption: {a}" for a in p.to_dict()["assumptions"]]
     lines += [f"note: {n}" for n in p.notes]
     lines += [f"Warning: {w}" for w in p.warnings]
+    lines.append(UNITS_NOTE)
     return "\n".join(lines)
 
 
@@ -101,7 +105,7 @@ def calibration_table(profile: dict) -> str:
              f"torch {cal['torch_version']}, {cal['threads']} threads" if cal["device"] == "cpu" else
              f"{profile['name']} ({profile['id']}): calibrated in {cal['seconds_taken']:.1f} s, torch {cal['torch_version']}",
              "", render(["dtype", "matmul m x k x n", "time", "GFLOP/s"], rows), ""]
-    rows = [[b["kernel"], f"{b['bytes'] / 2**20:,.0f} MiB", f"{b['seconds'] * 1e3:.3f} ms",
+    rows = [[b["kernel"], f"{b['bytes'] / 1e6:,.0f} MB", f"{b['seconds'] * 1e3:.3f} ms",
              f"{b['bytes_per_s'] / 1e9:,.2f}"] for b in cal["bandwidth"] + cal.get("matmul_streaming", [])]
     lines += [render(["kernel", "bytes moved", "time", "GB/s"], rows), ""]
     rows = [[e["dtype"], e["kernel"], f"{e['elements']:,}", f"{e['seconds'] * 1e6:.1f} us",

@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_cost, kv_cache_bytes,
+from costmodel.analysis import (cross_kv_cache_bytes, decode_step_cost, encode_cost, kv_cache_bytes, memory_of,
                                 prefill_cost, weight_bytes)
 from costmodel.errors import SpecError
 from costmodel.ops import TERMS, op_info
@@ -258,7 +258,8 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
 def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
     """Several models (and GPUs) against context (prompt; an encoder's input or source) at
     ``wl.batch``: rows (model, hardware, prompt, prefill_flops, decode_flops_per_step, memory_bytes
-    (weights + KV cache, self and cross), ttft_s, tpot_s).
+    (weights + KV cache, self and cross, + activation peak: what the memory plot stacks below its
+    runtime reserve, :func:`costmodel.analysis.memory_of`), ttft_s, tpot_s).
 
     ``prefill_flops`` is the work before the first output: encode + prefill for an encoder-decoder,
     the encode pass of an encoder-only model (whose ``ttft_s`` is that pass's time, and whose
@@ -274,10 +275,10 @@ def compare_curves(specs, wl, hws, contexts) -> pd.DataFrame:
                 w = replace(w, gen=1, beams=1)
             first = sum(cost.total("flops") for phase, cost in phase_passes(spec, w) if phase != "decode")
             decode = (float(decode_step_cost(spec, w, 1).total("flops")) if arch != "encoder" else np.nan)
+            m = memory_of(spec, w)  # the memory plot's figures: weights + KV cache + activation peak
             base = {"model": spec.name, "prompt": w.prompt, "prefill_flops": float(first),
                     "decode_flops_per_step": decode,
-                    "memory_bytes": float(weight_bytes(spec, w.weight_dtype) + kv_cache_bytes(spec, w)
-                                          + cross_kv_cache_bytes(spec, w))}
+                    "memory_bytes": float(m.weights_bytes + m.kv_cache_bytes + m.activation_peak_bytes)}
             if not hws:
                 rows.append({**base, "hardware": None, "ttft_s": np.nan, "tpot_s": np.nan})
             for hw in hws:

@@ -310,7 +310,7 @@ def kv_cache_figure(curves, spec, wl, hw=None) -> Figure:
         ax.set_title(f"{spec.name}: KV cache (batch {wl.batch}, input {wl.prompt})")
         return fig
     encdec = arch == "encoder-decoder"
-    plot_kv_cache(ax, curves, hw.capacity_bytes if hw else None, weight_bytes(spec, wl.weight_dtype),
+    plot_kv_cache(ax, curves, hw.capacity_bytes if hw else None, weight_bytes(spec, wl.weight_dtype, wl.quant),
                   hw.id if hw else "", None if encdec else wl.prompt, None if encdec else wl.final_context,
                   hw.capacity_figure if hw else "")
     n = wl.batch * wl.beams
@@ -608,7 +608,8 @@ def compare_figure(curves, wl, hws=()) -> Figure:
     panels = [("prefill_flops", "prefill FLOPs, encoders: + encode (TFLOP, log)", 1e12,
                "Prefill FLOPs (encoder models: encode + prefill)"),
               ("decode_flops_per_step", "decode step FLOPs (GFLOP, log)", 1e9, "Decode step FLOPs"),
-              ("memory_bytes", "weights + KV cache (GB, log)", GB, "Memory: weights + KV cache")]
+              ("memory_bytes", "weights + KV cache + activations (GB, log)", GB,
+               "Memory: weights + KV cache + activation peak (as the memory plot, less its reserve)")]
     if hws:
         panels += [("ttft_s", "TTFT (ms, log)", 1e-3, "Time to first token"),
                    ("tpot_s", "TPOT, mean (ms, log)", 1e-3, "Time per output token")]
@@ -633,6 +634,13 @@ def compare_figure(curves, wl, hws=()) -> Figure:
 def png_bytes(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def svg_bytes(fig) -> bytes:
+    """The figure as SVG: vector, legible at any width (the HTML page embeds these)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg")
     return buf.getvalue()
 
 
@@ -682,3 +690,52 @@ def build(kind: str, specs, wl, hws=(), batches=(), contexts=(), validation=None
     if kind == "roofline":
         return roofline_figure(D.roofline_ops(spec, wl, hw), spec, wl, hw)
     return latency_figure(D.latency_curves(spec, wl, hws, batches, contexts), spec, wl)
+
+
+# --- Serving simulation (costmodel simulate --plot) -------------------------------------------------
+
+def plot_latency_vs_rate(ax, points, metric: str, label: str):
+    """p50 and p99 of ``metric`` ("ttft_s", "tpot_s", "e2e_s") against the request rate: the knee."""
+    rates_ = [p["rps"] for p in points]
+    for q, style, color in (("p50", "-", OKABE_ITO[0]), ("p99", "--", OKABE_ITO[1])):
+        ys = [p[metric][q] for p in points]
+        keep = [(x, y * 1e3) for x, y in zip(rates_, ys) if y is not None]
+        if keep:
+            ax.plot(*zip(*keep), linestyle=style, marker="o", color=color, label=q)
+    ax.set_xlabel("requests / s (Poisson)")
+    ax.set_ylabel(f"{label} (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(frameon=False)
+
+
+def plot_kv_over_time(ax, queue, kv_total: int):
+    """KV-cache blocks in use, and requests running and waiting, over the simulated time."""
+    t = [q["t_s"] for q in queue]
+    ax.plot(t, [q["kv_blocks"] for q in queue], color=OKABE_ITO[1], label="KV blocks in use")
+    ax.axhline(kv_total, color="#999999", linestyle=":", label=f"KV blocks available ({kv_total:,})")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("KV-cache blocks")
+    ax.grid(True, alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(t, [q["running"] for q in queue], color=OKABE_ITO[0], linewidth=0.8, label="running")
+    twin.plot(t, [q["waiting"] for q in queue], color=OKABE_ITO[2], linewidth=0.8, label="waiting")
+    twin.set_ylabel("requests")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], frameon=False, fontsize="small", loc="upper left")
+
+
+def simulate_figure(result: dict, points=()) -> Figure:
+    """``costmodel simulate --plot``: KV use and the queue over time of ``result`` (the JSON of
+    one run) and, with ``points`` (one summary per rate of --rps-sweep), TTFT and TPOT p50 / p99
+    against the request rate."""
+    cols = 3 if points else 1
+    fig, axes = new_figure(1, cols, 5.2 * cols, 4.0)
+    if points:
+        plot_latency_vs_rate(axes[0][0], points, "ttft_s", "TTFT")
+        plot_latency_vs_rate(axes[0][1], points, "tpot_s", "TPOT")
+    plot_kv_over_time(axes[0][cols - 1], result["queue"], result["kv_blocks"]["total"])
+    fig.suptitle(f"{result['model']} on {result['hardware']}: continuous batching "
+                 f"(max_num_seqs {result['scheduler']['max_num_seqs']}, "
+                 f"max_num_batched_tokens {result['scheduler']['max_num_batched_tokens']})")
+    return fig

@@ -206,7 +206,7 @@ def _grid_counts(spec: ModelSpec, wl: Workload, batches, prompts, gens, dtype) -
         peak = np.maximum(peak, p)
     for phase in phases:
         put("activation_peak_bytes", phase, peak)
-        put("weights_bytes", phase, weight_bytes(spec, wl.weight_dtype))
+        put("weights_bytes", phase, weight_bytes(spec, wl.weight_dtype, wl.quant))
     return out
 
 
@@ -559,7 +559,7 @@ def _arrow_table(df):
         import pyarrow as pa
     except ImportError:
         raise SpecError("--format parquet needs pyarrow, which is not installed: "
-                        "pip install 'costmodel[sweep]' (or pyarrow), or use --format csv/json") from None
+                        "pip install 'llm-costmodel[sweep]' (or pyarrow), or use --format csv/json") from None
     from decimal import Decimal
 
     arrays, names = [], []

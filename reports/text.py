@@ -1,7 +1,7 @@
 """Text renderings of an :class:`~costmodel.Analysis`: aligned table, Markdown, CSV.
 
 Pure Python (no pandas) so that the analytic CLI stays fast. Numbers stay SI internally; units
-(GFLOP, GiB, ...) appear only here.
+(GFLOP, GB, ...) appear only here, SI throughout (:data:`UNITS_NOTE`, stated once in each output).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
+from costmodel.quant import describe as quant_describe
 from costmodel.roofline import join_by_key
 from costmodel.spec import decoder_start
 
@@ -23,8 +24,13 @@ def human_flops(x: float) -> str:
     return f"{x:.0f} FLOP"
 
 
+# Bytes render in SI units everywhere (tables, plots, HTML), as the hardware catalog and the vendors'
+# capacities and bandwidths are given: 1 GB = 10^9 bytes. Each output states it once (UNITS_NOTE).
+UNITS_NOTE = "units: SI (1 GB = 10^9 bytes, 1 TFLOP = 10^12 FLOP)"
+
+
 def human_bytes(x: float) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f} {unit}"
     return f"{x:.0f} B"
@@ -164,6 +170,8 @@ def _header_lines(result) -> list[str]:
         if "chunked_attention" in m.layer_types:
             first += f" (chunk {m.attention_chunk_size})"
     dtypes = f"weights {w.weight_dtype}, activations {w.act_dtype}"
+    if w.quant != "none":
+        dtypes += f"; quant {quant_describe(w.quant)}"
     if m.arch == "encoder":
         return [first, f"workload: batch {w.batch}, input {w.prompt} tokens (one bidirectional encode "
                        f"pass, no generation); {dtypes}"]
@@ -258,8 +266,9 @@ def _timing_lines(timing) -> list[str]:
     for name, ph in timing.phases.items():
         b = ph.bound_seconds()
         if ph.seconds:
-            share.append(f"{name} {b['compute'] / ph.seconds:.0%} compute-bound, "
-                         f"{b['memory'] / ph.seconds:.0%} memory-bound, {b['overhead'] / ph.seconds:.0%} overhead")
+            share.append(f"{name} time {b['compute'] / ph.seconds:.0%} in compute-bound ops, "
+                         f"{b['memory'] / ph.seconds:.0%} in memory-bound ops, {b['overhead'] / ph.seconds:.0%} "
+                         "overhead")
     if timing.prefill is None:  # encoder-only: one pass, nothing generated
         first = f"latency on {hw.id} ({hw.name}): encode pass {human_seconds(timing.e2e_s)}"
     else:
@@ -276,13 +285,59 @@ def _timing_lines(timing) -> list[str]:
     ]
 
 
-def report_table(result, timing=None) -> str:
+def _per_phase_tables(result, timing, width: int) -> list[str]:
+    """The summary as one narrower table per phase (op, scope, FLOPs, bytes, FLOP/B, and with a timing
+    time and bound), for a terminal too narrow for the phases side by side; FLOP/B goes first, then
+    the scope, where even that does not fit ``width``."""
+    rows, names = _phase_op_rows(result, timing), list(result.phases)
+    n = len(names)
+    out = []
+    for k, name in enumerate(names):
+        cols = [0, 1, 2 + 3 * k, 3 + 3 * k, 4 + 3 * k]
+        headers = ["op", "scope", f"{name} FLOPs", f"{name} bytes", "FLOP/B"]
+        if timing is not None:
+            cols += [2 + 3 * n + 2 * k, 3 + 3 * n + 2 * k]
+            headers += [f"{name} time", "bound"]
+        mine = [r for r in rows if r[cols[2]] != "-"]  # the ops this phase runs
+        for drop in ((), ("FLOP/B",), ("FLOP/B", "scope")):
+            keep = [i for i, h in enumerate(headers) if h not in drop]
+            table = render([headers[i] for i in keep], [[r[cols[i]] for i in keep] for r in mine],
+                           align=["l", "l"][:sum(1 for i in keep if i < 2)] + ["r"] * sum(1 for i in keep if i >= 2))
+            if max(map(len, table.splitlines())) <= width:
+                break
+        out += [table, ""]
+    return out[:-1]
+
+
+def _wrapped(lines, width: int | None) -> list[str]:
+    """Prose lines folded to ``width`` (continuations indented two spaces); None: as they are."""
+    import textwrap
+
+    if width is None:
+        return list(lines)
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+    return out
+
+
+def report_table(result, timing=None, width: int | None = None) -> str:
     """The readable summary: per-layer op table with phase totals, then memory (and latency with
-    a :class:`~costmodel.roofline.Timing`)."""
+    a :class:`~costmodel.roofline.Timing`).
+
+    ``width``: the terminal's width in characters. None (or a width the full table fits): every
+    phase side by side, one line per op, prose unwrapped — the full-detail form (CSV and JSON carry
+    every figure too). Narrower: one table per phase, prose wrapped to the width."""
     body = _summary(result, timing)
+    tables = [body] if width is None or max(map(len, body.splitlines())) <= width else \
+        _per_phase_tables(result, timing, width)
     note = [] if result.decode is None else [f"decode columns are totals over {result.decode.steps} steps"]
     extra = [] if timing is None else _timing_lines(timing)
-    return "\n".join(_header_lines(result) + ["", body] + note + [""] + _memory_lines(result) + extra)
+    if width is not None and len(tables) > 1:
+        note = [f"decode figures are totals over {result.decode.steps} steps" if result.decode else ""]
+        note = [x for x in note if x] + ["(one table per phase to fit the terminal; --wide: side by side)"]
+    return "\n".join(_wrapped(_header_lines(result), width) + ["", *tables] + _wrapped(note, width) + [""]
+                     + _wrapped(_memory_lines(result) + extra + [UNITS_NOTE], width))
 
 
 def report_markdown(result, timing=None) -> str:
@@ -291,7 +346,7 @@ def report_markdown(result, timing=None) -> str:
     extra = [] if timing is None else _timing_lines(timing)
     note = [] if result.decode is None else [f"Decode columns are totals over {result.decode.steps} steps.", ""]
     return "\n".join([f"# Cost report: {result.model.name}", "", head[0], "", head[1], "", body, ""] + note
-                     + [f"- {line}" for line in _memory_lines(result) + extra])
+                     + [f"- {line}" for line in _memory_lines(result) + extra + [UNITS_NOTE]])
 
 
 def ops_csv(result, timing=None) -> str:

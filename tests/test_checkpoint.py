@@ -123,8 +123,8 @@ def test_report_json_and_text(tmp_path):
     t = report(str(folder / "config.json"))  # the config file's folder is searched too
     assert t.exit_code == 0, t.output
     line = [x for x in t.stdout.splitlines() if x.startswith("checkpoint:")]
-    assert line == ["checkpoint: 1 safetensors file, 12 tensors, 760 elements, 1.48 KiB (BF16 1.48 KiB); "
-                    "weight memory above is the spec's parameters at bf16"]  # 1520 / 1024 = 1.48
+    assert line == ["checkpoint: 1 safetensors file, 12 tensors, 760 elements, 1.52 kB (BF16 1.52 kB); "
+                    "weight memory above is the spec's parameters at bf16"]  # 1520 / 1000 = 1.52 (SI)
 
 
 def test_preset_has_no_checkpoint():
@@ -165,7 +165,7 @@ def test_fp8_checkpoint_sets_weight_memory(tmp_path):
                              "the parameter count"]
     t = report(str(folder))
     assert "quantised (matrices in F8_E4M3): the weight memory above is the checkpoint's bytes" in t.stdout
-    assert "memory: weights 1.04 KiB" in t.stdout  # 1068 / 1024 = 1.04
+    assert "memory: weights 1.07 kB" in t.stdout  # 1068 / 1000 = 1.07 (SI)
 
 
 def test_packed_int4_and_integer_buffers(tmp_path):

@@ -54,7 +54,7 @@ def test_report_table_is_readable():
     out = r.output
     assert out.startswith("gpt2: 124.44 M parameters (124,439,808)")
     for text in ("prefill FLOPs", "decode FLOPs", "attn_scores", "mlp_up", "lm_head", "TOTAL",
-                 "12 layers", "KV cache saving", "15 decode steps", "memory: weights 237.35 MiB"):
+                 "12 layers", "KV cache saving", "15 decode steps", "memory: weights 248.88 MB", "units: SI (1 GB = 10^9 bytes"):
         assert text in out, text
 
 
@@ -130,7 +130,7 @@ def _config(tmp_path, text):
 
 
 BAD_INPUTS = [
-    (["report", "llama-9"], "unknown model 'llama-9'; built-in models: gpt2"),
+    (["report", "llama-9"], "unknown model 'llama-9' (`costmodel models` lists the"),
     (["report", "gpt2", "--batch", "0"], "batch must be a positive integer, got 0"),
     (["report", "gpt2", "--prompt", "-5"], "prompt must be a positive integer, got -5"),
     (["report", "gpt2", "--gen", "0"], "gen must be a positive integer, got 0"),

@@ -75,7 +75,7 @@ def test_plan_says_which_capacity_it_used():
     assert d["hardware"]["capacity_bytes"] == d["memory"]["capacity_bytes"] == 85_520_809_984
     assert (d["hardware"]["capacity_figure"], d["hardware"]["memory_bytes"]) == ("reported", 80_000_000_000)
     out = _run("plan", "llama-2-7b", "--gpu", "h100-sxm").output
-    assert "(85.52 GB, as the device reports it)" in out
+    assert "of 85.52 GB (85,520,809,984 bytes, as the device reports it)" in out
 
 
 # --- fit warnings ------------------------------------------------------------------------------------

@@ -37,4 +37,4 @@ def test_missing_optional_dependency_is_one_line(args, extra, tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path).stdout.strip().splitlines()
     assert out[0] == "2" and len(out) == 2, out
-    assert out[1].startswith("Error: ") and f"pip install 'costmodel[{extra}]'" in out[1], out
+    assert out[1].startswith("Error: ") and f"pip install 'llm-costmodel[{extra}]'" in out[1], out

@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("costmodel", "profiler", "reports")
 LAYERS = ("costmodel", "profiler", "reports", "reports.cli")  # bottom to top
 
+# Entry points run the CLI and sit above every layer: `python -m costmodel` (costmodel/__main__.py)
+# hands over to reports.cli. Nothing may import them (that would be an arrow up to the top).
+ENTRY_POINTS = ("costmodel.__main__",)
+
 # No cycle is allowed (reports.latency <-> reports.sweep was the last one; reports/grid.py broke it).
 KNOWN_CYCLES: list[list[str]] = []
 
@@ -59,6 +63,8 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> int:
+    if module in ENTRY_POINTS:
+        return len(LAYERS)
     return max(i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + "."))
 
 
@@ -143,3 +149,18 @@ def test_an_upward_lazy_import_and_a_cycle_through_a_reexport_are_caught(tmp_pat
     assert upward_imports(graph) == [("costmodel.a", "reports.x")]
     # costmodel -> a -> reports.x -> costmodel.b -> costmodel; reports.x <-> reports.y
     assert cycles(graph) == [["costmodel", "costmodel.a", "costmodel.b", "reports.x", "reports.y"]]
+
+
+def test_python_dash_m_costmodel_is_the_cli_and_an_entry_point_only():
+    import subprocess
+    import sys
+
+    graph = import_graph()
+    assert graph["costmodel.__main__"] == {"reports.cli"}
+    assert not [a for a, targets in graph.items() if "costmodel.__main__" in targets]
+    r = subprocess.run([sys.executable, "-m", "costmodel", "report", "gpt2", "--format", "json"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert '"num_params": 124439808' in r.stdout  # GPT-2 small, the published 124,439,808
+    r = subprocess.run([sys.executable, "-m", "costmodel", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("Usage: costmodel "), r.stdout[:80]

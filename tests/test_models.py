@@ -151,5 +151,10 @@ def test_bad_configs(tmp_path, content, message):
 def test_missing_file_and_unknown_name(tmp_path):
     with pytest.raises(SpecError, match="cannot read config"):
         get_model(str(tmp_path / "nope" / "config.json"))
-    with pytest.raises(SpecError, match="unknown model 'llama-9'; built-in models: gpt2, "):
+    with pytest.raises(SpecError, match=r"unknown model 'llama-9' \(`costmodel models` lists the \d+ built-in"):
         get_model("llama-9")
+    # did-you-mean: a name it begins, then the closest spellings (difflib), at most three
+    with pytest.raises(SpecError, match=r"unknown model 'llama-7b'; did you mean 'llama-2-7b' or "):
+        get_model("llama-7b")
+    with pytest.raises(SpecError, match=r"unknown model 'mixtral'; did you mean 'mixtral-8x7b' or 'mixtral-8x22b'\?"):
+        get_model("mixtral")

@@ -114,7 +114,7 @@ def test_real_weights_from_a_folder(tmp_path):
     (["tiny-llama", "--repeat", "0"], "repeat must be >= 1 and warmup >= 0, got repeat=0"),
     (["tiny-llama", "--prompt", "250", "--gen", "10"], "context 259 (prompt 250 + gen 10 - 1) exceeds tiny-llama's "
                                                        "max_position_embeddings 256"),
-    (["gpt-5"], "unknown model 'gpt-5'; built-in models:"),
+    (["gpt-5"], "unknown model 'gpt-5' (`costmodel models` lists the"),
     (["tiny-llama", "--dtype", "int8"], "Invalid value for '--dtype': 'int8' is not one of 'fp32', 'bf16', 'fp16'."),
     (["tiny-llama", "--top-p", "0"], "top_p must be a number in (0, 1], got 0.0"),
 ])

@@ -187,7 +187,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 
 def test_a_model_too_big_for_memory_is_refused_before_allocating():
-    with pytest.raises(SpecError, match="gpt3-175b needs .* GiB of weights in float32, more than the"):
+    with pytest.raises(SpecError, match="gpt3-175b needs .* GB of weights in float32, more than the"):
         build_model(get_model("gpt3-175b"))
 
 

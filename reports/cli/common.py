@@ -16,8 +16,19 @@ import click
 from costmodel.dtypes import DTYPE_BITS, canonical_dtype
 from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
+from costmodel.quant import QUANT_CHOICES
 from costmodel.sampling import STRATEGIES
 from costmodel.spec import LOGITS_MODES, Workload
+
+
+# The distribution's name on PyPI ("costmodel" there is someone else's Flask app); the import
+# packages and the command keep the name costmodel.
+DISTRIBUTION = "llm-costmodel"
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra, for error messages: by name, or from a checkout."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
 
 
 class InputError(click.ClickException):
@@ -63,7 +74,7 @@ Group.group_class = Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="costmodel")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """What running a transformer costs: FLOPs, bytes, memory and latency, prefill versus decode."""
 
@@ -91,13 +102,34 @@ def input_errors(fn):
             ctx = click.get_current_context(silent=True)
             what = ctx.command_path if ctx is not None else "this command"
             raise InputError(f"{what} needs {root}, which is not installed: "
-                             f"pip install 'costmodel[{_EXTRAS[root]}]'") from None
+                             f"{install_hint(_EXTRAS[root])}") from None
 
     return wrapper
 
 
+def complete_model(ctx, param, incomplete: str):
+    """Shell completion of MODEL: the built-in names starting with what is typed; paths to configs are
+    completed by the shell itself (click returns a "file" completion item when it looks like a path)."""
+    from click.shell_completion import CompletionItem
+
+    from costmodel.models import preset_names
+
+    if "/" in incomplete or incomplete.startswith("."):
+        return [CompletionItem(incomplete, type="file")]
+    return [CompletionItem(n) for n in preset_names() if n.startswith(incomplete)]
+
+
+def complete_gpu(ctx, param, incomplete: str):
+    """Shell completion of --gpu: the catalog's hardware ids starting with what is typed."""
+    from click.shell_completion import CompletionItem
+
+    from costmodel.hardware import hardware_ids
+
+    return [CompletionItem(n) for n in hardware_ids() if n.startswith(incomplete.lower())]
+
+
 def model_argument(fn):
-    return click.argument("model", metavar="MODEL")(fn)
+    return click.argument("model", metavar="MODEL", shell_complete=complete_model)(fn)
 
 
 # Activation dtypes: every format of 8 bits or more (int4 is for weights and the KV cache).
@@ -122,6 +154,11 @@ WORKLOAD_OPTIONS = {
         default=None, help=f"Weights only (overrides --dtype): {', '.join(DTYPE_BITS)}.")),
     "kv_dtype": (("--kv-dtype",), dict(default=None,
                                        help="KV cache (default: the activation dtype); int4 allowed.")),
+    "quant": (("--quant",), dict(
+        type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
+        help="Deployed quantisation of the blocks' linear layers, scales and zeros counted: AWQ/GPTQ int4 "
+             "group 128, int8 per channel (weight-only, computed at --dtype), fp8 W8A8 per tensor/channel "
+             "(fp8 compute; GPUs with fp8 only). --weight-dtype is then the other tensors' dtype.")),
     "logits": (("--logits",), dict(type=click.Choice(LOGITS_MODES), default="last", show_default=True,
                                    help="Prefill LM head for the last position only, or every position.")),
     "no_kv_cache": (("--no-kv-cache",), dict(is_flag=True, help="Decode recomputes the whole prefix every step.")),
@@ -138,7 +175,7 @@ WORKLOAD_OPTIONS = {
 SIZES = ("batch", "prompt", "gen")
 
 HARDWARE_OPTIONS = {
-    "gpu": (("--gpu",), dict(metavar="NAME", default=None,
+    "gpu": (("--gpu",), dict(metavar="NAME", default=None, shell_complete=complete_gpu,
                              help="Hardware id from `costmodel hardware` (or from --hardware FILE).")),
     "hardware_file": (("--hardware", "hardware_file"), dict(
         metavar="FILE", default=None,
@@ -176,13 +213,13 @@ def hardware_options(*names, **changes):
 
 def build_workload(batch=1, prompt=512, gen=None, dtype="bf16", weight_dtype=None, kv_dtype=None, logits="last",
                    no_kv_cache=False, causal=False, beams=1, decoder_prompt=1, strategy="greedy", top_k=50,
-                   top_p=0.9, temperature=1.0) -> Workload:
+                   top_p=0.9, temperature=1.0, quant="none") -> Workload:
     """The :class:`Workload` of the workload options' values (``gen`` None: 128)."""
     dtype = canonical_dtype(dtype, "dtype")
     return Workload(batch=batch, prompt=prompt, gen=128 if gen is None else gen,
                     weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, logits=logits,
                     kv_cache=not no_kv_cache, causal=causal, beams=beams, decoder_prompt=decoder_prompt,
-                    strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature)
+                    strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature, quant=quant)
 
 
 def pop_workload(kwargs: dict, spec=None) -> Workload:
@@ -194,9 +231,44 @@ def pop_workload(kwargs: dict, spec=None) -> Workload:
     return build_workload(**values)
 
 
+_EFFICIENCIES = {"flops_efficiency": "FLOP/s", "bandwidth_efficiency": "memory bandwidth",
+                 "interconnect_efficiency": "interconnect bandwidth"}
+_META = "costmodel.efficiencies"
+
+
+def _store_efficiency(ctx, param, value):
+    if value is not None:
+        ctx.meta.setdefault(_META, {})[param.name] = value
+    return value
+
+
+def efficiency_options(fn):
+    """--flops-efficiency, --bandwidth-efficiency, --interconnect-efficiency: the share of each peak
+    that is achievable, overriding the hardware profile's (or the defaults) for this run. Applied by
+    :func:`with_efficiencies` wherever the command reads its hardware."""
+    for name, what in reversed(list(_EFFICIENCIES.items())):
+        fn = click.option(f"--{name.replace('_', '-')}", name, type=click.FloatRange(0, 1, min_open=True),
+                          default=None, expose_value=False, callback=_store_efficiency, metavar="X",
+                          help=f"Achievable share of the peak {what}, in (0, 1] (default: the profile's, "
+                               "else the stated default).")(fn)
+    return fn
+
+
+def with_efficiencies(hw):
+    """``hw`` with the efficiencies given on the command line (if any), the output saying so."""
+    from dataclasses import replace
+
+    ctx = click.get_current_context(silent=True)
+    given = {} if ctx is None else ctx.meta.get(_META, {})  # click shares meta with every nested context
+    if hw is None or not given:
+        return hw
+    sources = {**hw.sources, "efficiencies_given": ", ".join(f"{k}={v:g}" for k, v in given.items()) + " (command line)"}
+    return replace(hw, **given, sources=sources)
+
+
 def read_hardware(gpu: str | None, hardware_file: str | None):
-    """The profile of --gpu / --hardware, or None when neither is given."""
-    return None if gpu is None and hardware_file is None else get_hardware(gpu, hardware_file)
+    """The profile of --gpu / --hardware (with command-line efficiencies), or None when neither is given."""
+    return None if gpu is None and hardware_file is None else with_efficiencies(get_hardware(gpu, hardware_file))
 
 
 def format_option(choices, default="table"):
@@ -221,6 +293,29 @@ def json_text(obj, indent=2) -> str:
 
 def warn(msg: str) -> None:
     click.echo(f"Warning: {msg}", err=True)
+
+
+def table_width(wide: bool) -> int | None:
+    """The width text tables fit: None (full width, one line per op) with --wide or when stdout is
+    not a terminal (a pipe or a file gets the full detail) unless COLUMNS says otherwise; else the
+    terminal's width (COLUMNS, then the terminal's own, as shutil reads them)."""
+    import os
+    import shutil
+
+    if wide:
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(int(columns), 40)
+    if not stdout_is_tty():
+        return None
+    return max(shutil.get_terminal_size().columns, 40)
+
+
+def wide_option(fn):
+    return click.option("--wide", is_flag=True,
+                        help="Tables at full width (phases side by side) even on a narrow terminal; "
+                             "by default a terminal's width is fitted (one table per phase).")(fn)
 
 
 def stdout_is_tty() -> bool:

@@ -10,11 +10,12 @@ from costmodel.parallel import Split
 from .common import emit_json
 
 
-def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str, seed: int, fmt: str) -> None:
+def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str, seed: int, fmt: str,
+                     ep: int = 1) -> None:
     from profiler.parallel import run_parallel
     from reports.parallel import parallel_table
 
-    result = run_parallel(spec, wl, Split(tp, pp), attention=attention, device=device, seed=seed)
+    result = run_parallel(spec, wl, Split(tp, pp, ep), attention=attention, device=device, seed=seed)
     if fmt == "json":
         emit_json(result.to_dict())
     else:

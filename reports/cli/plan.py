@@ -17,7 +17,7 @@ from costmodel.models import get_model
 from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
+from .common import (InputError, efficiency_options, install_hint, with_efficiencies, emit_json, format_option, hardware_options, input_errors, main, model_argument,
                      warn, workload_options)
 
 
@@ -43,12 +43,13 @@ def _positive_float():
 @main.command()
 @model_argument
 @hardware_options()
+@efficiency_options
 @click.option("--gpus", type=click.IntRange(min=1), default=None,
               help="GPUs per replica; picks tp (within the fast interconnect) and pp.")
 @click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel GPUs.")
 @click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline stages.")
 @workload_options(
-    "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype",
+    "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype", "quant",
     prompt=dict(help="Prompt length in tokens."),
     gen=dict(default=128, show_default=True, help="Tokens generated per request."),
     batch=dict(default=None, show_default=False, help="Batch to evaluate (default: the largest that fits)."),
@@ -60,10 +61,14 @@ def _positive_float():
 @click.option("--gpu-hour-usd", type=_positive_float(), default=None, metavar="X", help="Price of one GPU-hour, USD.")
 @click.option("--reserve-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers).")
+@click.option("--simulate", "simulated", is_flag=True,
+              help="With --rps and an SLO: find the replicas by simulating continuous batching (p99 SLOs).")
+@click.option("--sim-requests", type=click.IntRange(min=10), default=500, show_default=True,
+              help="Requests simulated per candidate replica count (with --simulate).")
 @format_option(["table", "json"])
 @input_errors
-def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype,
-         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, fmt):
+def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
+         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
@@ -72,17 +77,26 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
 
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
-    hw = get_hardware(gpu, hardware_file)
+    hw = with_efficiencies(get_hardware(gpu, hardware_file))
     p = capacity_plan(
         get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
-        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype,
+        weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, quant=quant,
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
         rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
+    sim = None
+    if simulated:
+        from .simulate import simulated_plan
+
+        sim = simulated_plan(p, rps, ttft_slo, tpot_slo, sim_requests)
     if fmt == "json":
-        emit_json(p.to_dict())
+        emit_json(p.to_dict() if sim is None else {**p.to_dict(), "simulated": sim})
     else:
         click.echo(plan_text(p))
+        if sim is not None:
+            from .simulate import simulated_plan_text
+
+            click.echo(simulated_plan_text(sim))
 
 
 @main.command()
@@ -104,7 +118,7 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
     try:
         from profiler import calibrate as cal
     except ImportError as e:
-        raise InputError(f"calibrate needs torch ({e}); install it with: pip install 'costmodel[profile]'") from None
+        raise InputError(f"calibrate needs torch ({e}); install it with: {install_hint('profile')}") from None
     from reports.files import atomic_write, check_writable_file
     from reports.parallel import collectives_lines
     from reports.plan import calibration_table

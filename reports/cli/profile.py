@@ -18,11 +18,11 @@ from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
 
-def _progress(enabled: bool):
-    def say(msg: str) -> None:
-        if enabled:
-            click.echo(msg, err=True)
-    return say
+def _progress(desc: str):
+    """A tqdm bar on stderr while the reference model runs (only on a terminal)."""
+    from reports.progress import Stages
+
+    return Stages(desc)
 
 
 @main.command()
@@ -51,9 +51,12 @@ def _progress(enabled: bool):
 @click.option("--tp", type=int, default=1, show_default=True,
               help="Tensor-parallel ranks (Megatron split; starts tp x pp processes on gloo / nccl).")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split in order).")
+@click.option("--ep", type=int, default=1, show_default=True,
+              help="Expert-parallel ranks of a mixture-of-experts model (experts split, tokens exchanged "
+                   "by all-gather dispatch and reduce-scatter combine; tp = pp = 1).")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt,
+def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, ep, fmt,
             **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
@@ -66,16 +69,17 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     """
     spec = get_model(model)
     wl = pop_workload(kwargs, spec)
-    if tp != 1 or pp != 1:
+    if tp != 1 or pp != 1 or ep != 1:
         if weights:
-            raise InputError("--weights is not supported with --tp/--pp (seeded random weights only)")
-        return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt)
+            raise InputError("--weights is not supported with --tp/--pp/--ep (seeded random weights only)")
+        return profile_parallel(spec, wl, tp, pp, device=device, attention=attention, seed=seed, fmt=fmt, ep=ep)
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
-                         fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
-                         progress=_progress(sys.stderr.isatty()))
+    with _progress(f"profile {spec.name}") as say:
+        result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
+                             fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
+                             progress=say)
     if fmt == "json":
         emit_json(result.to_dict())
     else:

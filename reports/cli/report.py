@@ -14,7 +14,7 @@ from costmodel.roofline import predict
 from costmodel.spec import MLA_FORMS
 
 from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, read_hardware, warn, workload_options)
+                     pop_workload, read_hardware, efficiency_options, table_width, warn, wide_option, workload_options)
 
 
 @main.command()
@@ -26,11 +26,13 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
               help="Write one self-contained HTML page (tables and plots embedded) to FILE.")
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="With --format markdown: write report.md and its plots into DIR (relative image links).")
+@efficiency_options
+@wide_option
 @click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
               help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
                    "does, or decode absorbed in latent space as serving engines do.")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
     MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
@@ -40,6 +42,9 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     """
     from reports import text
 
+    if html_file is not None and fmt in ("json", "csv"):  # checked before anything is computed or written
+        raise InputError(f"--html FILE writes one HTML page and --format {fmt} prints to stdout: give one "
+                         "of them (run twice for both)")
     spec = get_model(model)
     result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
     hw = read_hardware(gpu, hardware_file)
@@ -58,7 +63,7 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     elif fmt == "markdown":
         click.echo(text.report_markdown(result, timing))
     else:
-        click.echo(text.report_table(result, timing))
+        click.echo(text.report_table(result, timing, table_width(wide)))
 
 
 def _stream_json(result, timing) -> None:
@@ -86,6 +91,7 @@ def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
     """--html FILE and --out DIR: write the page / report.md and its plots; print the paths."""
     from reports import html, text
     from reports.files import check_writable_dir, check_writable_file
+    from reports.progress import over
 
     if out_dir is not None:
         if fmt != "markdown":
@@ -94,9 +100,11 @@ def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
         check_writable_dir(out_dir)
     if html_file is not None:
         check_writable_file(html_file, "--html")
-        click.echo(html.write_html(html_file, spec, result, timing, hw))
+        click.echo(html.write_html(html_file, spec, result, timing, hw,
+                                   progress=lambda kinds: over(kinds, "rendering plots")))
     if out_dir is not None:
-        for path in html.write_markdown_dir(out_dir, spec, result, text.report_markdown(result, timing), hw):
+        for path in html.write_markdown_dir(out_dir, spec, result, text.report_markdown(result, timing), hw,
+                                            progress=lambda kinds: over(kinds, "rendering plots")):
             click.echo(path)
 
 

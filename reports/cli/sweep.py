@@ -15,7 +15,7 @@ from costmodel.errors import SpecError, parse_json_text, read_text_file
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, hardware_options, input_errors, main,
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, complete_model, efficiency_options, with_efficiencies, install_hint, build_workload, hardware_options, input_errors, main,
                      pop_workload, read_hardware, warn, workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
@@ -38,9 +38,10 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
 
 
 @main.command()
-@click.argument("model", metavar="MODEL")
+@click.argument("model", metavar="MODEL", shell_complete=complete_model)
 @_range_options()
 @workload_options(*NOT_SIZES)
+@efficiency_options
 @hardware_options(
     gpu=dict(metavar=None, help="Add a `seconds` column (roofline) for this GPU (see `costmodel hardware`)."),
     hardware_file=dict(help="Hardware profile file for `seconds`."))
@@ -78,7 +79,7 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
             import pyarrow  # noqa: F401
         except ImportError:
             raise InputError("--format parquet needs pyarrow, which is not installed: "
-                             "pip install 'costmodel[sweep]' (or use --format csv or json)") from None
+                             f"{install_hint('sweep')} (or use --format csv or json)") from None
     if out is not None:
         check_writable_file(out)
     largest = replace(wl, prompt=max(grid["prompt"]), gen=max(grid["gen"]))
@@ -138,12 +139,14 @@ def _sweep_in_chunks(spec, wl, grid, hw, fmt, out):
 
 @main.command()
 @click.argument("kind", metavar="KIND", type=click.Choice(PLOT_KINDS))
-@click.argument("model", metavar="[MODEL]", required=False)
+@click.argument("model", metavar="[MODEL]", required=False, shell_complete=complete_model)
 @workload_options()
 @click.option("--batch-range", default="1:256:x2", show_default=True,
               help="Batch axis: N,N2,..., START:STOP:+STEP or START:STOP:xFACTOR.")
-@click.option("--context-range", default="128:32768:x2", show_default=True,
-              help="Context (prompt length) axis, same syntax.")
+@click.option("--context-range", default=None,
+              help="Context (prompt length) axis, same syntax. [default: 128:LIMIT:x2, LIMIT the model's "
+                   "max_position_embeddings (the smallest of the models compared; at least 256)]")
+@efficiency_options
 @hardware_options(gpu=dict(metavar="NAME[,NAME...]",
                            help="Device(s) (see `costmodel hardware`); several for latency and compare."),
                   hardware_file=dict(help="Hardware profile file."))
@@ -184,7 +187,11 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
         raise InputError(f"the {kind} plot needs a device: give --gpu NAME (see `costmodel hardware`) "
                          "or --hardware FILE")
     batches = parse_range(batch_range, "--batch-range")
-    contexts = parse_range(context_range, "--context-range")
+    if context_range is None:  # stop at the models' context limit, not past it
+        top = max(256, min((s.max_position_embeddings for s in specs), default=32768))
+        contexts = [c for c in (2 ** i for i in range(7, 31)) if c <= top]
+    else:
+        contexts = parse_range(context_range, "--context-range")
     longest = max(max(contexts) if kind in ("phases", "memory", "latency", "compare") else 0, wl.prompt)
     for s in specs:
         wl.check_against(s)  # the request itself (e.g. --decoder-prompt on a decoder-only model)
@@ -205,5 +212,5 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
 
 def _hardware_list(gpu, hardware_file):
     if gpu is None:
-        return [get_hardware(None, hardware_file)] if hardware_file else []
-    return [get_hardware(g.strip(), hardware_file) for g in gpu.split(",") if g.strip()]
+        return [with_efficiencies(get_hardware(None, hardware_file))] if hardware_file else []
+    return [with_efficiencies(get_hardware(g.strip(), hardware_file)) for g in gpu.split(",") if g.strip()]

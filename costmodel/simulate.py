@@ -1,0 +1,857 @@
+"""A continuous-batching serving simulator: requests arrive, a vLLM-V1-style scheduler batches them
+step by step, and each step's time is the roofline cost of exactly the mix it runs.
+
+Pure arithmetic: no numpy or torch; randomness from ``random.Random(seed)`` only.
+
+The scheduler (:func:`simulate`), as vLLM V1's ``Scheduler.schedule`` (vllm/v1/core/sched/scheduler.py,
+https://github.com/vllm-project/vllm) does it, one iteration at a time:
+
+- every request has ``num_tokens`` (prompt + tokens generated so far) and ``num_computed_tokens``
+  (positions in its KV cache); a step feeds it ``num_tokens - num_computed_tokens`` tokens, capped by
+  the token budget ``max_num_batched_tokens`` (chunked prefill; without it a prompt is scheduled whole
+  or not at all). When a request's computed tokens reach ``num_tokens``, the step samples its next token.
+- running requests first, in the order they were admitted (decodes and unfinished prefill chunks
+  alike), then waiting requests first come first served while the budget lasts and fewer than
+  ``max_num_seqs`` run; none are admitted in a step that pre-empted one.
+- the KV cache is paged: ``block_size`` positions a block, ``ceil(positions / block_size)`` blocks a
+  request, allocated as its positions grow, freed when it finishes. Blocks available =
+  (gpu_memory_utilization x capacity - weights - activation reserve) // bytes of one block (every
+  layer holds every position: sliding-window layers are not freed early).
+- when a running request needs a block and none is free, the request last in the running list
+  (the most recently admitted) is pre-empted by recompute: its blocks are freed, its computed
+  tokens reset to 0, and it goes back to the head of the waiting queue; readmitted, it is
+  prefilled again over prompt + the tokens it had generated, and the last of them yields its next
+  token (the tokens already emitted stay emitted).
+- a request that can never run (more positions than the whole cache; without chunking, a prompt
+  longer than the budget) is rejected on arrival and reported unfinished: no request is lost (nor
+  is one that, unchunked, was pre-empted and can no longer be recomputed within the budget).
+
+Step time (:class:`IterationCost`): the roofline ``max(compute, memory)`` of each op of the pass,
+with the FLOPs and bytes of exactly that mix: the per-token ops (projections, MLP, norms) scaled by
+the tokens fed, the LM head and sampling by the sequences in the step (vLLM V1 computes logits for
+every scheduled request's last token), and attention over each sequence's own context, summed over
+the sequences; plus tensor-parallel communication and a per-iteration overhead. The coefficients
+come from a handful of :func:`~costmodel.analysis.step_cost` evaluations made once; nothing is
+re-analysed per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from . import formulas as F
+from .analysis import experts_touched, step_cost
+from .errors import SpecError
+from .hardware import Hardware
+from .parallel import Layout, shard_step, stage_kv_cache_bytes
+from .plan import check_layout, comm_seconds, memory_use
+from .roofline import rates
+from .spec import ModelSpec, Workload
+
+# vLLM's defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults, the OpenAI API server
+# usage context on GPUs under 70 GiB or A100s: max_num_batched_tokens 2048, max_num_seqs 256; on
+# larger GPUs such as H100 it raises them to 8192 and 1024), block size 16 and
+# gpu_memory_utilization 0.90 (the EngineArgs field defaults in the same file; vLLM's docs,
+# https://docs.vllm.ai/en/stable/configuration/engine_args.html). https://github.com/vllm-project/vllm
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
+
+
+# --- Workloads --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Request:
+    """One request: it arrives at ``arrival_s``, brings ``prompt_tokens`` and wants ``output_tokens``."""
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """A token-length distribution: "fixed" (a), "uniform" (integers a..b), "normal" (mean a, sd b),
+    "lognormal" (exp of a normal of mu a, sigma b); draws are rounded and at least 1."""
+
+    kind: str
+    a: float
+    b: float = 0.0
+
+    def draw(self, rng: random.Random) -> int:
+        if self.kind == "fixed":
+            v = self.a
+        elif self.kind == "uniform":
+            v = rng.randint(int(self.a), int(self.b))
+        elif self.kind == "normal":
+            v = rng.gauss(self.a, self.b)
+        else:
+            v = rng.lognormvariate(self.a, self.b)
+        return max(1, round(v))
+
+    def describe(self) -> str:
+        return f"{self.a:g}" if self.kind == "fixed" else f"{self.kind}:{self.a:g}:{self.b:g}"
+
+
+def parse_lengths(text: str, what: str = "length") -> Lengths:
+    """``N``, ``uniform:LO:HI``, ``normal:MEAN:SD`` or ``lognormal:MU:SIGMA``; SpecError in one line."""
+    allowed = "N, uniform:LO:HI, normal:MEAN:SD or lognormal:MU:SIGMA"
+    parts = str(text).strip().split(":")
+    try:
+        if len(parts) == 1:
+            n = int(parts[0])
+            if n < 1:
+                raise ValueError
+            return Lengths("fixed", n)
+        kind, a, b = parts[0].lower(), float(parts[1]), float(parts[2])
+        if len(parts) != 3 or kind not in DISTRIBUTIONS[1:]:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise SpecError(f"bad {what} {text!r}: give {allowed}") from None
+    if kind == "uniform" and not (a == int(a) and b == int(b) and 1 <= a <= b):
+        raise SpecError(f"bad {what} {text!r}: uniform needs integers 1 <= LO <= HI")
+    if kind == "normal" and not (a > 0 and b >= 0):
+        raise SpecError(f"bad {what} {text!r}: normal needs MEAN > 0 and SD >= 0")
+    if kind == "lognormal" and not b >= 0:
+        raise SpecError(f"bad {what} {text!r}: lognormal needs SIGMA >= 0")
+    return Lengths(kind, a, b)
+
+
+def poisson_requests(n: int, rps: float, prompt, gen, seed: int = 0, lengths_from=None) -> list[Request]:
+    """``n`` requests with Poisson arrivals at ``rps`` per second (exponential gaps of mean 1 / rps,
+    the first after one gap), prompt and output lengths ``prompt`` / ``gen`` (ints or :class:`Lengths`),
+    or, with ``lengths_from`` (requests, e.g. a trace's), (prompt, output) pairs drawn from those
+    uniformly with replacement; all from ``random.Random(seed)``: the same seed gives the same requests."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecError(f"requests must be a positive integer, got {n!r}")
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
+        raise SpecError(f"rps must be a positive number, got {rps!r}")
+    p = prompt if isinstance(prompt, Lengths) else parse_lengths(str(prompt), "prompt")
+    g = gen if isinstance(gen, Lengths) else parse_lengths(str(gen), "gen")
+    rng = random.Random(seed)
+    pairs = None if lengths_from is None else [(q.prompt_tokens, q.output_tokens) for q in lengths_from]
+    if pairs is not None and not pairs:
+        raise SpecError("lengths_from has no requests to draw lengths from")
+    t, out = 0.0, []
+    for i in range(n):
+        t += rng.expovariate(rps)
+        if pairs is None:
+            out.append(Request(i, t, p.draw(rng), g.draw(rng)))
+        else:
+            out.append(Request(i, t, *pairs[rng.randrange(len(pairs))]))
+    return out
+
+
+def read_trace(lines, source: str = "trace", arrivals: bool = True) -> list[Request]:
+    """Requests from JSON lines ``{"arrival_s": s, "prompt_tokens": p, "output_tokens": g}`` (blank
+    lines skipped); sorted by arrival (stable). A bad line raises SpecError naming its number.
+    ``arrivals`` False: lengths only (``arrival_s`` optional, read as 0)."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{source} line {number}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SpecError(f"{source} line {number}: expected an object with arrival_s, prompt_tokens, output_tokens")
+        if not arrivals:
+            row = {"arrival_s": 0, **row}
+        missing = [k for k in ("arrival_s", "prompt_tokens", "output_tokens") if k not in row]
+        if missing:
+            raise SpecError(f"{source} line {number}: missing {', '.join(missing)}")
+        a, p, g = row["arrival_s"], row["prompt_tokens"], row["output_tokens"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < math.inf:
+            raise SpecError(f"{source} line {number}: arrival_s must be a number >= 0, got {a!r}")
+        for k, v in (("prompt_tokens", p), ("output_tokens", g)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecError(f"{source} line {number}: {k} must be a positive integer, got {v!r}")
+        out.append(Request(len(out), float(a), p, g))
+    if not out:
+        raise SpecError(f"{source} has no requests")
+    order = sorted(range(len(out)), key=lambda i: out[i].arrival_s)
+    return [replace(out[j], id=i) for i, j in enumerate(order)]
+
+
+def read_trace_file(path: str, arrivals: bool = True) -> list[Request]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return read_trace(f, path, arrivals)
+    except OSError as e:
+        raise SpecError(f"cannot read trace {path!r}: {e.strerror or e}") from None
+
+
+# --- Iteration cost -----------------------------------------------------------------------------------
+
+def _fit_token(e1, e2, e3):
+    """Per field: (per pass, per token, per logits row) from passes of (T, R) = (1, 1), (2, 2), (2, 1)."""
+    out = []
+    for v1, v2, v3 in zip(e1, e2, e3):
+        c_r = v2 - v3
+        c_t = v3 - v1
+        out.append((v1 - c_t - c_r, c_t, c_r))
+    return tuple(out)
+
+
+def _fit_context(f12, f13, f23, f24, f34):
+    """Per field: (q*k, k, q, q*q, 1) coefficients of f(q, k), a polynomial in those terms, from
+    f at (q, k) = (1, 2), (1, 3), (2, 3), (2, 4), (3, 4):
+    f(1, 3) - f(1, 2) = a + b and f(2, 4) - f(2, 3) = 2a + b give a (q*k) and b (k); what is left,
+    g(q) = f(q, q + 1) - a q (q + 1) - b (q + 1) = c q + d q^2 + e, by Newton from q = 1, 2, 3."""
+    out = []
+    for v12, v13, v23, v24, v34 in zip(f12, f13, f23, f24, f34):
+        s1, s2 = v13 - v12, v24 - v23
+        a = s2 - s1
+        b = s1 - a
+        g1, g2, g3 = (v - a * q * (q + 1) - b * (q + 1) for q, v in ((1, v12), (2, v23), (3, v34)))
+        d = (g3 - 2 * g2 + g1) / 2
+        c = g2 - g1 - 3 * d
+        e = g1 - c - d
+        out.append((a, b, c, d, e))
+    return tuple(out)
+
+
+class IterationCost:
+    """Seconds of one scheduler iteration for the mix it runs.
+
+    ``seconds(prefill_chunks, decode_contexts)``: ``prefill_chunks`` is a list of (new_tokens,
+    context_before) — a chunk of ``new_tokens`` prompt (or recomputed) tokens of a sequence that has
+    ``context_before`` positions cached already; ``decode_contexts`` a list of the cached positions
+    of each decoding sequence (its one new token attends over that + 1 keys).
+
+    Built by :meth:`from_model` from closed-form coefficients (see the module docstring); an engine
+    model can replace them by passing ``engine`` there (not modelled yet: only None / "eager").
+    """
+
+    def __init__(self, token_ops, context_groups, comm, overhead_s: float, op_overhead_s: float,
+                 description: dict | None = None):
+        # token_ops: [(mult, F, B, (flops c0, cT, cR), (bytes c0, cT, cR), expert_bytes_per_copy)]
+        # context_groups: [(window or None, [(mult, F, B, flops coeffs, bytes coeffs, weight bytes), ...])]
+        self.token_ops = token_ops
+        self.context_groups = context_groups
+        self.comm = comm  # (seconds at 0 tokens, seconds per token)
+        self.overhead_s = overhead_s
+        self.op_overhead_s = op_overhead_s
+        self.description = description or {}
+        self._kernels = (sum(m for m, *_ in token_ops)
+                         + sum(m for _, ops in context_groups for m, *_ in ops))
+        self._token_memo: dict = {}
+        self._expert_cap = None
+
+    @classmethod
+    def from_model(cls, spec: ModelSpec, wl: Workload, hw: Hardware, engine=None,
+                   layout: Layout | None = None, overhead_s: float = 0.0, *, pass_cost=None,
+                   op_rates=None) -> "IterationCost":
+        """Coefficients for ``spec`` run as ``wl`` (its dtypes, causal counting, sampling) on ``hw``
+        laid out as ``layout`` (per-GPU shares of tp, pp stages in turn, as the plan times them).
+
+        ``engine``: None or "eager" (today's eager ops); other engines are refused until wired in.
+        The two seams an engine model fills: ``pass_cost(batch, q_len, kv_len)`` -> the StepCost of
+        one pass as the engine executes it (per GPU; default: ``analysis.step_cost`` with logits for
+        one position a sequence, sharded over tp), and ``op_rates`` (a ``roofline.Rates``; default
+        ``rates(hw, act_dtype)``); its per-step host time goes in ``overhead_s``. The coefficients
+        are fitted from eight such passes, so whatever ``pass_cost`` returns must keep each op's
+        costs polynomial in (q_len, kv_len) as :func:`_fit_context` assumes."""
+        if pass_cost is None and engine not in (None, "eager") and getattr(engine, "id", None) != "eager":
+            raise SpecError(f"simulate models the eager engine only for now, got engine {engine!r}")
+        if spec.arch != "decoder":
+            raise SpecError(f"simulate serves decoder-only models; {spec.name} is arch {spec.arch!r}")
+        if not wl.kv_cache:
+            raise SpecError("simulate needs a KV cache (continuous batching pages it)")
+        if wl.beams != 1:
+            raise SpecError("simulate serves one sequence a request (beams 1)")
+        layout = layout or Layout()
+        check_layout(spec, hw, layout)
+        wl = replace(wl, batch=1)
+        r = op_rates if op_rates is not None else rates(hw, wl.act_dtype)
+
+        def cost(b, q, k):
+            if pass_cost is not None:
+                return pass_cost(b, q, k)
+            c = step_cost(spec, wl, b, q, k, 1, sliding_keys="growing")  # the window applied per step
+            return shard_step(c, layout.tp) if layout.tp > 1 else c
+
+        def flat(c):
+            return [(g, m, o) for g, (m, o) in zip(_group_tags(c), c.weighted())]
+
+        tok = [flat(cost(1, 1, 2)), flat(cost(2, 1, 2)), flat(cost(1, 2, 2))]
+        ctx = [flat(cost(1, q, k)) for q, k in ((1, 2), (1, 3), (2, 3), (2, 4), (3, 4))]
+        names = [[(g, o.op) for g, _, o in ops] for ops in tok + ctx]
+        if any(n != names[0] for n in names):
+            raise SpecError(f"simulate cannot model {spec.name}: its passes differ in their ops with the batch "
+                            "or the context")
+        windows = {i: spec.window_of(g) for i, (g, _) in enumerate(step_cost(spec, wl, 1, 1, 1, 1).groups)}
+        token_ops, groups = [], {}
+        for j, (g, m, o) in enumerate(tok[0]):
+            varies = any(ctx[a][j][2].costs() != ctx[b][j][2].costs() for a, b in ((0, 1), (2, 3)))  # k alone changes
+            Fr, Br = r.flops_rate(o.kind), r.bytes_rate(o.kind)
+            if varies:  # attention over the context: sum over sequences
+                fit = _fit_context(*(c[j][2].costs() for c in ctx))
+                fl = fit[0]
+                by = tuple(sum(x) for x in zip(*fit[3:]))  # activations and KV: per sequence
+                weights = ctx[0][j][2].weight_bytes  # read once per pass (latent attention's kv_b_proj)
+                groups.setdefault(g, []).append((m, Fr, Br, fl, by, weights))
+                continue
+            fit = _fit_token(*(e[j][2].costs() for e in tok))
+            w1, w2 = tok[0][j][2].weight_bytes, tok[1][j][2].weight_bytes
+            per_copy = 0.0
+            if spec.num_experts and w1 != w2:  # routed experts: min(E, T k) weight copies read
+                per_copy = w1 / experts_touched(spec, 1)
+                fit = tuple((0.0, 0.0, 0.0) if i == 2 else f for i, f in enumerate(fit))
+            fl = fit[0]
+            by = tuple(sum(x) for x in zip(*fit[2:]))
+            act = tuple(sum(x) for x in zip(*fit[3:5]))
+            token_ops.append((m, Fr, Br, fl, by, per_copy, act))
+        context_groups = [(windows.get(g), ops) for g, ops in groups.items()]
+        c0 = comm_seconds(spec, hw, wl, layout, 0) if layout.gpus > 1 else 0.0
+        c1 = comm_seconds(spec, hw, wl, layout, 1) - c0 if layout.gpus > 1 else 0.0
+        self = cls(token_ops, context_groups, (c0, c1), overhead_s, r.op_overhead_s,
+                   {"engine": "eager", "layout": {"tp": layout.tp, "pp": layout.pp}, "hardware": hw.id,
+                    "overhead_s": overhead_s})
+        self._expert_cap = spec if spec.num_experts else None
+        return self
+
+    def activation_bytes(self, tokens: int, hidden_bytes_per_token: int, rows: int = 1) -> int:
+        """Activation reserve of a pass of ``tokens`` tokens and ``rows`` sequences (logits rows):
+        the residual stream plus the largest per-token op's inputs and outputs (attention without a
+        materialised score matrix, as a fused kernel runs it)."""
+        best = max((a[0] + a[1] * tokens + a[2] * rows for *_, a in self.token_ops), default=0)
+        return int(hidden_bytes_per_token * tokens + best)
+
+    def _token_seconds(self, tokens: int, rows: int) -> float:
+        key = (tokens, rows)
+        s = self._token_memo.get(key)
+        if s is None:
+            s = 0.0
+            copies = experts_touched(self._expert_cap, tokens) if self._expert_cap is not None else 0
+            for m, Fr, Br, fl, by, per_copy, _ in self.token_ops:
+                f = fl[0] + fl[1] * tokens + fl[2] * rows
+                b = by[0] + by[1] * tokens + by[2] * rows + per_copy * copies
+                s += m * max(f / Fr, b / Br)
+            if len(self._token_memo) < 1 << 16:
+                self._token_memo[key] = s
+        return s
+
+    def seconds(self, prefill_chunks, decode_contexts) -> float:
+        """Seconds of one iteration: see the class docstring."""
+        n_dec = len(decode_contexts)
+        tokens = n_dec + sum(n for n, _ in prefill_chunks)
+        rows = n_dec + len(prefill_chunks)
+        if rows == 0:
+            return 0.0
+        s = self._token_seconds(tokens, rows)
+        for window, ops in self.context_groups:
+            # sums over sequences of q*k, k, q, q*q, 1 (q new tokens, k keys attended)
+            if window is None:
+                sum_c = sum(decode_contexts)
+                s_qk = s_k = sum_c + n_dec
+                s_q = s_qq = s_1 = n_dec
+                for q, c in prefill_chunks:
+                    k = c + q
+                    s_qk += q * k
+                    s_k += k
+                    s_q += q
+                    s_qq += q * q
+                    s_1 += 1
+            else:
+                s_k = sum(c + 1 if c < window else window for c in decode_contexts)
+                s_qk = s_k
+                s_q = s_qq = s_1 = n_dec
+                for q, c in prefill_chunks:
+                    k = F.sliding_keys(q, c + q, window)
+                    s_qk += q * k
+                    s_k += k
+                    s_q += q
+                    s_qq += q * q
+                    s_1 += 1
+            for m, Fr, Br, fl, by, weights in ops:
+                f = fl[0] * s_qk + fl[1] * s_k + fl[2] * s_q + fl[3] * s_qq + fl[4] * s_1
+                b = weights + by[0] * s_qk + by[1] * s_k + by[2] * s_q + by[3] * s_qq + by[4] * s_1
+                s += m * max(f / Fr, b / Br)
+        return (s + self._kernels * self.op_overhead_s + self.comm[0] + self.comm[1] * tokens
+                + self.overhead_s)
+
+
+def _group_tags(cost):
+    """The group index of each item of ``cost.weighted()``: -1 before the blocks, -2 after."""
+    tags = [-1] * len(cost.before)
+    for i, (_, ops) in enumerate(cost.groups):
+        tags += [i] * len(ops)
+    return tags + [-2] * len(cost.after)
+
+
+# --- Memory ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KVBudget:
+    """The paged KV cache of one replica (per GPU of the fullest stage)."""
+
+    capacity_bytes: int
+    gpu_memory_utilization: float
+    weights_bytes: int
+    activation_bytes: int
+    block_size: int
+    block_bytes: int
+    blocks: int
+
+    def to_dict(self) -> dict:
+        return {"capacity_bytes": self.capacity_bytes, "gpu_memory_utilization": self.gpu_memory_utilization,
+                "budget_bytes": round(self.capacity_bytes * self.gpu_memory_utilization),
+                "weights_bytes": self.weights_bytes, "activation_bytes": self.activation_bytes,
+                "block_size": self.block_size, "block_bytes": self.block_bytes, "kv_blocks_total": self.blocks}
+
+
+def kv_budget(spec: ModelSpec, wl: Workload, hw: Hardware, layout: Layout, cost: IterationCost,
+              block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int,
+              activation_bytes: int | None = None, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> KVBudget:
+    """Blocks = (gpu_memory_utilization x capacity - weights - activation reserve) // block bytes, on
+    the fullest GPU. Activation reserve (default): a pass of ``max_num_batched_tokens`` tokens over
+    up to ``max_num_seqs`` sequences (:meth:`IterationCost.activation_bytes`), as vLLM profiles a
+    dummy batch of that size before sizing its cache."""
+    one = replace(wl, batch=1, prompt=block_size, gen=1)
+    weights = memory_use(spec, hw, one, layout, 0.0).weights_bytes
+    block = max(stage_kv_cache_bytes(spec, one, layout, s, positions=block_size) for s in range(layout.pp))
+    if activation_bytes is None:
+        from .dtypes import nbytes
+
+        activation_bytes = cost.activation_bytes(max_num_batched_tokens, nbytes(spec.hidden_size, wl.act_dtype),
+                                                 min(max_num_seqs, max_num_batched_tokens))
+    free = math.floor(hw.capacity_bytes * gpu_memory_utilization) - weights - activation_bytes
+    blocks = free // block if block else 0
+    if blocks < 1:
+        raise SpecError(f"no KV-cache block fits: {gpu_memory_utilization:g} x {hw.capacity_bytes:,} bytes of "
+                        f"{hw.id} - weights {weights:,} - activations {activation_bytes:,} leaves {free:,} bytes, "
+                        f"one block needs {block:,}; try a larger tp or pp, or a GPU with more memory")
+    return KVBudget(hw.capacity_bytes, gpu_memory_utilization, weights, activation_bytes, block_size, block, blocks)
+
+
+# --- The simulation ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    chunked_prefill: bool = True
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self):
+        for k in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecError(f"{k} must be a positive integer, got {v!r}")
+
+    def to_dict(self) -> dict:
+        return {"max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
+                "chunked_prefill": self.chunked_prefill, "block_size": self.block_size}
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int  # asked for
+    generated_tokens: int  # emitted by the end (= output_tokens when finished)
+    first_token_s: float | None
+    finish_s: float | None
+    preemptions: int
+    status: str  # "finished", "unfinished" (simulation stopped), "rejected" (can never run)
+
+    @property
+    def ttft_s(self):
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self):
+        return None if self.finish_s is None else self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self):
+        """Mean time per output token after the first: (finish - first token) / (output - 1)."""
+        if self.finish_s is None or self.output_tokens < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "arrival_s": self.arrival_s, "first_token_s": self.first_token_s,
+                "finish_s": self.finish_s, "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "e2e_s": self.e2e_s,
+                "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+                "generated_tokens": self.generated_tokens, "preemptions": self.preemptions,
+                "status": self.status}
+
+
+CSV_COLUMNS = ("id", "arrival_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "prompt_tokens",
+               "output_tokens", "generated_tokens", "preemptions", "status")
+
+
+def percentiles(values) -> dict:
+    """{mean, p50, p90, p99} of ``values`` (linear interpolation between order statistics, as
+    numpy's default); all None when empty."""
+    v = sorted(values)
+    if not v:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+
+    def q(p):
+        x = (len(v) - 1) * p
+        lo = math.floor(x)
+        hi = min(lo + 1, len(v) - 1)
+        return v[lo] + (v[hi] - v[lo]) * (x - lo)
+
+    return {"mean": sum(v) / len(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+
+def weighted_percentiles(pairs) -> dict:
+    """{mean, p50, p90, p99} of values given as (value, count) pairs: the q-quantile is the smallest
+    value whose cumulative count reaches q x total (nearest rank); all None when empty."""
+    v = sorted((x, c) for x, c in pairs if c > 0)
+    total = sum(c for _, c in v)
+    if not total:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    out = {"mean": sum(x * c for x, c in v) / total}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        need, seen = max(1, math.ceil(q * total)), 0
+        for x, c in v:
+            seen += c
+            if seen >= need:
+                out[name] = x
+                break
+    return out
+
+
+@dataclass
+class SimulationResult:
+    requests: list  # [RequestResult] by id
+    iterations: int
+    duration_s: float
+    preemptions: int
+    kv_blocks_total: int
+    kv_blocks_peak: int
+    kv_blocks_mean: float  # time-weighted over the iterations (idle time counts as 0 in use)
+    busy_s: float
+    in_system_mean: float  # time-weighted mean of requests waiting or running (sampled at step starts)
+    series: list = field(repr=False)  # (t_s, waiting, running, kv_blocks) at each iteration start
+    config: dict = field(default_factory=dict)
+    itl: list = field(default_factory=list, repr=False)  # (inter-token gap s, how many tokens had it)
+
+    @property
+    def finished(self) -> list:
+        return [r for r in self.requests if r.status == "finished"]
+
+    def summary(self) -> dict:
+        done = self.finished
+        out = sum(r.generated_tokens for r in self.requests)
+        return {
+            "requests": len(self.requests),
+            "finished": len(done),
+            "unfinished": len(self.requests) - len(done),
+            "rejected": sum(r.status == "rejected" for r in self.requests),
+            "duration_s": self.duration_s,
+            "iterations": self.iterations,
+            "busy_s": self.busy_s,
+            "ttft_s": percentiles(r.ttft_s for r in self.requests if r.ttft_s is not None),
+            "tpot_s": percentiles(r.tpot_s for r in done if r.tpot_s is not None),
+            "itl_s": weighted_percentiles(self.itl),
+            "e2e_s": percentiles(r.e2e_s for r in done),
+            "output_tokens": out,
+            "output_tokens_per_s": out / self.duration_s if self.duration_s else None,
+            "requests_per_s": len(done) / self.duration_s if self.duration_s else None,
+            "kv_blocks": {"peak": self.kv_blocks_peak, "mean": self.kv_blocks_mean, "total": self.kv_blocks_total},
+            "preemptions": self.preemptions,
+            "in_system_mean": self.in_system_mean,
+        }
+
+    def queue(self, points: int = 200) -> list[dict]:
+        """The queue over time, at most ``points`` samples (every k-th iteration start)."""
+        step = max(1, math.ceil(len(self.series) / points))
+        return [{"t_s": t, "waiting": w, "running": r, "kv_blocks": k} for t, w, r, k in self.series[::step]]
+
+    def to_dict(self, include_requests: bool = False) -> dict:
+        d = {**self.config, **self.summary(), "queue": self.queue()}
+        if include_requests:
+            d["per_request"] = [r.to_dict() for r in self.requests]
+        return d
+
+
+def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: SchedulerConfig = SchedulerConfig(),
+             max_time_s: float | None = None, config: dict | None = None) -> SimulationResult:
+    """Serve ``requests`` (sorted by arrival) with ``kv_blocks`` KV-cache blocks under ``scheduler``;
+    step times from ``cost``. ``max_time_s``: stop there, reporting the rest unfinished."""
+    reqs = sorted(requests, key=lambda q: q.arrival_s)
+    n = len(reqs)
+    bs, budget0, max_seqs = scheduler.block_size, scheduler.max_num_batched_tokens, scheduler.max_num_seqs
+    chunked = scheduler.chunked_prefill
+    prompt = [q.prompt_tokens for q in reqs]
+    want = [q.output_tokens for q in reqs]
+    num_tokens = prompt[:]  # prompt + generated
+    computed = [0] * n
+    out = [0] * n
+    blocks = [0] * n
+    first = [None] * n
+    last = [0.0] * n  # when each request last emitted a token
+    itl_steps = []  # (step seconds, tokens that came one step after their previous one)
+    itl_other = []  # inter-token gaps spanning more than one step (a pre-emption in between)
+    finish = [None] * n
+    preempt = [0] * n
+    status = ["unfinished"] * n
+    waiting: deque = deque()
+    running: list = []
+    free = kv_blocks
+    now, ai, iterations, busy = 0.0, 0, 0, 0.0
+    total_preempt, peak, blocks_time, in_sys_time = 0, 0, 0.0, 0.0
+    series = []
+
+    def can_ever_run(i):
+        positions = prompt[i] + want[i] - 1  # the last token is emitted, never fed
+        if -(-positions // bs) > kv_blocks:
+            return False
+        return chunked or prompt[i] <= budget0  # unchunked, a prompt is scheduled whole
+
+    while True:
+        while ai < n and reqs[ai].arrival_s <= now:
+            if can_ever_run(ai):
+                waiting.append(ai)
+            else:
+                status[ai] = "rejected"
+            ai += 1
+        if max_time_s is not None and now >= max_time_s:
+            break
+        if not waiting and not running:
+            if ai >= n:
+                break
+            now = reqs[ai].arrival_s
+            continue
+        budget = budget0
+        sched = []  # requests scheduled, with their new tokens in ``fed``
+        fed = []
+        chunks, decodes = [], []  # the mix: (new tokens, cached before) and decoders' cached positions
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            c = computed[r]
+            left = num_tokens[r] - c
+            n_new = left if left < budget else budget
+            need = (c + n_new + bs - 1) // bs - blocks[r]
+            if need > free:
+                while need > free:  # pre-empt from the back of the running list
+                    victim = running.pop()
+                    free += blocks[victim]
+                    blocks[victim] = computed[victim] = 0
+                    preempt[victim] += 1
+                    total_preempt += 1
+                    waiting.appendleft(victim)
+                    preempted = True
+                    if victim == r:
+                        break
+                if i >= len(running):  # r itself was pre-empted
+                    break
+            free -= need
+            blocks[r] += need
+            sched.append(r)
+            fed.append(n_new)
+            if n_new == 1 and left == 1 and out[r]:
+                decodes.append(c)
+            else:
+                chunks.append((n_new, c))
+            budget -= n_new
+            i += 1
+        if not preempted:
+            while waiting and budget > 0 and len(running) < max_seqs:
+                r = waiting[0]
+                c = computed[r]
+                left = num_tokens[r] - c
+                if not chunked and left > budget:
+                    break
+                n_new = left if left < budget else budget
+                need = (c + n_new + bs - 1) // bs - blocks[r]
+                if need > free:
+                    break
+                waiting.popleft()
+                running.append(r)
+                free -= need
+                blocks[r] += need
+                sched.append(r)
+                fed.append(n_new)
+                chunks.append((n_new, c))
+                budget -= n_new
+        if not sched:
+            if preempted:  # the only running request was pre-empted: admit again next time round
+                continue
+            r = waiting.popleft()  # nothing runs and the head of the queue cannot be admitted: never
+            status[r] = "rejected"
+            continue
+        dt = cost.seconds(chunks, decodes)
+        used = kv_blocks - free
+        if used > peak:
+            peak = used
+        series.append((now, len(waiting), len(running), used))
+        blocks_time += used * dt
+        in_sys_time += (len(waiting) + len(running)) * dt
+        start = now
+        now += dt
+        busy += dt
+        iterations += 1
+        done = False
+        following = 0
+        for r, k in zip(sched, fed):
+            c = computed[r] + k
+            computed[r] = c
+            if c == num_tokens[r]:
+                o = out[r] + 1
+                out[r] = o
+                num_tokens[r] = c + 1
+                if first[r] is None:
+                    first[r] = now
+                elif last[r] == start:
+                    following += 1
+                else:
+                    itl_other.append(now - last[r])
+                last[r] = now
+                if o >= want[r]:
+                    finish[r] = now
+                    status[r] = "finished"
+                    free += blocks[r]
+                    blocks[r] = 0
+                    done = True
+        if following:
+            itl_steps.append((dt, following))
+        if done:
+            running = [r for r in running if finish[r] is None]
+    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], out[i], first[i], finish[i], preempt[i],
+                             status[i]) for i in range(n)]
+    return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
+                            blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
+                            series, dict(config or {}), itl_steps + [(g, 1) for g in itl_other])
+
+
+def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: int = 1,
+                   scheduler: SchedulerConfig = SchedulerConfig(),
+                   gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+                   overhead_s: float = 0.0, max_time_s: float | None = None, engine=None,
+                   kv_blocks: int | None = None, **workload_fields) -> SimulationResult:
+    """:func:`simulate` for ``spec`` on ``hw`` (tp x pp GPUs a replica): the iteration cost and the KV
+    budget from the model; ``kv_blocks`` overrides the budget's block count (tests, what-ifs).
+    ``workload_fields`` (dtypes, ``causal``, ``strategy`` ...) go to :class:`Workload`."""
+    if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) \
+            or not 0 < gpu_memory_utilization <= 1:
+        raise SpecError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    if isinstance(overhead_s, bool) or not isinstance(overhead_s, (int, float)) or not 0 <= overhead_s < math.inf:
+        raise SpecError(f"overhead_s must be a number >= 0, got {overhead_s!r}")
+    layout = Layout(tp, pp)
+    wl = Workload(batch=1, prompt=1, gen=1, **workload_fields)
+    hw.peak_for(wl.act_dtype)
+    cost = IterationCost.from_model(spec, wl, hw, engine=engine, layout=layout, overhead_s=overhead_s)
+    budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
+                       scheduler.max_num_batched_tokens,
+                       max_num_seqs=scheduler.max_num_seqs)
+    if kv_blocks is not None:
+        if isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int) or kv_blocks < 1:
+            raise SpecError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
+        budget = replace(budget, blocks=kv_blocks)
+    config = {"model": spec.name, "hardware": hw.id, "layout": {"tp": tp, "pp": pp},
+              "engine": "eager", "scheduler": scheduler.to_dict(), "memory": budget.to_dict(),
+              "overhead_s": overhead_s,
+              "workload": {"weight_dtype": wl.weight_dtype, "act_dtype": wl.act_dtype, "kv_dtype": wl.kv_dtype}}
+    return simulate(requests, cost, budget.blocks, scheduler, max_time_s, config)
+
+
+# --- Capacity search: replicas that hold p99 SLOs --------------------------------------------------
+
+MAX_REPLICAS = 1 << 12
+
+
+def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: float | None = None,
+                     tpot_slo_s: float | None = None, prompt=512, gen=128, tp: int = 1, pp: int = 1,
+                     requests: int = 500, seed: int = 0, scheduler: SchedulerConfig = SchedulerConfig(),
+                     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION, overhead_s: float = 0.0,
+                     **workload_fields) -> dict:
+    """Fewest replicas (each tp x pp GPUs) whose simulated p99 TTFT and p99 TPOT meet the SLOs when
+    ``rps`` Poisson requests/s are spread evenly over them (each replica sees a Poisson stream of
+    rps / replicas: a random split of a Poisson stream is Poisson). ``requests`` requests are
+    simulated per candidate, with the same ``seed``. The p99s grow with the rate (tested), so the
+    search doubles the replicas until the SLOs hold, then bisects. ``replicas`` None: not even
+    ``MAX_REPLICAS`` replicas meet them (a lone request is too slow, or never finishes)."""
+    if ttft_slo_s is None and tpot_slo_s is None:
+        raise SpecError("the simulated capacity search needs a TTFT or a TPOT SLO")
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
+        raise SpecError(f"rps must be a positive number, got {rps!r}")
+    layout = Layout(tp, pp)
+    wl = Workload(batch=1, prompt=1, gen=1, **workload_fields)
+    hw.peak_for(wl.act_dtype)
+    cost = IterationCost.from_model(spec, wl, hw, layout=layout, overhead_s=overhead_s)
+    budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
+                       scheduler.max_num_batched_tokens,
+                       max_num_seqs=scheduler.max_num_seqs)
+    tried = {}
+
+    def check(n: int) -> bool:
+        if n not in tried:
+            res = simulate(poisson_requests(requests, rps / n, prompt, gen, seed), cost, budget.blocks, scheduler)
+            s = res.summary()
+            ttft, tpot = s["ttft_s"]["p99"], s["tpot_s"]["p99"]
+            ok = s["unfinished"] == 0 and ttft is not None
+            ok = ok and (ttft_slo_s is None or ttft <= ttft_slo_s)
+            ok = ok and (tpot_slo_s is None or tpot is None or tpot <= tpot_slo_s)
+            tried[n] = {"replicas": n, "rps_per_replica": rps / n, "ttft_p99_s": ttft, "tpot_p99_s": tpot,
+                        "output_tokens_per_s": s["output_tokens_per_s"], "preemptions": s["preemptions"],
+                        "meets_slo": ok}
+        return tried[n]["meets_slo"]
+
+    lo, hi = 0, 1  # check(lo) false (0: no replica), check(hi) to be found true
+    while not check(hi):
+        lo, hi = hi, hi * 2
+        if hi > MAX_REPLICAS:
+            hi = None
+            break
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if check(mid):
+                hi = mid
+            else:
+                lo = mid
+    best = tried.get(hi) if hi is not None else None
+    return {"replicas": hi, "gpus_needed": None if hi is None else hi * layout.gpus,
+            "gpus_per_replica": layout.gpus, "rps": rps, "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s,
+            "requests_simulated": requests, "seed": seed, "scheduler": scheduler.to_dict(),
+            "kv_blocks": budget.blocks, "at_replicas": best,
+            "searched": [tried[n] for n in sorted(tried)],
+            "method": "simulated continuous batching (costmodel.simulate), p99 over each candidate's requests"}
+
+
+def cheapest_deployment(spec: ModelSpec, candidates, rps: float, *, ttft_slo_s: float | None = None,
+                        tpot_slo_s: float | None = None, **kwargs) -> dict:
+    """The candidate deployment meeting the p99 SLOs at ``rps`` at least cost: ``candidates`` are
+    (hardware, tp, pp, gpu_hour_usd or None); cost = GPUs needed x price per GPU-hour (GPUs needed
+    alone where a price is missing, compared only among candidates without one when none has a
+    price). Each candidate is :func:`replicas_for_slo` (``kwargs`` go there); one that cannot hold
+    the model (SpecError) or never meets the SLOs is listed with its reason and skipped.
+    Returns {"best": the chosen row or None, "candidates": every row}."""
+    rows = []
+    for hw, tp, pp, price in candidates:
+        row = {"hardware": hw.id, "tp": tp, "pp": pp, "gpu_hour_usd": price}
+        try:
+            d = replicas_for_slo(spec, hw, rps, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, tp=tp, pp=pp,
+                                 **kwargs)
+        except SpecError as e:
+            rows.append({**row, "replicas": None, "gpus_needed": None, "usd_per_hour": None, "reason": str(e)})
+            continue
+        n = d["gpus_needed"]
+        rows.append({**row, "replicas": d["replicas"], "gpus_needed": n,
+                     "usd_per_hour": None if n is None or price is None else n * price,
+                     "reason": None if n is not None else "no replica count meets the SLOs",
+                     "at_replicas": d["at_replicas"]})
+    ok = [r for r in rows if r["gpus_needed"] is not None]
+    priced = [r for r in ok if r["usd_per_hour"] is not None]
+    best = (min(priced, key=lambda r: r["usd_per_hour"]) if priced
+            else min(ok, key=lambda r: r["gpus_needed"]) if ok else None)
+    return {"best": best, "candidates": rows, "rps": rps, "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s}
