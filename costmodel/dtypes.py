@@ -52,10 +52,13 @@ def nbytes(num_elements: int, dtype: str) -> int:
     ``num_elements`` may also be a numpy integer array (the vectorized sweep in ``reports.sweep``):
     the same rule then holds element-wise (one ``.all()`` over the array, no per-element Python).
     """
-    bits = num_elements * DTYPE_BITS[dtype]
+    width = DTYPE_BITS[dtype]
+    if width % 8 == 0:  # whole bytes per element: nothing to check (no array pass in the sweep)
+        return num_elements * (width // 8)
+    bits = num_elements * width
     whole = bits % 8 == 0
     if not (whole if isinstance(whole, bool) else whole.all()):
         shown = num_elements if isinstance(whole, bool) else "some of the counts"
         raise NotWholeBytesError(f"{shown} x {dtype} is not a whole number of bytes "
-                                 f"({DTYPE_BITS[dtype]}-bit values pack {8 // DTYPE_BITS[dtype]} a byte)")
+                                 f"({width}-bit values pack {8 // width} a byte)")
     return bits // 8

@@ -11,20 +11,77 @@ class SpecError(ValueError):
     """Invalid user input: the message names the field, the value and the allowed values."""
 
 
-def read_json_file(path: str, what: str):
-    """The parsed JSON of the file at ``path``; a SpecError naming ``what`` (``config``, ``hardware
-    file``) and the path when it cannot be read or is not JSON."""
-    import json
+MAX_INPUT_BYTES = 64 * 2**20  # a config or hardware file larger than 64 MiB is not one (the largest HF configs are ~100 kB)
+
+
+def read_text_file(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
+    """The UTF-8 text of the regular file at ``path``, at most ``limit`` bytes; a one-line SpecError
+    naming ``what`` and the path when it cannot be read, is not a regular file (a FIFO, a device such
+    as ``/dev/zero``, a folder), is larger than ``limit``, or is not UTF-8 (UTF-16 is named as such).
+
+    The file is opened non-blocking, so a FIFO with no writer does not hang; its type is checked on
+    the open descriptor (fstat), so it cannot change between the check and the read."""
+    import os
+    import stat
 
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise SpecError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                    if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise SpecError(f"cannot read {what} {path!r}: it is {kind}, not a regular file")
+        if st.st_size > limit:
+            raise SpecError(f"{what} {path!r} is {st.st_size:,} bytes; the limit is {limit:,} ({limit // 2**20} MiB)")
+        chunks, size = [], 0
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError as e:
+                raise SpecError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:  # a file growing while read (e.g. under /proc)
+                raise SpecError(f"{what} {path!r} is larger than the limit of {limit:,} bytes ({limit // 2**20} MiB)")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) >= 2 and (data[0] == 0) != (data[1] == 0)):
+        raise SpecError(f"cannot read {what} {path!r}: it is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")  # a UTF-8 byte-order mark is tolerated
+    except UnicodeDecodeError as e:
+        raise SpecError(f"cannot read {what} {path!r}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}); save it as UTF-8") from None
+
+
+def parse_json_text(text: str, what: str, path: str, malformed: str | None = None):
+    """``json.loads(text)``; a one-line SpecError for malformed JSON, nesting too deep for the parser
+    (a RecursionError) and integers of more digits than Python converts (its 4300-digit limit).
+    ``malformed`` is the message's start (default: ``malformed WHAT 'PATH'``)."""
+    import json
+
+    head = malformed or f"malformed {what} {path!r}"
+    try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise SpecError(f"malformed {what} {path!r}: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise SpecError(f"{head}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise SpecError(f"{head}: nested too deeply for the JSON parser") from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise SpecError(f"{head}: {str(e).split(';')[0]}") from None
+
+
+def read_json_file(path: str, what: str):
+    """The parsed JSON of the file at ``path``; a SpecError naming ``what`` (``config``, ``hardware
+    file``) and the path when it cannot be read (see :func:`read_text_file`) or is not JSON."""
+    return parse_json_text(read_text_file(path, what), what, path)
 
 
 def require_positive_int(field: str, value: object) -> int:

@@ -431,7 +431,22 @@ def load_hf_config(path: str, name: str | None = None) -> ModelSpec:
     folder = os.path.basename(os.path.dirname(os.path.abspath(file)))
     if name is None:
         name = folder if os.path.basename(file) == "config.json" and folder else os.path.splitext(os.path.basename(file))[0]
-    return spec_from_hf_dict(cfg, name=name, source=file)
+    return spec_from_hf_dict(cfg, name=printable(name), source=printable(file))
+
+
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can encode it: a file name's undecodable bytes (held by Python as
+    surrogate escapes, e.g. a folder named ``b"m\\xff"``) become U+FFFD, so that tables, JSON and
+    the HTML page can print the name instead of failing in the encoder."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "replace").decode("utf-8", "replace")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 def spec_from_hf_dict(cfg: dict, name: str, source: str = "config") -> ModelSpec:
@@ -578,6 +593,10 @@ class _HFFields:
 def _int_value(key: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise SpecError(f"field {key!r} must be an integer, got {_shown(v)}")
+    limit = 2**20 if "layer" in key else 2**40  # the bounds of spec.SIZE_LIMITS, before per-layer lists
+    if v > limit:
+        raise SpecError(f"field {key!r} is {_shown(v)}, past any physical model; the limit is "
+                        f"{limit:,} (2**{limit.bit_length() - 1})")
     return v
 
 

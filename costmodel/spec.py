@@ -39,6 +39,19 @@ MOE_SCORINGS = ("softmax", "sigmoid")  # router scores: softmax over E (Mixtral,
 MLA_FORMS = ("transformers", "absorbed")  # how multi-head latent attention runs: see Workload.mla
 
 
+# Bounds on a model's sizes (see ModelSpec._check_physical): (limit, fields).
+SIZE_LIMITS = (
+    (2**20, ("num_layers", "num_encoder_layers", "num_heads", "num_kv_heads", "num_experts",
+             "experts_per_token", "num_shared_experts", "moe_groups", "moe_topk_groups")),
+    (2**24, ("hidden_size", "intermediate_size", "head_dim", "moe_intermediate_size",
+             "shared_expert_intermediate_size", "rotary_dim", "word_embed_proj_dim", "q_lora_rank",
+             "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+             "relative_attention_buckets", "type_vocab_size", "position_offset")),
+    (2**26, ("vocab_size",)),
+    (2**40, ("max_position_embeddings", "sliding_window", "attention_chunk_size")),
+)
+
+
 @dataclass(frozen=True)
 class LayerGroup:
     """Consecutive decoder layers ``first .. first + count - 1`` (0-based) that are identical:
@@ -171,6 +184,7 @@ class ModelSpec:
         for f in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
                   "max_position_embeddings"):
             require_positive_int(f, getattr(self, f))
+        self._check_physical()  # before anything builds per-layer lists
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         require_positive_int("num_kv_heads", self.num_kv_heads)
@@ -202,6 +216,17 @@ class ModelSpec:
         if self.position_kind == "rotary" and self.head_dim % 2:
             raise SpecError(f"rotary positions need an even head_dim, got {self.head_dim}")
         self._check_block()
+
+    def _check_physical(self) -> None:
+        """Sizes past any physical model are an error, not a computation (2**80 layers would
+        otherwise build per-layer lists forever): :data:`SIZE_LIMITS`, generous bounds far above
+        every published model (the largest have ~100 layers, widths ~50k, vocabularies ~260k)."""
+        for limit, fields in SIZE_LIMITS:
+            for f in fields:
+                v = getattr(self, f)
+                if isinstance(v, int) and not isinstance(v, bool) and v > limit:
+                    raise SpecError(f"{f} {v} is past any physical model; the limit is "
+                                    f"{limit:,} (2**{limit.bit_length() - 1})")
 
     def _check_block(self) -> None:
         """The block variants: q/k norm, partial rotary, parallel block, OPT's embedding, scales."""

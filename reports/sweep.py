@@ -42,6 +42,7 @@ Nothing is ever rounded through float; ``arithmetic_intensity`` and ``seconds`` 
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import replace
 
@@ -306,17 +307,29 @@ def _merge_blocks(blocks) -> tuple[dict, str]:
     return _as_int_columns(merged), "python-int"
 
 
-def _check_grid(batches, prompts, gens) -> None:
+MAX_SWEEP_VALUE = 2**62 - 1  # batch, prompt and gen values index int64 arrays (the counts may pass it)
+
+
+def check_grid(batches, prompts, gens) -> None:
+    """Refuse, in one line, a grid that is empty, holds a value that is not a positive integer or
+    is past :data:`MAX_SWEEP_VALUE`, or has more than :data:`MAX_GRID_CONFIGS` combinations
+    (checked on the whole grid before anything is computed; the CLI computes it in chunks)."""
     for name, vals in (("batch", batches), ("prompt", prompts), ("gen", gens)):
         if len(vals) == 0:
             raise SpecError(f"{name} has no values")
         for v in vals:
             if isinstance(v, bool) or int(v) != v or v <= 0:
                 raise SpecError(f"{name} values must be positive integers, got {v!r}")
+            if v > MAX_SWEEP_VALUE:
+                raise SpecError(f"{name} value {v} is past the sweep's limit of 2**62 - 1 (the grid indexes "
+                                "int64 arrays; counts past int64 stay exact Python ints)")
     n = len(batches) * len(prompts) * len(gens)
     if n > MAX_GRID_CONFIGS:
         raise SpecError(f"the grid has {n:,} (batch, prompt, gen) combinations; the limit is "
                         f"{MAX_GRID_CONFIGS:,}: narrow a range")
+
+
+_check_grid = check_grid
 
 
 def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, hardware=None):
@@ -342,7 +355,7 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
     import pandas as pd
 
     wl = workload or Workload()
-    _check_grid(batches, prompts, gens)
+    check_grid(batches, prompts, gens)
     wl.check_against(spec)  # what analyze refuses, the sweep refuses (warnings are the caller's)
     batches, prompts, gens = (sorted({int(v) for v in x}) for x in (batches, prompts, gens))
     warnings = []
@@ -388,30 +401,160 @@ def sweep(spec: ModelSpec, workload: Workload | None, batches, prompts, gens, ha
 def write_frame(df, fmt: str, path: str | None) -> str | None:
     """Write ``df`` as csv, json (a list of records) or parquet to ``path`` atomically, or return
     the text (csv, json) when ``path`` is None. Parquet needs pyarrow and a path."""
-    from .files import atomic_write
-
-    if fmt == "parquet":
-        table = _arrow_table(df)
-        import pyarrow.parquet as pq
-
-        if path is None:
-            raise SpecError("--format parquet needs --out FILE (parquet is binary)")
-        atomic_write(path, lambda f: pq.write_table(table, f), binary=True)
-        return None
-    if fmt == "csv":
-        text = df.to_csv(index=False, lineterminator="\n")
-    elif fmt == "json":
-        text = df.to_json(orient="records", double_precision=15) + "\n"
-    else:
-        raise SpecError(f"unknown format {fmt!r}; allowed: csv, json, parquet")
+    if fmt not in FORMATS:
+        raise SpecError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if path is None:
-        return text
-    atomic_write(path, lambda f: f.write(text))
+        if fmt == "parquet":
+            raise SpecError("--format parquet needs --out FILE (parquet is binary)")
+        pieces: list[bytes] = []
+        w = FrameWriter(fmt, None, emit=pieces.append)
+        w.write(df)
+        w.close()
+        return b"".join(pieces).decode("utf-8")
+    w = FrameWriter(fmt, path)
+    try:
+        w.write(df)
+    except BaseException:
+        w.discard()
+        raise
+    w.close()
     return None
 
 
+FORMATS = ("csv", "json", "parquet")
+SLICE_ROWS = 1 << 17  # rows rendered at once: a chunk's text never sits in memory whole
+
+
+class FrameWriter:
+    """Stream sweep frames (chunks of rows, in order) to one csv, json or parquet file.
+
+    ``path`` None: csv and json bytes go to ``emit`` (e.g. stdout) as they are made. With a path,
+    an atomic :class:`~reports.files.OutputFile`: :meth:`close` commits it onto ``path``, or, with
+    ``partial=True`` (an interrupted sweep), onto ``<path>.partial``, leaving ``path`` untouched;
+    :meth:`discard` removes it. The bytes are those of writing the concatenated frame at once:
+    pandas' ``to_csv`` / ``to_json(orient="records", double_precision=15)``; CSV is rendered by
+    pyarrow's writer where every column is int64, float64 or the phase (byte-identical, see
+    :func:`csv_bytes`), by pandas where a column holds Python ints. Parquet: one row group per
+    frame; counts past int64 are decimal128(38, 0), exact; a count of more than 38 digits, or a
+    column that passes int64 only in a later chunk (parquet has one type per column), is refused
+    in one line (csv and json keep every digit)."""
+
+    def __init__(self, fmt: str, path: str | None, emit=None):
+        from .files import OutputFile
+
+        if fmt not in FORMATS:
+            raise SpecError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        self.fmt, self.path, self.rows = fmt, path, 0
+        self._out = None if path is None else OutputFile(path, binary=True)
+        self._emit = emit if path is None else self._out.file.write
+        self._parquet = None
+        self._first = True
+
+    def write(self, df) -> None:
+        if self.fmt == "parquet":
+            self._write_parquet(df)
+        else:
+            for i in range(0, max(len(df), 1), SLICE_ROWS):
+                part = df.iloc[i:i + SLICE_ROWS]
+                if self.fmt == "csv":
+                    self._emit(csv_bytes(part, header=self._first))
+                    self._first = False
+                elif len(part):
+                    body = part.to_json(orient="records", double_precision=15)[1:-1]
+                    self._emit((("[" if self._first else ",") + body).encode("utf-8"))
+                    self._first = False
+        self.rows += len(df)
+
+    def _write_parquet(self, df) -> None:
+        import pyarrow.parquet as pq
+
+        table = _arrow_table(df)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._out.file, table.schema)
+            self._schema = table.schema
+        elif table.schema != self._schema:
+            for name in table.schema.names:
+                want, got = self._schema.field(name).type, table.schema.field(name).type
+                if want != got and not (str(got) == "int64" and str(want).startswith("decimal")):
+                    raise SpecError(f"column {name} passes int64 only from batch {int(df['batch'].iloc[0])} on; "
+                                    "parquet takes one type per column: use --format csv or json (exact "
+                                    "Python ints), or sweep that range separately")
+            table = table.cast(self._schema)
+        self._parquet.write_table(table)
+
+    def close(self, partial: bool = False) -> str | None:
+        """Finish the output; the path written (``<path>.partial`` when ``partial``), or None."""
+        if self.fmt == "json":
+            self._emit(b"[]\n" if self._first else b"]\n")
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._out is None:
+            return None
+        return self._out.commit(self.path + ".partial" if partial else None)
+
+    def discard(self) -> None:
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._parquet = None
+        if self._out is not None:
+            self._out.discard()
+
+
+def csv_bytes(df, header: bool = True) -> bytes:
+    """The frame as pandas' ``to_csv(index=False, lineterminator="\\n")`` writes it, in UTF-8.
+
+    With pyarrow and columns that are all int64, float64 or categorical, pyarrow's CSV writer
+    renders it (10x faster), with floats fixed to Python's ``repr`` (which pandas writes): pyarrow
+    writes the same shortest digits but ``1`` for ``1.0``, ``0.00001`` for ``1e-05``, ``1e-9`` for
+    ``1e-09`` and ``1e+10`` for ``10000000000.0``; those values (found with numpy) get ``repr``.
+    NaN, which pandas writes as an empty field, and object columns (Python ints past int64) go
+    through pandas."""
+    head = (",".join(map(str, df.columns)) + "\n").encode("utf-8") if header else b""
+    if not len(df):
+        return head
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pcsv
+    except ImportError:
+        pa = None
+    import pandas as pd
+
+    kinds = {df[c].dtype.kind for c in df.columns if not isinstance(df[c].dtype, pd.CategoricalDtype)}
+    if pa is None or not kinds <= {"i", "u", "f"} or not all(map(str.isidentifier, map(str, df.columns))):
+        return head + df.to_csv(index=False, header=False, lineterminator="\n").encode("utf-8")
+    arrays = []
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind == "f":
+            a = col.to_numpy()
+            if np.isnan(a).any():
+                return head + df.to_csv(index=False, header=False, lineterminator="\n").encode("utf-8")
+            text = pa.array(a).cast(pa.string())
+            m = np.abs(a)
+            # Python's repr differs from pyarrow's: whole numbers (".0"), |x| < 1e-4 (scientific),
+            # |x| >= 1e10 (pyarrow turns scientific at 1e10, Python at 1e16); inf is "inf" in both
+            fix = ((a == np.floor(a)) | (m < 1e-4) | (m >= 1e10)) & np.isfinite(a)
+            if fix.any():
+                text = pc.replace_with_mask(text, pa.array(fix), pa.array([repr(float(x)) for x in a[fix]],
+                                                                           type=pa.string()))
+            arrays.append(text)
+        elif isinstance(col.dtype, pd.CategoricalDtype):  # the phase: a dictionary of plain words
+            arrays.append(pa.array(col))
+        else:
+            arrays.append(pa.array(col.to_numpy()))
+    table = pa.table(arrays, names=[str(c) for c in df.columns])
+    buf = io.BytesIO()
+    pcsv.write_csv(table, buf, pcsv.WriteOptions(include_header=False, quoting_style="none"))
+    return head + buf.getvalue()
+
+
 def _arrow_table(df):
-    """Arrow table of the frame; counts past int64 become decimal128(38, 0), still exact."""
+    """Arrow table of the frame; counts past int64 become decimal128(38, 0), still exact; a count
+    of more than 38 digits is refused in one line."""
     try:
         import pyarrow as pa
     except ImportError:
@@ -423,6 +566,10 @@ def _arrow_table(df):
     for c in df.columns:
         col = df[c]
         if col.dtype == object:
+            top = max(abs(int(v)) for v in col) if len(col) else 0
+            if top >= 10**38:
+                raise SpecError(f"column {c} holds a count of {len(str(top))} digits, past parquet's "
+                                "decimal128 (38 digits): use --format csv or json (exact Python ints)")
             arrays.append(pa.array([Decimal(int(v)) for v in col], type=pa.decimal128(38, 0)))
         else:
             arrays.append(pa.array(col))

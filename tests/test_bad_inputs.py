@@ -36,6 +36,15 @@ BAD_CONFIGS = [
                               "num_heads": 4, "vocab_size": 100, "feed_forward_proj": "swiglu"})),
     ("moe-k-too-big", json.dumps({**GOOD_LLAMA, "model_type": "mixtral", "num_local_experts": 2,
                                   "num_experts_per_tok": 3})),
+    # issue 15: how the file is read, and sizes past any physical model
+    ("utf-16", json.dumps(GOOD_LLAMA).encode("utf-16")),
+    ("utf-16-no-bom", json.dumps(GOOD_LLAMA).encode("utf-16-le")),
+    ("invalid-utf8", json.dumps({**GOOD_LLAMA, "model_type": "ll\udcffama"}).encode("utf-8", "surrogateescape")
+     .replace(b"\\udcff", b"\xff")),
+    ("nested-100k-deep", "[" * 100_000 + "]" * 100_000),
+    ("5000-digit-int", json.dumps(GOOD_LLAMA)[:-1] + ', "vocab_size": ' + "9" * 5000 + "}"),
+    ("layers-2**80", json.dumps({**GOOD_LLAMA, "num_hidden_layers": 2**80})),
+    ("hidden-2**30", json.dumps({**GOOD_LLAMA, "hidden_size": 2**30, "num_attention_heads": 2**10})),
 ]
 
 GOOD_HW = {"id": "my-gpu", "name": "My GPU", "peak_flops_per_s": {"bf16": 1e14}, "memory_bytes": 16_000_000_000,
@@ -51,6 +60,10 @@ BAD_HARDWARE = [
     ("no-peaks", json.dumps({**GOOD_HW, "peak_flops_per_s": {}})),
     ("string-peak", json.dumps({**GOOD_HW, "peak_flops_per_s": {"bf16": "fast"}})),
     ("efficiency-above-one", json.dumps({**GOOD_HW, "flops_efficiency": 1.5})),
+    ("utf-16", json.dumps(GOOD_HW).encode("utf-16")),
+    ("invalid-utf8", b'{"id": "\xff"}'),
+    ("nested-100k-deep", "[" * 100_000 + "]" * 100_000),
+    ("5000-digit-int", json.dumps({**GOOD_HW, "memory_bytes": 0})[:-1] + ', "memory_bytes": ' + "9" * 5000 + "}"),
 ]
 
 MODEL_ARGS = [
@@ -90,8 +103,15 @@ SIZE_ARGS = [
 def _write(tmp_path, name, content):
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(content)
+    _put(folder / "config.json", content)
     return str(folder)
+
+
+def _put(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
 
 
 def _corpus(tmp_path):
@@ -101,7 +121,7 @@ def _corpus(tmp_path):
     hw_files = []
     for n, c in BAD_HARDWARE:
         p = tmp_path / f"hw-{n}.json"
-        p.write_text(c)
+        _put(p, c)
         hw_files.append(str(p))
     missing = str(tmp_path / "missing" / "config.json")
     for model, msg in MODEL_ARGS + [([missing], "cannot read config")]:
@@ -150,7 +170,7 @@ def _corpus(tmp_path):
         (["plot", "validation", "--input", missing], "cannot read --input"),
         (["plot", "compare", "gpt2,nope"], "unknown model 'nope'"),
         (["plot", "phases", "gpt2", "--batch-range", "x"], ""),
-        (["plot", "phases", "gpt2", "--out", str(tmp_path / "no-such-dir")], "does not exist"),
+        (["plot", "phases", "gpt2", "--out", "/dev/null/no-such-dir"], "is not a folder"),
         (["profile", "gpt2", "--device", "tpu"], "'tpu' is not one of"),
         (["profile", "gpt2", "--dtype", "int8"], "'int8' is not one of"),
         (["profile", "gpt2", "--batch", "0"], "batch must be a positive integer"),
@@ -167,6 +187,33 @@ def _corpus(tmp_path):
         (["hardware", "--format", "xml"], "'xml' is not one of"),
         (["reprot", "gpt2"], "No such command 'reprot'"),
         (["report"], "Missing argument 'MODEL'"),
+    ]
+    # issue 15: inputs only from regular files, a size limit, strict JSON out, bounded sweeps
+    fifo = tmp_path / "fifo-config.json"
+    os.mkfifo(fifo)
+    big = tmp_path / "huge-config.json"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2**20 + 1)  # sparse: past the 64 MiB limit
+    tiny_rates = tmp_path / "hw-rates-1e-300.json"
+    tiny_rates.write_text(json.dumps({**GOOD_HW, "peak_flops_per_s": {"bf16": 1e-300},
+                                      "memory_bandwidth_bytes_per_s": 1e-300}))
+    utf16_input = tmp_path / "validation-utf16.json"
+    utf16_input.write_bytes(b'{"cases": []}'.decode().encode("utf-16"))
+    for cmd in (["report"], ["plan", "--gpu", "h100-sxm"], ["sweep"]):
+        cases += [(cmd + ["/dev/zero"], "it is a device, not a regular file"),
+                  (cmd + [str(fifo)], "it is a FIFO, not a regular file"),
+                  (cmd + [str(big)], "the limit is 67,108,864 (64 MiB)")]
+    cases += [
+        (["hardware", "--hardware", "/dev/zero"], "not a regular file"),
+        (["report", "gpt2", "--hardware", str(tiny_rates), "--format", "json"], "JSON cannot carry"),
+        (["plan", "gpt2", "--hardware", str(tiny_rates), "--format", "json"], "JSON cannot carry"),
+        (["sweep", "gpt2", "--hardware", str(tiny_rates), "--prompt", "8", "--gen", "2"], "overflow to infinity"),
+        (["plot", "validation", "--input", str(utf16_input)], "UTF-16"),
+        (["plot", "validation", "--input", "/dev/zero"], "not a regular file"),
+        (["sweep", "gpt2", "--batch", str(10**22)], "past the sweep's limit"),
+        (["sweep", "gpt2", "--batch", "1:10000", "--prompt", "1:10000"], "the limit is 50,000,000"),
+        (["sweep", "llama-2-70b", "--batch", str(2**61), "--prompt", str(2**40), "--gen", "1", "--format",
+          "parquet", "--out", "x.parquet"], "past parquet's decimal128"),
     ]
     return cases
 

@@ -339,7 +339,7 @@ def test_cli_parquet_without_pyarrow(tmp_path, monkeypatch):
     (["sweep", "tiny-gpt2", "--format", "xml"], "'xml' is not one of"),
     (["sweep", "tiny-gpt2", "--format", "parquet"], "needs --out FILE"),
     (["sweep", "tiny-gpt2", "--gpu", "no-such-gpu"], "unknown GPU"),
-    (["sweep", "tiny-gpt2", "--out", "/no/such/dir/x.csv"], "does not exist"),
+    (["sweep", "tiny-gpt2", "--out", "/dev/null/dir/x.csv"], "is not a folder"),  # missing ones are created
     (["sweep", "tiny-llama", "--decoder-prompt", "4"], "decoder_prompt is for encoder-decoder models"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, words):
@@ -413,5 +413,7 @@ def test_sweep_interrupted_keeps_finished_chunks(tmp_path, monkeypatch):
                                   "--format", "csv", "--out", str(out)])
     assert r.exit_code == 130, r.output
     assert "interrupted: kept the 8 rows finished (batches 3, 4 not computed)" in r.output
-    lines = out.read_text().strip().splitlines()
+    # issue 15: the partial rows are named so (<out>.partial); --out itself is not written
+    assert f"wrote them to {out}.partial" in r.output and not out.exists()
+    lines = (tmp_path / "rows.csv.partial").read_text().strip().splitlines()
     assert len(lines) == 1 + 8  # header + 2 batches x 2 prompts x 2 phases

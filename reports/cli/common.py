@@ -277,7 +277,18 @@ def format_option(choices, default="table"):
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2))
+    """Print ``obj`` as strict JSON (RFC 8259 has no Infinity or NaN): a non-finite number, e.g. the
+    seconds of a hardware rate of 1e-300 FLOP/s, is refused in one line instead."""
+    click.echo(json_text(obj))
+
+
+def json_text(obj, indent=2) -> str:
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        raise InputError("the result holds a number JSON cannot carry (infinite or NaN), e.g. seconds "
+                         "from a hardware rate so small that the time overflows (1e-300 FLOP/s): give "
+                         "physical rates") from None
 
 
 def warn(msg: str) -> None:

@@ -119,9 +119,12 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
         from profiler import calibrate as cal
     except ImportError as e:
         raise InputError(f"calibrate needs torch ({e}); install it with: {install_hint('profile')}") from None
+    from reports.files import atomic_write, check_writable_file
     from reports.parallel import collectives_lines
     from reports.plan import calibration_table
 
+    if out:
+        check_writable_file(out)  # before measuring: a bad --out costs no minutes of timing
     profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
                             profile_id=profile_id)
     if collectives:
@@ -133,13 +136,8 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
             f"fitted by costmodel calibrate --collectives: {fit['collectives']['model']}")
         profile["calibration"]["collectives"] = fit["collectives"]
     hardware_from_dict(profile, "calibrated profile")  # what --hardware will accept
-    if out:
-        try:
-            with open(out, "w", encoding="utf-8") as f:
-                json.dump(profile, f, indent=2)
-                f.write("\n")
-        except OSError as e:
-            raise InputError(f"cannot write {out!r}: {e.strerror or e}") from None
+    if out:  # atomically: a full disk or Ctrl-C leaves no truncated profile
+        atomic_write(out, lambda f: f.write(json.dumps(profile, indent=2) + "\n"))
     if fmt == "json":
         emit_json(profile)
     else:

@@ -56,14 +56,35 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwar
     if html_file is not None or out_dir is not None:
         _write_files(spec, result, timing, hw, fmt, html_file, out_dir)
         return
-    if fmt == "json":
-        emit_json(result.to_dict() if timing is None else timing.annotate(result.to_dict()))
+    if fmt == "json":  # streamed: bounded memory for deep models, the same bytes as emit_json
+        _stream_json(result, timing)
     elif fmt == "csv":
         click.echo(text.ops_csv(result, timing), nl=False)
     elif fmt == "markdown":
         click.echo(text.report_markdown(result, timing))
     else:
         click.echo(text.report_table(result, timing, table_width(wide)))
+
+
+def _stream_json(result, timing) -> None:
+    from reports.jsonstream import report_json_pieces
+
+    pieces = report_json_pieces(result, timing)
+    try:
+        head = next(pieces)
+        batch = [head]
+        for piece in pieces:
+            batch.append(piece)
+            if len(batch) >= 4096:
+                click.echo("".join(batch), nl=False)
+                batch = []
+        click.echo("".join(batch), nl=False)
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise
+        raise InputError("the result holds a number JSON cannot carry (infinite or NaN), e.g. seconds "
+                         "from a hardware rate so small that the time overflows (1e-300 FLOP/s): give "
+                         "physical rates") from None
 
 
 def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):

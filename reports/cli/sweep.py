@@ -6,13 +6,12 @@ numpy, pandas and matplotlib are imported inside the command functions only, so 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 
 import click
 
-from costmodel.errors import SpecError
+from costmodel.errors import SpecError, parse_json_text, read_text_file
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
@@ -48,7 +47,9 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
     hardware_file=dict(help="Hardware profile file for `seconds`."))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
               help="Output format (parquet needs pyarrow and --out).")
-@click.option("--out", default=None, metavar="FILE", help="Write to FILE (atomically) instead of stdout.")
+@click.option("--out", default=None, metavar="FILE",
+              help="Write to FILE (atomically; missing folders are created) instead of stdout. "
+                   "Ctrl-C keeps the rows finished in FILE.partial.")
 @input_errors
 def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
@@ -63,11 +64,12 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
         costmodel sweep llama-2-7b --batch 1,2,4,8 --prompt 128:32768:x2 --gen 128
     """
     from reports.files import check_writable_file
-    from reports.sweep import parse_range, sweep as run_sweep, write_frame
+    from reports.sweep import check_grid, parse_range
 
     spec = get_model(model)
     gen = gen if gen is not None else ("1" if spec.arch == "encoder" else "128")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
+    check_grid(grid["batch"], grid["prompt"], grid["gen"] if spec.arch != "encoder" else [1])  # whole grid
     wl = build_workload(**{k: kw.pop(k) for k in NOT_SIZES})
     hw = read_hardware(gpu, hardware_file)
     if fmt == "parquet":
@@ -84,45 +86,55 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     for w in largest.check_against(spec):  # the longest contexts of the grid, as `report` words them
         if "max_position_embeddings" in w:
             warn(w)
-    df, interrupted = _sweep_in_chunks(run_sweep, spec, wl, grid, hw)
-    for w in df.attrs.get("warnings", ()):
-        warn(w)
-    text = write_frame(df, fmt, out)
-    if text is not None:
-        click.echo(text, nl=False)
-    else:
-        click.echo(f"wrote {len(df):,} rows to {out}", err=True)
+    rows, written, interrupted = _sweep_in_chunks(spec, wl, grid, hw, fmt, out)
+    if out is not None and not interrupted:
+        click.echo(f"wrote {rows:,} rows to {written}", err=True)
     if interrupted:
-        click.echo(f"interrupted: kept the {len(df):,} rows finished (batches {', '.join(map(str, interrupted))} "
-                   "not computed)", err=True)
+        where = f"; wrote them to {written} ({out} not written)" if out is not None and written != out else ""
+        click.echo(f"interrupted: kept the {rows:,} rows finished (batches {', '.join(map(str, interrupted))} "
+                   f"not computed){where}", err=True)
         click.get_current_context().exit(130)
 
 
 CHUNK_CONFIGS = 1 << 20  # about a second of work: Ctrl-C keeps every chunk finished before it
 
 
-def _sweep_in_chunks(run_sweep, spec, wl, grid, hw):
-    """The sweep over chunks of batch sizes; Ctrl-C keeps the chunks finished. (frame, batches left)"""
-    import pandas as pd
+def _sweep_in_chunks(spec, wl, grid, hw, fmt, out):
+    """Run the sweep over chunks of batch sizes, each written out (streamed) as it is finished, so
+    that memory holds one chunk whatever the grid. Ctrl-C keeps the chunks finished: with --out they
+    go to ``<out>.partial`` (a complete file of those rows; ``out`` itself is left as it was).
+    Returns (rows written, the path written or None, the batches not computed)."""
+    import numpy as np
+
+    import reports.sweep as rs
 
     per_batch = len(grid["prompt"]) * len(grid["gen"])
     step = max(1, CHUNK_CONFIGS // per_batch)
     batches = grid["batch"]
-    frames = []
-    for i in range(0, len(batches), step):
-        try:
-            frames.append(run_sweep(spec, wl, batches[i:i + step], grid["prompt"], grid["gen"], hardware=hw))
-        except KeyboardInterrupt:
-            if not frames:
-                raise
-            done = pd.concat(frames, ignore_index=True)
-            done.attrs = frames[0].attrs
-            return done, batches[i:]
-    if len(frames) == 1:
-        return frames[0], []
-    df = pd.concat(frames, ignore_index=True)
-    df.attrs = frames[0].attrs
-    return df, []
+    writer = rs.FrameWriter(fmt, out, emit=lambda b: click.echo(b, nl=False))
+    try:
+        for i in range(0, len(batches), step):
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):  # a non-finite time is refused below
+                    df = rs.sweep(spec, wl, batches[i:i + step], grid["prompt"], grid["gen"], hardware=hw)
+            except KeyboardInterrupt:
+                if not writer.rows:
+                    raise
+                return writer.rows, writer.close(partial=True), batches[i:]
+            except MemoryError:
+                raise InputError(f"out of memory computing batches {batches[i]}..{batches[min(i + step, len(batches)) - 1]}"
+                                 " of the sweep: narrow a range") from None
+            if i == 0:
+                for w in df.attrs.get("warnings", ()):
+                    warn(w)
+            if "seconds" in df.columns and not np.isfinite(df["seconds"].to_numpy()).all():
+                raise InputError("the roofline seconds overflow to infinity: the hardware rates are too "
+                                 "small to be physical (e.g. 1e-300 FLOP/s)")
+            writer.write(df)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.rows, writer.close(), []
 
 
 @main.command()
@@ -161,13 +173,8 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
         if input_file is None:
             raise InputError("the validation plot needs --input FILE: the JSON of "
                              "`costmodel validate --format json`")
-        try:
-            with open(input_file, encoding="utf-8") as f:
-                validation = json.load(f)
-        except OSError as e:
-            raise InputError(f"cannot read --input {input_file!r}: {e.strerror or e}") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"--input {input_file!r} is not JSON: {e.msg} at line {e.lineno}") from None
+        validation = parse_json_text(read_text_file(input_file, "--input"), "--input", input_file,
+                                     malformed=f"--input {input_file!r} is not JSON")
         specs, stem = [], "validation"
     else:
         if not model:
