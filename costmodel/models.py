@@ -584,6 +584,8 @@ class _HFFields:
             key, v = f"{found}.partial_rotary_factor", params["partial_rotary_factor"]
         else:
             v = self.cfg.get(key, self.defaults[key])
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= 1:  # the range, named
+            raise SpecError(f"field {key!r} must be in (0, 1], got {_shown(v)}")
         factor = _float_value(key, v)
         if not 0 < factor <= 1:
             raise SpecError(f"field {key!r} must be in (0, 1], got {_shown(v)}")
