@@ -134,6 +134,10 @@ class Hardware:
         _number(src, "op_overhead_s", self.op_overhead_s)
         if self.op_overhead_s < 0:
             raise SpecError(f"{src}: op_overhead_s must be >= 0, got {self.op_overhead_s}")
+        if self.calibration is not None:  # per-model op tables (costmodel.optable): validated on load
+            from .optable import parse_op_tables
+
+            parse_op_tables(self.calibration, src)
 
     @property
     def capacity_bytes(self) -> int:

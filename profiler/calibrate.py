@@ -183,9 +183,8 @@ def _cpu_memory_bytes() -> int:
         return 0
 
 
-def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: int | None = None,
-              profile_id: str | None = None) -> dict:
-    """Measure this machine and return a hardware profile dict (see the module docstring)."""
+def check_request(device: str, dtypes) -> tuple:
+    """The dtypes to calibrate on ``device`` (default for None); SpecError for what cannot be."""
     if device not in ("cpu", "cuda"):
         raise SpecError(f"unknown device {device!r}; allowed: cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
@@ -196,10 +195,18 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
     for d in dtypes:
         if d not in allowed:
             raise SpecError(f"cannot calibrate dtype {d!r} on {device}; allowed: {', '.join(allowed)}")
+    return dtypes
+
+
+def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: int | None = None,
+              profile_id: str | None = None, min_time_s: float | None = None) -> dict:
+    """Measure this machine and return a hardware profile dict (see the module docstring).
+    ``min_time_s``: how long each measurement repeats its calls (default 0.75 s; quick 0.02 s)."""
+    dtypes = check_request(device, dtypes)
     if threads is not None:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    min_time = 0.02 if quick else 0.75  # long enough to catch uncontended calls on a shared machine
+    min_time = min_time_s or (0.02 if quick else 0.75)  # long enough to catch uncontended calls on a shared machine
     shapes = QUICK_MATMUL_SHAPES if quick else MATMUL_SHAPES
     if device == "cpu" and not quick:
         shapes = tuple(s for s in shapes if s != (4096, 4096, 4096))  # ~1 s a call on a small CPU
