@@ -134,10 +134,12 @@ class Hardware:
         _number(src, "op_overhead_s", self.op_overhead_s)
         if self.op_overhead_s < 0:
             raise SpecError(f"{src}: op_overhead_s must be >= 0, got {self.op_overhead_s}")
-        if self.calibration is not None:  # per-model op tables (costmodel.optable): validated on load
+        if self.calibration is not None:  # op tables and curves (costmodel.optable, .curves): validated on load
+            from .curves import parse_curves
             from .optable import parse_op_tables
 
             parse_op_tables(self.calibration, src)
+            parse_curves(self.calibration, src)
 
     @property
     def capacity_bytes(self) -> int:

@@ -43,6 +43,7 @@ class TimingCase:
     bound: str  # what the roofline says limits the pass: share of memory-bound time
     roofline_s: float | None = None  # the roofline's prediction (= predicted_s without an op table)
     table_s: float | None = None  # the op table's, when there is one
+    curves_s: float | None = None  # the generic curves' (costmodel.curves), when the profile has them
     floor_pct: float = 0.0  # run-to-run floor of the repeats (profiler.measure.floor_pct)
     measured_min_s: float | None = None
     runs: int = 0
@@ -59,12 +60,19 @@ class TimingCase:
             return None
         return (self.roofline_s - self.measured_s) / self.measured_s * 100.0
 
+    @property
+    def curves_error_pct(self) -> float | None:
+        if self.curves_s is None:
+            return None
+        return (self.curves_s - self.measured_s) / self.measured_s * 100.0
+
     def to_dict(self) -> dict:
         return {"phase": self.phase, "batch": self.batch, "context": self.context,
                 "predicted_s": self.predicted_s, "measured_s": self.measured_s,
                 "measured_median_s": self.measured_median_s, "error_pct": self.error_pct,
                 "bound": self.bound, "roofline_s": self.roofline_s, "roofline_error_pct": self.roofline_error_pct,
-                "table_s": self.table_s, "floor_pct": self.floor_pct, "measured_min_s": self.measured_min_s,
+                "table_s": self.table_s, "curves_s": self.curves_s, "curves_error_pct": self.curves_error_pct,
+                "floor_pct": self.floor_pct, "measured_min_s": self.measured_min_s,
                 "runs": self.runs, "grid_point": self.grid_point}
 
 
@@ -90,11 +98,13 @@ def summary(cases) -> dict:
            "max_abs_error_pct": max(errs) if errs else None,
            "floor_median_pct": percentile(floors, 50) if floors else None,
            "floor_p90_pct": percentile(floors, 90) if floors else None,
-           "predictor": "op table" if cases and all(c.table_s is not None for c in cases) else "roofline"}
-    roof = [abs(c.roofline_error_pct) for c in cases if c.roofline_s is not None]
-    if out["predictor"] == "op table" and roof:
-        out["roofline_median_abs_error_pct"] = percentile(roof, 50)
-        out["roofline_p90_abs_error_pct"] = percentile(roof, 90)
+           "predictor": ("op table" if cases and all(c.table_s is not None for c in cases) else
+                         "curves" if cases and all(c.curves_s is not None for c in cases) else "roofline")}
+    for name, errs_of in (("curves", lambda c: c.curves_error_pct), ("roofline", lambda c: c.roofline_error_pct)):
+        e = [abs(errs_of(c)) for c in cases if errs_of(c) is not None]
+        if e and out["predictor"] != name:
+            out[f"{name}_median_abs_error_pct"] = percentile(e, 50)
+            out[f"{name}_p90_abs_error_pct"] = percentile(e, 90)
     return out
 
 
@@ -121,10 +131,11 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
     """Yield a :class:`TimingCase` per shape as each finishes (fp32 weights and activations).
 
     Threads: ``threads``, else the count the profile was calibrated with, else 1. The prediction
-    is the profile's op table for ``spec`` where it has one (the roofline beside it), else the
-    roofline."""
+    is the profile's op table for ``spec`` where it has one, else its generic curves
+    (:mod:`costmodel.curves`) where it has them, else the roofline; the others beside it."""
     import torch
 
+    from costmodel.curves import curve_pass_seconds
     from costmodel.optable import table_for
 
     from .measure import PassTimer, set_threads
@@ -146,9 +157,11 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
                 roofline = pass_seconds(spec, wl, hw, batch=b, q_len=q_len, kv_len=kv_len)
                 bound = _bound(spec, wl, hw, b, q_len, kv_len)
                 tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
+                curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)
+                predicted = tab if tab is not None else curves if curves is not None else roofline
                 m = time_case(model, spec, (phase, b, s), dev, gen, timer, repeat)
-                yield TimingCase(phase, b, s, roofline if tab is None else tab, m["seconds"], m["seconds"], bound,
-                                 roofline_s=roofline, table_s=tab, floor_pct=m["floor_pct"],
+                yield TimingCase(phase, b, s, predicted, m["seconds"], m["seconds"], bound,
+                                 roofline_s=roofline, table_s=tab, curves_s=curves, floor_pct=m["floor_pct"],
                                  measured_min_s=m["seconds_min"], runs=m["runs"],
                                  grid_point=table is not None and table.is_grid_point(phase, b, s))
     finally:

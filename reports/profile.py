@@ -159,17 +159,19 @@ def validate_table(results, planned: int, interrupted: bool = False) -> str:
 def timing_validation_table(cases, summary: dict, hardware_id: str, measurement: dict | None = None) -> str:
     """``costmodel validate --timing``: predicted beside measured seconds per case, then the errors
     with the run-to-run floor (and, where an op table predicted, the roofline's beside it)."""
-    table = bool(cases) and all(getattr(c, "table_s", None) is not None for c in cases)
+    predictor = summary.get("predictor", "roofline")
+    shown = [(name, attr) for name, attr in (("roofline", "roofline"), ("curves", "curves"))
+             if name != predictor and cases and all(getattr(c, f"{attr}_s", None) is not None for c in cases)]
     head = ["phase", "batch", "context", "predicted", "measured", "error", "floor"]
-    if table:
-        head[3:3] = ["roofline", "roofline err"]
+    for name, _ in reversed(shown):
+        head[3:3] = [name, f"{name} err"]
     head.append("roofline bound")
     rows = []
     for c in cases:
         row = [c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
                f"{c.error_pct:+.1f} %", f"{getattr(c, 'floor_pct', 0.0):.1f} %"]
-        if table:
-            row[3:3] = [human_seconds(c.roofline_s), f"{c.roofline_error_pct:+.1f} %"]
+        for _, attr in reversed(shown):
+            row[3:3] = [human_seconds(getattr(c, f"{attr}_s")), f"{getattr(c, f'{attr}_error_pct'):+.1f} %"]
         rows.append(row + [c.bound])
     lines = [render(head, rows, align=["l", "r", "r"] + ["r"] * (len(head) - 4) + ["l"])]
     if cases:
@@ -182,9 +184,10 @@ def timing_validation_table(cases, summary: dict, hardware_id: str, measurement:
                      f"median |error| {summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, "
                      f"max {summary['max_abs_error_pct']:.1f} %; run-to-run floor median "
                      f"{summary.get('floor_median_pct') or 0.0:.1f} %, p90 {summary.get('floor_p90_pct') or 0.0:.1f} %")
-        if "roofline_median_abs_error_pct" in summary:
-            lines.append(f"roofline alone: median |error| {summary['roofline_median_abs_error_pct']:.1f} %, "
-                         f"p90 {summary['roofline_p90_abs_error_pct']:.1f} %")
+        for name in ("curves", "roofline"):
+            if f"{name}_median_abs_error_pct" in summary:
+                lines.append(f"{name} alone: median |error| {summary[f'{name}_median_abs_error_pct']:.1f} %, "
+                             f"p90 {summary[f'{name}_p90_abs_error_pct']:.1f} %")
         load = m.get("load")
         if load:
             busy = "" if load.get("busy_share") is None else (

@@ -170,6 +170,7 @@ def tiny_profile(tmp_path_factory):
 
 
 def test_calibrate_model_stores_a_valid_table(tiny_profile):
+    from profiler import calibrate as cal
     from profiler.optable import QUICK_DECODE_BATCHES, QUICK_DECODE_CONTEXTS, QUICK_PREFILL_TOKENS
 
     (hw,) = load_hardware_file(str(tiny_profile))
@@ -181,6 +182,9 @@ def test_calibrate_model_stores_a_valid_table(tiny_profile):
     raw = json.loads(tiny_profile.read_text())["calibration"]["op_tables"][0]
     assert raw["load"]["cpus"] >= 1 and raw["seconds_taken"] > 0
     assert all(p["total_s"] > 0 and p["attention_s"] > 0 for p in raw["prefill"] + raw["decode"])
+    curves = json.loads(tiny_profile.read_text())["calibration"]["curves"]
+    assert {r["rows"] for r in curves["matmul_rows"]} == set(cal.QUICK_CURVE_ROWS)
+    assert curves["kernel_in_pass"]["seconds_per_op"] > 0
 
 
 def test_validate_timing_with_a_table(tiny_profile):
@@ -193,10 +197,10 @@ def test_validate_timing_with_a_table(tiny_profile):
     assert d["measurement"]["clock"] == "thread" and d["measurement"]["threads"] == 1
     for c in d["cases"]:
         assert not c["grid_point"] and c["table_s"] == c["predicted_s"] and c["roofline_s"] > 0
-        assert c["runs"] == 2 and c["floor_pct"] >= 0
+        assert c["runs"] == 2 and c["floor_pct"] >= 0 and c["curves_s"] > 0  # the quick profile has curves
     s = d["summary"]
     assert set(s) >= {"median_abs_error_pct", "p90_abs_error_pct", "floor_median_pct", "floor_p90_pct",
-                      "roofline_median_abs_error_pct", "ok"}
+                      "roofline_median_abs_error_pct", "curves_median_abs_error_pct", "ok"}
     # --max-error 0: any error fails, exit 1, the table says so
     r = CliRunner().invoke(main, args + ["--max-error", "0"])
     assert r.exit_code == 1 and "FAIL: median |error|" in r.output and "roofline alone" in r.output
@@ -206,3 +210,44 @@ def test_calibrate_unknown_model_is_exit_2():
     r = CliRunner().invoke(main, ["calibrate", "--model", "no-such-model"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "unknown model 'no-such-model'" in r.output
 
+
+
+# --- generic curves (costmodel.curves) ------------------------------------------------------------
+
+def _curves_calibration():
+    return {"curves": {
+        "matmul_rows": [{"rows": 1, "weight_bytes": 4096, "flops_per_s": 1e9},
+                        {"rows": 4, "weight_bytes": 4096, "flops_per_s": 4e9}],
+        "elementwise_bytes": [{"bytes": 100, "seconds": 1e-6}, {"bytes": 10000, "seconds": 1e-4}],
+        "attention_slice": [{"bytes": 100, "seconds": 2e-6}, {"bytes": 10000, "seconds": 2e-4}],
+        "kernel_in_pass": {"seconds_per_op": 1e-6}}}
+
+
+def test_curves_price_each_op():
+    from costmodel.analysis import OpCost
+    from costmodel.curves import op_seconds, parse_curves
+
+    c = parse_curves(_curves_calibration(), "t")
+    # a weight matmul: 4096 bytes of fp32 = 1024 elements, 4096 FLOPs -> 4096 / (2 x 1024) = 2 rows;
+    # rate between (1, 1 GFLOP/s) and (4, 4 GFLOP/s), slope 1: 2 GFLOP/s -> 2.048 us, + 1 us per op
+    mm = OpCost("q_proj", "matmul", flops=4096, matmul_flops=4096, weight_bytes=4096)
+    assert op_seconds(mm, c, peak=1e12, ew_peak=1e12, weight_bits=32) == pytest.approx(2.048e-6 + 1e-6)
+    # rows beyond the grid: the rate is held at the last point's (16 rows: 4 GFLOP/s)
+    big = OpCost("q_proj", "matmul", flops=2 * 16 * 1024, matmul_flops=2 * 16 * 1024, weight_bytes=4096)
+    assert op_seconds(big, c, 1e12, 1e12, 32) == pytest.approx(2 * 16 * 1024 / 4e9 + 1e-6)
+    # element-wise, 1000 bytes: between (100, 1 us) and (10^4, 100 us), slope 1: 10 us (> 10 FLOP / 1 GFLOP/s)
+    ew = OpCost("softmax", "elementwise", flops=10, act_read_bytes=500, act_write_bytes=500)
+    assert op_seconds(ew, c, 1e12, 1e9, 32) == pytest.approx(1e-5 + 1e-6)
+    # a matmul without weights (attention scores): the strided-slice curve at 1000 bytes, 20 us
+    sc = OpCost("attn_scores", "matmul", flops=100, matmul_flops=100, kv_read_bytes=1000)
+    assert op_seconds(sc, c, 1e12, 1e12, 32) == pytest.approx(2e-5 + 1e-6)
+
+
+def test_bad_curves_are_one_line(tmp_path):
+    cal = _curves_calibration()
+    cal["curves"]["elementwise_bytes"] = [{"bytes": -1, "seconds": 1.0}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**_profile([]), "calibration": cal}))
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "--hardware", str(path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "calibration.curves.elementwise_bytes[0]: bytes must be a number > 0, got -1" in r.output

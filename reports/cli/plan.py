@@ -123,10 +123,9 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, models, max_load,
 
     specs = [timing_spec(m) for m in models]  # bad names fail before any timing
     cal.check_request(device, tuple(dtypes) or None)
+    before, note = load_snapshot(), None
     if device == "cpu":
-        note = check_load(load_snapshot(), max_load)
-        if note:
-            warn(note.removeprefix("warning: "))
+        note = check_load(before, max_load)  # warned with the result (JSON: in calibration.load)
     profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
                             profile_id=profile_id, min_time_s=0.25 if specs and not quick else None)
     if specs:
@@ -138,6 +137,9 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, models, max_load,
             for spec in specs]
         profile["sources"]["op_tables"] = ("measured by costmodel calibrate --model: the model's passes "
                                            "timed in place (see costmodel.optable)")
+    from profiler.measure import load_between
+
+    profile["calibration"]["load"] = {**load_between(before, load_snapshot()), "warning": note}
     if collectives:
         from profiler.calibrate_collectives import calibrate_collectives
 
@@ -157,6 +159,8 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, models, max_load,
     if fmt == "json":
         emit_json(profile)
     else:
+        if note:
+            warn(note.removeprefix("warning: "))
         click.echo(calibration_table(profile))
         if collectives:
             click.echo("\n".join(["", *collectives_lines(profile)]))

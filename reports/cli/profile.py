@@ -46,6 +46,9 @@ def _progress(enabled: bool):
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (1: timed with the per-thread CPU clock, as calibrate and validate --timing; "
+                   "more: wall time).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's count (it traces every step).")
 @click.option("--no-compare-cache", is_flag=True, help="Skip timing decode with the other KV-cache choice.")
 @click.option("--tp", type=int, default=1, show_default=True,
@@ -53,8 +56,8 @@ def _progress(enabled: bool):
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split in order).")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt,
-            **kwargs):
+def profile(model, device, attention, repeat, warmup, seed, weights, threads, no_fvcore, no_compare_cache, tp, pp,
+            fmt, **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
@@ -73,9 +76,15 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
-                         fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
-                         progress=_progress(sys.stderr.isatty()))
+    from profiler.measure import set_threads
+
+    restore = set_threads(threads)
+    try:
+        result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
+                             fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
+                             progress=_progress(sys.stderr.isatty()))
+    finally:
+        restore()
     if fmt == "json":
         emit_json(result.to_dict())
     else:

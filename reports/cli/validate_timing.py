@@ -29,6 +29,8 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     from reports.text import human_seconds
 
     spec = timing_spec(model)
+    if hardware_file is not None or gpu is not None:
+        hw = get_hardware(gpu, hardware_file)  # a bad file fails before the load is looked at
     before = load_snapshot()
     if device == "cpu":
         note = check_load(before, max_load)
@@ -40,8 +42,6 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
         click.echo("no --hardware FILE: calibrating this machine first (quick; for the real figures run "
                    "`costmodel calibrate --model MODEL --out cpu.json` and pass --hardware cpu.json)", err=True)
         hw = hardware_from_dict(calibrate(device=device, quick=True, threads=threads or 1), source="calibration")
-    else:
-        hw = get_hardware(gpu, hardware_file)
     planned = len(plan(quick, spec))
     cases, interrupted = [], False
     try:
