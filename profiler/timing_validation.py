@@ -176,3 +176,41 @@ def measurement_info(hw: Hardware, device: str, threads: int | None) -> dict:
     return {"clock": clock_name(device, n), "threads": None if device == "cuda" else n,
             "statistic": "median of the repeats after a warm-up pass",
             "floor": "median absolute deviation of the repeats from their median, % of it"}
+
+
+def table_drift(hw: Hardware, spec: ModelSpec, *, device: str = "cpu", threads: int | None = None,
+                repeat: int = 3, seed: int = 0) -> dict | None:
+    """How far the machine has moved since the op table was measured: two of its grid points (a
+    mid-size prefill and a small decode step) timed again now, the same way, as
+    (now - table) / table x 100 each. None without a table. An error below this drift cannot be
+    told from it: it is the calibration-to-validation floor, beside the run-to-run one."""
+    import torch
+
+    from costmodel.optable import table_for
+
+    from .measure import PassTimer, set_threads
+    from .model import build_model, check_device
+    from .model_timing import time_case
+
+    table = table_for(hw, spec, "fp32", "eager")
+    if table is None:
+        return None
+    dev = check_device(device)
+    restore = set_threads(threads or (hw.calibration or {}).get("threads") or 1)
+    timer = PassTimer(dev.type, torch.get_num_threads())
+    t = table.prefill_tokens[len(table.prefill_tokens) // 2]
+    b, c = table.decode_batches[min(1, len(table.decode_batches) - 1)], table.decode_contexts[0]
+    points = [("prefill", 1, t, table.prefill_total_s[table.prefill_tokens.index(t)]),
+              ("decode", b, c, table.decode_total_s[table.decode_batches.index(b)][0])]
+    out = []
+    try:
+        model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.inference_mode():
+            for phase, pb, pc, then in points:
+                now = time_case(model, spec, (phase, pb, pc), dev, gen, timer, repeat)["seconds"]
+                out.append({"phase": phase, "batch": pb, "context": pc, "table_s": then, "now_s": now,
+                            "drift_pct": (now - then) / then * 100.0})
+    finally:
+        restore()
+    return {"points": out, "max_abs_drift_pct": max(abs(p["drift_pct"]) for p in out)}

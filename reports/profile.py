@@ -184,6 +184,9 @@ def timing_validation_table(cases, summary: dict, hardware_id: str, measurement:
                      f"median |error| {summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, "
                      f"max {summary['max_abs_error_pct']:.1f} %; run-to-run floor median "
                      f"{summary.get('floor_median_pct') or 0.0:.1f} %, p90 {summary.get('floor_p90_pct') or 0.0:.1f} %")
+        if summary.get("table_drift_pct") is not None:
+            lines.append(f"calibration-to-validation drift: {summary['table_drift_pct']:.1f} % (two op-table grid "
+                         "points timed again before and after the cases; errors below it are not resolved)")
         for name in ("curves", "roofline"):
             if f"{name}_median_abs_error_pct" in summary:
                 lines.append(f"{name} alone: median |error| {summary[f'{name}_median_abs_error_pct']:.1f} %, "

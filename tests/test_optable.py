@@ -200,10 +200,15 @@ def test_validate_timing_with_a_table(tiny_profile):
         assert c["runs"] == 2 and c["floor_pct"] >= 0 and c["curves_s"] > 0  # the quick profile has curves
     s = d["summary"]
     assert set(s) >= {"median_abs_error_pct", "p90_abs_error_pct", "floor_median_pct", "floor_p90_pct",
-                      "roofline_median_abs_error_pct", "curves_median_abs_error_pct", "ok"}
+                      "roofline_median_abs_error_pct", "curves_median_abs_error_pct", "table_drift_pct", "ok"}
+    # the drift: two grid points re-timed before and after the cases, each against its table entry
+    for run in d["measurement"]["table_drift"]:
+        for p in run["points"]:
+            assert p["drift_pct"] == pytest.approx((p["now_s"] - p["table_s"]) / p["table_s"] * 100)
     # --max-error 0: any error fails, exit 1, the table says so
     r = CliRunner().invoke(main, args + ["--max-error", "0"])
     assert r.exit_code == 1 and "FAIL: median |error|" in r.output and "roofline alone" in r.output
+    assert "calibration-to-validation drift" in r.output
 
 
 def test_calibrate_unknown_model_is_exit_2():

@@ -24,7 +24,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     on ``--hardware FILE`` (or ``--gpu NAME``); without either, calibrate this machine first.
     Exit 1 when the median absolute error exceeds ``max_error`` %."""
     from profiler.measure import check_load, load_between, load_snapshot
-    from profiler.timing_validation import measurement_info, plan, run_timing, summary
+    from profiler.timing_validation import measurement_info, plan, run_timing, summary, table_drift
     from reports.profile import timing_validation_table
     from reports.text import human_seconds
 
@@ -43,6 +43,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
                    "`costmodel calibrate --model MODEL --out cpu.json` and pass --hardware cpu.json)", err=True)
         hw = hardware_from_dict(calibrate(device=device, quick=True, threads=threads or 1), source="calibration")
     planned = len(plan(quick, spec))
+    drift = [table_drift(hw, spec, device=device, threads=threads)]  # before the cases, and after
     cases, interrupted = [], False
     try:
         for c in run_timing(hw, quick=quick, device=device, threads=threads, spec=spec, repeat=repeat):
@@ -54,11 +55,16 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     except KeyboardInterrupt:
         interrupted = True
         click.echo(f"interrupted: keeping the {len(cases)} finished cases", err=True)
+    if drift[0] is not None and not interrupted:
+        drift.append(table_drift(hw, spec, device=device, threads=threads))
     s = summary(cases)
+    if drift[0] is not None:
+        s["table_drift_pct"] = max(d["max_abs_drift_pct"] for d in drift)
     s["max_error_pct"] = max_error
     s["ok"] = s["median_abs_error_pct"] is None or s["median_abs_error_pct"] <= max_error
     load = load_between(before, load_snapshot())
-    measurement = {**measurement_info(hw, device, threads), "repeat": repeat, "load": load}
+    measurement = {**measurement_info(hw, device, threads), "repeat": repeat, "load": load,
+                   "table_drift": [d for d in drift if d is not None]}
     if fmt == "json":
         emit_json({"hardware": hw.id, "model": spec.summary(), "device": device,
                    "cases": [c.to_dict() for c in cases], "summary": s, "planned": planned,
