@@ -225,3 +225,16 @@ def table_for(hw, spec, dtype: str = "fp32", attention: str = "eager") -> OpTabl
         if t.spec_key == key and t.dtype == dtype and t.attention == attention:
             return t
     return None
+
+
+def workload_seconds(table: OpTable, wl) -> dict | None:
+    """TTFT, decode and mean TPOT of ``wl`` interpolated from ``table``: the prefill pass of
+    ``batch x prompt`` tokens, then decode step i = 1 .. gen - 1 over prompt + i keys, summed step
+    by step. None for what the table does not cover (no KV cache, beam search)."""
+    if not wl.kv_cache or wl.beams != 1:
+        return None
+    ttft = table.pass_seconds(wl.batch, wl.prompt, wl.prompt)
+    steps = max(0, wl.gen - 1)
+    decode = sum(table.pass_seconds(wl.batch, 1, wl.prompt + i) for i in range(1, steps + 1))
+    return {"ttft_s": ttft, "decode_s": decode, "tpot_mean_s": decode / steps if steps else None,
+            "e2e_s": ttft + decode, "source": f"op table of {table.model} ({table.device}, {table.clock} clock)"}

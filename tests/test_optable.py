@@ -256,3 +256,22 @@ def test_bad_curves_are_one_line(tmp_path):
     r = CliRunner().invoke(main, ["report", "tiny-llama", "--hardware", str(path)])
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert "calibration.curves.elementwise_bytes[0]: bytes must be a number > 0, got -1" in r.output
+
+
+def test_report_shows_the_table_beside_the_roofline(tmp_path):
+    spec = get_model("tiny-llama")
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(_profile([_table(model=spec.name, spec_key=spec_key(spec))])))
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "-b", "1", "-s", "16", "-n", "3", "--dtype", "fp32",
+                                  "--hardware", str(path), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    t = d["timing"]
+    # TTFT: the prefill grid point 16 tokens, 10 ms; decode steps 1, 2 attend over 17, 18 keys:
+    # rest 1 ms each (batch 1) + attention 0.1 ms x keys (1.7, 1.8 ms): 5.5 ms, mean 2.75 ms
+    assert t["op_table"]["ttft_s"] == pytest.approx(0.010)
+    assert t["op_table"]["decode_s"] == pytest.approx(0.0055) and t["op_table"]["tpot_mean_s"] == pytest.approx(0.00275)
+    assert d["ttft_s"] > 0 and d["ttft_s"] != t["op_table"]["ttft_s"]  # the roofline's own, kept
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "-b", "1", "-s", "16", "-n", "3", "--dtype", "fp32",
+                                  "--hardware", str(path)])
+    assert r.exit_code == 0 and "op table of tiny-llama (cpu, thread clock): TTFT 10.000 ms" in r.output

@@ -51,14 +51,30 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, **kwargs):
     if html_file is not None or out_dir is not None:
         _write_files(spec, result, timing, hw, fmt, html_file, out_dir)
         return
+    measured = None if hw is None else _op_table_seconds(spec, result.workload, hw)
     if fmt == "json":
-        emit_json(result.to_dict() if timing is None else timing.annotate(result.to_dict()))
+        d = result.to_dict() if timing is None else timing.annotate(result.to_dict())
+        if measured is not None:
+            d["timing"]["op_table"] = measured  # the roofline's figures stay beside it, as the explanation
+        emit_json(d)
     elif fmt == "csv":
         click.echo(text.ops_csv(result, timing), nl=False)
     elif fmt == "markdown":
         click.echo(text.report_markdown(result, timing))
     else:
         click.echo(text.report_table(result, timing))
+    if measured is not None and fmt in ("table", "markdown"):
+        tpot = "" if measured["tpot_mean_s"] is None else f", TPOT mean {measured['tpot_mean_s'] * 1e3:.3f} ms"
+        click.echo(f"\n{measured['source']}: TTFT {measured['ttft_s'] * 1e3:.3f} ms{tpot}, end to end "
+                   f"{measured['e2e_s'] * 1e3:.3f} ms (the roofline above explains where the time goes)")
+
+
+def _op_table_seconds(spec, wl, hw):
+    """The profile's op table for exactly this model and dtype, interpolated (None without one)."""
+    from costmodel.optable import table_for, workload_seconds
+
+    table = table_for(hw, spec, wl.act_dtype, "eager")
+    return None if table is None else workload_seconds(table, wl)
 
 
 def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):
