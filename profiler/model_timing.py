@@ -45,13 +45,15 @@ def prepare(model, spec, phase: str, batch: int, context: int, dev, gen):
 class AttentionHooks:
     """Forward hooks around each block's ``attention`` module and its direct ``nn.Linear``
     children (the projections): :attr:`seconds` is attention minus projections, summed over
-    blocks since the last :meth:`reset`, on the given clock (CPU only: GPU kernels are async)."""
+    blocks since the last :meth:`reset`, on ``ns`` (a CPU clock in ns) or, with ``ns="cuda"``,
+    with CUDA event pairs read after one synchronize (GPU kernels are asynchronous)."""
 
     def __init__(self, model, ns):
         self._ns = ns
         self.attention_ns = 0
         self.proj_ns = 0
         self._t: dict = {}
+        self._pairs: list = []  # CUDA: (what, start event, end event), read after one synchronize
         self._handles = []
         for layer in model.layers:
             att = getattr(layer, "attention", None)
@@ -62,27 +64,47 @@ class AttentionHooks:
                 if isinstance(child, torch.nn.Linear):
                     self._hook(child, "proj")
 
+    def _now(self):
+        if self._ns == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return self._ns()
+
     def _hook(self, mod, what: str) -> None:
         key = id(mod)
 
         def pre(m, args):
-            self._t[key] = self._ns()
+            self._t[key] = self._now()
 
         def post(m, args, out):
-            dt = self._ns() - self._t.pop(key)
+            start, end = self._t.pop(key), self._now()
+            if self._ns == "cuda":
+                self._pairs.append((what, start, end))
+                return
             if what == "attention":
-                self.attention_ns += dt
+                self.attention_ns += end - start
             else:
-                self.proj_ns += dt
+                self.proj_ns += end - start
 
         self._handles.append(mod.register_forward_pre_hook(pre))
         self._handles.append(mod.register_forward_hook(post))
 
     def reset(self) -> None:
         self.attention_ns = self.proj_ns = 0
+        self._pairs = []
 
     @property
     def seconds(self) -> float:
+        if self._pairs:
+            torch.cuda.synchronize()
+            for what, a, b in self._pairs:
+                ns = int(a.elapsed_time(b) * 1e6)  # ms -> ns
+                if what == "attention":
+                    self.attention_ns += ns
+                else:
+                    self.proj_ns += ns
+            self._pairs = []
         return (self.attention_ns - self.proj_ns) * 1e-9
 
     def remove(self) -> None:

@@ -52,7 +52,7 @@ def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | Non
     nthreads = torch.get_num_threads()
     clock = clock_name(dev.type, nthreads)
     timer = PassTimer(dev.type, nthreads)
-    hooks_ns = clock_ns(clock) if clock != "cuda" else None  # on a GPU the split is not measured
+    hooks_ns = clock_ns(clock) if clock != "cuda" else "cuda"  # a GPU: CUDA event pairs
     repeat = repeat or (2 if quick else 3)
     pre, bat, ctx = grids(spec, quick)
     t0, before = time.perf_counter(), load_snapshot()
