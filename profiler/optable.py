@@ -22,9 +22,9 @@ from costmodel.spec import ModelSpec
 from .measure import PassTimer, clock_name, clock_ns, load_between, load_snapshot, set_threads
 from .model_timing import time_case
 
-PREFILL_TOKENS = (16, 48, 96, 192, 384, 768, 1280)
+PREFILL_TOKENS = (16, 48, 96, 192, 384, 640, 896, 1280)
 DECODE_BATCHES = (1, 2, 6, 16, 48, 96)
-DECODE_CONTEXTS = (24, 96, 384, 1536)
+DECODE_CONTEXTS = (24, 96, 192, 384, 1536)
 QUICK_PREFILL_TOKENS = (8, 24)
 LONG_PASS_S = 0.5  # passes longer than this are repeated twice, not three times
 QUICK_DECODE_BATCHES = (1, 3)
