@@ -166,6 +166,12 @@ class Hardware:
             object.__setattr__(self, "gemm_tiles", tuple(
                 (_positive_count(src, "gemm_tiles rows", r), _positive_count(src, "gemm_tiles cols", c))
                 for r, c in tiles))
+        if self.calibration is not None:  # op tables and curves (costmodel.optable, .curves): validated on load
+            from .curves import parse_curves
+            from .optable import parse_op_tables
+
+            parse_op_tables(self.calibration, src)
+            parse_curves(self.calibration, src)
 
     @property
     def capacity_bytes(self) -> int:

@@ -37,6 +37,8 @@ import torch
 from costmodel.errors import SpecError
 from costmodel.formulas import ACTIVATION_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 
+from .measure import clock_name, clock_ns
+
 _TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
                  "fp16": torch.float16, "int8": torch.int8}
 CPU_DTYPES = ("fp32", "bf16", "fp16")
@@ -61,15 +63,16 @@ def time_call(fn, device: str, min_time_s: float, min_reps: int = 3, max_reps: i
     """(fastest, median) seconds of ``fn()`` over repeated calls (at least ``min_reps``, for about
     ``min_time_s``)."""
     sync = _sync(device)
+    ns = clock_ns(clock_name(device, torch.get_num_threads()))  # per-thread CPU time at 1 thread
     fn()
     sync()  # warm-up: allocation, kernel selection, caches
     times = []
     start = time.perf_counter()
     while len(times) < min_reps or (time.perf_counter() - start < min_time_s and len(times) < max_reps):
-        t0 = time.perf_counter()
+        t0 = ns()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((ns() - t0) * 1e-9)
     return min(times), statistics.median(times)
 
 
@@ -156,13 +159,118 @@ def measure_op_overhead(device: str, calls: int, repeats: int = 5) -> float:
         torch.add(x, y)
     sync()
     per_op = []
+    ns = clock_ns(clock_name(device, torch.get_num_threads()))
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = ns()
         for _ in range(calls):
             torch.add(x, y)
         sync()
-        per_op.append((time.perf_counter() - t0) / calls)
+        per_op.append((ns() - t0) * 1e-9 / calls)
     return min(per_op)
+
+
+# --- shape-aware curves (costmodel.curves): fp32, the median of the repeated calls -----------------
+
+CURVE_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CURVE_MATRICES = ((512, 2048), (1024, 4096))  # (k, n): 4 and 16 MiB of fp32 weights
+CURVE_ELEMENTWISE_ELEMENTS = (1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22)
+CURVE_ATTENTION = ((8, 64), (8, 512), (64, 256), (64, 1024), (256, 1024))  # (batch x heads, keys), d 64
+QUICK_CURVE_ROWS = (1, 8, 64)
+QUICK_CURVE_MATRICES = ((256, 1024),)
+QUICK_CURVE_ELEMENTWISE_ELEMENTS = (1 << 10, 1 << 16)
+QUICK_CURVE_ATTENTION = ((8, 64), (16, 256))
+
+
+def measure_matmul_rows(device: str, min_time_s: float, cold_bytes: int, rows=CURVE_ROWS,
+                        matrices=CURVE_MATRICES) -> list[dict]:
+    """``F.linear(x[m, k], W[n, k])`` for each row count m, over a set of weight matrices larger
+    than the last-level cache together, cycled so each call finds its weights cold, as a pass
+    through a model's layers does. flops_per_s = 2 m k n / (median seconds per matrix)."""
+    out = []
+    for k, n in matrices:
+        count = max(2, cold_bytes // (4 * k * n))
+        weights = [torch.rand(n, k, device=device) for _ in range(count)]
+        for m in rows:
+            x = torch.rand(m, k, device=device)
+
+            def fn(x=x):
+                for w in weights:
+                    torch.nn.functional.linear(x, w)
+
+            _, med = time_call(fn, device, min_time_s)
+            per = med / count
+            out.append({"rows": m, "k": k, "n": n, "weight_bytes": 4 * k * n, "seconds": per,
+                        "flops_per_s": 2 * m * k * n / per})
+        del weights
+    return out
+
+
+def measure_elementwise_bytes(device: str, min_time_s: float, sizes=CURVE_ELEMENTWISE_ELEMENTS) -> list[dict]:
+    """An allocating ``torch.add(a, b)`` (as an eager model's element-wise ops allocate their
+    outputs: large fresh outputs page-fault) at each size: seconds by bytes moved (3 x 4 N)."""
+    out = []
+    for n in sizes:
+        a, b = torch.rand(n, device=device), torch.rand(n, device=device)
+        _, med = time_call(lambda a=a, b=b: torch.add(a, b), device, min_time_s)
+        out.append({"elements": n, "bytes": 12 * n, "seconds": med})
+    return out
+
+
+def measure_attention_slice(device: str, min_time_s: float, points=CURVE_ATTENTION, head_dim: int = 64
+                            ) -> list[dict]:
+    """A decode step's score matmul over a strided cache slice: ``q[BH, 1, d] @ k[:, :S]^T`` where
+    the cache holds 2 S positions (the slice is not contiguous, as a preallocated cache's prefix
+    is not). Seconds by the bytes the matmul reads and writes (k slice, q, scores)."""
+    out = []
+    for bh, keys in points:
+        cache = torch.rand(bh, 2 * keys, head_dim, device=device)
+        q = torch.rand(bh, 1, head_dim, device=device)
+        k = cache[:, :keys]
+        _, med = time_call(lambda q=q, k=k: torch.matmul(q, k.transpose(-2, -1)), device, min_time_s)
+        moved = 4 * (bh * keys * head_dim + bh * head_dim + bh * keys)
+        out.append({"batch_heads": bh, "keys": keys, "head_dim": head_dim, "bytes": moved, "seconds": med,
+                    "flops": 2 * bh * keys * head_dim})
+    return out
+
+
+def measure_kernel_in_pass(device: str, repeats: int = 20) -> dict:
+    """The cost of an op inside a pass of a model, not of a bare op: one cached decode step of
+    tiny-llama (2 layers, hidden 64: the arithmetic is negligible, the pass is dispatch and glue),
+    median over ``repeats`` passes, divided by the ops costmodel counts in it."""
+    from costmodel.analysis import step_cost
+    from costmodel.models import get_model
+    from costmodel.spec import Workload
+
+    from .generate import decode_one_token
+    from .model import build_model
+    from .model_timing import _fill_caches
+
+    spec = get_model("tiny-llama")
+    model = build_model(spec, dtype="fp32", device=device, seed=0, attention="eager")
+    context = 16
+    model.setup_caches(1, context + 1)
+    _fill_caches(model)
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    _, med = time_call(lambda: decode_one_token(model, token, context), device, 0.0, min_reps=repeats,
+                       max_reps=repeats)
+    wl = Workload(batch=1, prompt=1, gen=1, weight_dtype="fp32", act_dtype="fp32")
+    ops = sum(n for n, _ in step_cost(spec, wl, 1, 1, context + 1, 1).weighted())
+    return {"model": spec.name, "batch": 1, "context": context, "pass_seconds": med, "costed_ops": ops,
+            "seconds_per_op": med / ops}
+
+
+def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
+    with torch.inference_mode():
+        return {
+            "matmul_rows": measure_matmul_rows(device, min_time_s, QUICK_BANDWIDTH_BYTES if quick else 64 * 2**20,
+                                               QUICK_CURVE_ROWS if quick else CURVE_ROWS,
+                                               QUICK_CURVE_MATRICES if quick else CURVE_MATRICES),
+            "elementwise_bytes": measure_elementwise_bytes(
+                device, min_time_s, QUICK_CURVE_ELEMENTWISE_ELEMENTS if quick else CURVE_ELEMENTWISE_ELEMENTS),
+            "attention_slice": measure_attention_slice(device, min_time_s,
+                                                       QUICK_CURVE_ATTENTION if quick else CURVE_ATTENTION),
+            "kernel_in_pass": measure_kernel_in_pass(device, 5 if quick else 20),
+        }
 
 
 def _cpu_name() -> str:
@@ -183,9 +291,8 @@ def _cpu_memory_bytes() -> int:
         return 0
 
 
-def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: int | None = None,
-              profile_id: str | None = None) -> dict:
-    """Measure this machine and return a hardware profile dict (see the module docstring)."""
+def check_request(device: str, dtypes) -> tuple:
+    """The dtypes to calibrate on ``device`` (default for None); SpecError for what cannot be."""
     if device not in ("cpu", "cuda"):
         raise SpecError(f"unknown device {device!r}; allowed: cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
@@ -196,10 +303,18 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
     for d in dtypes:
         if d not in allowed:
             raise SpecError(f"cannot calibrate dtype {d!r} on {device}; allowed: {', '.join(allowed)}")
+    return dtypes
+
+
+def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: int | None = None,
+              profile_id: str | None = None, min_time_s: float | None = None) -> dict:
+    """Measure this machine and return a hardware profile dict (see the module docstring).
+    ``min_time_s``: how long each measurement repeats its calls (default 0.75 s; quick 0.02 s)."""
+    dtypes = check_request(device, dtypes)
     if threads is not None:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    min_time = 0.02 if quick else 0.75  # long enough to catch uncontended calls on a shared machine
+    min_time = min_time_s or (0.02 if quick else 0.75)  # long enough to catch uncontended calls on a shared machine
     shapes = QUICK_MATMUL_SHAPES if quick else MATMUL_SHAPES
     if device == "cpu" and not quick:
         shapes = tuple(s for s in shapes if s != (4096, 4096, 4096))  # ~1 s a call on a small CPU
@@ -211,6 +326,7 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
         elementwise = [row for d in dtypes if d in ("fp32", "bf16", "fp16")
                        for row in measure_elementwise(d, device, min_time)]
         overhead = measure_op_overhead(device, 200 if quick else 2000)
+    curves = measure_curves(device, quick, min(min_time, 0.25))
     peaks = {d: None for d in ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")}
     for row in matmul:
         peaks[row["dtype"]] = max(peaks[row["dtype"]] or 0.0, row["flops_per_s"])
@@ -265,5 +381,6 @@ def calibrate(device: str = "cpu", dtypes=None, quick: bool = False, threads: in
             "seconds_taken": time.perf_counter() - t_start,
             "matmul": matmul, "elementwise": elementwise, "bandwidth": bandwidth,
             "matmul_streaming": streaming, "op_overhead_s": overhead,
+            "curves": curves,
         },
     }

@@ -9,7 +9,6 @@ with versus without a KV cache. Both return objects; rendering lives in ``report
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -475,13 +474,17 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
     counts = count(spec, wl, model=model, fvcore=fvcore, seed=seed)
     prompt, source = inputs(spec, wl, seed, dev)
 
+    from .measure import clock_name, clock_ns
+
+    now = clock_ns(clock_name("cpu", torch.get_num_threads()))  # the same clock as the probes' CpuTimer
+
     def run(w: Workload, probe: Probe = NO_PROBE) -> float:
         sampler = Sampler(Strategy.of(w), seed, dev)
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = now()
         run_workload(model, w, prompt, source, sampler, probe)
         _sync(dev)
-        return time.perf_counter() - t0
+        return (now() - t0) * 1e-9
 
     for i in range(warmup):
         say(f"warm-up {i + 1}/{warmup}")

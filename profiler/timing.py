@@ -1,6 +1,7 @@
 """Timers with one interface for CPU and GPU, and the probe that times the generation loop.
 
-- CPU: ``time.perf_counter_ns`` at the two ends of a region (CPU ops are synchronous).
+- CPU: the clock :mod:`profiler.measure` picks (per-thread CPU time at one thread, else
+  ``time.perf_counter_ns``) at the two ends of a region (CPU ops are synchronous).
 - CUDA: a pair of ``torch.cuda.Event(enable_timing=True)`` recorded at the ends, read after one
   ``torch.cuda.synchronize()`` when the results are asked for; no sync inside the loop.
 
@@ -11,7 +12,6 @@ it (projections, attention core, MLP), the LM head and the sampler, through forw
 from __future__ import annotations
 
 import statistics
-import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,17 +24,25 @@ from .generate import Probe
 
 
 class CpuTimer:
-    """``start(key)`` / ``stop(key)`` pairs; :meth:`seconds` gives every interval of each key."""
+    """``start(key)`` / ``stop(key)`` pairs; :meth:`seconds` gives every interval of each key.
+
+    The clock is :mod:`profiler.measure`'s choice for the current torch thread count: the
+    per-thread CPU clock at one thread (other processes' time on the core left out), wall time
+    at more (:attr:`clock` says which)."""
 
     def __init__(self):
+        from .measure import clock_name, clock_ns
+
+        self.clock = clock_name("cpu", torch.get_num_threads())
+        self._now = clock_ns(self.clock)
         self._open: dict = {}
         self._ns: dict = defaultdict(list)
 
     def start(self, key) -> None:
-        self._open[key] = time.perf_counter_ns()
+        self._open[key] = self._now()
 
     def stop(self, key) -> None:
-        self._ns[key].append(time.perf_counter_ns() - self._open.pop(key))
+        self._ns[key].append(self._now() - self._open.pop(key))
 
     def synchronize(self) -> None:
         pass

@@ -5,15 +5,15 @@ reference model (eager attention: the scores are materialised, as :mod:`costmode
 them) and is predicted with :func:`costmodel.roofline.pass_seconds` on a hardware profile, normally
 one written by ``costmodel calibrate`` on the same machine.
 
-Measured time is the fastest of ``repeat`` timed passes after a warm-up, as calibration measures
-its peaks (on a shared machine other processes only ever slow a pass down); the median is kept too.
-The model runs on the number of threads the profile was calibrated with, when it records one.
+Measured time is the median of ``repeat`` timed passes after a warm-up, on the per-thread CPU clock
+at one CPU thread (:mod:`profiler.measure`; the same code times the op tables of
+:mod:`profiler.optable`), with the run-to-run floor beside it. The model runs on ``--threads``, else
+the number of threads the profile was calibrated with, else 1. Where the profile holds an op table
+for the model (:mod:`costmodel.optable`), it makes the prediction and the roofline's is shown beside.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 from costmodel.hardware import Hardware
@@ -37,21 +37,43 @@ class TimingCase:
     phase: str  # "prefill" (a pass over `context` tokens) or "decode" (one step over context + 1 keys)
     batch: int
     context: int
-    predicted_s: float
-    measured_s: float  # fastest of the repeats
+    predicted_s: float  # the op table's interpolation where the profile has one for the model, else the roofline
+    measured_s: float  # median of the repeats (per-thread CPU clock at 1 thread; see profiler.measure)
     measured_median_s: float
     bound: str  # what the roofline says limits the pass: share of memory-bound time
+    roofline_s: float | None = None  # the roofline's prediction (= predicted_s without an op table)
+    table_s: float | None = None  # the op table's, when there is one
+    curves_s: float | None = None  # the generic curves' (costmodel.curves), when the profile has them
+    floor_pct: float = 0.0  # run-to-run floor of the repeats (profiler.measure.floor_pct)
+    measured_min_s: float | None = None
+    runs: int = 0
+    grid_point: bool = False  # the case is one of the op table's grid points (validation avoids them)
 
     @property
     def error_pct(self) -> float:
         """Signed: (predicted - measured) / measured x 100."""
         return (self.predicted_s - self.measured_s) / self.measured_s * 100.0
 
+    @property
+    def roofline_error_pct(self) -> float | None:
+        if self.roofline_s is None:
+            return None
+        return (self.roofline_s - self.measured_s) / self.measured_s * 100.0
+
+    @property
+    def curves_error_pct(self) -> float | None:
+        if self.curves_s is None:
+            return None
+        return (self.curves_s - self.measured_s) / self.measured_s * 100.0
+
     def to_dict(self) -> dict:
         return {"phase": self.phase, "batch": self.batch, "context": self.context,
                 "predicted_s": self.predicted_s, "measured_s": self.measured_s,
                 "measured_median_s": self.measured_median_s, "error_pct": self.error_pct,
-                "bound": self.bound}
+                "bound": self.bound, "roofline_s": self.roofline_s, "roofline_error_pct": self.roofline_error_pct,
+                "table_s": self.table_s, "curves_s": self.curves_s, "curves_error_pct": self.curves_error_pct,
+                "floor_pct": self.floor_pct, "measured_min_s": self.measured_min_s,
+                "runs": self.runs, "grid_point": self.grid_point}
 
 
 def percentile(values, q: float) -> float:
@@ -66,15 +88,32 @@ def percentile(values, q: float) -> float:
 
 
 def summary(cases) -> dict:
+    """Median, p90 and max absolute error of the cases' predictions, with the run-to-run floor
+    (median and p90 over the cases of each one's :attr:`TimingCase.floor_pct`) beside them, and
+    the roofline's own errors where an op table made the prediction."""
     errs = [abs(c.error_pct) for c in cases]
-    return {"cases": len(errs), "median_abs_error_pct": percentile(errs, 50) if errs else None,
-            "p90_abs_error_pct": percentile(errs, 90) if errs else None,
-            "max_abs_error_pct": max(errs) if errs else None}
+    floors = [c.floor_pct for c in cases]
+    out = {"cases": len(errs), "median_abs_error_pct": percentile(errs, 50) if errs else None,
+           "p90_abs_error_pct": percentile(errs, 90) if errs else None,
+           "max_abs_error_pct": max(errs) if errs else None,
+           "floor_median_pct": percentile(floors, 50) if floors else None,
+           "floor_p90_pct": percentile(floors, 90) if floors else None,
+           "predictor": ("op table" if cases and all(c.table_s is not None for c in cases) else
+                         "curves" if cases and all(c.curves_s is not None for c in cases) else "roofline")}
+    for name, errs_of in (("curves", lambda c: c.curves_error_pct), ("roofline", lambda c: c.roofline_error_pct)):
+        e = [abs(errs_of(c)) for c in cases if errs_of(c) is not None]
+        if e and out["predictor"] != name:
+            out[f"{name}_median_abs_error_pct"] = percentile(e, 50)
+            out[f"{name}_p90_abs_error_pct"] = percentile(e, 90)
+    return out
 
 
-def plan(quick: bool) -> list[tuple[str, int, int]]:
+def plan(quick: bool, spec: ModelSpec | None = None) -> list[tuple[str, int, int]]:
+    """The cases: (phase, batch, context), clipped to ``spec``'s context length when given."""
     pre, dec = (QUICK_PREFILL_SHAPES, QUICK_DECODE_SHAPES) if quick else (PREFILL_SHAPES, DECODE_SHAPES)
-    return [("prefill", b, s) for b, s in pre] + [("decode", b, s) for b, s in dec]
+    limit = (spec.max_position_embeddings if spec is not None else None) or 10**9
+    return ([("prefill", b, s) for b, s in pre if s <= limit] +
+            [("decode", b, s) for b, s in dec if s + 1 <= limit])
 
 
 def _bound(spec, wl, hw, batch, q_len, kv_len) -> str:
@@ -89,47 +128,89 @@ def _bound(spec, wl, hw, batch, q_len, kv_len) -> str:
 
 def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat: int = 5,
                threads: int | None = None, spec: ModelSpec = TIMING_SPEC, seed: int = 0):
-    """Yield a :class:`TimingCase` per shape as each finishes (fp32 weights and activations)."""
+    """Yield a :class:`TimingCase` per shape as each finishes (fp32 weights and activations).
+
+    Threads: ``threads``, else the count the profile was calibrated with, else 1. The prediction
+    is the profile's op table for ``spec`` where it has one, else its generic curves
+    (:mod:`costmodel.curves`) where it has them, else the roofline; the others beside it."""
     import torch
 
-    from .generate import decode_one_token, prefill
+    from costmodel.curves import curve_pass_seconds
+    from costmodel.optable import table_for
+
+    from .measure import PassTimer, set_threads
     from .model import build_model, check_device
+    from .model_timing import time_case
 
     dev = check_device(device)
     calibrated = (hw.calibration or {}).get("threads")
-    old_threads = torch.get_num_threads()
-    if threads or calibrated:
-        torch.set_num_threads(threads or calibrated)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    restore = set_threads(threads or calibrated or 1)
+    timer = PassTimer(dev.type, torch.get_num_threads())
     wl = Workload(batch=1, prompt=1, gen=1, weight_dtype="fp32", act_dtype="fp32")
+    table = table_for(hw, spec, "fp32", "eager")
     try:
         model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with torch.inference_mode():
-            for phase, b, s in plan(quick):
-                tokens = torch.randint(0, spec.vocab_size, (b, s + 1), generator=gen).to(dev)
-                model.setup_caches(b, s + 1)
-                if phase == "prefill":
-                    def run():
-                        return prefill(model, tokens[:, :s])
-                    predicted = pass_seconds(spec, wl, hw, batch=b, q_len=s, kv_len=s)
-                    bound = _bound(spec, wl, hw, b, s, s)
-                else:
-                    prefill(model, tokens[:, :s])  # fill the cache; the step then attends over s + 1 keys
-
-                    def run():
-                        return decode_one_token(model, tokens[:, s:], s)
-                    predicted = pass_seconds(spec, wl, hw, batch=b, q_len=1, kv_len=s + 1)
-                    bound = _bound(spec, wl, hw, b, 1, s + 1)
-                run()  # warm-up
-                sync()
-                times = []
-                for _ in range(repeat):
-                    t0 = time.perf_counter_ns()
-                    run()
-                    sync()
-                    times.append((time.perf_counter_ns() - t0) * 1e-9)
-                model.drop_caches()
-                yield TimingCase(phase, b, s, predicted, min(times), statistics.median(times), bound)
+            for phase, b, s in plan(quick, spec):
+                q_len, kv_len = (s, s) if phase == "prefill" else (1, s + 1)
+                roofline = pass_seconds(spec, wl, hw, batch=b, q_len=q_len, kv_len=kv_len)
+                bound = _bound(spec, wl, hw, b, q_len, kv_len)
+                tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
+                curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)
+                predicted = tab if tab is not None else curves if curves is not None else roofline
+                m = time_case(model, spec, (phase, b, s), dev, gen, timer, repeat)
+                yield TimingCase(phase, b, s, predicted, m["seconds"], m["seconds"], bound,
+                                 roofline_s=roofline, table_s=tab, curves_s=curves, floor_pct=m["floor_pct"],
+                                 measured_min_s=m["seconds_min"], runs=m["runs"],
+                                 grid_point=table is not None and table.is_grid_point(phase, b, s))
     finally:
-        torch.set_num_threads(old_threads)
+        restore()
+
+
+def measurement_info(hw: Hardware, device: str, threads: int | None) -> dict:
+    """How the cases were timed: the clock and thread count (as :func:`run_timing` chooses them)."""
+    from .measure import clock_name
+
+    n = threads or (hw.calibration or {}).get("threads") or 1
+    return {"clock": clock_name(device, n), "threads": None if device == "cuda" else n,
+            "statistic": "median of the repeats after a warm-up pass",
+            "floor": "median absolute deviation of the repeats from their median, % of it"}
+
+
+def table_drift(hw: Hardware, spec: ModelSpec, *, device: str = "cpu", threads: int | None = None,
+                repeat: int = 3, seed: int = 0) -> dict | None:
+    """How far the machine has moved since the op table was measured: two of its grid points (a
+    mid-size prefill and a small decode step) timed again now, the same way, as
+    (now - table) / table x 100 each. None without a table. An error below this drift cannot be
+    told from it: it is the calibration-to-validation floor, beside the run-to-run one."""
+    import torch
+
+    from costmodel.optable import table_for
+
+    from .measure import PassTimer, set_threads
+    from .model import build_model, check_device
+    from .model_timing import time_case
+
+    table = table_for(hw, spec, "fp32", "eager")
+    if table is None:
+        return None
+    dev = check_device(device)
+    restore = set_threads(threads or (hw.calibration or {}).get("threads") or 1)
+    timer = PassTimer(dev.type, torch.get_num_threads())
+    t = table.prefill_tokens[len(table.prefill_tokens) // 2]
+    b, c = table.decode_batches[min(1, len(table.decode_batches) - 1)], table.decode_contexts[0]
+    points = [("prefill", 1, t, table.prefill_total_s[table.prefill_tokens.index(t)]),
+              ("decode", b, c, table.decode_total_s[table.decode_batches.index(b)][0])]
+    out = []
+    try:
+        model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.inference_mode():
+            for phase, pb, pc, then in points:
+                now = time_case(model, spec, (phase, pb, pc), dev, gen, timer, repeat)["seconds"]
+                out.append({"phase": phase, "batch": pb, "context": pc, "table_s": then, "now_s": now,
+                            "drift_pct": (now - then) / then * 100.0})
+    finally:
+        restore()
+    return {"points": out, "max_abs_drift_pct": max(abs(p["drift_pct"]) for p in out)}

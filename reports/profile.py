@@ -156,14 +156,49 @@ def validate_table(results, planned: int, interrupted: bool = False) -> str:
     return "\n".join(lines)
 
 
-def timing_validation_table(cases, summary: dict, hardware_id: str) -> str:
-    """``costmodel validate --timing``: predicted beside measured seconds per case, then the errors."""
-    rows = [[c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
-             f"{c.error_pct:+.1f} %", c.bound] for c in cases]
-    lines = [render(["phase", "batch", "context", "predicted", "measured", "error", "roofline"], rows,
-                    align=["l", "r", "r", "r", "r", "r", "l"])]
+def timing_validation_table(cases, summary: dict, hardware_id: str, measurement: dict | None = None) -> str:
+    """``costmodel validate --timing``: predicted beside measured seconds per case, then the errors
+    with the run-to-run floor (and, where an op table predicted, the roofline's beside it)."""
+    predictor = summary.get("predictor", "roofline")
+    shown = [(name, attr) for name, attr in (("roofline", "roofline"), ("curves", "curves"))
+             if name != predictor and cases and all(getattr(c, f"{attr}_s", None) is not None for c in cases)]
+    head = ["phase", "batch", "context", "predicted", "measured", "error", "floor"]
+    for name, _ in reversed(shown):
+        head[3:3] = [name, f"{name} err"]
+    head.append("roofline bound")
+    rows = []
+    for c in cases:
+        row = [c.phase, c.batch, c.context, human_seconds(c.predicted_s), human_seconds(c.measured_s),
+               f"{c.error_pct:+.1f} %", f"{getattr(c, 'floor_pct', 0.0):.1f} %"]
+        for _, attr in reversed(shown):
+            row[3:3] = [human_seconds(getattr(c, f"{attr}_s")), f"{getattr(c, f'{attr}_error_pct'):+.1f} %"]
+        rows.append(row + [c.bound])
+    lines = [render(head, rows, align=["l", "r", "r"] + ["r"] * (len(head) - 4) + ["l"])]
     if cases:
-        lines.append(f"\n{summary['cases']} cases on {hardware_id}: median |error| "
-                     f"{summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, max {summary['max_abs_error_pct']:.1f} % "
-                     "(measured: fastest of 5 passes after a warm-up; eager attention, fp32)")
+        m = measurement or {}
+        how = (f"median of {m.get('repeat', 5)} passes after a warm-up on the "
+               f"{'per-thread CPU' if m.get('clock') == 'thread' else m.get('clock', 'wall')} clock"
+               + (f", {m['threads']} thread{'s' if m['threads'] != 1 else ''}" if m.get("threads") else "")
+               + "; eager attention, fp32")
+        lines.append(f"\n{summary['cases']} cases on {hardware_id}, predicted by the {summary.get('predictor', 'roofline')}: "
+                     f"median |error| {summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, "
+                     f"max {summary['max_abs_error_pct']:.1f} %; run-to-run floor median "
+                     f"{summary.get('floor_median_pct') or 0.0:.1f} %, p90 {summary.get('floor_p90_pct') or 0.0:.1f} %")
+        if summary.get("table_drift_pct") is not None:
+            lines.append(f"calibration-to-validation drift: {summary['table_drift_pct']:.1f} % (two op-table grid "
+                         "points timed again before and after the cases; errors below it are not resolved)")
+        for name in ("curves", "roofline"):
+            if f"{name}_median_abs_error_pct" in summary:
+                lines.append(f"{name} alone: median |error| {summary[f'{name}_median_abs_error_pct']:.1f} %, "
+                             f"p90 {summary[f'{name}_p90_abs_error_pct']:.1f} %")
+        load = m.get("load")
+        if load:
+            busy = "" if load.get("busy_share") is None else (
+                f", machine {load['busy_share']:.0%} busy, steal {load['steal_share']:.1%}")
+            how += (f"; load average {load['loadavg_1m_start']:.2f} -> {load['loadavg_1m_end']:.2f} on "
+                    f"{load['cpus']} CPUs{busy}")
+        lines.append(f"({how})")
+        if "max_error_pct" in summary and not summary.get("ok", True):
+            lines.append(f"FAIL: median |error| {summary['median_abs_error_pct']:.1f} % exceeds --max-error "
+                         f"{summary['max_error_pct']:g} %")
     return "\n".join(lines)

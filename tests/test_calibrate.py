@@ -16,7 +16,8 @@ from profiler import calibrate as cal  # noqa: E402
 @pytest.fixture(scope="module")
 def profile_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("cal") / "cpu.json"
-    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--out", str(path), "--id", "this-cpu"])
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--out", str(path), "--id", "this-cpu",
+                                  "--max-load", "0"])
     assert r.exit_code == 0, r.output
     assert f"profile written to {path}" in r.output and "GFLOP/s" in r.output
     return path
@@ -64,7 +65,7 @@ def test_profile_works_where_hardware_does(profile_file):
 
 
 def test_calibrate_json_to_stdout():
-    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--format", "json"])
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--format", "json", "--max-load", "0"])
     assert r.exit_code == 0, r.output
     h = hardware_from_dict(json.loads(r.output))
     assert h.id == "calibrated-cpu"
@@ -92,7 +93,7 @@ def test_bad_dtype_and_device():
     (["--quick", "--dtype", "fp32", "--out", "/dev/null/dir/p.json"], "Error: cannot write --out '/dev/null/dir/p.json'"),
 ])
 def test_calibrate_bad_input(args, message):
-    r = CliRunner().invoke(main, ["calibrate", *args], prog_name="costmodel")
+    r = CliRunner().invoke(main, ["calibrate", *args, "--max-load", "0"], prog_name="costmodel")
     assert r.exit_code == 2, r.output
     assert r.output.startswith(message) and r.output.count("\n") == 1
 

@@ -31,7 +31,7 @@ def test_plan_covers_prefill_and_decode():
 
 def test_validate_timing_json_contract():
     r = CliRunner().invoke(main, ["validate", "--timing", "--quick", "--gpu", "cpu-generic", "--threads", "1",
-                                  "--format", "json"])
+                                  "--max-error", "1e9", "--max-load", "0", "--format", "json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["hardware"] == "cpu-generic" and len(d["cases"]) == len(plan(quick=True))

@@ -107,26 +107,56 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
 @click.option("--out", "out", metavar="FILE", default=None, help="Write the profile (JSON) here.")
 @click.option("--id", "profile_id", default=None, help="Profile id (default: calibrated-<device>).")
 @click.option("--quick", is_flag=True, help="Small shapes and short timings (a few seconds; for tests).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (1: timed with the per-thread CPU clock; more: wall time).")
+@click.option("--model", "models", multiple=True, metavar="MODEL",
+              help="Also time this model's own ops over a prefill and a decode grid and store its op table "
+                   "(repeatable; anything `report` accepts, or timing-llama-21m). Predictions for it then interpolate the table.")
+@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Refuse to time when the 1-minute load average per CPU exceeds this (0: never refuse).")
 @click.option("--collectives", is_flag=True, help="Also time all-reduces on 2 ranks (gloo on cpu, nccl on cuda) "
               "and fit the plan's ring model: interconnect bandwidth and link latency.")
 @format_option(["table", "json"])
 @input_errors
-def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt):
+def calibrate(device, dtypes, out, profile_id, quick, threads, models, max_load, collectives, fmt):
     """Measure this machine (matmul FLOP/s per dtype, memory bandwidth, per-op overhead) and write
-    a hardware profile usable wherever --hardware is."""
+    a hardware profile usable wherever --hardware is.
+
+    With --model MODEL: also the model's op table (its passes timed in place over a prefill grid of
+    token counts and a decode grid of (batch, context) points), which predictions for that model
+    interpolate; the roofline stays the fallback and the explanation."""
     try:
         from profiler import calibrate as cal
     except ImportError as e:
         raise InputError(f"calibrate needs torch ({e}); install it with: {install_hint('profile')}") from None
+    from profiler.measure import check_load, load_snapshot
     from reports.files import atomic_write, check_writable_file
     from reports.parallel import collectives_lines
     from reports.plan import calibration_table
 
+    from .validate_timing import timing_spec
+
     if out:
         check_writable_file(out)  # before measuring: a bad --out costs no minutes of timing
+    specs = [timing_spec(m) for m in models]  # bad names fail before any timing
+    cal.check_request(device, tuple(dtypes) or None)
+    before, note = load_snapshot(), None
+    if device == "cpu":
+        note = check_load(before, max_load)  # warned with the result (JSON: in calibration.load)
     profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
-                            profile_id=profile_id)
+                            profile_id=profile_id, min_time_s=0.25 if specs and not quick else None)
+    if specs:
+        from profiler.optable import measure_op_table
+
+        progress = (lambda m: click.echo(m, err=True)) if fmt != "json" else None
+        profile["calibration"]["op_tables"] = [
+            measure_op_table(spec, device=device, threads=threads, quick=quick, progress=progress)
+            for spec in specs]
+        profile["sources"]["op_tables"] = ("measured by costmodel calibrate --model: the model's passes "
+                                           "timed in place (see costmodel.optable)")
+    from profiler.measure import load_between
+
+    profile["calibration"]["load"] = {**load_between(before, load_snapshot()), "warning": note}
     if collectives:
         from profiler.calibrate_collectives import calibrate_collectives
 
@@ -141,6 +171,8 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, collectives, fmt)
     if fmt == "json":
         emit_json(profile)
     else:
+        if note:
+            warn(note.removeprefix("warning: "))
         click.echo(calibration_table(profile))
         if collectives:
             click.echo("\n".join(["", *collectives_lines(profile)]))

@@ -46,6 +46,9 @@ def _progress(desc: str):
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (1: timed with the per-thread CPU clock, as calibrate and validate --timing; "
+                   "more: wall time).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's count (it traces every step).")
 @click.option("--no-compare-cache", is_flag=True, help="Skip timing decode with the other KV-cache choice.")
 @click.option("--tp", type=int, default=1, show_default=True,
@@ -56,8 +59,8 @@ def _progress(desc: str):
                    "by all-gather dispatch and reduce-scatter combine; tp = pp = 1).")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, ep, fmt,
-            **kwargs):
+def profile(model, device, attention, repeat, warmup, seed, weights, threads, no_fvcore, no_compare_cache, tp, pp,
+            ep, fmt, **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
@@ -76,10 +79,16 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    with _progress(f"profile {spec.name}") as say:
-        result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup, seed=seed,
-                             fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
-                             progress=say)
+    from profiler.measure import set_threads
+
+    restore = set_threads(threads)
+    try:
+        with _progress(f"profile {spec.name}") as say:
+            result = run_profile(spec, wl, device=device, attention=attention, repeat=repeat, warmup=warmup,
+                                 seed=seed, fvcore=not no_fvcore, compare_cache=not no_compare_cache,
+                                 weights=weights, progress=say)
+    finally:
+        restore()
     if fmt == "json":
         emit_json(result.to_dict())
     else:
@@ -95,10 +104,21 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
                   gpu=dict(help="--timing: a catalog device (with --device cuda)."))
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="--timing: where the reference model runs.")
-@click.option("--threads", type=int, default=None, help="--timing: CPU threads (default: the profile's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="--timing: CPU threads (default: the profile's, else 1: the per-thread CPU clock).")
+@click.option("--model", "timing_model", default=None, metavar="MODEL",
+              help="--timing: the model to predict and measure (anything `report` accepts; default: "
+                   "the built-in timing-llama-21m).")
+@click.option("--max-error", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="PCT",
+              help="--timing: exit 1 when the median absolute error exceeds PCT %.")
+@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="--timing: refuse when the 1-minute load average per CPU exceeds this (0: never refuse).")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--timing: timed passes per case (their median is the measurement).")
 @format_option(["table", "json"])
 @input_errors
-def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
+def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, timing_model, max_error, max_load,
+             repeat):
     """Analytic vs counted FLOPs and KV bytes over a built-in matrix of cases; exit 1 on any mismatch.
 
     Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;
@@ -111,10 +131,14 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     finished cases.
 
     With --timing: the roofline's predicted seconds against the reference model's measured ones
-    over prefill and decode shapes, with the median and 90th-percentile absolute error.
+    over prefill and decode shapes (never the op table's grid points), with the median and
+    90th-percentile absolute error beside the run-to-run floor; exit 1 when the median exceeds
+    --max-error. Where the profile holds an op table for the model (`costmodel calibrate --model`),
+    the table predicts and the roofline is shown beside it.
     """
     if timing:
-        return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
+        return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, model=timing_model,
+                                     max_error=max_error, max_load=max_load, repeat=repeat)
     from profiler.validate import plan, run_cases
     from reports.parallel import parallel_cases_table
     from reports.profile import validate_table

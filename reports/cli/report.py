@@ -56,7 +56,12 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwar
     if html_file is not None or out_dir is not None:
         _write_files(spec, result, timing, hw, fmt, html_file, out_dir)
         return
-    if fmt == "json":  # streamed: bounded memory for deep models, the same bytes as emit_json
+    measured = None if hw is None else _op_table_seconds(spec, result.workload, hw)
+    if fmt == "json" and measured is not None:  # a calibrated small model: the whole object at once
+        d = timing.annotate(result.to_dict())
+        d["timing"]["op_table"] = measured  # the roofline's figures stay beside it, as the explanation
+        emit_json(d)
+    elif fmt == "json":  # streamed: bounded memory for deep models, the same bytes as emit_json
         _stream_json(result, timing)
     elif fmt == "csv":
         click.echo(text.ops_csv(result, timing), nl=False)
@@ -64,6 +69,10 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwar
         click.echo(text.report_markdown(result, timing))
     else:
         click.echo(text.report_table(result, timing, table_width(wide)))
+    if measured is not None and fmt in ("table", "markdown"):
+        tpot = "" if measured["tpot_mean_s"] is None else f", TPOT mean {measured['tpot_mean_s'] * 1e3:.3f} ms"
+        click.echo(f"\n{measured['source']}: TTFT {measured['ttft_s'] * 1e3:.3f} ms{tpot}, end to end "
+                   f"{measured['e2e_s'] * 1e3:.3f} ms (the roofline above explains where the time goes)")
 
 
 def _stream_json(result, timing) -> None:
@@ -85,6 +94,14 @@ def _stream_json(result, timing) -> None:
         raise InputError("the result holds a number JSON cannot carry (infinite or NaN), e.g. seconds "
                          "from a hardware rate so small that the time overflows (1e-300 FLOP/s): give "
                          "physical rates") from None
+
+
+def _op_table_seconds(spec, wl, hw):
+    """The profile's op table for exactly this model and dtype, interpolated (None without one)."""
+    from costmodel.optable import table_for, workload_seconds
+
+    table = table_for(hw, spec, wl.act_dtype, "eager")
+    return None if table is None else workload_seconds(table, wl)
 
 
 def _write_files(spec, result, timing, hw, fmt, html_file, out_dir):

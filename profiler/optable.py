@@ -1,0 +1,85 @@
+"""``costmodel calibrate --model MODEL``: measure one model's op table (format: :mod:`costmodel.optable`).
+
+The reference model of MODEL (fp32 weights and activations, eager attention, seeded random weights)
+runs over a prefill grid of token counts (batch 1) and a rectangular decode grid of
+(batch, context) points; each point is timed as :func:`profiler.model_timing.time_case` does it
+(median of ``repeat`` unhooked passes, each followed by a hooked one for the attention share).
+
+The grids are chosen to be *off* the shapes ``costmodel validate --timing`` checks (so validation
+interpolates), and are clipped to the model's context length. They take about a minute for a
+20-50 M-parameter model on one core of a small CPU (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from costmodel.optable import FORMAT, parse_op_table, spec_key
+from costmodel.spec import ModelSpec
+
+from .measure import PassTimer, clock_name, clock_ns, load_between, load_snapshot, set_threads
+from .model_timing import time_case
+
+PREFILL_TOKENS = (16, 48, 96, 192, 384, 640, 896, 1280)
+DECODE_BATCHES = (1, 2, 6, 16, 48, 96)
+DECODE_CONTEXTS = (24, 96, 192, 384, 1536)
+QUICK_PREFILL_TOKENS = (8, 24)
+LONG_PASS_S = 0.5  # passes longer than this are repeated twice, not three times
+QUICK_DECODE_BATCHES = (1, 3)
+QUICK_DECODE_CONTEXTS = (12, 40)
+
+
+def grids(spec: ModelSpec, quick: bool = False):
+    """(prefill token counts, decode batches, decode contexts) for ``spec``, clipped to its
+    context length (a decode step at context c needs c + 1 positions)."""
+    pre, bat, ctx = ((QUICK_PREFILL_TOKENS, QUICK_DECODE_BATCHES, QUICK_DECODE_CONTEXTS) if quick else
+                     (PREFILL_TOKENS, DECODE_BATCHES, DECODE_CONTEXTS))
+    limit = spec.max_position_embeddings or max(pre + ctx) + 1
+    pre = tuple(t for t in pre if t <= limit) or (min(limit, pre[0]),)
+    ctx = tuple(c for c in ctx if c + 1 <= limit) or (max(1, min(limit - 1, ctx[0])),)
+    return pre, bat, ctx
+
+
+def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | None = 1, quick: bool = False,
+                     repeat: int | None = None, seed: int = 0, progress=None) -> dict:
+    """The op table of ``spec`` on this machine (a dict in :data:`costmodel.optable.FORMAT`)."""
+    from .model import build_model, check_device
+
+    dev = check_device(device)
+    restore = set_threads(threads)
+    nthreads = torch.get_num_threads()
+    clock = clock_name(dev.type, nthreads)
+    timer = PassTimer(dev.type, nthreads)
+    hooks_ns = clock_ns(clock) if clock != "cuda" else "cuda"  # a GPU: CUDA event pairs
+    repeat = repeat or (2 if quick else 3)
+    pre, bat, ctx = grids(spec, quick)
+    t0, before = time.perf_counter(), load_snapshot()
+    try:
+        model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        prefill_rows, decode_rows = [], []
+        with torch.inference_mode():
+            for t in pre:
+                m = time_case(model, spec, ("prefill", 1, t), dev, gen, timer, repeat, hooks_ns, LONG_PASS_S)
+                prefill_rows.append({"tokens": t, "total_s": m["seconds"], "attention_s": m.get("attention_s", 0.0),
+                                     "floor_pct": m["floor_pct"]})
+                if progress:
+                    progress(f"op table {spec.name}: prefill {t} tokens {m['seconds'] * 1e3:.2f} ms")
+            for b in bat:
+                for c in ctx:
+                    m = time_case(model, spec, ("decode", b, c), dev, gen, timer, repeat, hooks_ns, LONG_PASS_S)
+                    decode_rows.append({"batch": b, "context": c, "total_s": m["seconds"],
+                                        "attention_s": m.get("attention_s", 0.0), "floor_pct": m["floor_pct"]})
+                if progress:
+                    progress(f"op table {spec.name}: decode batch {b} done")
+    finally:
+        restore()
+    table = {"format": FORMAT, "model": spec.name, "spec_key": spec_key(spec), "dtype": "fp32",
+             "attention": "eager", "device": dev.type, "threads": None if dev.type == "cuda" else nthreads,
+             "clock": clock, "repeats": repeat, "prefill": prefill_rows, "decode": decode_rows,
+             "seconds_taken": time.perf_counter() - t0, "load": load_between(before, load_snapshot()),
+             "torch_version": torch.__version__}
+    parse_op_table(table, f"op table of {spec.name}")  # what the profile will accept
+    return table

@@ -1,0 +1,277 @@
+"""Per-model op tables (costmodel.optable): interpolation, the stored format, and the timing
+commands' contract (calibrate --model, validate --timing --model, the load refusal). No timing
+asserts: the measured figures are in benchmarks/README.md."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from costmodel.errors import SpecError
+from costmodel.hardware import hardware_from_dict, load_hardware_file
+from costmodel.models import get_model
+from costmodel.optable import FORMAT, bilinear_loglog, loglog, parse_op_table, spec_key, table_for
+from reports.cli import main
+
+
+def test_loglog_exact_at_grid_points_and_a_power_law_between():
+    xs, ys = [1, 4, 16], [2.0, 8.0, 128.0]
+    for x, y in zip(xs, ys):
+        assert loglog(xs, ys, x) == pytest.approx(y)
+    # (1, 2) -> (4, 8): y = 2 x in log-log (slope 1): y(2) = 4
+    assert loglog(xs, ys, 2) == pytest.approx(4.0)
+    # (4, 8) -> (16, 128): slope log(16) / log(4) = 2, y = 8 (x / 4)^2: y(8) = 32
+    assert loglog(xs, ys, 8) == pytest.approx(32.0)
+    # beyond the end the last segment continues: y(32) = 8 (32 / 4)^2 = 512
+    assert loglog(xs, ys, 32) == pytest.approx(512.0)
+    assert loglog([5], [3.0], 100) == 3.0  # one point: a constant
+
+
+def test_loglog_extrapolation_never_falls():
+    xs, ys = [1, 2], [4.0, 2.0]  # slope -1 inside: y = 4 / x
+    assert loglog(xs, ys, 1.5) == pytest.approx(4 / 1.5)
+    assert loglog(xs, ys, 8) == pytest.approx(2.0)  # beyond: slope clamped at 0
+    assert loglog(xs, ys, 0.5) == pytest.approx(4.0)
+
+
+def test_bilinear_loglog():
+    xs, ys = [1, 4], [1, 4]
+    grid = [[1.0, 4.0], [4.0, 16.0]]  # f(x, y) = x * y at (1, 1), (1, 4), (4, 1), (4, 4)
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert bilinear_loglog(xs, ys, grid, x, y) == pytest.approx(grid[i][j])
+    # f = x * y is linear in log-log along both axes, so the interpolation is exact: f(2, 2) = 4
+    assert bilinear_loglog(xs, ys, grid, 2, 2) == pytest.approx(4.0)
+
+
+def _table(**changes):
+    t = {"format": FORMAT, "model": "m", "spec_key": "abc", "dtype": "fp32", "attention": "eager",
+         "device": "cpu", "threads": 1, "clock": "thread",
+         "prefill": [{"tokens": 16, "total_s": 0.010, "attention_s": 0.002},
+                     {"tokens": 64, "total_s": 0.040, "attention_s": 0.032}],
+         "decode": [{"batch": b, "context": c, "total_s": 0.001 * b + 0.0001 * b * (c + 1),
+                     "attention_s": 0.0001 * b * (c + 1)} for b in (1, 4) for c in (15, 63)]}
+    t.update(changes)
+    return t
+
+
+def test_table_predicts_by_parts():
+    tab = parse_op_table(_table(), "t")
+    # prefill, grid point: rest 10 - 2 = 8 ms, attention 2 ms
+    assert tab.parts(1, 16, 16) == pytest.approx({"rest_s": 0.008, "attention_s": 0.002, "seconds": 0.010})
+    # batch 2 x 32 tokens: rest at 64 rows = 40 - 32 = 8 ms (flat: 8 ms at 16 rows too);
+    # attention at x = 2 * 32^2 = 2048, between 16^2 = 256 (2 ms) and 64^2 = 4096 (32 ms):
+    # slope log(16) / log(16) = 1, so 2 ms * 2048 / 256 = 16 ms
+    p = tab.parts(2, 32, 32)
+    assert p["rest_s"] == pytest.approx(0.008) and p["attention_s"] == pytest.approx(0.016)
+    # decode: rest = 1 ms x batch exactly (total - attention), attention 0.1 ms x batch x keys,
+    # a product of powers, so interpolation is exact: batch 2, context 31 (32 keys): 2 ms + 6.4 ms
+    d = tab.parts(2, 1, 32)
+    assert d["rest_s"] == pytest.approx(0.002) and d["attention_s"] == pytest.approx(0.0064)
+    assert tab.is_grid_point("decode", 4, 15) and not tab.is_grid_point("decode", 2, 15)
+    assert tab.is_grid_point("prefill", 1, 64) and not tab.is_grid_point("prefill", 4, 64)
+    with pytest.raises(SpecError, match="covers prefill passes"):
+        tab.parts(1, 4, 16)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format": "v0"}, "unknown format 'v0'; allowed: costmodel-op-table/1"),
+    ({"prefill": []}, "prefill must be a non-empty list"),
+    ({"prefill": [{"tokens": 0, "total_s": 1.0, "attention_s": 0.0}]}, r"prefill\[0\]: tokens must be a whole number >= 1"),
+    ({"prefill": [{"tokens": 8, "total_s": "fast", "attention_s": 0.0}]}, r"prefill\[0\]: total_s must be a number >= 0"),
+    ({"decode": [{"batch": 1, "context": 8, "total_s": 1.0, "attention_s": 0.5},
+                 {"batch": 2, "context": 16, "total_s": 1.0, "attention_s": 0.5}]},
+     "decode grid must be rectangular .* missing batch 1 context 16"),
+    ({"threads": 0}, "threads must be a whole number >= 1"),
+])
+def test_bad_table_is_one_line(changes, message):
+    with pytest.raises(SpecError, match=message):
+        parse_op_table(_table(**changes), "t")
+
+
+def test_table_missing_field():
+    with pytest.raises(SpecError, match="t: missing field 'model'"):
+        parse_op_table({k: v for k, v in _table().items() if k != "model"}, "t")
+
+
+def _profile(tables):
+    return {"id": "cal-cpu", "name": "CPU", "kind": "cpu", "peak_flops_per_s": {"fp32": 1e11},
+            "memory_bytes": 2**34, "memory_bandwidth_bytes_per_s": 1e10, "calibration": {"op_tables": tables}}
+
+
+def test_bad_table_in_a_hardware_file_is_exit_2(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_profile([_table(decode=[])])))
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "--hardware", str(path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "op table 0: decode must be a non-empty list" in r.output
+    r = CliRunner().invoke(main, ["validate", "--timing", "--hardware", str(path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_table_for_matches_the_exact_spec():
+    spec = get_model("tiny-llama")
+    hw = hardware_from_dict(_profile([_table(model=spec.name, spec_key=spec_key(spec))]))
+    assert table_for(hw, spec).model == "tiny-llama"
+    assert table_for(hw, get_model("tiny-qwen2")) is None  # another spec: the roofline
+    assert table_for(hw, spec, dtype="bf16") is None
+
+
+# --- the load -----------------------------------------------------------------------------------
+
+def test_check_load_warns_and_refuses():
+    from profiler.measure import LoadError, check_load, floor_pct
+
+    quiet = {"loadavg": [1.0, 1.0, 1.0], "cpus": 2}
+    busy = {"loadavg": [3.0, 1.0, 1.0], "cpus": 2}  # 1.5 per CPU: warned
+    swamped = {"loadavg": [10.0, 1.0, 1.0], "cpus": 2}  # 5 per CPU > 4: refused
+    assert check_load(quiet) is None
+    assert "1.50 per CPU" in check_load(busy)
+    with pytest.raises(LoadError, match="1-minute load average 10.00 on 2 CPUs .5.00 per CPU. exceeds --max-load 4"):
+        check_load(swamped)
+    assert check_load(swamped, max_load=0).startswith("warning")  # 0: never refuse
+    # floor: median |x - median| / median: [1, 2, 3] -> deviations 1, 0, 1 -> 1 / 2 = 50 %
+    assert floor_pct([1.0, 2.0, 3.0]) == pytest.approx(50.0) and floor_pct([4.0]) == 0.0
+
+
+def test_load_between_reads_steal():
+    from profiler.measure import load_between
+
+    a = {"loadavg": [1.0, 0, 0], "cpus": 2, "time_s": 0.0, "stat": [100, 0, 50, 800, 0, 0, 0, 50]}
+    b = {"loadavg": [2.0, 0, 0], "cpus": 2, "time_s": 1.0, "stat": [200, 0, 100, 900, 0, 0, 0, 100]}
+    # deltas: user 100, system 50, idle 100, steal 50: total 300, busy (300 - 100) / 300, steal 50 / 300
+    d = load_between(a, b)
+    assert d["busy_share"] == pytest.approx(2 / 3) and d["steal_share"] == pytest.approx(1 / 6)
+
+
+def test_validate_timing_refuses_on_a_loaded_machine(monkeypatch):
+    pytest.importorskip("torch")
+    import profiler.measure as m
+
+    monkeypatch.setattr(m, "load_snapshot", lambda: {"loadavg": [20.0, 20.0, 20.0], "cpus": 2, "stat": None,
+                                                     "time_s": 0.0})
+    r = CliRunner().invoke(main, ["validate", "--timing", "--gpu", "cpu-generic"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("Error: machine too loaded to time: 1-minute load average 20.00 on 2 CPUs")
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--max-load", "8"])
+    assert r.exit_code == 2 and "exceeds --max-load 8 per CPU" in r.output
+
+
+# --- the commands, with tiny grids ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    pytest.importorskip("torch")
+    path = tmp_path_factory.mktemp("optable") / "cpu.json"
+    r = CliRunner().invoke(main, ["calibrate", "--quick", "--dtype", "fp32", "--model", "tiny-llama", "--max-load", "0",
+                                  "--out", str(path)])
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def test_calibrate_model_stores_a_valid_table(tiny_profile):
+    from profiler import calibrate as cal
+    from profiler.optable import QUICK_DECODE_BATCHES, QUICK_DECODE_CONTEXTS, QUICK_PREFILL_TOKENS
+
+    (hw,) = load_hardware_file(str(tiny_profile))
+    spec = get_model("tiny-llama")
+    tab = table_for(hw, spec)
+    assert tab is not None and tab.clock == "thread" and tab.threads == 1
+    assert tab.prefill_tokens == QUICK_PREFILL_TOKENS
+    assert (tab.decode_batches, tab.decode_contexts) == (QUICK_DECODE_BATCHES, QUICK_DECODE_CONTEXTS)
+    raw = json.loads(tiny_profile.read_text())["calibration"]["op_tables"][0]
+    assert raw["load"]["cpus"] >= 1 and raw["seconds_taken"] > 0
+    assert all(p["total_s"] > 0 and p["attention_s"] > 0 for p in raw["prefill"] + raw["decode"])
+    curves = json.loads(tiny_profile.read_text())["calibration"]["curves"]
+    assert {r["rows"] for r in curves["matmul_rows"]} == set(cal.QUICK_CURVE_ROWS)
+    assert curves["kernel_in_pass"]["seconds_per_op"] > 0
+
+
+def test_validate_timing_with_a_table(tiny_profile):
+    args = ["validate", "--timing", "--quick", "--hardware", str(tiny_profile), "--model", "tiny-llama",
+            "--max-load", "0", "--repeat", "2"]
+    r = CliRunner().invoke(main, args + ["--max-error", "1e9", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["model"]["name"] == "tiny-llama" and d["summary"]["predictor"] == "op table"
+    assert d["measurement"]["clock"] == "thread" and d["measurement"]["threads"] == 1
+    for c in d["cases"]:
+        assert not c["grid_point"] and c["table_s"] == c["predicted_s"] and c["roofline_s"] > 0
+        assert c["runs"] == 2 and c["floor_pct"] >= 0 and c["curves_s"] > 0  # the quick profile has curves
+    s = d["summary"]
+    assert set(s) >= {"median_abs_error_pct", "p90_abs_error_pct", "floor_median_pct", "floor_p90_pct",
+                      "roofline_median_abs_error_pct", "curves_median_abs_error_pct", "table_drift_pct", "ok"}
+    # the drift: two grid points re-timed before and after the cases, each against its table entry
+    for run in d["measurement"]["table_drift"]:
+        for p in run["points"]:
+            assert p["drift_pct"] == pytest.approx((p["now_s"] - p["table_s"]) / p["table_s"] * 100)
+    # --max-error 0: any error fails, exit 1, the table says so
+    r = CliRunner().invoke(main, args + ["--max-error", "0"])
+    assert r.exit_code == 1 and "FAIL: median |error|" in r.output and "roofline alone" in r.output
+    assert "calibration-to-validation drift" in r.output
+
+
+def test_calibrate_unknown_model_is_exit_2():
+    r = CliRunner().invoke(main, ["calibrate", "--model", "no-such-model"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "unknown model 'no-such-model'" in r.output
+
+
+
+# --- generic curves (costmodel.curves) ------------------------------------------------------------
+
+def _curves_calibration():
+    return {"curves": {
+        "matmul_rows": [{"rows": 1, "weight_bytes": 4096, "flops_per_s": 1e9},
+                        {"rows": 4, "weight_bytes": 4096, "flops_per_s": 4e9}],
+        "elementwise_bytes": [{"bytes": 100, "seconds": 1e-6}, {"bytes": 10000, "seconds": 1e-4}],
+        "attention_slice": [{"bytes": 100, "seconds": 2e-6}, {"bytes": 10000, "seconds": 2e-4}],
+        "kernel_in_pass": {"seconds_per_op": 1e-6}}}
+
+
+def test_curves_price_each_op():
+    from costmodel.analysis import OpCost
+    from costmodel.curves import op_seconds, parse_curves
+
+    c = parse_curves(_curves_calibration(), "t")
+    # a weight matmul: 4096 bytes of fp32 = 1024 elements, 4096 FLOPs -> 4096 / (2 x 1024) = 2 rows;
+    # rate between (1, 1 GFLOP/s) and (4, 4 GFLOP/s), slope 1: 2 GFLOP/s -> 2.048 us, + 1 us per op
+    mm = OpCost("q_proj", "matmul", flops=4096, matmul_flops=4096, weight_bytes=4096)
+    assert op_seconds(mm, c, peak=1e12, ew_peak=1e12, weight_bits=32) == pytest.approx(2.048e-6 + 1e-6)
+    # rows beyond the grid: the rate is held at the last point's (16 rows: 4 GFLOP/s)
+    big = OpCost("q_proj", "matmul", flops=2 * 16 * 1024, matmul_flops=2 * 16 * 1024, weight_bytes=4096)
+    assert op_seconds(big, c, 1e12, 1e12, 32) == pytest.approx(2 * 16 * 1024 / 4e9 + 1e-6)
+    # element-wise, 1000 bytes: between (100, 1 us) and (10^4, 100 us), slope 1: 10 us (> 10 FLOP / 1 GFLOP/s)
+    ew = OpCost("softmax", "elementwise", flops=10, act_read_bytes=500, act_write_bytes=500)
+    assert op_seconds(ew, c, 1e12, 1e9, 32) == pytest.approx(1e-5 + 1e-6)
+    # a matmul without weights (attention scores): the strided-slice curve at 1000 bytes, 20 us
+    sc = OpCost("attn_scores", "matmul", flops=100, matmul_flops=100, kv_read_bytes=1000)
+    assert op_seconds(sc, c, 1e12, 1e12, 32) == pytest.approx(2e-5 + 1e-6)
+
+
+def test_bad_curves_are_one_line(tmp_path):
+    cal = _curves_calibration()
+    cal["curves"]["elementwise_bytes"] = [{"bytes": -1, "seconds": 1.0}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**_profile([]), "calibration": cal}))
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "--hardware", str(path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "calibration.curves.elementwise_bytes[0]: bytes must be a number > 0, got -1" in r.output
+
+
+def test_report_shows_the_table_beside_the_roofline(tmp_path):
+    spec = get_model("tiny-llama")
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(_profile([_table(model=spec.name, spec_key=spec_key(spec))])))
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "-b", "1", "-s", "16", "-n", "3", "--dtype", "fp32",
+                                  "--hardware", str(path), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    t = d["timing"]
+    # TTFT: the prefill grid point 16 tokens, 10 ms; decode steps 1, 2 attend over 17, 18 keys:
+    # rest 1 ms each (batch 1) + attention 0.1 ms x keys (1.7, 1.8 ms): 5.5 ms, mean 2.75 ms
+    assert t["op_table"]["ttft_s"] == pytest.approx(0.010)
+    assert t["op_table"]["decode_s"] == pytest.approx(0.0055) and t["op_table"]["tpot_mean_s"] == pytest.approx(0.00275)
+    assert d["ttft_s"] > 0 and d["ttft_s"] != t["op_table"]["ttft_s"]  # the roofline's own, kept
+    r = CliRunner().invoke(main, ["report", "tiny-llama", "-b", "1", "-s", "16", "-n", "3", "--dtype", "fp32",
+                                  "--hardware", str(path)])
+    assert r.exit_code == 0 and "op table of tiny-llama (cpu, thread clock): TTFT 10.000 ms" in r.output
