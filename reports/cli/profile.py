@@ -12,8 +12,8 @@ import click
 from costmodel.models import get_model
 from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, workload_options)
+from .common import (InputError, emit_json, engine_line, engine_option, format_option, hardware_options, input_errors,
+                     main, model_argument, pop_workload, read_engine, refuse_engine, workload_options)
 from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
@@ -51,9 +51,10 @@ def _progress(enabled: bool):
 @click.option("--tp", type=int, default=1, show_default=True,
               help="Tensor-parallel ranks (Megatron split; starts tp x pp processes on gloo / nccl).")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split in order).")
+@engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, fmt,
+def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, no_compare_cache, tp, pp, engine, fmt,
             **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
@@ -64,6 +65,8 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     With --tp/--pp: the model split over tp x pp ranks, per rank and phase the counted matmul
     FLOPs, KV-cache bytes and collective payload bytes and time beside the analytic split.
     """
+    eng = read_engine(engine)
+    refuse_engine(eng, "profile")
     spec = get_model(model)
     wl = pop_workload(kwargs, spec)
     if tp != 1 or pp != 1:
@@ -77,9 +80,10 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
                          fvcore=not no_fvcore, compare_cache=not no_compare_cache, weights=weights,
                          progress=_progress(sys.stderr.isatty()))
     if fmt == "json":
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
         click.echo(profile_table(result))
+        click.echo(engine_line(eng))
 
 
 @main.command()
@@ -92,9 +96,10 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="--timing: where the reference model runs.")
 @click.option("--threads", type=int, default=None, help="--timing: CPU threads (default: the profile's).")
+@engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
-def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
+def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, engine):
     """Analytic vs counted FLOPs and KV bytes over a built-in matrix of cases; exit 1 on any mismatch.
 
     Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;
@@ -109,6 +114,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
     With --timing: the roofline's predicted seconds against the reference model's measured ones
     over prefill and decode shapes, with the median and 90th-percentile absolute error.
     """
+    eng = read_engine(engine)
+    refuse_engine(eng, "validate")
     if timing:
         return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt)
     from profiler.validate import plan, run_cases
@@ -135,9 +142,10 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads):
         emit_json({"conventions": CONVENTIONS, "cases": [r.to_dict() for r in results], "planned": planned,
                    "finished": len(results),
                    "parallel_cases": [{"case": c.name, **r.to_dict()} for c, r in par_results],
-                   "interrupted": interrupted, "ok": ok})
+                   "interrupted": interrupted, "ok": ok, "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
         click.echo(validate_table(results, planned, interrupted))
+        click.echo(engine_line(eng))
         if par_results:
             click.echo("\n" + parallel_cases_table(par_results))
     if not ok:

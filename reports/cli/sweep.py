@@ -16,10 +16,12 @@ from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, hardware_options, input_errors, main,
-                     pop_workload, read_hardware, warn, workload_options)
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, engine_line, engine_option,
+                     hardware_options, input_errors, main, pop_workload, read_engine, read_hardware, warn,
+                     workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
+ENGINE_PLOTS = ("latency", "memory")  # the plots an engine changes (default engine: vllm)
 
 
 def _range_options(batch="1", prompt="512", gen=None):
@@ -48,8 +50,9 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv", show_default=True,
               help="Output format (parquet needs pyarrow and --out).")
 @click.option("--out", default=None, metavar="FILE", help="Write to FILE (atomically) instead of stdout.")
+@engine_option("eager")
 @input_errors
-def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
+def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, engine, **kw):
     """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
 
     Phases: prefill and decode (decoder-only); encode (encoder-only, e.g. BERT: gen is ignored,
@@ -64,6 +67,12 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     from reports.files import check_writable_file
     from reports.sweep import parse_range, sweep as run_sweep, write_frame
 
+    eng = read_engine(engine)
+    if not eng.reference:  # the vectorized grid is the reference model's; an engine's passes are not
+        raise InputError(f"sweep runs the reference (eager) implementation only, not engine {eng.id!r}: its "
+                         "vectorized grid does not model an engine's executed kernels, overheads or paged memory; "
+                         f"use `costmodel plan --engine {eng.id}` or `costmodel report --engine {eng.id}` per "
+                         "configuration, or --engine eager")
     spec = get_model(model)
     gen = gen if gen is not None else ("1" if spec.arch == "encoder" else "128")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
@@ -91,6 +100,7 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {len(df):,} rows to {out}", err=True)
+    click.echo(engine_line(eng), err=True)  # the rows are data: the engine goes to stderr
     if interrupted:
         click.echo(f"interrupted: kept the {len(df):,} rows finished (batches {', '.join(map(str, interrupted))} "
                    "not computed)", err=True)
@@ -138,8 +148,9 @@ def _sweep_in_chunks(run_sweep, spec, wl, grid, hw):
 @click.option("--input", "input_file", default=None, metavar="FILE",
               help="validation: the JSON of `costmodel validate --format json`.")
 @click.option("--out", default=".", show_default=True, metavar="DIR", help="Folder for the PNG and SVG files.")
+@engine_option(None, "vllm for the latency and memory plots, eager for the others")
 @input_errors
-def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file, out, **kw):
+def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file, out, engine, **kw):
     """Draw KIND for MODEL and write KIND-MODEL.png and .svg into --out DIR.
 
     KIND: phases (prefill vs decode, by textbook term), kv-cache, memory (needs --gpu),
@@ -151,6 +162,10 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     from reports.files import check_writable_dir
     from reports.sweep import parse_range
 
+    eng = read_engine(engine if engine is not None else ("vllm" if kind in ENGINE_PLOTS else "eager"))
+    if kind not in ENGINE_PLOTS and not eng.reference:
+        raise InputError(f"the {kind} plot draws the reference (eager) implementation's counts; --engine "
+                         f"{eng.id} applies to the {' and '.join(ENGINE_PLOTS)} plots (or give --engine eager)")
     check_writable_dir(out)
     wl = pop_workload(kw)
     validation = None
@@ -189,11 +204,11 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
         for w in warnings:  # the longest contexts of the axes, as `report` words them
             if "max_position_embeddings" in w:
                 warn(w.replace(" exceeds ", " on the plot's axes exceeds ", 1))
-    fig = plots.build(kind, specs, wl, hws, batches, contexts, validation)
+    fig = plots.build(kind, specs, wl, hws, batches, contexts, validation, engine=eng)
     for w in getattr(fig, "warnings", ()):  # latency points that do not fit the device's memory
         warn(w)
     for path in plots.save(fig, out, stem):
-        click.echo(path)
+        click.echo(path)  # the figure's title names the engine of the latency and memory plots
 
 
 def _hardware_list(gpu, hardware_file):

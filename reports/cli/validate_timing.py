@@ -39,10 +39,16 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> No
     if fmt == "json":
         from profiler.timing_validation import TIMING_SPEC
 
+        from costmodel.engine import load_engine
+
         emit_json({"hardware": hw.id, "model": TIMING_SPEC.summary(), "device": device,
                    "cases": [c.to_dict() for c in cases], "summary": s, "planned": planned,
-                   "interrupted": interrupted})
+                   "interrupted": interrupted, "engine": "eager", "engine_profile": load_engine("eager").to_dict()})
     else:
+        from .common import engine_line
+        from costmodel.engine import load_engine
+
         click.echo(timing_validation_table(cases, s, hw.id))
+        click.echo(engine_line(load_engine("eager")))
     if interrupted:
         click.get_current_context().exit(130)
