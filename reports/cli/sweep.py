@@ -16,7 +16,7 @@ from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, engine_line, engine_option,
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, engine_option,
                      hardware_options, input_errors, main, pop_workload, read_engine, read_hardware, warn,
                      workload_options)
 
@@ -100,7 +100,6 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, engine, **kw)
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {len(df):,} rows to {out}", err=True)
-    click.echo(engine_line(eng), err=True)  # the rows are data: the engine goes to stderr
     if interrupted:
         click.echo(f"interrupted: kept the {len(df):,} rows finished (batches {', '.join(map(str, interrupted))} "
                    "not computed)", err=True)
