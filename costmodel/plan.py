@@ -218,30 +218,37 @@ def engine_memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layou
     score matrix with flash attention)."""
     reserve = engine_reserve_bytes(hw, engine, reserve_fraction)
 
-    def paged_fields(kv_spec, layers):
-        if not engine.paged:
-            return {}
+    def kv_and_fields(kv_spec, layers):
+        """(KV bytes, the MemoryUse block fields): blocks per sequence counted once."""
+        if not engine.paged or spec.arch == "encoder":  # an encoder-only model caches nothing
+            return E.kv_bytes(kv_spec, wl, engine, None, layers), {}
         from .analysis import cached_positions
-        return {"kv_block_tokens": engine.kv_block_tokens,
-                "kv_blocks_per_sequence": E.kv_blocks_per_sequence(kv_spec, engine, cached_positions(spec, wl), layers)
-                + (0 if spec.arch != "encoder-decoder" else kv_spec.num_layers * E.layer_blocks(wl.prompt, engine.kv_block_tokens)),
-                "kv_block_bytes": E.kv_block_bytes(kv_spec, wl.kv_dtype, engine)}
+        blocks = 0
+        if wl.kv_cache and spec.arch != "encoder":
+            blocks = E.kv_blocks_per_sequence(kv_spec, engine, cached_positions(spec, wl), layers)
+            if spec.arch == "encoder-decoder":  # the cross cache: the source, in every decoder layer
+                n = kv_spec.num_layers if layers is None else len(layers)
+                blocks += n * E.layer_blocks(wl.prompt, engine.kv_block_tokens)
+        block = E.kv_block_bytes(kv_spec, wl.kv_dtype, engine)
+        return (E.sequences(wl) * blocks * block,
+                {"kv_block_tokens": engine.kv_block_tokens, "kv_blocks_per_sequence": blocks, "kv_block_bytes": block})
 
     if layout.gpus == 1:
-        return MemoryUse(weight_bytes(spec, wl.weight_dtype), E.kv_bytes(spec, wl, engine),
-                         E.engine_activation_peak_bytes(spec, wl, engine, hw), reserve, hw.capacity_bytes,
-                         **paged_fields(spec, None))
+        kv, paged = kv_and_fields(spec, None)
+        return MemoryUse(weight_bytes(spec, wl.weight_dtype), kv, E.engine_activation_peak_bytes(spec, wl, engine, hw),
+                         reserve, hw.capacity_bytes, **paged)
     cost, tokens = E.peak_pass(spec, wl, engine, hw)
     pre = shard_step(cost, layout.tp)  # per-GPU shares, rounded up
     kv_spec = _tp_spec(spec, layout.tp)
     best = None
     for s in range(layout.pp):
         layers = stage_range(spec.num_layers, layout.pp, s)
-        kv = (E.kv_bytes(kv_spec, wl, engine, None, layers) if engine.paged
-              else stage_kv_cache_bytes(spec, wl, layout, s))
+        kv, paged = kv_and_fields(kv_spec, layers)
+        if not engine.paged:
+            kv = stage_kv_cache_bytes(spec, wl, layout, s)
         m = MemoryUse(_bytes_of(stage_weight_params(spec, layout, s), wl.weight_dtype), kv,
                       E.pass_activation_peak_bytes(spec, wl, engine, stage_view(pre, layout, s), tokens),
-                      reserve, hw.capacity_bytes, s, **paged_fields(kv_spec, layers))
+                      reserve, hw.capacity_bytes, s, **paged)
         if best is None or m.total_bytes > best.total_bytes:
             best = m
     return best
