@@ -24,8 +24,8 @@ def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str,
 
         from .common import engine_line
 
-        click.echo(parallel_table(result))
         click.echo(engine_line(load_engine("eager")))
+        click.echo(parallel_table(result))
     if not result.ok:
         click.get_current_context().exit(1)
 

@@ -82,8 +82,8 @@ def profile(model, device, attention, repeat, warmup, seed, weights, no_fvcore, 
     if fmt == "json":
         emit_json({**result.to_dict(), "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
-        click.echo(profile_table(result))
         click.echo(engine_line(eng))
+        click.echo(profile_table(result))
 
 
 @main.command()
@@ -144,8 +144,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, eng
                    "parallel_cases": [{"case": c.name, **r.to_dict()} for c, r in par_results],
                    "interrupted": interrupted, "ok": ok, "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
-        click.echo(validate_table(results, planned, interrupted))
         click.echo(engine_line(eng))
+        click.echo(validate_table(results, planned, interrupted))
         if par_results:
             click.echo("\n" + parallel_cases_table(par_results))
     if not ok:

@@ -48,7 +48,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt) -> No
         from .common import engine_line
         from costmodel.engine import load_engine
 
-        click.echo(timing_validation_table(cases, s, hw.id))
         click.echo(engine_line(load_engine("eager")))
+        click.echo(timing_validation_table(cases, s, hw.id))
     if interrupted:
         click.get_current_context().exit(130)
