@@ -9,6 +9,7 @@ The analytic core is pure arithmetic: importing it never imports torch, pandas o
 
 from .analysis import Analysis, OpCost, Phase, analyze, kv_cache_bytes, kv_cache_bytes_per_token
 from .dtypes import DTYPE_BITS, nbytes
+from .engine import Engine, engine_ids, load_engine
 from .errors import SpecError
 from .hardware import Hardware, get_hardware, hardware_ids, load_hardware_file
 from .models import PRESETS, get_model, load_hf_config, preset_names
@@ -24,5 +25,7 @@ __all__ = [
     "Hardware", "Layout", "MemoryUse", "Plan", "Timing", "decode_step_seconds", "get_hardware",
     "hardware_ids", "load_hardware_file", "max_batch", "max_context", "memory_use", "pass_seconds",
     "capacity_plan", "predict", "prefill_seconds",
+    # engine profiles
+    "Engine", "engine_ids", "load_engine",
 ]
 __version__ = "0.1.0"

@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .analysis import StepCost, activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, window_split
+from . import engine as E
 from . import quant as Q
+from .analysis import StepCost, activation_peak_bytes, decode_step_cost, memory_of, prefill_cost, weight_bytes, window_split
 from .dtypes import DTYPE_BITS, nbytes
 from .errors import SpecError
 from .hardware import Hardware
@@ -169,6 +170,9 @@ class MemoryUse:
     reserve_bytes: int
     capacity_bytes: int
     stage: int = 0  # which pipeline stage is the fullest
+    kv_block_tokens: int | None = None  # a paged cache (costmodel.engine): positions per block and layer
+    kv_blocks_per_sequence: int | None = None  # blocks one sequence holds, all layers of the GPU
+    kv_block_bytes: int | None = None  # one block of one layer on this GPU
 
     @property
     def total_bytes(self) -> int:
@@ -186,28 +190,124 @@ class MemoryUse:
     def free_bytes(self) -> int:
         return max(0, self.capacity_bytes - self.total_bytes)
 
+    @property
+    def paged(self) -> bool:
+        return self.kv_block_tokens is not None
+
+    @property
+    def kv_blocks(self) -> int | None:
+        """Blocks the KV cache holds (a paged cache; None otherwise)."""
+        return None if not self.paged else self.kv_bytes // self.kv_block_bytes
+
+    @property
+    def kv_blocks_available(self) -> int | None:
+        """Blocks the budget leaves for the KV cache: (capacity - reserve - weights - activations)
+        // block bytes (vLLM's num_gpu_blocks); None for a contiguous cache."""
+        if not self.paged:
+            return None
+        room = self.capacity_bytes - self.reserve_bytes - self.weights_bytes - self.activations_bytes
+        return max(0, room) // self.kv_block_bytes
+
     def to_dict(self) -> dict:
-        return {"weights_bytes": self.weights_bytes, "kv_bytes": self.kv_bytes,
-                "activations_bytes": self.activations_bytes, "reserve_bytes": self.reserve_bytes,
-                "total_bytes": self.total_bytes, "capacity_bytes": self.capacity_bytes,
-                "free_bytes": self.free_bytes, "missing_bytes": self.missing_bytes,
-                "fits": self.fits, "stage": self.stage}
+        d = {"weights_bytes": self.weights_bytes, "kv_bytes": self.kv_bytes,
+             "activations_bytes": self.activations_bytes, "reserve_bytes": self.reserve_bytes,
+             "total_bytes": self.total_bytes, "capacity_bytes": self.capacity_bytes,
+             "free_bytes": self.free_bytes, "missing_bytes": self.missing_bytes,
+             "fits": self.fits, "stage": self.stage}
+        if self.paged:
+            d.update({"kv_block_tokens": self.kv_block_tokens, "kv_block_bytes": self.kv_block_bytes,
+                      "kv_blocks_per_sequence": self.kv_blocks_per_sequence, "kv_blocks": self.kv_blocks,
+                      "kv_blocks_available": self.kv_blocks_available})
+        return d
 
 
 def reserve_bytes(hw: Hardware, reserve_fraction: float) -> int:
     return round(hw.capacity_bytes * reserve_fraction)
 
 
+def engine_reserve_bytes(hw: Hardware, engine, reserve_fraction: float | None) -> int:
+    """The reserve: ``reserve_fraction`` of capacity when given (or when the engine has no memory
+    budget), else what the engine's budget leaves: capacity - floor(memory_utilization x capacity)."""
+    if reserve_fraction is None:
+        if engine is not None and engine.memory_utilization is not None:
+            return hw.capacity_bytes - E.budget_bytes(engine, hw)
+        reserve_fraction = DEFAULT_RESERVE_FRACTION
+    return reserve_bytes(hw, reserve_fraction)
+
+
+def _tp_spec(spec: ModelSpec, tp: int) -> ModelSpec:
+    """The kv heads of one tensor-parallel GPU (as :func:`costmodel.parallel.stage_kv_cache_bytes`)."""
+    if tp == 1:
+        return spec
+    return spec.with_(num_heads=spec.num_heads // tp, num_kv_heads=spec.num_kv_heads // tp, head_dim=spec.head_dim)
+
+
+def engine_memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, reserve_fraction, engine) -> MemoryUse:
+    """:func:`memory_use` under a non-reference ``engine`` (:mod:`costmodel.engine`): the KV cache
+    in blocks when paged (blocks per sequence and layer, a sliding layer its window), the engine's
+    budget in place of the flat reserve (unless ``reserve_fraction`` is given), the activation peak
+    of its largest pass (a chunk of at most max_num_batched_tokens tokens with chunked prefill; no
+    score matrix with flash attention)."""
+    reserve = engine_reserve_bytes(hw, engine, reserve_fraction)
+    if layout.ep > 1:
+        raise SpecError(f"expert parallelism (ep={layout.ep}) under the {engine.id} engine's memory model is not "
+                        "modelled; allowed: ep 1, or engine eager")
+
+    def kv_and_fields(kv_spec, layers):
+        """(KV bytes, the MemoryUse block fields): blocks per sequence counted once."""
+        if not engine.paged or spec.arch == "encoder":  # an encoder-only model caches nothing
+            return E.kv_bytes(kv_spec, wl, engine, None, layers), {}
+        from .analysis import cached_positions
+        blocks = 0
+        if wl.kv_cache and spec.arch != "encoder":
+            blocks = E.kv_blocks_per_sequence(kv_spec, engine, cached_positions(spec, wl), layers)
+            if spec.arch == "encoder-decoder":  # the cross cache: the source, in every decoder layer
+                n = kv_spec.num_layers if layers is None else len(layers)
+                blocks += n * E.layer_blocks(wl.prompt, engine.kv_block_tokens)
+        block = E.kv_block_bytes(kv_spec, wl.kv_dtype, engine)
+        return (E.sequences(wl) * blocks * block,
+                {"kv_block_tokens": engine.kv_block_tokens, "kv_blocks_per_sequence": blocks, "kv_block_bytes": block})
+
+    if layout.gpus == 1:
+        kv, paged = kv_and_fields(spec, None)
+        return MemoryUse(weight_bytes(spec, wl.weight_dtype, wl.quant), kv,
+                         E.engine_activation_peak_bytes(spec, wl, engine, hw),
+                         reserve, hw.capacity_bytes, **paged)
+    cost, tokens, q_len, kv_len = E.peak_pass_shape(spec, wl, engine, hw)
+    pre = shard_step(cost, layout.tp, vocab=(spec.vocab_size, split_vocab(spec, layout)))  # per-GPU shares
+    kv_spec = _tp_spec(spec, layout.tp)
+    best = None
+    for s in range(layout.pp):
+        layers = stage_range(spec.num_layers, layout.pp, s)
+        kv, paged = kv_and_fields(kv_spec, layers)
+        if not engine.paged:
+            kv = stage_kv_cache_bytes(spec, wl, layout, s)
+        m = MemoryUse(stage_weight_bytes(spec, wl, layout, s), kv,
+                      E.pass_activation_peak_bytes(kv_spec, wl, engine, stage_view(pre, layout, s), tokens,
+                                                   q_len, kv_len),
+                      reserve, hw.capacity_bytes, s, **paged)
+        if best is None or m.total_bytes > best.total_bytes:
+            best = m
+    return best
+
+
 def memory_use(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
-               reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryUse:
+               reserve_fraction: float | None = DEFAULT_RESERVE_FRACTION, engine=None) -> MemoryUse:
     """Memory of the fullest GPU running ``wl`` laid out as ``layout``.
 
     The analysis' memory formulas (:func:`costmodel.analysis.memory_of`): on one GPU its figures
     for any architecture; split over GPUs (decoder-only models) its KV cache and activation peak
     over each GPU's shares (:mod:`costmodel.parallel`, uneven ones rounded up). Only the prefill
     pass is costed, never the decode steps, so the max_batch / max_context searches stay cheap.
+
+    ``engine`` (a :class:`costmodel.engine.Engine` or its name; None or ``eager``: the reference,
+    exactly as before): :func:`engine_memory_use`. ``reserve_fraction`` None: the engine's budget
+    (the default reserve without one).
     """
-    reserve = reserve_bytes(hw, reserve_fraction)
+    engine = E.resolve(engine)
+    if engine is not None and not engine.reference:
+        return engine_memory_use(spec, hw, wl, layout, reserve_fraction, engine)
+    reserve = reserve_bytes(hw, DEFAULT_RESERVE_FRACTION if reserve_fraction is None else reserve_fraction)
     if layout.gpus == 1:
         m = memory_of(spec, wl)
         return MemoryUse(m.weights_bytes, m.kv_cache_bytes, m.activation_peak_bytes, reserve, hw.capacity_bytes)
@@ -273,18 +373,24 @@ def _largest_passing(ok) -> int:
 
 
 def max_batch(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
-              reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
-    """Largest batch of ``wl`` (its prompt, gen and dtypes) that fits; 0 if not even one sequence."""
-    return _largest_passing(lambda b: memory_use(spec, hw, replace(wl, batch=b), layout, reserve_fraction).fits)
+              reserve_fraction: float | None = DEFAULT_RESERVE_FRACTION, engine=None) -> int:
+    """Largest batch of ``wl`` (its prompt, gen and dtypes) that fits; 0 if not even one sequence.
+    With a paged ``engine`` the KV cache is counted in blocks (:func:`memory_use`): the largest b
+    with b x blocks per sequence x block bytes within what the budget leaves."""
+    engine = E.resolve(engine)
+    return _largest_passing(lambda b: memory_use(spec, hw, replace(wl, batch=b), layout, reserve_fraction,
+                                                 engine).fits)
 
 
 def max_context(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
-                reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> int:
+                reserve_fraction: float | None = DEFAULT_RESERVE_FRACTION, engine=None) -> int:
     """Longest context (positions in the KV cache) that fits at ``wl.batch``: a prompt of that
-    length prefilled at once (gen = 1). Memory-bound only: compare with the model's
-    max_position_embeddings yourself. 0 if not even one position fits."""
+    length prefilled at once (gen = 1; with chunked prefill, in chunks of the engine's budget).
+    Memory-bound only: compare with the model's max_position_embeddings yourself. 0 if not even
+    one position fits. A paged ``engine`` counts the positions' blocks."""
+    engine = E.resolve(engine)
     return _largest_passing(lambda c: memory_use(spec, hw, replace(wl, prompt=c, gen=1), layout,
-                                         reserve_fraction).fits)
+                                                 reserve_fraction, engine).fits)
 
 
 # --- Time with parallelism --------------------------------------------------------------------------
@@ -377,22 +483,31 @@ def comm_seconds(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout, to
 
 
 def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout = Layout(),
-                    collectives: str = "ring") -> Timing:
+                    collectives: str = "ring", engine=None) -> Timing:
     """Roofline timing of one GPU's share plus communication (:func:`comm_seconds` under
     ``collectives``); with tp = pp = ep = 1 it equals :func:`costmodel.roofline.predict`. Pipeline
     stages run in turn, so a pass takes the compute time of every layer's tensor-parallel share,
     plus the hops between stages. Communication is counted for every pass: the prefill and each
-    decode step (its all-reduces, logits all-gather, hops and ep exchanges)."""
+    decode step (its all-reduces, logits all-gather, hops and ep exchanges).
+
+    ``engine`` (:mod:`costmodel.engine`; None or ``eager``: the reference): each pass executed as
+    the engine does, then split over the GPUs, at the engine's rates, plus its overheads."""
+    engine = E.resolve(engine)
     if layout.gpus == 1:
-        return predict(spec, wl, hw)  # any architecture
+        return predict(spec, wl, hw, engine)  # any architecture
     if collectives not in COMM_MODELS:
         raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     n = wl.decode_steps
     local = ep_local_workload(wl, layout)
     seqs = local.batch * local.beams
 
+    def executed_of(cost_of, shape_of, keys="actual"):
+        """The engine's pass ``cost_of(s, w)`` (of the shape ``shape_of(s, w)``), before the split."""
+        return lambda s, w: E.executed(s, w, engine, hw, cost_of(s, w), *shape_of(s, w), keys)
+
     def cost_at(i, keys="actual"):
-        return gpu_step(spec, wl, layout, lambda s, w: decode_step_cost(s, w, i, keys))
+        return gpu_step(spec, wl, layout, executed_of(lambda s, w: decode_step_cost(s, w, i, keys),
+                                                      lambda s, w: E.decode_shape(s, w, i), keys))
 
     def step_tokens(i):
         return seqs * (1 if wl.kv_cache else wl.prompt + i)
@@ -413,9 +528,15 @@ def parallel_timing(spec: ModelSpec, hw: Hardware, wl: Workload, layout: Layout 
             total = sum(comm(step_tokens(i), seqs) for i in range(1, n + 1))
         decode_extra = (comm(step_tokens(1), seqs), total, comm(step_tokens(n), seqs))
     prefill_logits = seqs * (wl.prompt if wl.logits == "all" else 1)
-    return timing_from(hw, rates(hw, wl.act_dtype, wl.quant), wl, gpu_step(spec, wl, layout, prefill_cost),
-                       cost_at, first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
-                       decode_extra, split=window_split(spec, wl, n))
+    pre = gpu_step(spec, wl, layout, executed_of(prefill_cost, E.prefill_shape))
+    if E.is_reference(engine):
+        return replace(timing_from(hw, rates(hw, wl.act_dtype, wl.quant), wl, pre, cost_at,
+                                   first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
+                                   decode_extra, split=window_split(spec, wl, n)), engine=engine)
+    over = E.overheads(spec, wl, engine, pre, cost_at(1) if n else None)
+    return replace(timing_from(hw, E.engine_rates_for(engine, hw, wl), wl, pre, cost_at,
+                               first_polynomial_step(spec, wl), comm(seqs * wl.prompt, prefill_logits),
+                               decode_extra, split=window_split(spec, wl, n), overheads=over), engine=engine)
 
 
 # --- The plan ----------------------------------------------------------------------------------------
@@ -444,6 +565,7 @@ class Plan:
     serving_timing: Timing | None = None
     notes: tuple = ()
     collectives: str = "ring"  # the communication model of the timing (comm_seconds)
+    engine: object = None  # the costmodel.engine.Engine planned for (None: the reference, eager)
 
     @property
     def fits(self) -> bool:
@@ -454,6 +576,10 @@ class Plan:
         """Fit is part of the answer: a warning when the batch evaluated does not fit."""
         return fit_warnings(self.memory, self.hardware, self.layout, self.reserve_fraction,
                             latency_shown=self.timing is not None)
+
+    @property
+    def engine_id(self) -> str:
+        return "eager" if self.engine is None else self.engine.id
 
     @property
     def requests_per_s_per_replica(self) -> float | None:
@@ -534,11 +660,44 @@ class Plan:
             "usd_per_million_output_tokens": self.usd_per_million_tokens(),
             "usd_per_million_total_tokens": self.usd_per_million_tokens(count_prompt=True),
             "assumptions": list(ASSUMPTIONS) + [
-                f"runtime reserve: {self.reserve_fraction:g} of capacity"],
+                f"runtime reserve: {self.reserve_fraction:g} of capacity"] + self.engine_assumptions(),
             "notes": list(self.notes),
             "warnings": self.warnings,
         }
+        e = E.load_engine("eager") if self.engine is None else self.engine
+        d["engine"] = e.id
+        d["engine_profile"] = e.to_dict()
+        m = self.memory
+        d["kv_block_tokens"] = m.kv_block_tokens
+        d["kv_blocks_per_sequence"] = m.kv_blocks_per_sequence
+        d["kv_blocks_available"] = m.kv_blocks_available
+        d["overhead_s"] = t.engine_summary()["overhead_s"] if t is not None and t.engine is not None else None
+        for name, phase in ((t.phases if t is not None else {}).items()):
+            d.setdefault("executed", {})[name] = {"flops": phase.executed_flops, "bytes": phase.executed_bytes,
+                                                  "seconds": phase.seconds, "overhead_s": phase.overhead_s}
         return d
+
+    def engine_assumptions(self) -> list[str]:
+        """The engine's rules, stated like :data:`ASSUMPTIONS`."""
+        e = self.engine
+        if e is None or e.reference:
+            return ["engine: eager (the reference implementation: one kernel per op, attention scores "
+                    "materialised, contiguous cache, whole prefill in one pass, no launch or host overhead)"]
+        out = [f"engine: {e.describe()}"]
+        if e.paged:
+            out.append(f"KV cache paged in blocks of {e.kv_block_tokens} positions per layer: a sequence holds "
+                       f"ceil(positions / {e.kv_block_tokens}) blocks per layer, a sliding-window layer at most "
+                       f"ceil(window / {e.kv_block_tokens}) + 1; max batch and context counted in blocks")
+        if e.memory_utilization is not None:
+            out.append(f"memory budget: {e.memory_utilization:g} x capacity - weights - activation peak holds the "
+                       "KV cache (the reserve is the rest of capacity)")
+        if e.chunked_prefill:
+            out.append(f"chunked prefill: at most {e.max_num_batched_tokens} tokens per pass, so the activation "
+                       "peak is that of one chunk")
+        out.append(f"overhead per pass: kernels x launch time ({e.kernel_launch_s['eager'] * 1e6:g} us eager, "
+                   f"{e.kernel_launch_s['graphs'] * 1e6:g} us in CUDA graphs; prefill {e.launch['prefill']}, decode "
+                   f"{e.launch['decode']}) + {e.host_step_s * 1e6:g} us host time")
+        return out
 
 
 def _positive_or_none(name: str, v) -> None:
@@ -551,8 +710,8 @@ def _positive_or_none(name: str, v) -> None:
 def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen: int = 128,
          batch: int | None = None, tp: int = 1, pp: int = 1, gpus: int | None = None,
          ttft_slo_s: float | None = None, tpot_slo_s: float | None = None, rps: float | None = None,
-         gpu_hour_usd: float | None = None, reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-         ep: int = 1, collectives: str = "ring", **workload_fields) -> Plan:
+         gpu_hour_usd: float | None = None, reserve_fraction: float | None = None, ep: int = 1,
+         collectives: str | None = None, engine="vllm", **workload_fields) -> Plan:
     """Size a deployment of ``spec`` on ``hardware``.
 
     ``batch=None`` evaluates at the largest batch that fits. ``gpus`` (instead of ``tp``/``pp``)
@@ -560,8 +719,18 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     (``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``beams``, ``kv_cache``, ``causal``, ...).
     Bad input raises SpecError; a model that does not fit is a Plan with ``fits=False``.
     ``ep``: expert-parallel GPUs of a mixture-of-experts model (tp = pp = 1; the fullest GPU runs
-    ceil(batch / ep) sequences); ``collectives``: the communication model (:func:`comm_seconds`).
+    ceil(batch / ep) sequences); ``collectives``: the communication model (:func:`comm_seconds`;
+    None: "nccl" for a serving engine, "ring" for the reference).
+
+    ``engine``: an engine id or file (:func:`costmodel.engine.load_engine`) or an Engine; default
+    ``vllm``, as ``costmodel plan``. ``"eager"`` is the reference implementation (the plan of
+    before engines, exactly). ``reserve_fraction`` None: the engine's memory budget (1 -
+    memory_utilization), or :data:`DEFAULT_RESERVE_FRACTION` for an engine without one.
     """
+    eng = E.load_engine(engine)
+    run = None if eng.reference else eng  # the reference takes the code paths of before engines
+    if collectives is None:
+        collectives = "ring" if run is None else "nccl"
     if collectives not in COMM_MODELS:
         raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
     if gpus is not None and (tp != 1 or pp != 1):
@@ -569,22 +738,28 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     for name, v in (("ttft_slo_s", ttft_slo_s), ("tpot_slo_s", tpot_slo_s), ("rps", rps),
                     ("gpu_hour_usd", gpu_hour_usd)):
         _positive_or_none(name, v)
-    if isinstance(reserve_fraction, bool) or not isinstance(reserve_fraction, (int, float)) \
-            or not 0 <= reserve_fraction < 1:
+    if reserve_fraction is not None and (isinstance(reserve_fraction, bool)
+                                         or not isinstance(reserve_fraction, (int, float))
+                                         or not 0 <= reserve_fraction < 1):
         raise SpecError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
+    given_reserve = reserve_fraction
+    if reserve_fraction is None:
+        reserve_fraction = (DEFAULT_RESERVE_FRACTION if eng.memory_utilization is None
+                            else round(1 - eng.memory_utilization, 12))
     layout = layout_for_gpus(spec, hardware, gpus) if gpus is not None else Layout(tp, pp, ep)
     check_layout(spec, hardware, layout)
     wl = Workload(batch=1 if batch is None else batch, prompt=prompt, gen=gen, **workload_fields)
     notes = list(wl.check_against(spec))
     hardware.peak_for(wl.act_dtype)  # refuse a dtype the hardware has no peak for, up front
 
-    mb = max_batch(spec, hardware, wl, layout, reserve_fraction)
+    rf = reserve_fraction if run is None else given_reserve  # None: the engine's budget
+    mb = max_batch(spec, hardware, wl, layout, rf, run)
     b = batch if batch is not None else mb
     wl_b = replace(wl, batch=max(b, 1))
-    memory = memory_use(spec, hardware, wl_b, layout, reserve_fraction)
+    memory = memory_use(spec, hardware, wl_b, layout, rf, run)
     ctx_batch = batch if batch is not None else 1
-    mc = max_context(spec, hardware, replace(wl, batch=ctx_batch), layout, reserve_fraction)
-    timing = parallel_timing(spec, hardware, wl_b, layout, collectives) if b > 0 else None
+    mc = max_context(spec, hardware, replace(wl, batch=ctx_batch), layout, rf, run)
+    timing = parallel_timing(spec, hardware, wl_b, layout, collectives, run) if b > 0 else None
     if mb == 0:
         notes.append(f"does not fit: one sequence needs {memory.total_bytes} bytes per GPU, "
                      f"{memory.missing_bytes} more than the {memory.capacity_bytes} available; "
@@ -599,7 +774,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
                      f"{spec.max_position_embeddings}: memory is not the limit there")
 
     def meets(bb: int) -> bool:
-        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout, collectives)
+        t = parallel_timing(spec, hardware, replace(wl, batch=bb), layout, collectives, run)
         first = t.ttft_s if t.ttft_s is not None else t.e2e_s  # encoder-only: the encode pass
         if ttft_slo_s is not None and first > ttft_slo_s:
             return False
@@ -609,7 +784,7 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
     if limit > 0 and (ttft_slo_s is not None or tpot_slo_s is not None):
         serving = _largest_passing(lambda bb: bb <= limit and meets(bb))
         if serving == 0:
-            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout, collectives)
+            t1 = parallel_timing(spec, hardware, replace(wl, batch=1), layout, collectives, run)
             first = t1.ttft_s if t1.ttft_s is not None else t1.e2e_s
             notes.append(f"no batch meets the SLOs: at batch 1 TTFT is {first * 1e3:.3f} ms and "
                          f"mean TPOT {0 if t1.tpot_mean_s is None else t1.tpot_mean_s * 1e3:.3f} ms; "
@@ -618,9 +793,10 @@ def capacity_plan(spec: ModelSpec, hardware: Hardware, *, prompt: int = 512, gen
         serving = limit
     serving_timing = None
     if serving > 0:
-        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving), layout, collectives)
+        serving_timing = timing if serving == b else parallel_timing(spec, hardware, replace(wl, batch=serving),
+                                                                     layout, collectives, run)
     if rps is not None and serving == 0:
         notes.append("gpus_needed is null: no batch fits within memory and the SLOs")
     return Plan(spec, hardware, layout, wl_b, reserve_fraction, b, batch is not None, memory, mb, mc,
                 ctx_batch, timing, ttft_slo_s, tpot_slo_s, rps, gpu_hour_usd, serving, serving_timing,
-                tuple(notes), collectives)
+                tuple(notes), collectives, eng)

@@ -204,6 +204,8 @@ class PhaseTime:
     ``groups`` of identical blocks, ((LayerGroup, op times), ...).
 
     ``extra_s`` is time outside the ops (tensor-parallel all-reduces, pipeline hops; 0 on one GPU).
+    ``overhead_s`` is an engine's launch and host time over the phase (:mod:`costmodel.engine`;
+    0 without one): a term of its own, beside the ops' per-op ``op_overhead_s``.
     """
 
     name: str
@@ -212,6 +214,7 @@ class PhaseTime:
     groups: tuple
     after: tuple
     extra_s: float = 0.0
+    overhead_s: float = 0.0
 
     @property
     def num_layers(self) -> int:
@@ -232,7 +235,16 @@ class PhaseTime:
 
     @property
     def seconds(self) -> float:
-        return self.ops_seconds + self.extra_s
+        return self.ops_seconds + self.extra_s + self.overhead_s
+
+    @property
+    def executed_flops(self) -> int:
+        """FLOPs of the ops timed (an engine's executed ops: see :mod:`costmodel.engine`)."""
+        return sum(n * o.flops for n, o in self.weighted())
+
+    @property
+    def executed_bytes(self) -> int:
+        return sum(n * o.bytes for n, o in self.weighted())
 
     @property
     def num_ops(self) -> int:
@@ -327,6 +339,7 @@ class Timing:
     tpot_first_s: float | None  # decode step 1 (None when gen == 1)
     tpot_last_s: float | None  # decode step gen - 1
     encode: PhaseTime | None = None  # encoder pass (encoder-only and encoder-decoder models)
+    engine: object = None  # the costmodel.engine.Engine timed with; None: the reference (eager)
 
     @property
     def phases(self) -> dict:
@@ -375,19 +388,38 @@ class Timing:
             "tokens_per_s": self.tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
             **({"encode_s": self.encode.seconds} if self.encode is not None else {}),
+            **(self.engine_summary() if self.engine is not None else {}),
         }
+
+    def engine_summary(self) -> dict:
+        """``engine`` (its id), ``engine_profile`` (its fields) and ``overhead_s`` {phase: seconds,
+        "decode_step": one decode step's}: the engine's launch and host time, its own term."""
+        e = self.engine
+        over = {name: p.overhead_s for name, p in self.phases.items()}
+        if self.decode is not None:
+            over["decode_step"] = self.decode.overhead_s / self.decode.steps if self.decode.steps else 0.0
+        return {"engine": e.id, "engine_profile": e.to_dict(), "overhead_s": over}
 
     def annotate(self, report: dict) -> dict:
         """Add the timing to an ``Analysis.to_dict()`` dict (in place; also returned): ``seconds``
         in each phase and op row (a decode row: that op summed over the steps), ``bound`` per op,
         and top-level ``ttft_s``, ``tpot_s`` {first, mean, last}, ``e2e_s``, ``tokens_per_s``,
         ``decode_tokens_per_s`` and ``timing`` (hardware, efficiencies, model)."""
+        executed = self.engine is not None and not self.engine.reference
         for name, phase in self.phases.items():
             report[name]["seconds"] = phase.seconds
-        if "ops" in report:
+            if executed:  # what the engine runs, beside the counted convention's flops and bytes
+                report[name]["executed_flops"] = phase.executed_flops
+                report[name]["executed_bytes"] = phase.executed_bytes
+                report[name]["overhead_s"] = phase.overhead_s
+        if "ops" in report and not executed:
             for row, o in join_by_key(report["ops"], self.op_times()):
                 row["seconds"] = o.seconds
                 row["bound"] = o.bound
+        elif "ops" in report:  # the engine's ops differ from the counted ones: listed on their own
+            report["executed_ops"] = [
+                {"phase": k[0], "layer": k[1], "op": o.op, "kind": o.kind, "flops": o.flops, "bytes": o.bytes,
+                 "seconds": o.seconds, "bound": o.bound} for k, o in self.op_times().items()]
         report.update(self.summary())
         report["timing"] = self.assumptions()
         return report
@@ -480,29 +512,43 @@ def decode_time(cost_at, steps: int, r: Rates, first_poly_step: int = 1, extra_s
 
 def timing_from(hw: Hardware, r: Rates, wl: Workload, prefill: StepCost, cost_at,
                 first_poly_step: int = 1, prefill_extra_s: float = 0.0,
-                decode_extra=(0.0, 0.0, 0.0), split: int | None = None) -> Timing:
+                decode_extra=(0.0, 0.0, 0.0), split: int | None = None, overheads=(0.0, 0.0)) -> Timing:
     """A :class:`Timing` from pass costs: ``prefill`` and ``cost_at(i)`` for decode step i
     (``cost_at(i, sliding_keys)`` when ``split`` is given: see :func:`decode_time`).
 
     Used by :func:`predict` and by the planner, which passes per-GPU costs and communication
-    time (``decode_extra`` = (step 1, all steps, last step)).
+    time (``decode_extra`` = (step 1, all steps, last step)). ``overheads`` = (prefill, one decode
+    step): an engine's launch and host seconds (:func:`costmodel.engine.overheads`), each phase's
+    ``overhead_s``.
     """
     n = wl.decode_steps
-    pre = step_time(prefill, r, "prefill", prefill_extra_s)
-    decode = decode_time(cost_at, n, r, first_poly_step, decode_extra[1] if n else 0.0, split=split)
-    first = step_time(cost_at(1), r).seconds + decode_extra[0] if n else None
-    last = step_time(cost_at(n), r).seconds + decode_extra[2] if n else None
+    pre = replace(step_time(prefill, r, "prefill", prefill_extra_s), overhead_s=overheads[0])
+    decode = replace(decode_time(cost_at, n, r, first_poly_step, decode_extra[1] if n else 0.0, split=split),
+                     overhead_s=n * overheads[1])
+    first = step_time(cost_at(1), r).seconds + decode_extra[0] + overheads[1] if n else None
+    last = step_time(cost_at(n), r).seconds + decode_extra[2] + overheads[1] if n else None
     return Timing(hw, r, wl.batch, wl.gen, pre, decode, first, last)
 
 
-def predict(spec: ModelSpec, wl: Workload, hw: Hardware, r: Rates | None = None) -> Timing:
+def predict(spec: ModelSpec, wl: Workload, hw: Hardware, engine=None, r: Rates | None = None) -> Timing:
     """Roofline latency of ``wl`` on one device ``hw``: TTFT, TPOT first/mean/last, per-op times.
 
     Encoder models (``spec.arch`` "encoder" or "encoder-decoder") add an ``encode`` phase: one
-    bidirectional pass over the input; an encoder-only model has no prefill or decode. ``r``: the
-    rates to use (default ``rates(hw, wl.act_dtype)``, the flat model; e.g.
-    ``rates(hw, wl.act_dtype, model="shape-aware")``).
+    bidirectional pass over the input; an encoder-only model has no prefill or decode.
+
+    ``engine``: a :class:`costmodel.engine.Engine` (names resolve with
+    :func:`costmodel.engine.load_engine`); None or the reference ``eager`` engine is exactly this
+    function's model; another engine times what it executes, plus its overheads
+    (:func:`costmodel.engine.predict`). ``r``: the rates to use without an engine (default
+    ``rates(hw, wl.act_dtype, wl.quant)``, the flat model; e.g. ``rates(hw, wl.act_dtype,
+    model="shape-aware")``).
     """
+    if engine is not None:
+        if isinstance(engine, str):
+            raise TypeError("roofline.predict takes an Engine: resolve a name with costmodel.engine.load_engine")
+        if not engine.reference:
+            return engine.predict(spec, wl, hw)
+        return replace(predict(spec, wl, hw, r=r), engine=engine)
     r = rates(hw, wl.act_dtype, wl.quant) if r is None else r
     arch = spec.arch
     encode = step_time(_analysis.encode_cost(spec, wl), r, "encode") if arch != "decoder" else None

@@ -42,12 +42,14 @@ def _op_rows(result, timing):
         raise ValueError("op times do not match the op rows: a time that no op row has")
 
 
-def report_json_pieces(result, timing=None):
+def report_json_pieces(result, timing=None, extra: dict | None = None):
     """Yield the text of ``json.dumps(d, indent=2)`` where ``d`` is ``result.to_dict()``, annotated
-    by ``timing`` when given, in pieces of one top-level value or one op row."""
+    by ``timing`` when given, then the keys of ``extra`` (the engine's), in pieces of one top-level
+    value or one op row."""
     base = result.to_dict(include_ops=False)
     keys = list(base)
     d = base if timing is None else timing.annotate(base)  # adds its keys after the base ones
+    d = {**d, **(extra or {})}
     order = keys + ["ops"] + [k for k in d if k not in keys]
     yield "{"
     for i, k in enumerate(order):

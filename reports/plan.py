@@ -38,6 +38,28 @@ def hardware_table(profiles) -> str:
     ])
 
 
+def engines_table(profiles) -> str:
+    """``costmodel engines``: one row per engine profile."""
+    rows = []
+    for e in profiles:
+        rows.append([e.id, e.name, e.attention, e.kv_layout + (f" x{e.kv_block_tokens}" if e.paged else ""),
+                     ", ".join(e.fusions) or "-", f"{e.launch['prefill']} / {e.launch['decode']}",
+                     f"{e.kernel_launch_s['eager'] * 1e6:g} / {e.kernel_launch_s['graphs'] * 1e6:g}",
+                     f"{e.host_step_s * 1e6:g}",
+                     "flat reserve" if e.memory_utilization is None else f"{e.memory_utilization:g}",
+                     str(e.max_num_batched_tokens) if e.chunked_prefill else "-", e.rates])
+    body = render(["id", "name", "attention", "KV cache", "fusions", "launch prefill / decode",
+                   "us per kernel eager / graphs", "host us per pass", "memory share", "chunk tokens", "rates"],
+                  rows, align=["l"] * 6 + ["r"] * 4 + ["l"])
+    return "\n".join([
+        body, "",
+        "KV cache 'paged x16': blocks of 16 positions per layer; memory share: the part of the device's reported "
+        "capacity the engine may use (weights, activations, KV cache); chunk tokens: the token budget of one pass "
+        "with chunked prefill. Sources for every figure: costmodel engines --format json. Use one with "
+        "--engine NAME, or your own with --engine FILE (the same fields, as JSON).",
+    ])
+
+
 def _ms(x):
     return "-" if x is None else f"{x * 1e3:,.3f} ms"
 
@@ -58,6 +80,12 @@ def plan_text(p) -> str:
         f"max batch: {p.max_batch}; max context at batch {p.max_context_batch}: {p.max_context:,} positions "
         f"(model max {p.model.max_position_embeddings:,})",
     ]
+    lines.insert(1, "engine: " + ("eager (the reference implementation)" if p.engine is None else p.engine.describe()))
+    if m.paged:
+        lines.insert(3, f"KV cache in blocks of {m.kv_block_tokens} positions x {human_bytes(m.kv_block_bytes)} per "
+                        f"layer: {m.kv_blocks_per_sequence:,} blocks per sequence, {m.kv_blocks:,} held at batch "
+                        f"{max(p.batch, 1)}, {m.kv_blocks_available:,} available")
+    over = p.to_dict()["overhead_s"] if t is not None else None
     if t is not None and t.prefill is None:  # encoder-only: one pass, nothing generated
         lines.append(f"at batch {p.batch}: encode pass {human_seconds(t.e2e_s)}")
     elif t is not None:
@@ -67,6 +95,9 @@ def plan_text(p) -> str:
             f"{_ms(tp['mean'])}, last {_ms(tp['last'])}; end-to-end {human_seconds(t.e2e_s)}; "
             f"{t.tokens_per_s:,.1f} tokens/s generated"
             + (f" ({t.decode_tokens_per_s:,.1f} tokens/s while decoding)" if t.decode_tokens_per_s else ""))
+        if over:
+            lines.append(f"engine overhead (launch + host): prefill {human_seconds(over['prefill'])}, "
+                         f"{_ms(over.get('decode_step'))} per decode step")
     if p.ttft_slo_s is not None or p.tpot_slo_s is not None:
         slo = ", ".join(s for s in (
             None if p.ttft_slo_s is None else f"TTFT <= {p.ttft_slo_s * 1e3:g} ms",

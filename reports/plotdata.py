@@ -169,25 +169,34 @@ def kv_cache_curves(spec, wl, points: int = 64) -> pd.DataFrame:
     return df
 
 
-def memory_curves(spec, wl, hw, batches, contexts) -> tuple[pd.DataFrame, dict]:
+def memory_curves(spec, wl, hw, batches, contexts, engine=None) -> tuple[pd.DataFrame, dict]:
     """Memory of one GPU (``costmodel.plan.memory_use``) against batch (at ``wl.prompt``) and
-    against context (prompt with gen = 1, at ``wl.batch``), and the plan's max batch and context.
+    against context (prompt with gen = 1, at ``wl.batch``), and the plan's max batch and context,
+    under ``engine`` (None: the reference, with the flat reserve; an engine: its budget).
 
     Rows: axis, batch, prompt, weights, KV cache, activations, reserve (bytes), capacity_bytes."""
     from costmodel import plan
+    from costmodel.engine import is_reference
+
+    run = None if is_reference(engine) else engine
+    rf = plan.DEFAULT_RESERVE_FRACTION if run is None else None  # None: the engine's budget
 
     rows = []
     for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
                           ("context", [replace(wl, prompt=int(c), gen=1) for c in contexts])):
         for w in configs:
-            m = plan.memory_use(spec, hw, w)
+            m = plan.memory_use(spec, hw, w, reserve_fraction=rf, engine=run)
             rows.append({"axis": axis, "batch": w.batch, "prompt": w.prompt,
                          "weights": m.weights_bytes, "KV cache": m.kv_bytes,
                          "activations": m.activations_bytes, "reserve": m.reserve_bytes,
                          "capacity_bytes": m.capacity_bytes})
-    marks = {"max_batch": plan.max_batch(spec, hw, wl),
-             "max_context": plan.max_context(spec, hw, replace(wl, gen=1)),
+    marks = {"max_batch": plan.max_batch(spec, hw, wl, reserve_fraction=rf, engine=run),
+             "max_context": plan.max_context(spec, hw, replace(wl, gen=1), reserve_fraction=rf, engine=run),
              "capacity_bytes": hw.capacity_bytes, "capacity_figure": hw.capacity_figure}
+    if engine is not None:
+        marks["engine"] = engine.id
+    if run is not None and run.memory_utilization is not None:
+        marks["reserve_label"] = f"outside {run.id}'s budget ({1 - run.memory_utilization:.0%})"
     return pd.DataFrame(rows), marks
 
 
@@ -216,15 +225,18 @@ def roofline_ops(spec, wl, hw) -> pd.DataFrame:
     return df
 
 
-def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
+def latency_curves(spec, wl, hws, batches, contexts, engine=None) -> pd.DataFrame:
     """TTFT and mean TPOT (roofline) against batch (at ``wl.prompt``) and context (at
     ``wl.batch``) for each hardware profile. Rows: hardware, axis, batch, prompt, ttft_s, tpot_s, fits;
     ``attrs['warnings']``: one per profile on which some points do not fit (none when all fit).
     TTFT includes an encoder-decoder's encode pass; for an encoder-only model ``ttft_s`` is the
     encode pass (its whole latency) and ``tpot_s`` is NaN."""
     from costmodel import plan
+    from costmodel.engine import is_reference
     from costmodel.roofline import predict
 
+    run = None if is_reference(engine) else engine  # ``engine``: times and memory of that engine
+    rf = plan.DEFAULT_RESERVE_FRACTION if run is None else None
     encoder_only = spec.arch == "encoder"
     if wl.gen < 2 and not encoder_only:
         raise SpecError("the latency plot needs --gen 2 or more (TPOT is the time of a decode step)")
@@ -236,8 +248,8 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
         for axis, configs in (("batch", [replace(wl, batch=int(b)) for b in batches]),
                               ("context", [replace(wl, prompt=int(c)) for c in contexts])):
             for w in configs:
-                t = predict(spec, w, hw)
-                m = plan.memory_use(spec, hw, w)
+                t = predict(spec, w, hw, run)
+                m = plan.memory_use(spec, hw, w, reserve_fraction=rf, engine=run)
                 rows.append({"hardware": hw.id, "axis": axis, "batch": w.batch, "prompt": w.prompt,
                              "ttft_s": t.ttft_s if t.ttft_s is not None else t.e2e_s,
                              "tpot_s": t.tpot_mean_s if t.tpot_mean_s is not None else np.nan,
@@ -252,6 +264,8 @@ def latency_curves(spec, wl, hws, batches, contexts) -> pd.DataFrame:
                             f"prompt {w.prompt}: {first}")
     df = pd.DataFrame(rows)
     df.attrs["warnings"] = warnings
+    if engine is not None:
+        df.attrs["engine"] = engine.id
     return df
 
 

@@ -335,7 +335,7 @@ def plot_memory(ax, curves, axis: str, marks: dict, hw_label: str = "", kv_label
     d = curves[curves["axis"] == axis]
     x = "batch" if axis == "batch" else "prompt"
     parts = ["weights", "KV cache", "activations", "reserve"]
-    labels = {"reserve": "runtime reserve (10 %)", "KV cache": kv_label or "KV cache"}
+    labels = {"reserve": marks.get("reserve_label", "runtime reserve (10 %)"), "KV cache": kv_label or "KV cache"}
     artists = ax.stackplot(d[x].to_numpy(), *[d[p].to_numpy() for p in parts], colors=[BYTE_COLORS[p] for p in parts],
                            labels=[labels.get(p, p) for p in parts], alpha=0.85)
     cap = marks["capacity_bytes"]
@@ -382,8 +382,10 @@ def memory_figure(curves, marks, spec, wl, hw) -> Figure:
         axes[0, 1].set_title(f"Against context (batch {wl.batch}, prefill only)")
     if arch != "decoder":
         axes[0, 1].set_xlabel(_context_label(arch))
+    engine = marks.get("engine")
     fig.suptitle(f"{spec.name} on one {hw.name}: memory ({wl.weight_dtype} weights"
-                 f"{'' if arch == 'encoder' else f', {wl.kv_dtype} KV cache'})", fontsize=13)
+                 f"{'' if arch == 'encoder' else f', {wl.kv_dtype} KV cache'})"
+                 + (f"; engine {engine}" if engine else ""), fontsize=13)
     return fig
 
 
@@ -517,7 +519,9 @@ def latency_figure(curves, spec, wl) -> Figure:
                     ax.set_ylabel("TTFT: encode + prefill (ms, log)")
             if axis == "context" and arch != "decoder":
                 ax.set_xlabel(_context_label(arch))
-    fig.suptitle(f"{spec.name}: roofline latency ({wl.weight_dtype} weights, {wl.act_dtype} compute)", fontsize=13)
+    engine = curves.attrs.get("engine")
+    fig.suptitle(f"{spec.name}: roofline latency ({wl.weight_dtype} weights, {wl.act_dtype} compute)"
+                 + (f"; engine {engine}" if engine else ""), fontsize=13)
     fig.warnings = list(curves.attrs.get("warnings", ()))  # points that do not fit: the CLI prints them
     return fig
 
@@ -663,9 +667,11 @@ def save(fig, folder: str, stem: str, dpi: int = 110) -> list[str]:
 NEEDS_HARDWARE = ("memory", "roofline", "latency")
 
 
-def build(kind: str, specs, wl, hws=(), batches=(), contexts=(), validation=None) -> Figure:
+def build(kind: str, specs, wl, hws=(), batches=(), contexts=(), validation=None, engine=None) -> Figure:
     """The figure of ``kind`` (one of :data:`KINDS`) for ``specs`` (one model; several for
-    'compare') on ``hws`` (hardware profiles; the first is used where one device is drawn)."""
+    'compare') on ``hws`` (hardware profiles; the first is used where one device is drawn).
+    ``engine`` (:mod:`costmodel.engine`; None: the reference) times and sizes the latency and
+    memory plots."""
     from costmodel.errors import SpecError
 
     from . import plotdata as D
@@ -685,11 +691,11 @@ def build(kind: str, specs, wl, hws=(), batches=(), contexts=(), validation=None
     if kind == "kv-cache":
         return kv_cache_figure(D.kv_cache_curves(spec, wl), spec, wl, hw)
     if kind == "memory":
-        curves, marks = D.memory_curves(spec, wl, hw, batches, contexts)
+        curves, marks = D.memory_curves(spec, wl, hw, batches, contexts, engine)
         return memory_figure(curves, marks, spec, wl, hw)
     if kind == "roofline":
         return roofline_figure(D.roofline_ops(spec, wl, hw), spec, wl, hw)
-    return latency_figure(D.latency_curves(spec, wl, hws, batches, contexts), spec, wl)
+    return latency_figure(D.latency_curves(spec, wl, hws, batches, contexts, engine), spec, wl)
 
 
 # --- Serving simulation (costmodel simulate --plot) -------------------------------------------------

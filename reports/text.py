@@ -309,6 +309,11 @@ def _per_phase_tables(result, timing, width: int) -> list[str]:
     return out[:-1]
 
 
+def wrapped(lines, width: int | None) -> list[str]:
+    """Prose lines folded to ``width`` (continuations indented two spaces); None: as they are."""
+    return _wrapped(lines, width)
+
+
 def _wrapped(lines, width: int | None) -> list[str]:
     """Prose lines folded to ``width`` (continuations indented two spaces); None: as they are."""
     import textwrap
@@ -321,18 +326,42 @@ def _wrapped(lines, width: int | None) -> list[str]:
     return out
 
 
+def _joinable(timing):
+    """``timing`` when its op times are the counted ops' (no engine, or the reference one); None when
+    an engine executes other ops (their times are then in the lines below the table)."""
+    if timing is None or timing.engine is None or timing.engine.reference:
+        return timing
+    return None
+
+
+def engine_timing_lines(timing) -> list[str]:
+    """What an engine's timing adds: its overheads and the FLOPs it executes (none for the reference)."""
+    e = timing.engine
+    if e is None or e.reference:
+        return []
+    over = timing.engine_summary()["overhead_s"]
+    parts = [f"{name} {human_seconds(v)}" for name, v in over.items() if name != "decode_step"]
+    if "decode_step" in over:
+        parts.append(f"{human_seconds(over['decode_step'])} per decode step")
+    executed = ", ".join(f"{name} {ph.executed_flops:,}" for name, ph in timing.phases.items())
+    return [f"engine overhead (kernel launches + host time): {', '.join(parts)}",
+            f"executed FLOPs ({e.id}): {executed}; the op table counts the reference convention, per-op "
+            "times of the executed ops: --format json (executed_ops)"]
+
+
 def report_table(result, timing=None, width: int | None = None) -> str:
     """The readable summary: per-layer op table with phase totals, then memory (and latency with
-    a :class:`~costmodel.roofline.Timing`).
+    a :class:`~costmodel.roofline.Timing`; an engine's overheads and executed FLOPs below it).
 
     ``width``: the terminal's width in characters. None (or a width the full table fits): every
     phase side by side, one line per op, prose unwrapped — the full-detail form (CSV and JSON carry
     every figure too). Narrower: one table per phase, prose wrapped to the width."""
-    body = _summary(result, timing)
+    joined = _joinable(timing)
+    body = _summary(result, joined)
     tables = [body] if width is None or max(map(len, body.splitlines())) <= width else \
-        _per_phase_tables(result, timing, width)
+        _per_phase_tables(result, joined, width)
     note = [] if result.decode is None else [f"decode columns are totals over {result.decode.steps} steps"]
-    extra = [] if timing is None else _timing_lines(timing)
+    extra = [] if timing is None else _timing_lines(timing) + engine_timing_lines(timing)
     if width is not None and len(tables) > 1:
         note = [f"decode figures are totals over {result.decode.steps} steps" if result.decode else ""]
         note = [x for x in note if x] + ["(one table per phase to fit the terminal; --wide: side by side)"]
@@ -341,9 +370,9 @@ def report_table(result, timing=None, width: int | None = None) -> str:
 
 
 def report_markdown(result, timing=None) -> str:
-    body = _summary(result, timing, markdown=True)
+    body = _summary(result, _joinable(timing), markdown=True)
     head = _header_lines(result)
-    extra = [] if timing is None else _timing_lines(timing)
+    extra = [] if timing is None else _timing_lines(timing) + engine_timing_lines(timing)
     note = [] if result.decode is None else [f"Decode columns are totals over {result.decode.steps} steps.", ""]
     return "\n".join([f"# Cost report: {result.model.name}", "", head[0], "", head[1], "", body, ""] + note
                      + [f"- {line}" for line in _memory_lines(result) + extra + [UNITS_NOTE]])

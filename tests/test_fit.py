@@ -71,10 +71,10 @@ def test_bad_reported_bytes_in_a_user_file(tmp_path):
 
 
 def test_plan_says_which_capacity_it_used():
-    d = json.loads(_run("plan", "llama-2-7b", "--gpu", "h100-sxm", "--format", "json").output)
+    d = json.loads(_run("plan", "llama-2-7b", "--gpu", "h100-sxm", "--format", "json", "--engine", "eager").output)
     assert d["hardware"]["capacity_bytes"] == d["memory"]["capacity_bytes"] == 85_520_809_984
     assert (d["hardware"]["capacity_figure"], d["hardware"]["memory_bytes"]) == ("reported", 80_000_000_000)
-    out = _run("plan", "llama-2-7b", "--gpu", "h100-sxm").output
+    out = _run("plan", "llama-2-7b", "--gpu", "h100-sxm", "--engine", "eager").output
     assert "of 85.52 GB (85,520,809,984 bytes, as the device reports it)" in out
 
 
@@ -110,19 +110,19 @@ def test_report_never_warns_when_it_fits():
 def test_plan_warns_when_the_batch_asked_for_does_not_fit():
     # tp 2 x pp 1 on L4s: 137,953,296,384 / 2 = 68,976,648,192 bytes of weights per GPU (plus the
     # replicated norms and embedding share) > 24,152,899,584
-    r = _run("plan", "llama-2-70b", "--gpu", "l4", "--tp", "2", "--batch", "1", "--format", "json")
+    r = _run("plan", "llama-2-70b", "--gpu", "l4", "--tp", "2", "--batch", "1", "--format", "json", "--engine", "eager")
     d = json.loads(r.output)
     assert d["fits"] is False and d["ttft_s"] is not None and len(d["warnings"]) == 1
     assert d["warnings"][0].startswith("does not fit: the weights alone (")
     assert "bytes per GPU of tp 2 x pp 1) exceed the 24,152,899,584 bytes of one l4" in d["warnings"][0]
-    r = _run("plan", "llama-2-70b", "--gpu", "l4", "--tp", "2", "--batch", "1")
+    r = _run("plan", "llama-2-70b", "--gpu", "l4", "--tp", "2", "--batch", "1", "--engine", "eager")
     assert f"Warning: {d['warnings'][0]}" in r.output.splitlines()
 
 
 def test_plan_does_not_warn_when_it_fits():
-    p = capacity_plan(get_model("llama-2-70b"), get_hardware("h100-sxm"), prompt=2048, gen=256, tp=4)
+    p = capacity_plan(get_model("llama-2-70b"), get_hardware("h100-sxm"), prompt=2048, gen=256, tp=4, engine="eager")
     assert p.fits and p.warnings == [] and p.to_dict()["warnings"] == []
-    assert "Warning" not in _run("plan", "llama-2-70b", "--gpu", "h100-sxm", "--tp", "4").output
+    assert "Warning" not in _run("plan", "llama-2-70b", "--gpu", "h100-sxm", "--tp", "4", "--engine", "eager").output
 
 
 def test_latency_plot_data_warns_per_device():

@@ -81,7 +81,7 @@ def test_does_not_fit_is_an_answer():
     # llama-2-70b in bf16 is 68,976,648,192 * 2 = 137,953,296,384 bytes of weights: no single L4.
     # The plan budgets against the L4's reported 23,034 MiB = 23,034 * 2**20 = 24,152,899,584 bytes
     # (was the marketed 24e9); reserve round(0.1 * 24,152,899,584) = 2,415,289,958.
-    p = capacity_plan(get_model("llama-2-70b"), get_hardware("l4"), prompt=512, gen=64, rps=1.0)
+    p = capacity_plan(get_model("llama-2-70b"), get_hardware("l4"), prompt=512, gen=64, rps=1.0, engine="eager")
     assert not p.fits and p.max_batch == 0 and p.timing is None and p.gpus_needed is None
     assert p.memory.weights_bytes == 137_953_296_384
     assert (p.memory.capacity_bytes, p.memory.reserve_bytes) == (24_152_899_584, 2_415_289_958)
@@ -126,8 +126,8 @@ def test_stage_weights_of_one_gpu_hold_every_parameter(name):
 def test_parallel_plans_are_for_decoders_only(name):
     spec = PRESETS[name]
     with pytest.raises(SpecError, match=f"supports decoder-only models; {name} is arch"):
-        capacity_plan(spec, get_hardware("h100-sxm"), prompt=16, gen=4, tp=2)
-    p = capacity_plan(spec, get_hardware("h100-sxm"), prompt=16, gen=4)
+        capacity_plan(spec, get_hardware("h100-sxm"), prompt=16, gen=4, tp=2, engine="eager")
+    p = capacity_plan(spec, get_hardware("h100-sxm"), prompt=16, gen=4, engine="eager")
     assert p.fits and p.memory.weights_bytes == 2 * spec.num_params
 
 
@@ -190,12 +190,12 @@ def test_layout_for_gpus():
 ])
 def test_plan_bad_input(spec, hw, kw, message):
     with pytest.raises(SpecError, match=message):
-        capacity_plan(spec, hw, **kw)
+        capacity_plan(spec, hw, **kw, engine="eager")
 
 
 def test_slo_batch_is_the_largest_that_meets_them():
     spec, hw = get_model("llama-2-70b"), get_hardware("h100-sxm")
-    p = capacity_plan(spec, hw, prompt=2048, gen=256, tp=4, ttft_slo_s=2.0, tpot_slo_s=0.05)
+    p = capacity_plan(spec, hw, prompt=2048, gen=256, tp=4, ttft_slo_s=2.0, tpot_slo_s=0.05, engine="eager")
     b = p.serving_batch
     assert 0 < b < p.max_batch
     assert p.serving_timing.ttft_s <= 2.0 and p.serving_timing.tpot_mean_s <= 0.05
@@ -206,7 +206,7 @@ def test_slo_batch_is_the_largest_that_meets_them():
 
 def test_gpus_needed_and_cost():
     spec, hw = get_model("llama-2-7b"), get_hardware("h100-sxm")
-    p = capacity_plan(spec, hw, prompt=512, gen=128, batch=16, tp=2, rps=25.0, gpu_hour_usd=3.0)
+    p = capacity_plan(spec, hw, prompt=512, gen=128, batch=16, tp=2, rps=25.0, gpu_hour_usd=3.0, engine="eager")
     assert p.batch == p.serving_batch == 16 and p.fits
     rate = 16 / p.timing.e2e_s  # requests per second of one replica (2 GPUs)
     assert p.requests_per_s_per_replica == rate
@@ -218,14 +218,14 @@ def test_gpus_needed_and_cost():
 
 
 def test_unreachable_slo_gives_no_gpu_count():
-    p = capacity_plan(get_model("llama-2-7b"), get_hardware("l4"), prompt=512, gen=16, tpot_slo_s=1e-4, rps=1.0)
+    p = capacity_plan(get_model("llama-2-7b"), get_hardware("l4"), prompt=512, gen=16, tpot_slo_s=1e-4, rps=1.0, engine="eager")
     assert p.serving_batch == 0 and p.gpus_needed is None and p.fits
     assert any(n.startswith("no batch meets the SLOs: at batch 1") for n in p.notes)
 
 
 # --- CLI ------------------------------------------------------------------------------------------
 
-PLAN = ["plan", "llama-2-70b", "--gpu", "h100-sxm", "--tp", "4", "--prompt", "2048", "--gen", "256"]
+PLAN = ["plan", "llama-2-70b", "--gpu", "h100-sxm", "--tp", "4", "--prompt", "2048", "--gen", "256", "--engine", "eager"]
 KEYS = {"fits", "max_batch", "max_context", "ttft_s", "tpot_s", "tokens_per_s", "gpus_needed", "memory"}
 
 
@@ -237,7 +237,7 @@ def test_cli_plan_json():
     assert KEYS <= set(d)
     assert set(d["memory"]) >= {"weights_bytes", "kv_bytes", "activations_bytes", "reserve_bytes", "capacity_bytes"}
     p = capacity_plan(get_model("llama-2-70b"), get_hardware("h100-sxm"), prompt=2048, gen=256, tp=4,
-                      rps=10.0, ttft_slo_s=2.0, tpot_slo_s=0.05, gpu_hour_usd=2.5)
+                      rps=10.0, ttft_slo_s=2.0, tpot_slo_s=0.05, gpu_hour_usd=2.5, engine="eager")
     assert d == json.loads(json.dumps(p.to_dict()))
     assert d["fits"] is True and d["max_batch"] == p.max_batch and d["gpus_needed"] % 4 == 0
     assert set(d["tpot_s"]) == {"first", "mean", "last"}
@@ -253,12 +253,12 @@ def test_cli_plan_table():
 
 
 def test_cli_plan_gpus_and_does_not_fit():
-    r = CliRunner().invoke(main, ["plan", "llama-2-70b", "--gpu", "l4", "--gpus", "2", "--format", "json"])
+    r = CliRunner().invoke(main, ["plan", "llama-2-70b", "--gpu", "l4", "--gpus", "2", "--format", "json", "--engine", "eager"])
     assert r.exit_code == 0  # not fitting is an answer
     d = json.loads(r.output)
     assert (d["fits"], d["max_batch"], d["layout"]["tp"], d["layout"]["pp"]) == (False, 0, 1, 2)
     assert d["missing_bytes"] > 0
-    r = CliRunner().invoke(main, ["plan", "llama-2-70b", "--gpu", "l4"])
+    r = CliRunner().invoke(main, ["plan", "llama-2-70b", "--gpu", "l4", "--engine", "eager"])
     assert r.exit_code == 0 and "DOES NOT FIT" in r.output
 
 

@@ -124,7 +124,7 @@ def test_flat_is_todays_rates_exactly(model, gpu, wl):
         assert (t.compute_s, t.memory_s) == (o.flops / today.flops_rate(o.kind), o.bytes / today.bytes_rate(o.kind))
     t = predict(spec, wl, hw)
     assert t.assumptions()["rate_model"] == "flat"
-    assert predict(spec, wl, hw, r).e2e_s == t.e2e_s
+    assert predict(spec, wl, hw, r=r).e2e_s == t.e2e_s
 
 
 def test_rates_to_dict_adds_keys_only():
@@ -135,7 +135,7 @@ def test_rates_to_dict_adds_keys_only():
     assert json.loads(json.dumps(sa)) == sa
     cpu = rates(get_hardware("cpu-generic"), "bf16", model="shape-aware")
     assert cpu.shape is None and "flat rates apply" in predict(
-        get_model("tiny-llama"), Workload(batch=1, prompt=8, gen=2), get_hardware("cpu-generic"), cpu
+        get_model("tiny-llama"), Workload(batch=1, prompt=8, gen=2), get_hardware("cpu-generic"), r=cpu
     ).assumptions()["rate_model_description"]
 
 
@@ -157,7 +157,7 @@ def test_shape_is_not_a_cost():
 def test_closed_form_equals_per_step_loop(model, gpu, wl):
     spec, hw = get_model(model), get_hardware(gpu)
     r = rates(hw, wl.act_dtype, model="shape-aware")
-    t = predict(spec, wl, hw, r)
+    t = predict(spec, wl, hw, r=r)
     loop = [step_time(decode_step_cost(spec, wl, i), r) for i in range(1, wl.decode_steps + 1)]
     assert t.decode.seconds == pytest.approx(sum(s.seconds for s in loop), rel=1e-10)
     assert t.tpot_first_s == loop[0].seconds and t.tpot_last_s == loop[-1].seconds

@@ -54,7 +54,7 @@ def test_equal_requests_at_zero_reproduce_plan(spec, hw, b, p, g):
     res = simulate_model(spec, hw, at_once(b, p, g),
                          scheduler=SchedulerConfig(max_num_seqs=b, max_num_batched_tokens=b * p,
                                                    chunked_prefill=False))
-    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b)
+    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b, engine="eager")
     s = res.summary()
     assert s["finished"] == b and s["preemptions"] == 0
     assert s["ttft_s"]["p50"] == pytest.approx(s["ttft_s"]["p99"], rel=1e-12)  # all alike
@@ -70,7 +70,7 @@ def test_equal_requests_reproduce_plan_with_tensor_parallelism():
     res = simulate_model(spec, hw, at_once(b, p, g), tp=2, pp=2,
                          scheduler=SchedulerConfig(max_num_seqs=b, max_num_batched_tokens=b * p,
                                                    chunked_prefill=False))
-    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b, tp=2, pp=2)
+    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b, tp=2, pp=2, engine="eager")
     s = res.summary()
     assert s["ttft_s"]["mean"] == pytest.approx(plan.timing.ttft_s, rel=0.01)
     assert s["tpot_s"]["mean"] == pytest.approx(plan.timing.tpot_mean_s, rel=0.01)
@@ -86,7 +86,7 @@ def test_decode_steps_match_plan_for_latent_attention_experts_and_windows(model)
     res = simulate_model(spec, hw, at_once(b, p, g), kv_blocks=10_000,
                          scheduler=SchedulerConfig(max_num_seqs=b, max_num_batched_tokens=b * p,
                                                    chunked_prefill=False))
-    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b)
+    plan = capacity_plan(spec, hw, prompt=p, gen=g, batch=b, engine="eager")
     assert res.summary()["tpot_s"]["mean"] == pytest.approx(plan.timing.tpot_mean_s, rel=1e-3)
 
 

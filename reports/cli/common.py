@@ -14,6 +14,7 @@ import sys
 import click
 
 from costmodel.dtypes import DTYPE_BITS, canonical_dtype
+from costmodel.engine import engine_ids, load_engine
 from costmodel.errors import SpecError
 from costmodel.hardware import get_hardware
 from costmodel.quant import QUANT_CHOICES
@@ -269,6 +270,34 @@ def with_efficiencies(hw):
 def read_hardware(gpu: str | None, hardware_file: str | None):
     """The profile of --gpu / --hardware (with command-line efficiencies), or None when neither is given."""
     return None if gpu is None and hardware_file is None else with_efficiencies(get_hardware(gpu, hardware_file))
+
+
+def engine_option(default: str | None, help_default: str | None = None):
+    """--engine NAME|FILE: a built-in engine (``costmodel engines``) or a JSON file of one; ``default``
+    per command (plan and the latency/memory plots: vllm; report, sweep, profile, validate: eager)."""
+    shown = help_default or default
+    return click.option("--engine", "engine", metavar="NAME|FILE", default=default,
+                        help=f"Engine profile: {', '.join(engine_ids())} (see `costmodel engines`) or a JSON "
+                             f"file of one. [default: {shown}]")
+
+
+def read_engine(value: str):
+    """The :class:`costmodel.engine.Engine` of --engine (a SpecError becomes a one-line exit-2 error
+    through :func:`input_errors`)."""
+    return load_engine(value)
+
+
+def refuse_engine(engine, what: str) -> None:
+    """One line, exit 2, unless ``engine`` is the reference (eager) implementation."""
+    if not engine.reference:
+        raise InputError(f"{what} runs the reference (eager) implementation only, not engine {engine.id!r}: "
+                         "give --engine eager, or use `costmodel plan` / `costmodel report --gpu ... "
+                         f"--engine {engine.id}`")
+
+
+def engine_line(engine) -> str:
+    """The line every text output names its engine with."""
+    return f"engine: {engine.describe()}"
 
 
 def format_option(choices, default="table"):

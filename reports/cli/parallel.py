@@ -17,8 +17,15 @@ def profile_parallel(spec, wl, tp: int, pp: int, *, device: str, attention: str,
 
     result = run_parallel(spec, wl, Split(tp, pp, ep), attention=attention, device=device, seed=seed)
     if fmt == "json":
-        emit_json(result.to_dict())
+        from costmodel.engine import load_engine
+
+        emit_json({**result.to_dict(), "engine": "eager", "engine_profile": load_engine("eager").to_dict()})
     else:
+        from costmodel.engine import load_engine
+
+        from .common import engine_line
+
+        click.echo(engine_line(load_engine("eager")))
         click.echo(parallel_table(result))
     if not result.ok:
         click.get_current_context().exit(1)

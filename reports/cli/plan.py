@@ -17,8 +17,26 @@ from costmodel.models import get_model
 from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
 
-from .common import (InputError, efficiency_options, install_hint, with_efficiencies, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     warn, workload_options)
+from .common import (InputError, efficiency_options, emit_json, engine_option, format_option, hardware_options,
+                     input_errors, install_hint, main, model_argument, read_engine, warn, with_efficiencies,
+                     workload_options)
+
+
+@main.command()
+@click.option("--engine", "engine_file", metavar="FILE", default=None, help="Also list the engine in this file.")
+@format_option(["table", "json"])
+@input_errors
+def engines(engine_file, fmt):
+    """List the engine profiles: attention, KV cache layout, fusions, launch modes, overheads, memory
+    budget, chunked prefill, and the sources of every figure (--format json)."""
+    from costmodel.engine import engines as built_in
+    from reports.plan import engines_table
+
+    profiles = ([read_engine(engine_file)] if engine_file else []) + built_in()
+    if fmt == "json":
+        emit_json([e.to_dict() for e in profiles])
+    else:
+        click.echo(engines_table(profiles))
 
 
 @main.command()
@@ -59,16 +77,18 @@ def _positive_float():
 @click.option("--tpot-slo", type=_positive_float(), default=None, metavar="MS", help="Mean time-per-output-token SLO, ms.")
 @click.option("--rps", type=_positive_float(), default=None, metavar="R", help="Requests per second to serve.")
 @click.option("--gpu-hour-usd", type=_positive_float(), default=None, metavar="X", help="Price of one GPU-hour, USD.")
-@click.option("--reserve-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
-              show_default=True, help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers).")
+@click.option("--reserve-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Share of memory kept for the runtime (CUDA context, fragmentation, buffers). [default: what "
+                   "the engine's memory budget leaves (vllm: 1 - 0.9); 0.1 for eager]")
 @click.option("--simulate", "simulated", is_flag=True,
               help="With --rps and an SLO: find the replicas by simulating continuous batching (p99 SLOs).")
 @click.option("--sim-requests", type=click.IntRange(min=10), default=500, show_default=True,
               help="Requests simulated per candidate replica count (with --simulate).")
+@engine_option("vllm")
 @format_option(["table", "json"])
 @input_errors
 def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
-         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, fmt):
+         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, engine, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
@@ -78,12 +98,13 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
     hw = with_efficiencies(get_hardware(gpu, hardware_file))
+    eng = read_engine(engine)
     p = capacity_plan(
         get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
         weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, quant=quant,
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
-        rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction)
+        rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction, engine=eng)
     sim = None
     if simulated:
         from .simulate import simulated_plan

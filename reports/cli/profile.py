@@ -12,8 +12,8 @@ import click
 from costmodel.models import get_model
 from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, workload_options)
+from .common import (InputError, emit_json, engine_line, engine_option, format_option, hardware_options, input_errors,
+                     main, model_argument, pop_workload, read_engine, refuse_engine, workload_options)
 from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
@@ -57,10 +57,11 @@ def _progress(desc: str):
 @click.option("--ep", type=int, default=1, show_default=True,
               help="Expert-parallel ranks of a mixture-of-experts model (experts split, tokens exchanged "
                    "by all-gather dispatch and reduce-scatter combine; tp = pp = 1).")
+@engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
 def profile(model, device, attention, repeat, warmup, seed, weights, threads, no_fvcore, no_compare_cache, tp, pp,
-            ep, fmt, **kwargs):
+            ep, engine, fmt, **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
@@ -70,6 +71,8 @@ def profile(model, device, attention, repeat, warmup, seed, weights, threads, no
     With --tp/--pp: the model split over tp x pp ranks, per rank and phase the counted matmul
     FLOPs, KV-cache bytes and collective payload bytes and time beside the analytic split.
     """
+    eng = read_engine(engine)
+    refuse_engine(eng, "profile")
     spec = get_model(model)
     wl = pop_workload(kwargs, spec)
     if tp != 1 or pp != 1 or ep != 1:
@@ -90,8 +93,9 @@ def profile(model, device, attention, repeat, warmup, seed, weights, threads, no
     finally:
         restore()
     if fmt == "json":
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
+        click.echo(engine_line(eng))
         click.echo(profile_table(result))
 
 
@@ -115,10 +119,11 @@ def profile(model, device, attention, repeat, warmup, seed, weights, threads, no
               help="--timing: refuse when the 1-minute load average per CPU exceeds this (0: never refuse).")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
               help="--timing: timed passes per case (their median is the measurement).")
+@engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
 def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, timing_model, max_error, max_load,
-             repeat):
+             repeat, engine):
     """Analytic vs counted FLOPs and KV bytes over a built-in matrix of cases; exit 1 on any mismatch.
 
     Cases cover MHA, GQA and MQA; GPT-2 and LLaMA styles; tied and untied LM heads; biases;
@@ -136,6 +141,8 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, tim
     --max-error. Where the profile holds an op table for the model (`costmodel calibrate --model`),
     the table predicts and the roofline is shown beside it.
     """
+    eng = read_engine(engine)
+    refuse_engine(eng, "validate")
     if timing:
         return run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, model=timing_model,
                                      max_error=max_error, max_load=max_load, repeat=repeat)
@@ -163,8 +170,9 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, tim
         emit_json({"conventions": CONVENTIONS, "cases": [r.to_dict() for r in results], "planned": planned,
                    "finished": len(results),
                    "parallel_cases": [{"case": c.name, **r.to_dict()} for c, r in par_results],
-                   "interrupted": interrupted, "ok": ok})
+                   "interrupted": interrupted, "ok": ok, "engine": eng.id, "engine_profile": eng.to_dict()})
     else:
+        click.echo(engine_line(eng))
         click.echo(validate_table(results, planned, interrupted))
         if par_results:
             click.echo("\n" + parallel_cases_table(par_results))

@@ -9,12 +9,13 @@ import click
 from costmodel.analysis import analyze
 from costmodel.checkpoint import model_checkpoint, with_checkpoint
 from costmodel.models import PRESETS, get_model
-from costmodel.plan import fit_warnings, memory_use_of
+from costmodel.plan import fit_warnings, memory_use, memory_use_of
 from costmodel.roofline import predict
 from costmodel.spec import MLA_FORMS
 
-from .common import (InputError, emit_json, format_option, hardware_options, input_errors, main, model_argument,
-                     pop_workload, read_hardware, efficiency_options, table_width, warn, wide_option, workload_options)
+from .common import (InputError, efficiency_options, emit_json, engine_line, engine_option, format_option,
+                     hardware_options, input_errors, main, model_argument, pop_workload, read_engine, read_hardware,
+                     table_width, warn, wide_option, workload_options)
 
 
 @main.command()
@@ -31,8 +32,9 @@ from .common import (InputError, emit_json, format_option, hardware_options, inp
 @click.option("--mla", type=click.Choice(MLA_FORMS), default="transformers", show_default=True,
               help="Latent attention (DeepSeek): re-expand the cached latent every step as transformers "
                    "does, or decode absorbed in latent space as serving engines do.")
+@engine_option("eager")
 @input_errors
-def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwargs):
+def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, engine, **kwargs):
     """FLOPs, bytes and memory of MODEL in prefill and decode, per layer and op.
 
     MODEL is a built-in name (see `costmodel models`), a path to a Hugging Face config.json
@@ -46,39 +48,63 @@ def report(model, fmt, gpu, hardware_file, html_file, out_dir, mla, wide, **kwar
         raise InputError(f"--html FILE writes one HTML page and --format {fmt} prints to stdout: give one "
                          "of them (run twice for both)")
     spec = get_model(model)
+    eng = read_engine(engine)
     result = with_checkpoint(analyze(spec, replace(pop_workload(kwargs, spec), mla=mla)), model_checkpoint(model))
     hw = read_hardware(gpu, hardware_file)
-    timing = None if hw is None else predict(spec, result.workload, hw)
+    if not eng.reference:
+        if hw is None:
+            raise InputError(f"--engine {eng.id} changes the time and memory of a run: give --gpu NAME or "
+                             "--hardware FILE (the counts without a device are the reference implementation's)")
+        if fmt == "csv" or html_file is not None or out_dir is not None:
+            raise InputError(f"--engine {eng.id} executes other ops than the counted rows: use --format json "
+                             "(executed_ops) or table/markdown, or --engine eager for csv, --html and --out")
+    timing = None if hw is None else predict(spec, result.workload, hw, eng)
+    memory = None
     if hw is not None:  # fit is part of every answer that shows latency
-        result = replace(result, warnings=result.warnings + tuple(fit_warnings(memory_use_of(result.memory, hw), hw)))
+        memory = (memory_use_of(result.memory, hw) if eng.reference
+                  else memory_use(spec, hw, result.workload, reserve_fraction=None, engine=eng))
+        result = replace(result, warnings=result.warnings + tuple(fit_warnings(memory, hw)))
+    lines = [engine_line(eng)]
+    if memory is not None and not eng.reference:
+        lines.insert(0, f"memory under {eng.id} on one {hw.id}: weights {memory.weights_bytes:,} + KV cache "
+                        f"{memory.kv_bytes:,}" + (f" ({memory.kv_blocks:,} blocks of {memory.kv_block_tokens} positions)"
+                                                  if memory.paged else "")
+                        + f" + activations {memory.activations_bytes:,} + reserve {memory.reserve_bytes:,} = "
+                          f"{memory.total_bytes:,} of {memory.capacity_bytes:,} bytes: "
+                        + ("fits" if memory.fits else "DOES NOT FIT"))
     for w in result.warnings:
         warn(w)
     if html_file is not None or out_dir is not None:
         _write_files(spec, result, timing, hw, fmt, html_file, out_dir)
         return
-    measured = None if hw is None else _op_table_seconds(spec, result.workload, hw)
-    if fmt == "json" and measured is not None:  # a calibrated small model: the whole object at once
-        d = timing.annotate(result.to_dict())
-        d["timing"]["op_table"] = measured  # the roofline's figures stay beside it, as the explanation
-        emit_json(d)
+    extra = {"engine": eng.id, "engine_profile": eng.to_dict()}
+    if memory is not None and not eng.reference:
+        extra["engine_memory"] = memory.to_dict()
+    measured = None if hw is None or not eng.reference else _op_table_seconds(spec, result.workload, hw)
+    if fmt == "json" and (measured is not None or not eng.reference):  # the whole object at once: a
+        d = timing.annotate(result.to_dict())  # calibrated small model, or an engine's executed ops
+        if measured is not None:
+            d["timing"]["op_table"] = measured  # the roofline's figures stay beside it, as the explanation
+        emit_json({**d, **extra})
     elif fmt == "json":  # streamed: bounded memory for deep models, the same bytes as emit_json
-        _stream_json(result, timing)
+        _stream_json(result, timing, extra)
     elif fmt == "csv":
         click.echo(text.ops_csv(result, timing), nl=False)
     elif fmt == "markdown":
-        click.echo(text.report_markdown(result, timing))
+        click.echo(text.report_markdown(result, timing) + "".join(f"\n- {x}" for x in lines))
     else:
-        click.echo(text.report_table(result, timing, table_width(wide)))
+        width = table_width(wide)
+        click.echo(text.report_table(result, timing, width) + "".join(f"\n{x}" for x in text.wrapped(lines, width)))
     if measured is not None and fmt in ("table", "markdown"):
         tpot = "" if measured["tpot_mean_s"] is None else f", TPOT mean {measured['tpot_mean_s'] * 1e3:.3f} ms"
         click.echo(f"\n{measured['source']}: TTFT {measured['ttft_s'] * 1e3:.3f} ms{tpot}, end to end "
                    f"{measured['e2e_s'] * 1e3:.3f} ms (the roofline above explains where the time goes)")
 
 
-def _stream_json(result, timing) -> None:
+def _stream_json(result, timing, extra=None) -> None:
     from reports.jsonstream import report_json_pieces
 
-    pieces = report_json_pieces(result, timing)
+    pieces = report_json_pieces(result, timing, extra)
     try:
         head = next(pieces)
         batch = [head]

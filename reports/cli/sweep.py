@@ -15,10 +15,12 @@ from costmodel.errors import SpecError, parse_json_text, read_text_file
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import (SIZES, WORKLOAD_OPTIONS, InputError, complete_model, efficiency_options, with_efficiencies, install_hint, build_workload, hardware_options, input_errors, main,
-                     pop_workload, read_hardware, warn, workload_options)
+from .common import (SIZES, WORKLOAD_OPTIONS, InputError, build_workload, complete_model, efficiency_options,
+                     engine_option, hardware_options, input_errors, install_hint, main, pop_workload, read_engine,
+                     read_hardware, warn, with_efficiencies, workload_options)
 
 PLOT_KINDS = ("phases", "kv-cache", "memory", "roofline", "latency", "validation", "compare")
+ENGINE_PLOTS = ("latency", "memory")  # the plots an engine changes (default engine: vllm)
 
 
 def _range_options(batch="1", prompt="512", gen=None):
@@ -50,8 +52,9 @@ NOT_SIZES = tuple(k for k in WORKLOAD_OPTIONS if k not in SIZES)  # sweep takes 
 @click.option("--out", default=None, metavar="FILE",
               help="Write to FILE (atomically; missing folders are created) instead of stdout. "
                    "Ctrl-C keeps the rows finished in FILE.partial.")
+@engine_option("eager")
 @input_errors
-def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
+def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, engine, **kw):
     """Every (batch, prompt, gen) combination of MODEL: one tidy row per phase.
 
     Phases: prefill and decode (decoder-only); encode (encoder-only, e.g. BERT: gen is ignored,
@@ -66,6 +69,12 @@ def sweep(model, batch, prompt, gen, gpu, hardware_file, fmt, out, **kw):
     from reports.files import check_writable_file
     from reports.sweep import check_grid, parse_range
 
+    eng = read_engine(engine)
+    if not eng.reference:  # the vectorized grid is the reference model's; an engine's passes are not
+        raise InputError(f"sweep runs the reference (eager) implementation only, not engine {eng.id!r}: its "
+                         "vectorized grid does not model an engine's executed kernels, overheads or paged memory; "
+                         f"use `costmodel plan --engine {eng.id}` or `costmodel report --engine {eng.id}` per "
+                         "configuration, or --engine eager")
     spec = get_model(model)
     gen = gen if gen is not None else ("1" if spec.arch == "encoder" else "128")
     grid = {k: parse_range(v, f"--{k}") for k, v in (("batch", batch), ("prompt", prompt), ("gen", gen))}
@@ -153,8 +162,9 @@ def _sweep_in_chunks(spec, wl, grid, hw, fmt, out):
 @click.option("--input", "input_file", default=None, metavar="FILE",
               help="validation: the JSON of `costmodel validate --format json`.")
 @click.option("--out", default=".", show_default=True, metavar="DIR", help="Folder for the PNG and SVG files.")
+@engine_option(None, "vllm for the latency and memory plots, eager for the others")
 @input_errors
-def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file, out, **kw):
+def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file, out, engine, **kw):
     """Draw KIND for MODEL and write KIND-MODEL.png and .svg into --out DIR.
 
     KIND: phases (prefill vs decode, by textbook term), kv-cache, memory (needs --gpu),
@@ -166,6 +176,10 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
     from reports.files import check_writable_dir
     from reports.sweep import parse_range
 
+    eng = read_engine(engine if engine is not None else ("vllm" if kind in ENGINE_PLOTS else "eager"))
+    if kind not in ENGINE_PLOTS and not eng.reference:
+        raise InputError(f"the {kind} plot draws the reference (eager) implementation's counts; --engine "
+                         f"{eng.id} applies to the {' and '.join(ENGINE_PLOTS)} plots (or give --engine eager)")
     check_writable_dir(out)
     wl = pop_workload(kw)
     validation = None
@@ -203,11 +217,11 @@ def plot(kind, model, batch_range, context_range, gpu, hardware_file, input_file
         for w in warnings:  # the longest contexts of the axes, as `report` words them
             if "max_position_embeddings" in w:
                 warn(w.replace(" exceeds ", " on the plot's axes exceeds ", 1))
-    fig = plots.build(kind, specs, wl, hws, batches, contexts, validation)
+    fig = plots.build(kind, specs, wl, hws, batches, contexts, validation, engine=eng)
     for w in getattr(fig, "warnings", ()):  # latency points that do not fit the device's memory
         warn(w)
     for path in plots.save(fig, out, stem):
-        click.echo(path)
+        click.echo(path)  # the figure's title names the engine of the latency and memory plots
 
 
 def _hardware_list(gpu, hardware_file):

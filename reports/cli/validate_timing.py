@@ -66,10 +66,18 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     measurement = {**measurement_info(hw, device, threads), "repeat": repeat, "load": load,
                    "table_drift": [d for d in drift if d is not None]}
     if fmt == "json":
+        from costmodel.engine import load_engine
+
         emit_json({"hardware": hw.id, "model": spec.summary(), "device": device,
                    "cases": [c.to_dict() for c in cases], "summary": s, "planned": planned,
-                   "interrupted": interrupted, "measurement": measurement})
+                   "interrupted": interrupted, "measurement": measurement,
+                   "engine": "eager", "engine_profile": load_engine("eager").to_dict()})
     else:
+        from costmodel.engine import load_engine
+
+        from .common import engine_line
+
+        click.echo(engine_line(load_engine("eager")))
         click.echo(timing_validation_table(cases, s, hw.id, measurement))
     if interrupted:
         click.get_current_context().exit(130)
