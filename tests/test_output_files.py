@@ -283,7 +283,10 @@ def test_report_json_stream_is_byte_identical(args):
     spec = get_model(args[0])
     wl = build_workload(gen=4 if "--gen" in args else (1 if spec.arch == "encoder" else 128))
     a = analyze(spec, wl)
+    from costmodel.engine import load_engine
+
     d = a.to_dict() if "--gpu" not in args else predict(spec, a.workload, get_hardware("h100-sxm")).annotate(a.to_dict())
+    d.update(engine="eager", engine_profile=load_engine("eager").to_dict())  # every output names its engine
     assert r.stdout == json.dumps(d, indent=2) + "\n"
 
 
