@@ -285,8 +285,10 @@ def test_report_json_stream_is_byte_identical(args):
     a = analyze(spec, wl)
     from costmodel.engine import load_engine
 
-    d = a.to_dict() if "--gpu" not in args else predict(spec, a.workload, get_hardware("h100-sxm")).annotate(a.to_dict())
-    d.update(engine="eager", engine_profile=load_engine("eager").to_dict())  # every output names its engine
+    eager = load_engine("eager")  # every output names its engine
+    d = (a.to_dict() if "--gpu" not in args
+         else predict(spec, a.workload, get_hardware("h100-sxm"), eager).annotate(a.to_dict()))
+    d.update(engine="eager", engine_profile=eager.to_dict())
     assert r.stdout == json.dumps(d, indent=2) + "\n"
 
 
