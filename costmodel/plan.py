@@ -659,7 +659,7 @@ class Plan:
             "gpu_hour_usd": self.gpu_hour_usd,
             "usd_per_million_output_tokens": self.usd_per_million_tokens(),
             "usd_per_million_total_tokens": self.usd_per_million_tokens(count_prompt=True),
-            "assumptions": list(ASSUMPTIONS) + [
+            "assumptions": self.base_assumptions() + [
                 f"runtime reserve: {self.reserve_fraction:g} of capacity"] + self.engine_assumptions(),
             "notes": list(self.notes),
             "warnings": self.warnings,
@@ -676,6 +676,16 @@ class Plan:
             d.setdefault("executed", {})[name] = {"flops": phase.executed_flops, "bytes": phase.executed_bytes,
                                                   "seconds": phase.seconds, "overhead_s": phase.overhead_s}
         return d
+
+    def base_assumptions(self) -> list[str]:
+        """:data:`ASSUMPTIONS`, with the memory rule of a serving engine in place of the eager one."""
+        e = self.engine
+        if e is None or e.reference:
+            return list(ASSUMPTIONS)
+        memory = ("memory per GPU (the fullest pipeline stage) = weights + the engine's KV cache at prompt + gen - 1 "
+                  "positions + the activation peak of its largest pass (see the engine's rules below) + runtime "
+                  "reserve")
+        return [memory if a.startswith("memory per GPU") else a for a in ASSUMPTIONS]
 
     def engine_assumptions(self) -> list[str]:
         """The engine's rules, stated like :data:`ASSUMPTIONS`."""

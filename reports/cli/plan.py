@@ -164,15 +164,22 @@ def calibrate(device, dtypes, out, profile_id, quick, threads, models, max_load,
     before, note = load_snapshot(), None
     if device == "cpu":
         note = check_load(before, max_load)  # warned with the result (JSON: in calibration.load)
-    profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
-                            profile_id=profile_id, min_time_s=0.25 if specs and not quick else None)
-    if specs:
-        from profiler.optable import measure_op_table
+    from reports.progress import Stages
 
-        progress = (lambda m: click.echo(m, err=True)) if fmt != "json" else None
-        profile["calibration"]["op_tables"] = [
-            measure_op_table(spec, device=device, threads=threads, quick=quick, progress=progress)
-            for spec in specs]
+    bar = Stages("calibrate")  # a tqdm bar on stderr, on a terminal only
+    try:
+        bar("matmul, bandwidth, element-wise and overhead rates, shape-aware curves")
+        profile = cal.calibrate(device=device, dtypes=tuple(dtypes) or None, quick=quick, threads=threads,
+                                profile_id=profile_id, min_time_s=0.25 if specs and not quick else None)
+        if specs:
+            from profiler.optable import measure_op_table
+
+            profile["calibration"]["op_tables"] = [
+                measure_op_table(spec, device=device, threads=threads, quick=quick, progress=bar)
+                for spec in specs]
+    finally:
+        bar.close()
+    if specs:
         profile["sources"]["op_tables"] = ("measured by costmodel calibrate --model: the model's passes "
                                            "timed in place (see costmodel.optable)")
     from profiler.measure import load_between
