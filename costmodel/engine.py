@@ -473,7 +473,7 @@ SCORE_OPS = ("attn_softmax", "attn_position_bias", "attn_softcap", "attn_sinks")
 
 def _flash_footprints(ops):
     """Activation footprints (bytes read + written) of a pass's ops when attention runs as one flash
-    kernel but ``ops`` still hold the eager score ops (the fused stub): the score ops' matrix is
+    kernel but ``ops`` still hold the eager score ops (a model flash does not run): the score ops' matrix is
     never in memory, and the kernel reads what ``attn_scores`` reads (the queries, and keys not in
     the cache) and writes what ``attn_values`` writes (the output)."""
     ops = list(ops)

@@ -2,9 +2,8 @@
 budget, the chunked-prefill activation bound, launch and host overheads, eager == the reference,
 and --engine on the CLI.
 
-Expected values are derived by hand in the comments. Tests marked STUB depend on
-costmodel.fused.executed_step being the identity (the engine branch's stub): the lead re-runs them
-after merging the fused branch, whose executed costs change those figures.
+Expected values are derived by hand in the comments; they hold with costmodel.fused's executed
+passes (flash attention and the fused element-wise kernels).
 """
 
 import json
@@ -162,13 +161,13 @@ def test_chunk_shape_bounds_the_pass():
     assert prefill_passes(spec, Workload(batch=3, prompt=1000), EAGER) == 1
 
 
-def test_chunked_activation_peak_does_not_grow_with_batch_or_prompt():  # STUB: the byte figure
+def test_chunked_activation_peak_does_not_grow_with_batch_or_prompt():
     spec = get_model("llama-3-8b")
     a = engine_activation_peak_bytes(spec, Workload(batch=13, prompt=32768), VLLM, H100)
     b = engine_activation_peak_bytes(spec, Workload(batch=1, prompt=65536), VLLM, H100)
     assert a == b  # both: one chunk of 8192 tokens (the last one attends over the prompt: no scores kept)
-    # residual 8192 x 4096 x 2 = 67,108,864 bytes; with no score matrix the largest op is the MLP's
-    # SiLU-and-mul: reads 2 x 8192 x 14336 x 2, writes 8192 x 14336 x 2 = 704,643,072 bytes
+    # residual 8192 x 4096 x 2 = 67,108,864 bytes; with no score matrix the largest op is the fused
+    # mlp_silu_and_mul: reads gate and up 2 x 8192 x 14336 x 2, writes 8192 x 14336 x 2 = 704,643,072 bytes
     assert a == 67_108_864 + 704_643_072
     eager = memory_use(spec, H100, Workload(batch=1, prompt=32768, gen=512))
     assert eager.activations_bytes > 100 * a  # the eager prefill's 32768^2 scores per head
