@@ -138,3 +138,17 @@ def test_gpt2_tp2_runs_with_a_padded_vocabulary():
         # the logits all-gather: 1 row x 25,216 padded columns x 4 B per rank
         assert pre["communication"]["all_gather"]["measured_bytes"] == 100_864
     assert d["tokens_match"] is True and d["ok"] is True
+
+
+def test_plan_cli_takes_ep():
+    from click.testing import CliRunner
+
+    from reports.cli import main
+
+    r = CliRunner().invoke(main, ["plan", "tiny-mixtral", "--gpu", "h100-sxm", "--ep", "2", "--batch", "4",
+                                  "--prompt", "16", "--gen", "2", "--engine", "eager", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["layout"]["ep"], d["layout"]["gpus_per_replica"]) == (2, 2)
+    r = CliRunner().invoke(main, ["plan", "tiny-mixtral", "--gpu", "h100-sxm", "--ep", "2"])
+    assert r.exit_code == 2 and "expert parallelism (ep=2) under the vllm engine's memory model" in r.output

@@ -66,6 +66,8 @@ def _positive_float():
               help="GPUs per replica; picks tp (within the fast interconnect) and pp.")
 @click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel GPUs.")
 @click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline stages.")
+@click.option("--ep", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Expert-parallel GPUs of a mixture-of-experts model (tp = pp = 1; with --engine eager).")
 @workload_options(
     "prompt", "gen", "batch", "dtype", "weight_dtype", "kv_dtype", "quant",
     prompt=dict(help="Prompt length in tokens."),
@@ -87,7 +89,7 @@ def _positive_float():
 @engine_option("vllm")
 @format_option(["table", "json"])
 @input_errors
-def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
+def plan(model, gpu, hardware_file, gpus, tp, pp, ep, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
          ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, engine, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
@@ -100,7 +102,7 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, prompt, gen, batch, dtype, wei
     hw = with_efficiencies(get_hardware(gpu, hardware_file))
     eng = read_engine(engine)
     p = capacity_plan(
-        get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus,
+        get_model(model), hw, prompt=prompt, gen=gen, batch=batch, tp=tp or 1, pp=pp or 1, gpus=gpus, ep=ep,
         weight_dtype=weight_dtype or dtype, act_dtype=dtype, kv_dtype=kv_dtype, quant=quant,
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
