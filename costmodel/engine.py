@@ -35,7 +35,7 @@ from importlib import resources
 from . import fused
 from .analysis import StepCost, activation_peak_bytes, step_cost
 from .dtypes import nbytes
-from .errors import SpecError, read_json_file
+from .errors import SpecError, parse_profiles, read_json_file
 from .roofline import Rates, rates
 from .spec import ModelSpec, Workload, decoder_start
 
@@ -193,19 +193,7 @@ def engine_from_dict(d: object, source: str = "engine") -> Engine:
 
 def parse_engines(data: object, source: str) -> list[Engine]:
     """Profiles from parsed JSON: one object with an ``id``, a list, or ``{"engines": [...]}``."""
-    if isinstance(data, dict) and "engines" in data and "id" not in data:
-        data = data["engines"]
-    entries = [data] if isinstance(data, dict) else data
-    if not isinstance(entries, list) or not entries:
-        raise SpecError(f"{source}: expected an engine object, a non-empty list of them, or {{\"engines\": [...]}}")
-    out, seen = [], set()
-    for e in entries:
-        eng = engine_from_dict(e, source)
-        if eng.id in seen:
-            raise SpecError(f"{source}: duplicate engine id {eng.id!r}")
-        seen.add(eng.id)
-        out.append(eng)
-    return out
+    return parse_profiles(data, "engines", "an engine", source, engine_from_dict)
 
 
 _BUILT_IN: list[Engine] | None = None

@@ -127,3 +127,22 @@ def did_you_mean(name: str, choices) -> str:
     if not found:
         return ""
     return "; did you mean " + " or ".join(repr(f) for f in found) + "?"
+
+
+def parse_profiles(data: object, key: str, what: str, source: str, from_dict) -> list:
+    """Profiles of a data file (the hardware catalog, the engine profiles, a user's file of either):
+    one object with an ``id``, a non-empty list of them, or ``{key: [...]}``; each built by
+    ``from_dict(entry, source)``, ids unique. SpecError (one line, naming ``source``) otherwise."""
+    if isinstance(data, dict) and key in data and "id" not in data:
+        data = data[key]
+    entries = [data] if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise SpecError(f"{source}: expected {what} object, a non-empty list of them, or {{\"{key}\": [...]}}")
+    out, seen = [], set()
+    for e in entries:
+        profile = from_dict(e, source)
+        if profile.id in seen:
+            raise SpecError(f"{source}: duplicate {what.split()[-1]} id {profile.id!r}")
+        seen.add(profile.id)
+        out.append(profile)
+    return out

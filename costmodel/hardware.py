@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .errors import SpecError, did_you_mean, read_json_file
+from .errors import SpecError, did_you_mean, parse_profiles, read_json_file
 
 FLOPS_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 KINDS = ("gpu", "cpu")
@@ -338,20 +338,7 @@ def hardware_from_dict(d: object, source: str = "hardware") -> Hardware:
 
 def parse_hardware(data: object, source: str) -> list[Hardware]:
     """Profiles from parsed JSON: one object with an ``id``, a list, or ``{"hardware": [...]}``."""
-    if isinstance(data, dict) and "hardware" in data and "id" not in data:
-        data = data["hardware"]
-    entries = [data] if isinstance(data, dict) else data
-    if not isinstance(entries, list) or not entries:
-        raise SpecError(f"{source}: expected a hardware object, a non-empty list of them, "
-                        "or {\"hardware\": [...]}")
-    out, seen = [], set()
-    for e in entries:
-        hw = hardware_from_dict(e, source)
-        if hw.id in seen:
-            raise SpecError(f"{source}: duplicate hardware id {hw.id!r}")
-        seen.add(hw.id)
-        out.append(hw)
-    return out
+    return parse_profiles(data, "hardware", "a hardware", source, hardware_from_dict)
 
 
 def load_hardware_file(path: str) -> list[Hardware]:

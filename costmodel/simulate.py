@@ -405,7 +405,7 @@ class KVBudget:
 
     def to_dict(self) -> dict:
         return {"capacity_bytes": self.capacity_bytes, "gpu_memory_utilization": self.gpu_memory_utilization,
-                "budget_bytes": round(self.capacity_bytes * self.gpu_memory_utilization),
+                "budget_bytes": math.floor(self.capacity_bytes * self.gpu_memory_utilization),  # as kv_budget
                 "weights_bytes": self.weights_bytes, "activation_bytes": self.activation_bytes,
                 "block_size": self.block_size, "block_bytes": self.block_bytes, "kv_blocks_total": self.blocks}
 
