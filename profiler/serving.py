@@ -1,0 +1,312 @@
+"""A continuous-batching reference server over the reference transformer, on real wall clocks.
+
+:func:`serve` runs requests (``costmodel.simulate.Request``: arrival, prompt and output lengths)
+through the reference model one iteration at a time, with the scheduling rules of
+:func:`costmodel.simulate.simulate` (running requests first in admission order, chunked prefill
+under ``max_num_batched_tokens``, ``max_num_seqs``, a paged KV cache of ``kv_blocks`` blocks
+allocated as positions grow, pre-emption by recompute from the back of the running list, no
+admission in a step that pre-empted). The loop is written out here with the same rules as
+``simulate()`` (not shared code: see the report / benchmarks README); the step is the model's.
+
+The step: the tokens of every scheduled request flattened into one ``[1, T]`` batch for the
+embeddings, projections, norms and MLP (each token at its own position); attention per sequence
+over its own keys in a paged cache (per layer k/v pools ``[num_blocks, block_size, Hkv, d]``, a
+block table per request: new keys written into their slots, the sequence's keys gathered by its
+table); logits only for each sequence's last token; greedy sampling (argmax).
+
+Prompt token ids are drawn per request from ``torch.Generator().manual_seed(seed + id)``
+(:func:`prompt_ids`), so a test can run the same prompt through the model's own generation.
+
+:func:`calibrate_steps` times this step over a grid of mixes and fits a per-step time with the
+simulator's terms, for ``simulate()`` to be held against :func:`serve`'s measured latencies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from costmodel.errors import SpecError
+from costmodel.simulate import RequestResult, SchedulerConfig, SimulationResult
+from costmodel.spec import ModelSpec
+
+from .layers import apply_rotary
+from .model import Transformer, build_model
+
+
+def check_servable(spec: ModelSpec) -> None:
+    """Refuse, in one line, a spec the server's step does not implement."""
+    why = None
+    if spec.arch != "decoder":
+        why = f"arch {spec.arch!r} (decoder-only models only)"
+    elif spec.mla:
+        why = "latent attention (MLA)"
+    elif spec.num_experts:
+        why = "mixture of experts"
+    elif any(t != "full_attention" for t in spec.layer_types):
+        why = "sliding or chunked attention layers"
+    elif spec.norm_position != "pre":
+        why = f"norm_position {spec.norm_position!r} (pre-norm only)"
+    elif spec.position_kind not in ("rotary", "learned"):
+        why = f"{spec.position_kind} positions (rotary or learned only)"
+    if why:
+        raise SpecError(f"the reference server cannot serve {spec.name}: {why}")
+
+
+def prompt_ids(spec: ModelSpec, request, seed: int = 0) -> list[int]:
+    """The prompt token ids of ``request``: uniform over the vocabulary, from seed + request id."""
+    g = torch.Generator().manual_seed(seed + request.id)
+    return torch.randint(0, spec.vocab_size, (request.prompt_tokens,), generator=g).tolist()
+
+
+class PagedStep:
+    """The server's forward step over a paged KV cache of ``num_blocks`` blocks of ``block_size``."""
+
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int):
+        check_servable(model.spec)
+        self.model, self.spec, self.bs = model, model.spec, block_size
+        p = model.tok_embeddings.weight
+        s = self.spec
+        shape = (num_blocks, block_size, s.num_kv_heads, s.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype) for _ in model.layers]
+        self.v = [torch.zeros(shape, dtype=p.dtype) for _ in model.layers]
+
+    def _attention(self, attn, x: Tensor, positions: Tensor, seqs, li: int) -> Tensor:
+        """x: [1, T, h] of the flattened batch; seqs: [(start in T, n new, cached before, block table)]."""
+        _, T, _ = x.shape
+        H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        q, k = attn.q_proj(x), attn.k_proj(x)
+        if attn.qk_norm == "full":
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.view(1, T, H, d), k.view(1, T, Hkv, d)
+        if attn.qk_norm == "head":
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [1, H, T, d], [1, Hkv, T, d]
+        v = attn.v_proj(x).view(1, T, Hkv, d)
+        if self.spec.position_kind == "rotary":
+            cos, sin = self.model.rope_cos[positions].to(x.dtype), self.model.rope_sin[positions].to(x.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k = k.transpose(1, 2)[0]  # [T, Hkv, d]
+        v = v[0]
+        # the new keys into their slots: position p of a sequence -> (table[p // bs], p % bs)
+        slot_block, slot_off = self._slots
+        kp, vp = self.k[li], self.v[li]
+        kp[slot_block, slot_off] = k
+        vp[slot_block, slot_off] = v
+        ys = []
+        for start, n, c, table in seqs:
+            S = c + n
+            tb = torch.tensor(table, dtype=torch.long)
+            ks = kp[tb].reshape(-1, Hkv, d)[:S].transpose(0, 1)[None]  # [1, Hkv, S, d]
+            vs = vp[tb].reshape(-1, Hkv, d)[:S].transpose(0, 1)[None]
+            if Hkv != H:
+                ks, vs = ks.repeat_interleave(H // Hkv, dim=1), vs.repeat_interleave(H // Hkv, dim=1)
+            qs = q[:, :, start:start + n]  # [1, H, n, d]
+            if n == 1:
+                y = F.scaled_dot_product_attention(qs, ks, vs, scale=attn.scale)
+            else:  # query i at position c + i sees keys 0 .. c + i
+                mask = torch.arange(S)[None, :] <= (c + torch.arange(n))[:, None]
+                y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=attn.scale)
+            ys.append(y)
+        y = torch.cat(ys, dim=2) if len(ys) > 1 else ys[0]  # [1, H, T, d]
+        return attn.o_proj(y.transpose(1, 2).reshape(1, T, H * d))
+
+    @torch.no_grad()
+    def __call__(self, items) -> Tensor:
+        """items: [(token ids fed, cached positions before, block table)] -> greedy next token of each
+        sequence's last fed position, a LongTensor [len(items)]."""
+        tokens, positions, seqs, blocks, offs = [], [], [], [], []
+        start = 0
+        for ids, c, table in items:
+            n = len(ids)
+            tokens.extend(ids)
+            pos = range(c, c + n)
+            positions.extend(pos)
+            blocks.extend(table[p // self.bs] for p in pos)
+            offs.extend(p % self.bs for p in pos)
+            seqs.append((start, n, c, table))
+            start += n
+        tok = torch.tensor(tokens, dtype=torch.long)[None]
+        pos = torch.tensor(positions, dtype=torch.long)
+        self._slots = (torch.tensor(blocks, dtype=torch.long), torch.tensor(offs, dtype=torch.long))
+        m = self.model
+        x = m.tok_embeddings(tok)
+        if m.pos_embeddings is not None:
+            x = x + m.pos_embeddings(pos)
+        for li, layer in enumerate(m.layers):
+            if layer.parallel:
+                h = layer.attn_norm(x)
+                mm = h if layer.mlp_norm is None else layer.mlp_norm(x)
+                x = x + self._attention(layer.attention, h, pos, seqs, li) + layer.mlp(mm)
+            else:
+                x = x + self._attention(layer.attention, layer.attn_norm(x), pos, seqs, li)
+                x = x + layer.mlp(layer.mlp_norm(x))
+        last = torch.tensor([s + n - 1 for s, n, _, _ in seqs], dtype=torch.long)
+        logits = m.lm_head(m.final_norm(x[0, last]))  # [R, V]: each sequence's last token only
+        return logits.argmax(dim=-1)
+
+
+def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConfig = SchedulerConfig(),
+          seed: int = 0, dtype: str = "fp32", threads: int = 1, model: Transformer | None = None,
+          tokens_out: dict | None = None) -> SimulationResult:
+    """Serve ``requests`` on the reference model of ``spec`` (seeded weights; or ``model``) in real
+    time: a request is not seen before its ``arrival_s`` (seconds after the start, by
+    ``time.perf_counter``); idle, the server sleeps until the next arrival. Returns the rows of
+    :func:`costmodel.simulate.simulate` (first token and finish times measured at the end of the
+    step that emitted them). ``tokens_out``: filled with {request id: generated token ids}."""
+    if isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int) or kv_blocks < 1:
+        raise SpecError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
+    check_servable(spec)
+    torch.set_num_threads(threads)
+    if model is None:
+        model = build_model(spec, dtype=dtype, seed=seed)
+    step = PagedStep(model, kv_blocks, scheduler.block_size)
+    reqs = sorted(requests, key=lambda q: q.arrival_s)
+    n = len(reqs)
+    bs, budget0, max_seqs = scheduler.block_size, scheduler.max_num_batched_tokens, scheduler.max_num_seqs
+    chunked = scheduler.chunked_prefill
+    prompt = [q.prompt_tokens for q in reqs]
+    want = [q.output_tokens for q in reqs]
+    ids = [prompt_ids(spec, q, seed) for q in reqs]  # prompt + generated token ids
+    num_tokens = prompt[:]
+    computed = [0] * n
+    out = [0] * n
+    table = [[] for _ in range(n)]
+    first = [None] * n
+    last = [0.0] * n
+    itl = []
+    finish = [None] * n
+    preempt = [0] * n
+    status = ["unfinished"] * n
+    waiting: deque = deque()
+    running: list = []
+    free_list = list(range(kv_blocks - 1, -1, -1))
+    ai, iterations, busy = 0, 0, 0.0
+    total_preempt, peak, blocks_time, in_sys_time = 0, 0, 0.0, 0.0
+    series = []
+
+    def can_ever_run(i):
+        positions = prompt[i] + want[i] - 1
+        if -(-positions // bs) > kv_blocks:
+            return False
+        return chunked or prompt[i] <= budget0
+
+    def take(r, need):
+        for _ in range(need):
+            table[r].append(free_list.pop())
+
+    t0 = time.perf_counter()
+    now = 0.0
+    while True:
+        now = time.perf_counter() - t0
+        while ai < n and reqs[ai].arrival_s <= now:
+            if can_ever_run(ai):
+                waiting.append(ai)
+            else:
+                status[ai] = "rejected"
+            ai += 1
+        if not waiting and not running:
+            if ai >= n:
+                break
+            time.sleep(max(0.0, reqs[ai].arrival_s - (time.perf_counter() - t0)))
+            continue
+        budget = budget0
+        sched, fed = [], []
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            c = computed[r]
+            left = num_tokens[r] - c
+            n_new = left if left < budget else budget
+            need = (c + n_new + bs - 1) // bs - len(table[r])
+            if need > len(free_list):
+                while need > len(free_list):
+                    victim = running.pop()
+                    free_list.extend(table[victim])
+                    table[victim] = []
+                    computed[victim] = 0
+                    preempt[victim] += 1
+                    total_preempt += 1
+                    waiting.appendleft(victim)
+                    preempted = True
+                    if victim == r:
+                        break
+                if i >= len(running):
+                    break
+            take(r, need)
+            sched.append(r)
+            fed.append(n_new)
+            budget -= n_new
+            i += 1
+        if not preempted:
+            while waiting and budget > 0 and len(running) < max_seqs:
+                r = waiting[0]
+                c = computed[r]
+                left = num_tokens[r] - c
+                if not chunked and left > budget:
+                    break
+                n_new = left if left < budget else budget
+                need = (c + n_new + bs - 1) // bs - len(table[r])
+                if need > len(free_list):
+                    break
+                waiting.popleft()
+                running.append(r)
+                take(r, need)
+                sched.append(r)
+                fed.append(n_new)
+                budget -= n_new
+        if not sched:
+            if preempted:
+                continue
+            r = waiting.popleft()
+            status[r] = "rejected"
+            continue
+        used = kv_blocks - len(free_list)
+        peak = max(peak, used)
+        series.append((now, len(waiting), len(running), used))
+        start = now
+        nxt = step([(ids[r][computed[r]:computed[r] + k], computed[r], table[r]) for r, k in zip(sched, fed)])
+        now = time.perf_counter() - t0
+        dt = now - start
+        blocks_time += used * dt
+        in_sys_time += (len(waiting) + len(running)) * dt
+        busy += dt
+        iterations += 1
+        done = False
+        nxt = nxt.tolist()
+        for j, (r, k) in enumerate(zip(sched, fed)):
+            c = computed[r] + k
+            computed[r] = c
+            if c == num_tokens[r]:
+                o = out[r] + 1
+                out[r] = o
+                num_tokens[r] = c + 1
+                ids[r].append(nxt[j])
+                if first[r] is None:
+                    first[r] = now
+                else:
+                    itl.append((now - last[r], 1))  # measured inter-token gap
+                last[r] = now
+                if o >= want[r]:
+                    finish[r] = now
+                    status[r] = "finished"
+                    free_list.extend(table[r])
+                    table[r] = []
+                    done = True
+        if done:
+            running = [r for r in running if finish[r] is None]
+    if tokens_out is not None:
+        for i in range(n):
+            tokens_out[reqs[i].id] = ids[i][prompt[i]:]
+    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], out[i], first[i], finish[i], preempt[i],
+                             status[i]) for i in range(n)]
+    config = {"model": spec.name, "server": "profiler.serving", "scheduler": scheduler.to_dict(),
+              "threads": threads, "dtype": dtype}
+    return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
+                            blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
+                            series, config, itl)
