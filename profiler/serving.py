@@ -167,6 +167,10 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
     step = PagedStep(model, kv_blocks, scheduler.block_size)
     reqs = sorted(requests, key=lambda q: q.arrival_s)
     n = len(reqs)
+    for q in reqs:
+        if q.prompt_tokens + q.output_tokens - 1 > spec.max_position_embeddings:
+            raise SpecError(f"request {q.id} needs {q.prompt_tokens + q.output_tokens - 1} positions, more than "
+                            f"{spec.name}'s max_position_embeddings {spec.max_position_embeddings}")
     bs, budget0, max_seqs = scheduler.block_size, scheduler.max_num_batched_tokens, scheduler.max_num_seqs
     chunked = scheduler.chunked_prefill
     prompt = [q.prompt_tokens for q in reqs]
@@ -310,3 +314,105 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
     return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
                             blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
                             series, config, itl)
+
+
+# --- A per-step time model of this server, calibrated by timing its own step ----------------------
+
+STEP_TERMS = ("per_pass_s", "per_token_s", "per_seq_s", "per_qk_s", "per_key_s")
+
+
+def step_terms(prefill_chunks, decode_contexts) -> list[float]:
+    """The simulator's terms of one step: [1, tokens T, sequences R, sum q*k, sum k], a chunk
+    (n new, c cached) attending q = n queries over k = c + n keys, a decode q = 1 over c + 1."""
+    T = R = qk = k = 0
+    for n, c in prefill_chunks:
+        T, R, qk, k = T + n, R + 1, qk + n * (c + n), k + c + n
+    for c in decode_contexts:
+        T, R, qk, k = T + 1, R + 1, qk + c + 1, k + c + 1
+    return [1.0, float(T), float(R), float(qk), float(k)]
+
+
+class StepTimeModel:
+    """Seconds of one server step: coefficients x :func:`step_terms`; ``seconds`` as
+    :meth:`costmodel.simulate.IterationCost.seconds` takes its arguments, so ``simulate()`` runs on it."""
+
+    def __init__(self, coefficients: dict, samples: list | None = None, description: dict | None = None):
+        self.coefficients = dict(coefficients)
+        self.samples = samples or []  # (prefill_chunks, decode_contexts, measured s, fitted s)
+        self.description = description or {}
+
+    def seconds(self, prefill_chunks, decode_contexts) -> float:
+        x = step_terms(prefill_chunks, decode_contexts)
+        return sum(self.coefficients[t] * v for t, v in zip(STEP_TERMS, x))
+
+    def to_dict(self) -> dict:
+        return {**self.coefficients, **self.description,
+                "samples": [{"prefill_chunks": p, "decode_contexts": d, "measured_s": m, "fitted_s": f}
+                            for p, d, m, f in self.samples]}
+
+
+def default_grid(max_tokens: int = 256) -> list:
+    """Mixes of (prefill chunks, decode contexts): prefill chunks alone, decode batches x contexts, both."""
+    grid = []
+    for n in (8, 32, 64, 128, 256):
+        if n <= max_tokens:
+            for c in (0, 64, 128):
+                grid.append(([(n, c)], []))
+    for b in (1, 2, 4, 8, 16, 32):
+        for c in (16, 64, 128, 256):
+            grid.append(([], [c] * b))
+    for n, b, c in ((32, 4, 64), (64, 8, 96), (16, 16, 80), (128, 2, 32)):
+        if n <= max_tokens:
+            grid.append(([(n, 0)], [c] * b))
+    return grid
+
+
+def calibrate_steps(spec: ModelSpec, *, seed: int = 0, dtype: str = "fp32", threads: int = 1, block_size: int = 16,
+                    grid=None, reps: int = 15, model: Transformer | None = None) -> StepTimeModel:
+    """Time the server's own step (:class:`PagedStep`, with the building of its inputs) over ``grid``
+    (default :func:`default_grid`): each mix once to warm up, then the median of ``reps``; fit
+    :data:`STEP_TERMS` by least squares on the relative error (each row divided by its measured
+    time), terms whose coefficient comes out negative dropped and the rest refitted."""
+    check_servable(spec)
+    torch.set_num_threads(threads)
+    if model is None:
+        model = build_model(spec, dtype=dtype, seed=seed)
+    if grid is None:  # the mixes whose positions fit the model's
+        grid = [(p, d) for p, d in default_grid() if max([c + n for n, c in p] + [c + 1 for c in d])
+                <= spec.max_position_embeddings]
+    need = max(sum(-(-(c + n) // block_size) for n, c in p) + sum(-(-(c + 1) // block_size) for c in d)
+               for p, d in grid)
+    step = PagedStep(model, need, block_size)
+    g = torch.Generator().manual_seed(seed)
+    rows, ys = [], []
+    for chunks, decodes in grid:
+        items, nb = [], 0
+        for n, c in list(chunks) + [(1, c) for c in decodes]:
+            nblk = -(-(c + n) // block_size)
+            table = list(range(nb, nb + nblk))
+            nb += nblk
+            ids = torch.randint(0, spec.vocab_size, (c + n,), generator=g).tolist()
+            items.append((ids, c, table))
+        times = []
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            step([(ids[c:], c, table) for ids, c, table in items])
+            times.append(time.perf_counter() - t)
+        times = sorted(times[1:])
+        rows.append(step_terms(chunks, decodes))
+        ys.append(times[len(times) // 2])
+    X, y = torch.tensor(rows, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+    keep = list(range(len(STEP_TERMS)))
+    while True:
+        A = X[:, keep] / y[:, None]
+        sol = torch.linalg.lstsq(A, torch.ones_like(y)[:, None]).solution[:, 0]
+        if (sol >= 0).all() or len(keep) == 1:
+            break
+        keep = [k for k, s in zip(keep, sol.tolist()) if s >= 0] or keep[:1]
+    coef = {t: 0.0 for t in STEP_TERMS}
+    for k, s in zip(keep, sol.tolist()):
+        coef[STEP_TERMS[k]] = max(s, 0.0)
+    cost = StepTimeModel(coef, description={"model": spec.name, "threads": threads, "dtype": dtype,
+                                            "block_size": block_size, "reps": reps})
+    cost.samples = [(list(p), list(d), m, cost.seconds(p, d)) for (p, d), m in zip(grid, ys)]
+    return cost

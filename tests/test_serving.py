@@ -84,3 +84,26 @@ def test_server_schedules_as_simulate():
                                                                       sim.kv_blocks_peak)
     assert [r.preemptions for r in res.requests] == [r.preemptions for r in sim.requests]
     assert [r.generated_tokens for r in res.requests] == [r.output_tokens for r in reqs]
+
+
+def test_step_terms_by_hand():
+    from profiler.serving import step_terms
+
+    # a chunk of 8 new over 4 cached: T 8, q*k 8 * 12 = 96, k 12; decodes over 5 and 9 cached:
+    # T 1 + 1, q*k 6 + 10, k 6 + 10 -> [1, 10, 3, 112, 28]
+    assert step_terms([(8, 4)], [5, 9]) == [1.0, 10.0, 3.0, 112.0, 28.0]
+
+
+def test_calibrated_steps_drive_simulate():
+    from costmodel.simulate import simulate
+    from profiler.serving import STEP_TERMS, calibrate_steps, step_terms
+
+    spec = get_model("tiny-llama")
+    grid = [([(8, 0)], []), ([(32, 16)], []), ([], [16]), ([], [16] * 4), ([(16, 0)], [32] * 2), ([], [64] * 8)]
+    cost = calibrate_steps(spec, grid=grid, reps=2)
+    assert set(cost.coefficients) == set(STEP_TERMS) and min(cost.coefficients.values()) >= 0
+    assert len(cost.samples) == len(grid)
+    x = step_terms([(8, 4)], [5, 9])
+    assert cost.seconds([(8, 4)], [5, 9]) == pytest.approx(sum(cost.coefficients[t] * v for t, v in zip(STEP_TERMS, x)))
+    res = simulate(REQS, cost, 64, SchedulerConfig(max_num_batched_tokens=16, block_size=4))
+    assert all(r.status == "finished" for r in res.requests)
