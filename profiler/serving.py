@@ -23,6 +23,7 @@ simulator's terms, for ``simulate()`` to be held against :func:`serve`'s measure
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import deque
 
@@ -72,8 +73,15 @@ class PagedStep:
         p = model.tok_embeddings.weight
         s = self.spec
         shape = (num_blocks, block_size, s.num_kv_heads, s.head_dim)
-        self.k = [torch.zeros(shape, dtype=p.dtype) for _ in model.layers]
-        self.v = [torch.zeros(shape, dtype=p.dtype) for _ in model.layers]
+        # zero_() touches every page now, not in the first steps that write there
+        self.k = [torch.empty(shape, dtype=p.dtype).zero_() for _ in model.layers]
+        self.v = [torch.empty(shape, dtype=p.dtype).zero_() for _ in model.layers]
+
+    def warm_up(self) -> None:
+        """A few steps before the clock starts (first calls allocate); they write block 0's slots only,
+        which a request writes again before it reads them."""
+        for n in (1, 2, self.bs):
+            self([([0] * n, 0, [0])])
 
     def _attention(self, attn, x: Tensor, positions: Tensor, seqs, li: int) -> Tensor:
         """x: [1, T, h] of the flattened batch; seqs: [(start in T, n new, cached before, block table)]."""
@@ -152,18 +160,31 @@ class PagedStep:
 
 def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConfig = SchedulerConfig(),
           seed: int = 0, dtype: str = "fp32", threads: int = 1, model: Transformer | None = None,
-          tokens_out: dict | None = None) -> SimulationResult:
+          tokens_out: dict | None = None, steps_out: list | None = None) -> SimulationResult:
     """Serve ``requests`` on the reference model of ``spec`` (seeded weights; or ``model``) in real
     time: a request is not seen before its ``arrival_s`` (seconds after the start, by
     ``time.perf_counter``); idle, the server sleeps until the next arrival. Returns the rows of
     :func:`costmodel.simulate.simulate` (first token and finish times measured at the end of the
-    step that emitted them). ``tokens_out``: filled with {request id: generated token ids}."""
+    step that emitted them). ``tokens_out``: filled with {request id: generated token ids};
+    ``steps_out``: a list, appended (prefill chunks, decode contexts, step s, iteration s) per iteration
+    (the step: the model's forward; the iteration: scheduling + step + bookkeeping)."""
     if isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int) or kv_blocks < 1:
         raise SpecError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
     check_servable(spec)
     torch.set_num_threads(threads)
     if model is None:
         model = build_model(spec, dtype=dtype, seed=seed)
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()  # no collector pause inside the measured run
+    try:
+        return _serve(spec, requests, kv_blocks, scheduler, seed, dtype, threads, model, tokens_out, steps_out)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _serve(spec, requests, kv_blocks, scheduler, seed, dtype, threads, model, tokens_out, steps_out):
     step = PagedStep(model, kv_blocks, scheduler.block_size)
     reqs = sorted(requests, key=lambda q: q.arrival_s)
     n = len(reqs)
@@ -203,6 +224,7 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
         for _ in range(need):
             table[r].append(free_list.pop())
 
+    step.warm_up()
     t0 = time.perf_counter()
     now = 0.0
     while True:
@@ -220,6 +242,7 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
             continue
         budget = budget0
         sched, fed = [], []
+        chunks, decodes = [], []  # the mix, as simulate() gives it to IterationCost.seconds
         preempted = False
         i = 0
         while i < len(running) and budget > 0:
@@ -245,6 +268,10 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
             take(r, need)
             sched.append(r)
             fed.append(n_new)
+            if n_new == 1 and left == 1 and out[r]:
+                decodes.append(c)
+            else:
+                chunks.append((n_new, c))
             budget -= n_new
             i += 1
         if not preempted:
@@ -263,6 +290,7 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
                 take(r, need)
                 sched.append(r)
                 fed.append(n_new)
+                chunks.append((n_new, c))
                 budget -= n_new
         if not sched:
             if preempted:
@@ -274,9 +302,13 @@ def serve(spec: ModelSpec, requests, *, kv_blocks: int, scheduler: SchedulerConf
         peak = max(peak, used)
         series.append((now, len(waiting), len(running), used))
         start = now
+        ts = time.perf_counter()
         nxt = step([(ids[r][computed[r]:computed[r] + k], computed[r], table[r]) for r, k in zip(sched, fed)])
-        now = time.perf_counter() - t0
+        te = time.perf_counter()
+        now = te - t0
         dt = now - start
+        if steps_out is not None:
+            steps_out.append((chunks, decodes, te - ts, dt))
         blocks_time += used * dt
         in_sys_time += (len(waiting) + len(running)) * dt
         busy += dt
@@ -370,7 +402,8 @@ def default_grid(max_tokens: int = 256) -> list:
 def calibrate_steps(spec: ModelSpec, *, seed: int = 0, dtype: str = "fp32", threads: int = 1, block_size: int = 16,
                     grid=None, reps: int = 15, model: Transformer | None = None) -> StepTimeModel:
     """Time the server's own step (:class:`PagedStep`, with the building of its inputs) over ``grid``
-    (default :func:`default_grid`): each mix once to warm up, then the median of ``reps``; fit
+    (default :func:`default_grid`): ``reps`` rounds over the grid after a warm-up round, each mix's
+    median taken; fit
     :data:`STEP_TERMS` by least squares on the relative error (each row divided by its measured
     time), terms whose coefficient comes out negative dropped and the rest refitted."""
     check_servable(spec)
@@ -384,7 +417,7 @@ def calibrate_steps(spec: ModelSpec, *, seed: int = 0, dtype: str = "fp32", thre
                for p, d in grid)
     step = PagedStep(model, need, block_size)
     g = torch.Generator().manual_seed(seed)
-    rows, ys = [], []
+    mixes = []
     for chunks, decodes in grid:
         items, nb = [], 0
         for n, c in list(chunks) + [(1, c) for c in decodes]:
@@ -393,14 +426,24 @@ def calibrate_steps(spec: ModelSpec, *, seed: int = 0, dtype: str = "fp32", thre
             nb += nblk
             ids = torch.randint(0, spec.vocab_size, (c + n,), generator=g).tolist()
             items.append((ids, c, table))
-        times = []
-        for _ in range(reps + 1):
-            t = time.perf_counter()
-            step([(ids[c:], c, table) for ids, c, table in items])
-            times.append(time.perf_counter() - t)
-        times = sorted(times[1:])
-        rows.append(step_terms(chunks, decodes))
-        ys.append(times[len(times) // 2])
+        mixes.append(items)
+    step.warm_up()
+    times = [[] for _ in grid]
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:  # round after round over the whole grid, so that a slow spell of the machine spreads over all
+        for rep in range(reps + 1):
+            for j, items in enumerate(mixes):
+                t = time.perf_counter()
+                step([(ids[c:], c, table) for ids, c, table in items])
+                if rep:
+                    times[j].append(time.perf_counter() - t)
+    finally:
+        if was:
+            gc.enable()
+    rows = [step_terms(p, d) for p, d in grid]
+    ys = [sorted(t)[len(t) // 2] for t in times]
     X, y = torch.tensor(rows, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
     keep = list(range(len(STEP_TERMS)))
     while True:
