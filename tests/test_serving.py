@@ -62,6 +62,11 @@ def test_server_tokens_equal_reference_generation(name, sched, kv_blocks, preemp
 def test_server_refuses_what_it_does_not_build():
     with pytest.raises(SpecError, match="cannot serve tiny-bert"):
         check_servable(get_model("tiny-bert"))
+    # tiny-llama has 256 positions: 250 + 8 - 1 = 257 do not fit
+    with pytest.raises(SpecError, match="request 0 needs 257 positions"):
+        serve(get_model("tiny-llama"), [Request(0, 0.0, 250, 8)], kv_blocks=64)
+    with pytest.raises(SpecError, match="kv_blocks must be a positive integer"):
+        serve(get_model("tiny-llama"), REQS, kv_blocks=0)
 
 
 class _Const:
