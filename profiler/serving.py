@@ -5,8 +5,8 @@ through the reference model one iteration at a time, with the scheduling rules o
 :func:`costmodel.simulate.simulate` (running requests first in admission order, chunked prefill
 under ``max_num_batched_tokens``, ``max_num_seqs``, a paged KV cache of ``kv_blocks`` blocks
 allocated as positions grow, pre-emption by recompute from the back of the running list, no
-admission in a step that pre-empted). The loop is written out here with the same rules as
-``simulate()`` (not shared code: see the report / benchmarks README); the step is the model's.
+admission in a step that pre-empted): both run :class:`costmodel.simulate.BatchScheduler`; the
+server keeps each request's block ids to the scheduler's block counts. The step is the model's.
 
 The step: the tokens of every scheduled request flattened into one ``[1, T]`` batch for the
 embeddings, projections, norms and MLP (each token at its own position); attention per sequence
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from costmodel.errors import SpecError
-from costmodel.simulate import RequestResult, SchedulerConfig, SimulationResult
+from costmodel.simulate import BatchScheduler, RequestResult, SchedulerConfig, SimulationResult
 from costmodel.spec import ModelSpec
 
 from .layers import apply_rotary
@@ -192,158 +192,86 @@ def _serve(spec, requests, kv_blocks, scheduler, seed, dtype, threads, model, to
         if q.prompt_tokens + q.output_tokens - 1 > spec.max_position_embeddings:
             raise SpecError(f"request {q.id} needs {q.prompt_tokens + q.output_tokens - 1} positions, more than "
                             f"{spec.name}'s max_position_embeddings {spec.max_position_embeddings}")
-    bs, budget0, max_seqs = scheduler.block_size, scheduler.max_num_batched_tokens, scheduler.max_num_seqs
-    chunked = scheduler.chunked_prefill
     prompt = [q.prompt_tokens for q in reqs]
     want = [q.output_tokens for q in reqs]
+    S = BatchScheduler(prompt, want, kv_blocks, scheduler)  # simulate()'s scheduler, block counts
     ids = [prompt_ids(spec, q, seed) for q in reqs]  # prompt + generated token ids
-    num_tokens = prompt[:]
-    computed = [0] * n
-    out = [0] * n
-    table = [[] for _ in range(n)]
+    table = [[] for _ in range(n)]  # each request's block ids, kept to S.blocks' counts
+    free_list = list(range(kv_blocks - 1, -1, -1))
     first = [None] * n
     last = [0.0] * n
     itl = []
     finish = [None] * n
-    preempt = [0] * n
     status = ["unfinished"] * n
-    waiting: deque = deque()
-    running: list = []
-    free_list = list(range(kv_blocks - 1, -1, -1))
     ai, iterations, busy = 0, 0, 0.0
-    total_preempt, peak, blocks_time, in_sys_time = 0, 0, 0.0, 0.0
+    peak, blocks_time, in_sys_time = 0, 0.0, 0.0
     series = []
-
-    def can_ever_run(i):
-        positions = prompt[i] + want[i] - 1
-        if -(-positions // bs) > kv_blocks:
-            return False
-        return chunked or prompt[i] <= budget0
-
-    def take(r, need):
-        for _ in range(need):
-            table[r].append(free_list.pop())
-
     step.warm_up()
+
     t0 = time.perf_counter()
     now = 0.0
     while True:
         now = time.perf_counter() - t0
         while ai < n and reqs[ai].arrival_s <= now:
-            if can_ever_run(ai):
-                waiting.append(ai)
+            if S.can_ever_run(ai):
+                S.waiting.append(ai)
             else:
                 status[ai] = "rejected"
             ai += 1
-        if not waiting and not running:
+        if not S.waiting and not S.running:
             if ai >= n:
                 break
             time.sleep(max(0.0, reqs[ai].arrival_s - (time.perf_counter() - t0)))
             continue
-        budget = budget0
-        sched, fed = [], []
-        chunks, decodes = [], []  # the mix, as simulate() gives it to IterationCost.seconds
-        preempted = False
-        i = 0
-        while i < len(running) and budget > 0:
-            r = running[i]
-            c = computed[r]
-            left = num_tokens[r] - c
-            n_new = left if left < budget else budget
-            need = (c + n_new + bs - 1) // bs - len(table[r])
-            if need > len(free_list):
-                while need > len(free_list):
-                    victim = running.pop()
-                    free_list.extend(table[victim])
-                    table[victim] = []
-                    computed[victim] = 0
-                    preempt[victim] += 1
-                    total_preempt += 1
-                    waiting.appendleft(victim)
-                    preempted = True
-                    if victim == r:
-                        break
-                if i >= len(running):
-                    break
-            take(r, need)
-            sched.append(r)
-            fed.append(n_new)
-            if n_new == 1 and left == 1 and out[r]:
-                decodes.append(c)
-            else:
-                chunks.append((n_new, c))
-            budget -= n_new
-            i += 1
-        if not preempted:
-            while waiting and budget > 0 and len(running) < max_seqs:
-                r = waiting[0]
-                c = computed[r]
-                left = num_tokens[r] - c
-                if not chunked and left > budget:
-                    break
-                n_new = left if left < budget else budget
-                need = (c + n_new + bs - 1) // bs - len(table[r])
-                if need > len(free_list):
-                    break
-                waiting.popleft()
-                running.append(r)
-                take(r, need)
-                sched.append(r)
-                fed.append(n_new)
-                chunks.append((n_new, c))
-                budget -= n_new
+        sched, fed, chunks, decodes, preempted = S.schedule()
+        for v in S.victims:  # pre-empted: their blocks back to the pool
+            free_list.extend(table[v])
+            table[v] = []
         if not sched:
             if preempted:
                 continue
-            r = waiting.popleft()
+            r = S.waiting.popleft()
             status[r] = "rejected"
             continue
-        used = kv_blocks - len(free_list)
+        for r in sched:  # the blocks the scheduler counted in, taken from the pool
+            for _ in range(S.blocks[r] - len(table[r])):
+                table[r].append(free_list.pop())
+        used = kv_blocks - S.free
         peak = max(peak, used)
-        series.append((now, len(waiting), len(running), used))
+        series.append((now, len(S.waiting), len(S.running), used))
         start = now
         ts = time.perf_counter()
-        nxt = step([(ids[r][computed[r]:computed[r] + k], computed[r], table[r]) for r, k in zip(sched, fed)])
+        nxt = step([(ids[r][S.computed[r]:S.computed[r] + k], S.computed[r], table[r]) for r, k in zip(sched, fed)])
         te = time.perf_counter()
         now = te - t0
         dt = now - start
         if steps_out is not None:
             steps_out.append((chunks, decodes, te - ts, dt))
         blocks_time += used * dt
-        in_sys_time += (len(waiting) + len(running)) * dt
+        in_sys_time += (len(S.waiting) + len(S.running)) * dt
         busy += dt
         iterations += 1
-        done = False
-        nxt = nxt.tolist()
-        for j, (r, k) in enumerate(zip(sched, fed)):
-            c = computed[r] + k
-            computed[r] = c
-            if c == num_tokens[r]:
-                o = out[r] + 1
-                out[r] = o
-                num_tokens[r] = c + 1
-                ids[r].append(nxt[j])
-                if first[r] is None:
-                    first[r] = now
-                else:
-                    itl.append((now - last[r], 1))  # measured inter-token gap
-                last[r] = now
-                if o >= want[r]:
-                    finish[r] = now
-                    status[r] = "finished"
-                    free_list.extend(table[r])
-                    table[r] = []
-                    done = True
-        if done:
-            running = [r for r in running if finish[r] is None]
+        nxt = dict(zip(sched, nxt.tolist()))
+        for r, o in S.advance(sched, fed):
+            ids[r].append(nxt[r])
+            if first[r] is None:
+                first[r] = now
+            else:
+                itl.append((now - last[r], 1))  # measured inter-token gap
+            last[r] = now
+            if o >= want[r]:
+                finish[r] = now
+                status[r] = "finished"
+                free_list.extend(table[r])
+                table[r] = []
     if tokens_out is not None:
         for i in range(n):
             tokens_out[reqs[i].id] = ids[i][prompt[i]:]
-    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], out[i], first[i], finish[i], preempt[i],
-                             status[i]) for i in range(n)]
+    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], S.out[i], first[i], finish[i],
+                             S.preempt[i], status[i]) for i in range(n)]
     config = {"model": spec.name, "server": "profiler.serving", "scheduler": scheduler.to_dict(),
               "threads": threads, "dtype": dtype}
-    return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
+    return SimulationResult(results, iterations, now, S.total_preempt, kv_blocks, peak,
                             blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
                             series, config, itl)
 

@@ -76,7 +76,8 @@ class _Const:
 
 def test_server_schedules_as_simulate():
     """All arriving at 0 the schedule does not depend on the clock: the server's iterations,
-    pre-emptions (per request) and peak blocks are simulate()'s."""
+    pre-emptions (per request) and peak blocks are simulate()'s (both run BatchScheduler; this
+    checks the server's use of it: block ids kept to its counts, arrivals, emissions)."""
     from costmodel.simulate import simulate
 
     spec = get_model("tiny-llama")
