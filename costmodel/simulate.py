@@ -581,58 +581,51 @@ class SimulationResult:
         return d
 
 
-def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: SchedulerConfig = SchedulerConfig(),
-             max_time_s: float | None = None, config: dict | None = None) -> SimulationResult:
-    """Serve ``requests`` (sorted by arrival) with ``kv_blocks`` KV-cache blocks under ``scheduler``;
-    step times from ``cost``. ``max_time_s``: stop there, reporting the rest unfinished."""
-    reqs = sorted(requests, key=lambda q: q.arrival_s)
-    n = len(reqs)
-    bs, budget0, max_seqs = scheduler.block_size, scheduler.max_num_batched_tokens, scheduler.max_num_seqs
-    chunked = scheduler.chunked_prefill
-    prompt = [q.prompt_tokens for q in reqs]
-    want = [q.output_tokens for q in reqs]
-    num_tokens = prompt[:]  # prompt + generated
-    computed = [0] * n
-    out = [0] * n
-    blocks = [0] * n
-    first = [None] * n
-    last = [0.0] * n  # when each request last emitted a token
-    itl_steps = []  # (step seconds, tokens that came one step after their previous one)
-    itl_other = []  # inter-token gaps spanning more than one step (a pre-emption in between)
-    finish = [None] * n
-    preempt = [0] * n
-    status = ["unfinished"] * n
-    waiting: deque = deque()
-    running: list = []
-    free = kv_blocks
-    now, ai, iterations, busy = 0.0, 0, 0, 0.0
-    total_preempt, peak, blocks_time, in_sys_time = 0, 0, 0.0, 0.0
-    series = []
+class BatchScheduler:
+    """The scheduling state of requests ``0 .. n-1`` and one iteration's decision, as the module
+    docstring describes; :func:`simulate` and the reference server (``profiler.serving.serve``)
+    both run it, so the two schedule alike by construction.
 
-    def can_ever_run(i):
-        positions = prompt[i] + want[i] - 1  # the last token is emitted, never fed
-        if -(-positions // bs) > kv_blocks:
+    ``schedule()`` -> (scheduled requests, tokens fed each, prefill chunks, decode contexts,
+    pre-empted in this call): block counts in ``blocks`` already updated (the KV-cache positions
+    of the tokens fed are allocated, the pre-empted ones' freed; ``victims`` lists those pre-empted
+    this call). ``advance(scheduled, fed)`` after the step: computed positions move on; returns
+    (request, tokens emitted so far) for each that emitted a token, a finished one's blocks freed."""
+
+    def __init__(self, prompt, want, kv_blocks: int, scheduler: SchedulerConfig):
+        self.bs, self.budget0 = scheduler.block_size, scheduler.max_num_batched_tokens
+        self.max_seqs, self.chunked = scheduler.max_num_seqs, scheduler.chunked_prefill
+        self.kv_blocks = kv_blocks
+        n = len(prompt)
+        self.prompt, self.want = list(prompt), list(want)
+        self.num_tokens = list(prompt)  # prompt + generated
+        self.computed = [0] * n
+        self.out = [0] * n
+        self.blocks = [0] * n
+        self.preempt = [0] * n
+        self.finished = [False] * n
+        self.waiting: deque = deque()
+        self.running: list = []
+        self.free = kv_blocks
+        self.total_preempt = 0
+        self.victims: list = []
+
+    def can_ever_run(self, i) -> bool:
+        positions = self.prompt[i] + self.want[i] - 1  # the last token is emitted, never fed
+        if -(-positions // self.bs) > self.kv_blocks:
             return False
-        return chunked or prompt[i] <= budget0  # unchunked, a prompt is scheduled whole
+        return self.chunked or self.prompt[i] <= self.budget0  # unchunked, a prompt is scheduled whole
 
-    while True:
-        while ai < n and reqs[ai].arrival_s <= now:
-            if can_ever_run(ai):
-                waiting.append(ai)
-            else:
-                status[ai] = "rejected"
-            ai += 1
-        if max_time_s is not None and now >= max_time_s:
-            break
-        if not waiting and not running:
-            if ai >= n:
-                break
-            now = reqs[ai].arrival_s
-            continue
-        budget = budget0
+    def schedule(self):
+        bs, max_seqs, chunked = self.bs, self.max_seqs, self.chunked
+        computed, num_tokens, blocks, out = self.computed, self.num_tokens, self.blocks, self.out
+        running, waiting = self.running, self.waiting
+        free = self.free
+        budget = self.budget0
         sched = []  # requests scheduled, with their new tokens in ``fed``
         fed = []
         chunks, decodes = [], []  # the mix: (new tokens, cached before) and decoders' cached positions
+        victims = self.victims = []
         preempted = False
         i = 0
         while i < len(running) and budget > 0:
@@ -646,9 +639,10 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
                     victim = running.pop()
                     free += blocks[victim]
                     blocks[victim] = computed[victim] = 0
-                    preempt[victim] += 1
-                    total_preempt += 1
+                    self.preempt[victim] += 1
+                    self.total_preempt += 1
                     waiting.appendleft(victim)
+                    victims.append(victim)
                     preempted = True
                     if victim == r:
                         break
@@ -683,25 +677,13 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
                 fed.append(n_new)
                 chunks.append((n_new, c))
                 budget -= n_new
-        if not sched:
-            if preempted:  # the only running request was pre-empted: admit again next time round
-                continue
-            r = waiting.popleft()  # nothing runs and the head of the queue cannot be admitted: never
-            status[r] = "rejected"
-            continue
-        dt = cost.seconds(chunks, decodes)
-        used = kv_blocks - free
-        if used > peak:
-            peak = used
-        series.append((now, len(waiting), len(running), used))
-        blocks_time += used * dt
-        in_sys_time += (len(waiting) + len(running)) * dt
-        start = now
-        now += dt
-        busy += dt
-        iterations += 1
+        self.free = free
+        return sched, fed, chunks, decodes, preempted
+
+    def advance(self, sched, fed) -> list:
+        computed, num_tokens, out, want = self.computed, self.num_tokens, self.out, self.want
+        emitted = []
         done = False
-        following = 0
         for r, k in zip(sched, fed):
             c = computed[r] + k
             computed[r] = c
@@ -709,26 +691,87 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
                 o = out[r] + 1
                 out[r] = o
                 num_tokens[r] = c + 1
-                if first[r] is None:
-                    first[r] = now
-                elif last[r] == start:
-                    following += 1
-                else:
-                    itl_other.append(now - last[r])
-                last[r] = now
+                emitted.append((r, o))
                 if o >= want[r]:
-                    finish[r] = now
-                    status[r] = "finished"
-                    free += blocks[r]
-                    blocks[r] = 0
+                    self.finished[r] = True
+                    self.free += self.blocks[r]
+                    self.blocks[r] = 0
                     done = True
+        if done:
+            fin = self.finished
+            self.running = [r for r in self.running if not fin[r]]
+        return emitted
+
+
+def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: SchedulerConfig = SchedulerConfig(),
+             max_time_s: float | None = None, config: dict | None = None) -> SimulationResult:
+    """Serve ``requests`` (sorted by arrival) with ``kv_blocks`` KV-cache blocks under ``scheduler``;
+    step times from ``cost``. ``max_time_s``: stop there, reporting the rest unfinished."""
+    reqs = sorted(requests, key=lambda q: q.arrival_s)
+    n = len(reqs)
+    prompt = [q.prompt_tokens for q in reqs]
+    want = [q.output_tokens for q in reqs]
+    S = BatchScheduler(prompt, want, kv_blocks, scheduler)
+    first = [None] * n
+    last = [0.0] * n  # when each request last emitted a token
+    itl_steps = []  # (step seconds, tokens that came one step after their previous one)
+    itl_other = []  # inter-token gaps spanning more than one step (a pre-emption in between)
+    finish = [None] * n
+    status = ["unfinished"] * n
+    now, ai, iterations, busy = 0.0, 0, 0, 0.0
+    peak, blocks_time, in_sys_time = 0, 0.0, 0.0
+    series = []
+    seconds = cost.seconds
+
+    while True:
+        while ai < n and reqs[ai].arrival_s <= now:
+            if S.can_ever_run(ai):
+                S.waiting.append(ai)
+            else:
+                status[ai] = "rejected"
+            ai += 1
+        if max_time_s is not None and now >= max_time_s:
+            break
+        if not S.waiting and not S.running:
+            if ai >= n:
+                break
+            now = reqs[ai].arrival_s
+            continue
+        sched, fed, chunks, decodes, preempted = S.schedule()
+        if not sched:
+            if preempted:  # the only running request was pre-empted: admit again next time round
+                continue
+            r = S.waiting.popleft()  # nothing runs and the head of the queue cannot be admitted: never
+            status[r] = "rejected"
+            continue
+        dt = seconds(chunks, decodes)
+        used = kv_blocks - S.free
+        if used > peak:
+            peak = used
+        series.append((now, len(S.waiting), len(S.running), used))
+        blocks_time += used * dt
+        in_sys_time += (len(S.waiting) + len(S.running)) * dt
+        start = now
+        now += dt
+        busy += dt
+        iterations += 1
+        following = 0
+        for r, o in S.advance(sched, fed):
+            if first[r] is None:
+                first[r] = now
+            elif last[r] == start:
+                following += 1
+            else:
+                itl_other.append(now - last[r])
+            last[r] = now
+            if o >= want[r]:
+                finish[r] = now
+                status[r] = "finished"
         if following:
             itl_steps.append((dt, following))
-        if done:
-            running = [r for r in running if finish[r] is None]
-    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], out[i], first[i], finish[i], preempt[i],
+    results = [RequestResult(i, reqs[i].arrival_s, prompt[i], want[i], S.out[i], first[i], finish[i], S.preempt[i],
                              status[i]) for i in range(n)]
-    return SimulationResult(results, iterations, now, total_preempt, kv_blocks, peak,
+    return SimulationResult(results, iterations, now, S.total_preempt, kv_blocks, peak,
                             blocks_time / now if now else 0.0, busy, in_sys_time / now if now else 0.0,
                             series, dict(config or {}), itl_steps + [(g, 1) for g in itl_other])
 
