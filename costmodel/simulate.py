@@ -616,6 +616,13 @@ class BatchScheduler:
             return False
         return self.chunked or self.prompt[i] <= self.budget0  # unchunked, a prompt is scheduled whole
 
+    def arrive(self, i) -> bool:
+        """Request ``i`` arrives: queued if it can ever run; False (reject it) if not."""
+        if not self.can_ever_run(i):
+            return False
+        self.waiting.append(i)
+        return True
+
     def schedule(self):
         bs, max_seqs, chunked = self.bs, self.max_seqs, self.chunked
         computed, num_tokens, blocks, out = self.computed, self.num_tokens, self.blocks, self.out
@@ -725,9 +732,7 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
 
     while True:
         while ai < n and reqs[ai].arrival_s <= now:
-            if S.can_ever_run(ai):
-                S.waiting.append(ai)
-            else:
+            if not S.arrive(ai):
                 status[ai] = "rejected"
             ai += 1
         if max_time_s is not None and now >= max_time_s:

@@ -213,9 +213,7 @@ def _serve(spec, requests, kv_blocks, scheduler, seed, dtype, threads, model, to
     while True:
         now = time.perf_counter() - t0
         while ai < n and reqs[ai].arrival_s <= now:
-            if S.can_ever_run(ai):
-                S.waiting.append(ai)
-            else:
+            if not S.arrive(ai):
                 status[ai] = "rejected"
             ai += 1
         if not S.waiting and not S.running:
