@@ -44,11 +44,13 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from . import formulas as F
+from . import engine as E
+from . import fused
 from .analysis import experts_touched, step_cost
 from .errors import SpecError
 from .hardware import Hardware
-from .parallel import Layout, shard_step, stage_kv_cache_bytes
-from .plan import check_layout, comm_seconds, memory_use
+from .parallel import Layout, shard_op, shard_step, split_vocab, stage_kv_cache_bytes
+from .plan import COMM_MODELS, check_layout, comm_seconds, memory_use
 from .roofline import rates
 from .spec import ModelSpec, Workload
 
@@ -233,55 +235,79 @@ class IterationCost:
     """
 
     def __init__(self, token_ops, context_groups, comm, overhead_s: float, op_overhead_s: float,
-                 description: dict | None = None):
-        # token_ops: [(mult, F, B, (flops c0, cT, cR), (bytes c0, cT, cR), expert_bytes_per_copy)]
+                 description: dict | None = None, *, token_rates=None, context_latency=None, flash=(),
+                 engine=None):
+        # token_ops: [(mult, F, B, (flops c0, cT, cR), (bytes c0, cT, cR), expert_bytes_per_copy, act)]
         # context_groups: [(window or None, [(mult, F, B, flops coeffs, bytes coeffs, weight bytes), ...])]
+        # token_rates: None (each op's F and B above) or, under shape-aware rates, per token op
+        #   (rates, op, shape coeffs): its rates from its shape at the step's tokens and rows
+        # context_latency: per context group, per op, the latency bytes of its rates (0: flat)
+        # flash: [_FlashAttention]: an engine's fused attention of a layer group, costed per step
+        # engine: the costmodel.engine.Engine whose launch and host overheads apply (None: eager)
         self.token_ops = token_ops
         self.context_groups = context_groups
         self.comm = comm  # (seconds at 0 tokens, seconds per token)
         self.overhead_s = overhead_s
         self.op_overhead_s = op_overhead_s
         self.description = description or {}
+        self.token_rates = token_rates
+        self.context_latency = context_latency
+        self.flash = tuple(flash)
+        self.engine = engine
         self._kernels = (sum(m for m, *_ in token_ops)
-                         + sum(m for _, ops in context_groups for m, *_ in ops))
+                         + sum(m for _, ops in context_groups for m, *_ in ops)
+                         + sum(f.mult for f in self.flash))
         self._token_memo: dict = {}
+        self._comm_of = None  # (tokens, sequences) -> seconds, where communication is not affine
+        self._comm_memo: dict = {}
         self._expert_cap = None
 
     @classmethod
     def from_model(cls, spec: ModelSpec, wl: Workload, hw: Hardware, engine=None,
                    layout: Layout | None = None, overhead_s: float = 0.0, *, pass_cost=None,
-                   op_rates=None) -> "IterationCost":
+                   op_rates=None, collectives: str | None = None) -> "IterationCost":
         """Coefficients for ``spec`` run as ``wl`` (its dtypes, causal counting, sampling) on ``hw``
         laid out as ``layout`` (per-GPU shares of tp, pp stages in turn, as the plan times them).
 
-        ``engine``: None or "eager" (today's eager ops); other engines are refused until wired in.
-        The two seams an engine model fills: ``pass_cost(batch, q_len, kv_len)`` -> the StepCost of
-        one pass as the engine executes it (per GPU; default: ``analysis.step_cost`` with logits for
-        one position a sequence, sharded over tp), and ``op_rates`` (a ``roofline.Rates``; default
-        ``rates(hw, act_dtype)``); its per-step host time goes in ``overhead_s``. The coefficients
-        are fitted from eight such passes, so whatever ``pass_cost`` returns must keep each op's
-        costs polynomial in (q_len, kv_len) as :func:`_fit_context` assumes."""
-        if pass_cost is None and engine not in (None, "eager") and getattr(engine, "id", None) != "eager":
-            raise SpecError(f"simulate models the eager engine only for now, got engine {engine!r}")
+        ``engine`` (a :class:`costmodel.engine.Engine`, a built-in id or a JSON file; None or
+        "eager": the reference's eager ops): each pass as the engine executes it
+        (:func:`costmodel.engine.executed`: fused element-wise kernels, flash attention), at its rates
+        (:func:`costmodel.engine.engine_rates_for`), plus its launch and host overhead per pass
+        (:func:`costmodel.engine.pass_overhead_s`: launch mode "decode" for an iteration of decodes
+        only, "prefill" for one with a prefill chunk). Flash attention is not fitted (its tile-rounded
+        cost is no polynomial): :class:`_FlashAttention` evaluates it per iteration.
+        ``collectives`` (tp / pp > 1): the communication model of :func:`costmodel.plan.comm_seconds`,
+        as ``plan`` defaults it: "ring" for the eager engine (affine in the tokens), "nccl" for an
+        engine (NCCL's algorithm choice, the logits all-gather: evaluated per (tokens, sequences)).
+        The two seams a caller may fill instead: ``pass_cost(batch, q_len, kv_len)`` -> the StepCost
+        of one pass (per GPU; default: ``analysis.step_cost`` with logits for one position a
+        sequence, executed by the engine, sharded over tp), and ``op_rates`` (a ``roofline.Rates``;
+        default the engine's); per-step host time of the caller's own goes in ``overhead_s``. The
+        coefficients are fitted from eight such passes, so whatever ``pass_cost`` returns must keep
+        each op's costs polynomial in (q_len, kv_len) as :func:`_fit_context` assumes."""
         if spec.arch != "decoder":
             raise SpecError(f"simulate serves decoder-only models; {spec.name} is arch {spec.arch!r}")
         if not wl.kv_cache:
             raise SpecError("simulate needs a KV cache (continuous batching pages it)")
         if wl.beams != 1:
             raise SpecError("simulate serves one sequence a request (beams 1)")
+        eng = E.resolve(engine)
+        eng = None if eng is None or eng.reference else eng
         layout = layout or Layout()
         check_layout(spec, hw, layout)
         wl = replace(wl, batch=1)
-        r = op_rates if op_rates is not None else rates(hw, wl.act_dtype)
+        r = op_rates if op_rates is not None else E.engine_rates_for(eng, hw, wl)
 
         def cost(b, q, k):
             if pass_cost is not None:
                 return pass_cost(b, q, k)
             c = step_cost(spec, wl, b, q, k, 1, sliding_keys="growing")  # the window applied per step
-            return shard_step(c, layout.tp) if layout.tp > 1 else c
+            if eng is not None:
+                c = E.executed(spec, wl, eng, hw, c, b, q, k, "growing")
+            return shard_step(c, layout.tp, vocab=(spec.vocab_size, split_vocab(spec, layout))) if layout.tp > 1 else c
 
         def flat(c):
-            return [(g, m, o) for g, (m, o) in zip(_group_tags(c), c.weighted())]
+            return [(g, m, o) for g, (m, o) in zip(_group_tags(c), c.weighted()) if o.op not in _FLASH_OPS]
 
         tok = [flat(cost(1, 1, 2)), flat(cost(2, 1, 2)), flat(cost(1, 2, 2))]
         ctx = [flat(cost(1, q, k)) for q, k in ((1, 2), (1, 3), (2, 3), (2, 4), (3, 4))]
@@ -289,18 +315,23 @@ class IterationCost:
         if any(n != names[0] for n in names):
             raise SpecError(f"simulate cannot model {spec.name}: its passes differ in their ops with the batch "
                             "or the context")
-        windows = {i: spec.window_of(g) for i, (g, _) in enumerate(step_cost(spec, wl, 1, 1, 1, 1).groups)}
-        token_ops, groups = [], {}
+        eager_groups = step_cost(spec, wl, 1, 1, 1, 1).groups
+        windows = {i: spec.window_of(g) for i, (g, _) in enumerate(eager_groups)}
+        shaped = r.shape is not None  # shape-aware rates: a matmul's FLOP rate depends on its rows
+        token_ops, token_rates, groups, latency = [], [], {}, {}
         for j, (g, m, o) in enumerate(tok[0]):
             varies = any(ctx[a][j][2].costs() != ctx[b][j][2].costs() for a, b in ((0, 1), (2, 3)))  # k alone changes
-            Fr, Br = r.flops_rate(o.kind), r.bytes_rate(o.kind)
             if varies:  # attention over the context: sum over sequences
+                # under shape-aware rates its shape changes with every sequence: the flat FLOP rate
+                Fr, Br, lat = r.op_rates(replace(o, shape=None))
                 fit = _fit_context(*(c[j][2].costs() for c in ctx))
                 fl = fit[0]
                 by = tuple(sum(x) for x in zip(*fit[3:]))  # activations and KV: per sequence
                 weights = ctx[0][j][2].weight_bytes  # read once per pass (latent attention's kv_b_proj)
                 groups.setdefault(g, []).append((m, Fr, Br, fl, by, weights))
+                latency.setdefault(g, []).append(lat)
                 continue
+            Fr, Br, _ = r.op_rates(o)
             fit = _fit_token(*(e[j][2].costs() for e in tok))
             w1, w2 = tok[0][j][2].weight_bytes, tok[1][j][2].weight_bytes
             per_copy = 0.0
@@ -311,12 +342,33 @@ class IterationCost:
             by = tuple(sum(x) for x in zip(*fit[2:]))
             act = tuple(sum(x) for x in zip(*fit[3:5]))
             token_ops.append((m, Fr, Br, fl, by, per_copy, act))
+            shapes = [e[j][2].shape for e in tok]
+            if shaped and all(x is not None for x in shapes):
+                dims = _fit_token(*(x[:4] for x in shapes))
+                token_rates.append((o, dims, shapes[0][4] if len(shapes[0]) > 4 else ""))
+            else:
+                token_rates.append((o, None, None))
         context_groups = [(windows.get(g), ops) for g, ops in groups.items()]
-        c0 = comm_seconds(spec, hw, wl, layout, 0) if layout.gpus > 1 else 0.0
-        c1 = comm_seconds(spec, hw, wl, layout, 1) - c0 if layout.gpus > 1 else 0.0
+        flash = []
+        if eng is not None and pass_cost is None:
+            flash = _FlashAttention.of(spec, wl, eng, hw, r, layout.tp, cost(1, 2, 3), eager_groups)
+        if collectives is None:
+            collectives = "ring" if eng is None else "nccl"
+        if collectives not in COMM_MODELS:
+            raise SpecError(f"unknown collectives {collectives!r}; allowed: {', '.join(COMM_MODELS)}")
+        ring = collectives == "ring" or layout.gpus == 1
+        c0 = comm_seconds(spec, hw, wl, layout, 0) if layout.gpus > 1 and ring else 0.0
+        c1 = comm_seconds(spec, hw, wl, layout, 1) - c0 if layout.gpus > 1 and ring else 0.0
         self = cls(token_ops, context_groups, (c0, c1), overhead_s, r.op_overhead_s,
-                   {"engine": "eager", "layout": {"tp": layout.tp, "pp": layout.pp}, "hardware": hw.id,
-                    "overhead_s": overhead_s})
+                   {"engine": "eager" if eng is None else eng.id,
+                    "layout": {"tp": layout.tp, "pp": layout.pp}, "hardware": hw.id,
+                    "overhead_s": overhead_s, "collectives": collectives},
+                   token_rates=(token_rates if shaped else None),
+                   context_latency=[latency[g] for g in groups] if shaped else None,
+                   flash=flash, engine=eng)
+        self._rates = r
+        if not ring:  # NCCL's choice is piecewise in the message: per (tokens, sequences), memoised
+            self._comm_of = lambda t, rows: comm_seconds(spec, hw, wl, layout, t, rows, collectives, rows)
         self._expert_cap = spec if spec.num_experts else None
         return self
 
@@ -333,9 +385,15 @@ class IterationCost:
         if s is None:
             s = 0.0
             copies = experts_touched(self._expert_cap, tokens) if self._expert_cap is not None else 0
-            for m, Fr, Br, fl, by, per_copy, _ in self.token_ops:
+            for i, (m, Fr, Br, fl, by, per_copy, _) in enumerate(self.token_ops):
                 f = fl[0] + fl[1] * tokens + fl[2] * rows
                 b = by[0] + by[1] * tokens + by[2] * rows + per_copy * copies
+                if self.token_rates is not None:  # shape-aware: the rates of the op's shape at this step
+                    o, dims, vary = self.token_rates[i]
+                    shape = None if dims is None else (
+                        *(max(1, round(d[0] + d[1] * tokens + d[2] * rows)) for d in dims), vary)
+                    Fr, Br, lat = self._rates.op_rates(o, shape)
+                    b += lat if b else 0
                 s += m * max(f / Fr, b / Br)
             if len(self._token_memo) < 1 << 16:
                 self._token_memo[key] = s
@@ -349,7 +407,7 @@ class IterationCost:
         if rows == 0:
             return 0.0
         s = self._token_seconds(tokens, rows)
-        for window, ops in self.context_groups:
+        for gi, (window, ops) in enumerate(self.context_groups):
             # sums over sequences of q*k, k, q, q*q, 1 (q new tokens, k keys attended)
             if window is None:
                 sum_c = sum(decode_contexts)
@@ -373,12 +431,30 @@ class IterationCost:
                     s_q += q
                     s_qq += q * q
                     s_1 += 1
-            for m, Fr, Br, fl, by, weights in ops:
+            lats = self.context_latency[gi] if self.context_latency is not None else None
+            for oi, (m, Fr, Br, fl, by, weights) in enumerate(ops):
                 f = fl[0] * s_qk + fl[1] * s_k + fl[2] * s_q + fl[3] * s_qq + fl[4] * s_1
                 b = weights + by[0] * s_qk + by[1] * s_k + by[2] * s_q + by[3] * s_qq + by[4] * s_1
+                if lats is not None and b:
+                    b += lats[oi]
                 s += m * max(f / Fr, b / Br)
-        return (s + self._kernels * self.op_overhead_s + self.comm[0] + self.comm[1] * tokens
-                + self.overhead_s)
+        kernels = self._kernels
+        for fa in self.flash:
+            t, extra = fa.seconds(prefill_chunks, decode_contexts)
+            s += t
+            kernels += extra
+        if self._comm_of is None:
+            s = s + kernels * self.op_overhead_s + self.comm[0] + self.comm[1] * tokens + self.overhead_s
+        else:
+            c = self._comm_memo.get((tokens, rows))
+            if c is None:
+                c = self._comm_of(tokens, rows)
+                if len(self._comm_memo) < 1 << 16:
+                    self._comm_memo[(tokens, rows)] = c
+            s = s + kernels * self.op_overhead_s + c + self.overhead_s
+        if self.engine is not None:
+            s += E.pass_overhead_s(self.engine, "prefill" if prefill_chunks else "decode", kernels)
+        return s
 
 
 def _group_tags(cost):
@@ -387,6 +463,104 @@ def _group_tags(cost):
     for i, (_, ops) in enumerate(cost.groups):
         tags += [i] * len(ops)
     return tags + [-2] * len(cost.after)
+
+
+_FLASH_OPS = frozenset(fused.FLASH_OPS.values()) | {f"{n}_combine" for n in fused.FLASH_OPS.values()}
+
+
+class _FlashAttention:
+    """An engine's fused attention kernel (:func:`costmodel.fused.flash_ops`) of one layer group,
+    costed for the mix of one iteration; not fitted, as its FLOPs round to whole tiles of queries
+    and keys.
+
+    One kernel a layer runs every sequence of the step (vLLM V1 calls one varlen kernel on the
+    whole batch): its FLOPs and bytes are summed over the sequences and the roofline taken once.
+    - a decode sequence (one query over its c + 1 keys, or the window): FLOPs and bytes affine in
+      its keys, so an iteration of n decodes costs f(n, 1) + (f(n, 2) - f(n, 1)) (keys - n) / n,
+      from two evaluations at n sequences memoised per n; an iteration of decodes only may split
+      the keys (split-K, ``fused.decode_splits`` for n sequences, with its combine kernel), a mixed
+      one does not (its prefill tiles fill the GPU);
+    - a prefill chunk (q tokens after c cached): the kernel's tiles over q queries and c + q
+      positions, memoised per (q, c).
+    """
+
+    def __init__(self, spec, wl, engine, hw, r, tp, group, mult, absorbed, window):
+        self.spec, self.wl, self.engine, self.hw, self.tp = spec, wl, engine, hw, tp
+        self.group, self.mult, self.absorbed, self.window = group, mult, absorbed, window
+        self.no_split = replace(engine, flash={**engine.flash, "decode": "none"})
+        self.r = r
+        self._rates: dict = {}
+        self._decode: dict = {}
+        self._chunk: dict = {}
+
+    @classmethod
+    def of(cls, spec, wl, engine, hw, r, tp, executed, eager_groups) -> list["_FlashAttention"]:
+        """One per layer group whose executed pass (``executed``: a pass of 2 tokens over 3
+        positions) runs the flash kernel."""
+        out = []
+        for i, (g, ops) in enumerate(executed.groups):
+            if any(o.op == fused.FLASH_OPS[""] for o in ops):
+                absorbed = any(o.op == "kv_b_absorb_q" for o in eager_groups[i][1])
+                out.append(cls(spec, wl, engine, hw, r, tp, g, g.count, absorbed, spec.window_of(g)))
+        return out
+
+    def _ops(self, engine, q: int, kv: int, batch: int):
+        shape = fused.self_attention_shape(self.spec, self.wl, self.group, q, kv, encoder=False,
+                                           absorbed=self.absorbed, sliding_keys="actual")
+        ops = fused.flash_ops(fused.FLASH_OPS[""], shape, batch, self.wl, engine, self.hw)
+        return [shard_op(o, self.tp) for o in ops] if self.tp > 1 else ops
+
+    def _op_rates(self, o):
+        got = self._rates.get(o.op)
+        if got is None:
+            got = self._rates[o.op] = self.r.op_rates(o)
+        return got
+
+    def _decode_terms(self, n: int, split: bool):
+        key = (n, split)
+        got = self._decode.get(key)
+        if got is None:
+            engine = self.engine if split else self.no_split
+            # one query a sequence: keys = kv_len (FlashShape's), so kv 1 and 2 give the per-key terms
+            one, two = self._ops(engine, 1, 1, n), self._ops(engine, 1, 2, n)
+            got = self._decode[key] = [(o, o.flops, o.bytes, (t.flops - o.flops) / n, (t.bytes - o.bytes) / n)
+                                       for o, t in zip(one, two)]
+        return got
+
+    def _chunk_terms(self, q: int, c: int):
+        got = self._chunk.get((q, c))
+        if got is None:
+            (o,) = self._ops(self.no_split, q, c + q, 1)
+            got = (o.flops, o.bytes)
+            if len(self._chunk) < 1 << 16:
+                self._chunk[(q, c)] = got
+        return got
+
+    def seconds(self, prefill_chunks, decode_contexts) -> tuple[float, int]:
+        """(seconds of this group's attention in the iteration, kernels beyond the one a layer)."""
+        f = b = 0.0
+        extra, s = 0, 0.0
+        main = None
+        n = len(decode_contexts)
+        if n:
+            w = self.window
+            keys = sum(decode_contexts) + n if w is None else sum(c + 1 if c < w else w for c in decode_contexts)
+            terms = self._decode_terms(n, split=not prefill_chunks)
+            for i, (o, f1, b1, df, db) in enumerate(terms):
+                fo, bo = f1 + df * (keys - n), b1 + db * (keys - n)
+                if i == 0:
+                    main, f, b = o, fo, bo
+                else:  # the split-K combine: a kernel of its own
+                    F, B, lat = self._op_rates(o)
+                    s += self.mult * max(fo / F, (bo + (lat if bo else 0)) / B)
+                    extra += self.mult
+        for q, c in prefill_chunks:
+            fo, bo = self._chunk_terms(q, c)
+            f, b = f + fo, b + bo
+        if main is None:
+            main = self._ops(self.no_split, 2, 3, 1)[0]
+        F, B, lat = self._op_rates(main)
+        return s + self.mult * max(f / F, (b + (lat if b else 0)) / B), extra
 
 
 # --- Memory ---------------------------------------------------------------------------------------
@@ -452,6 +626,21 @@ class SchedulerConfig:
     def to_dict(self) -> dict:
         return {"max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
                 "chunked_prefill": self.chunked_prefill, "block_size": self.block_size}
+
+
+def engine_defaults(engine) -> tuple[SchedulerConfig, float]:
+    """(scheduler, gpu_memory_utilization) the simulator runs ``engine`` with when not told: the
+    engine profile's own token budget, chunked prefill and block size (a paged cache) and memory
+    share where it has them (vllm: 8192 tokens, chunked, 16-position blocks, 0.9); vLLM's
+    scheduler defaults otherwise, and for the eager reference, which has no scheduler of its own
+    (:data:`DEFAULT_MAX_NUM_BATCHED_TOKENS` ...). ``max_num_seqs``: vLLM's 256 (no profile has one)."""
+    eng = E.resolve(engine)
+    if eng is None or eng.reference:
+        return SchedulerConfig(), DEFAULT_GPU_MEMORY_UTILIZATION
+    return (SchedulerConfig(max_num_batched_tokens=eng.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                            chunked_prefill=eng.chunked_prefill,
+                            block_size=eng.kv_block_tokens if eng.paged else DEFAULT_BLOCK_SIZE),
+            eng.memory_utilization if eng.memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION)
 
 
 @dataclass(frozen=True)
@@ -781,14 +970,15 @@ def simulate(requests, cost: IterationCost, kv_blocks: int, scheduler: Scheduler
                             series, dict(config or {}), itl_steps + [(g, 1) for g in itl_other])
 
 
-def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: int = 1,
-                   scheduler: SchedulerConfig = SchedulerConfig(),
-                   gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
-                   overhead_s: float = 0.0, max_time_s: float | None = None, engine=None,
-                   kv_blocks: int | None = None, **workload_fields) -> SimulationResult:
-    """:func:`simulate` for ``spec`` on ``hw`` (tp x pp GPUs a replica): the iteration cost and the KV
-    budget from the model; ``kv_blocks`` overrides the budget's block count (tests, what-ifs).
-    ``workload_fields`` (dtypes, ``causal``, ``strategy`` ...) go to :class:`Workload`."""
+def _replica(spec: ModelSpec, hw: Hardware, tp: int, pp: int, scheduler, gpu_memory_utilization, overhead_s,
+             engine, collectives, workload_fields):
+    """(iteration cost, KV budget, scheduler, workload) of one replica (the shared part of
+    :func:`simulate_model` and :func:`replicas_for_slo`); scheduler and memory share None: the
+    engine's defaults (:func:`engine_defaults`)."""
+    eng = E.resolve(engine)
+    default_sched, default_util = engine_defaults(eng)
+    scheduler = default_sched if scheduler is None else scheduler
+    gpu_memory_utilization = default_util if gpu_memory_utilization is None else gpu_memory_utilization
     if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) \
             or not 0 < gpu_memory_utilization <= 1:
         raise SpecError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
@@ -797,16 +987,35 @@ def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: 
     layout = Layout(tp, pp)
     wl = Workload(batch=1, prompt=1, gen=1, **workload_fields)
     hw.peak_for(wl.act_dtype)
-    cost = IterationCost.from_model(spec, wl, hw, engine=engine, layout=layout, overhead_s=overhead_s)
+    cost = IterationCost.from_model(spec, wl, hw, engine=eng, layout=layout, overhead_s=overhead_s,
+                                    collectives=collectives)
     budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
                        scheduler.max_num_batched_tokens,
                        max_num_seqs=scheduler.max_num_seqs)
+    return cost, budget, scheduler, wl
+
+
+def simulate_model(spec: ModelSpec, hw: Hardware, requests, *, tp: int = 1, pp: int = 1,
+                   scheduler: SchedulerConfig | None = None, gpu_memory_utilization: float | None = None,
+                   overhead_s: float = 0.0, max_time_s: float | None = None, engine=None,
+                   kv_blocks: int | None = None, collectives: str | None = None,
+                   **workload_fields) -> SimulationResult:
+    """:func:`simulate` for ``spec`` on ``hw`` (tp x pp GPUs a replica): the iteration cost and the KV
+    budget from the model; ``kv_blocks`` overrides the budget's block count (tests, what-ifs).
+    ``engine`` (None / "eager": the reference's eager ops; "vllm", an Engine or a JSON file): how
+    each iteration runs (:meth:`IterationCost.from_model`); ``scheduler`` and
+    ``gpu_memory_utilization`` None: :func:`engine_defaults`. ``collectives``: as in
+    :meth:`IterationCost.from_model`. ``workload_fields`` (dtypes, ``causal``, ``strategy`` ...)
+    go to :class:`Workload`."""
+    cost, budget, scheduler, wl = _replica(spec, hw, tp, pp, scheduler, gpu_memory_utilization, overhead_s,
+                                           engine, collectives, workload_fields)
     if kv_blocks is not None:
         if isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int) or kv_blocks < 1:
             raise SpecError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
         budget = replace(budget, blocks=kv_blocks)
     config = {"model": spec.name, "hardware": hw.id, "layout": {"tp": tp, "pp": pp},
-              "engine": "eager", "scheduler": scheduler.to_dict(), "memory": budget.to_dict(),
+              "engine": cost.description["engine"], "collectives": cost.description["collectives"],
+              "scheduler": scheduler.to_dict(), "memory": budget.to_dict(),
               "overhead_s": overhead_s,
               "workload": {"weight_dtype": wl.weight_dtype, "act_dtype": wl.act_dtype, "kv_dtype": wl.kv_dtype}}
     return simulate(requests, cost, budget.blocks, scheduler, max_time_s, config)
@@ -819,9 +1028,9 @@ MAX_REPLICAS = 1 << 12
 
 def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: float | None = None,
                      tpot_slo_s: float | None = None, prompt=512, gen=128, tp: int = 1, pp: int = 1,
-                     requests: int = 500, seed: int = 0, scheduler: SchedulerConfig = SchedulerConfig(),
-                     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION, overhead_s: float = 0.0,
-                     **workload_fields) -> dict:
+                     requests: int = 500, seed: int = 0, scheduler: SchedulerConfig | None = None,
+                     gpu_memory_utilization: float | None = None, overhead_s: float = 0.0, engine=None,
+                     collectives: str | None = None, **workload_fields) -> dict:
     """Fewest replicas (each tp x pp GPUs) whose simulated p99 TTFT and p99 TPOT meet the SLOs when
     ``rps`` Poisson requests/s are spread evenly over them (each replica sees a Poisson stream of
     rps / replicas: a random split of a Poisson stream is Poisson). ``requests`` requests are
@@ -833,12 +1042,8 @@ def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: f
     if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < math.inf:
         raise SpecError(f"rps must be a positive number, got {rps!r}")
     layout = Layout(tp, pp)
-    wl = Workload(batch=1, prompt=1, gen=1, **workload_fields)
-    hw.peak_for(wl.act_dtype)
-    cost = IterationCost.from_model(spec, wl, hw, layout=layout, overhead_s=overhead_s)
-    budget = kv_budget(spec, wl, hw, layout, cost, scheduler.block_size, gpu_memory_utilization,
-                       scheduler.max_num_batched_tokens,
-                       max_num_seqs=scheduler.max_num_seqs)
+    cost, budget, scheduler, _ = _replica(spec, hw, tp, pp, scheduler, gpu_memory_utilization, overhead_s,
+                                          engine, collectives, workload_fields)
     tried = {}
 
     def check(n: int) -> bool:
@@ -870,7 +1075,8 @@ def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: f
     best = tried.get(hi) if hi is not None else None
     return {"replicas": hi, "gpus_needed": None if hi is None else hi * layout.gpus,
             "gpus_per_replica": layout.gpus, "rps": rps, "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s,
-            "requests_simulated": requests, "seed": seed, "scheduler": scheduler.to_dict(),
+            "requests_simulated": requests, "seed": seed, "engine": cost.description["engine"],
+            "scheduler": scheduler.to_dict(),
             "kv_blocks": budget.blocks, "at_replicas": best,
             "searched": [tried[n] for n in sorted(tried)],
             "method": "simulated continuous batching (costmodel.simulate), p99 over each candidate's requests"}

@@ -15,7 +15,8 @@ from costmodel import simulate as S
 from costmodel.hardware import get_hardware
 from costmodel.models import get_model
 
-from .common import InputError, format_option, hardware_options, input_errors, main, model_argument
+from .common import (InputError, engine_option, format_option, hardware_options, input_errors, main,
+                     model_argument, read_engine)
 
 
 def _ms(v):
@@ -85,15 +86,19 @@ def per_request_csv(result) -> str:
               help="Requests from a file: one JSON object a line with arrival_s, prompt_tokens, output_tokens.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=S.DEFAULT_MAX_NUM_SEQS, show_default=True,
               help="Most requests running at once (vLLM's name and default).")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=S.DEFAULT_MAX_NUM_BATCHED_TOKENS,
-              show_default=True, help="Token budget of one iteration (vLLM's OpenAI-server default below 70 GiB; "
-              "it uses 8192 on larger GPUs such as H100).")
-@click.option("--no-chunked-prefill", is_flag=True, help="Schedule each prompt whole (within the token budget).")
-@click.option("--block-size", type=click.IntRange(min=1), default=S.DEFAULT_BLOCK_SIZE, show_default=True,
-              help="Tokens per KV-cache block.")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(min=0, max=1, min_open=True),
-              default=S.DEFAULT_GPU_MEMORY_UTILIZATION, show_default=True,
-              help="Share of the GPU's memory for weights, activations and the KV cache.")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None,
+              help="Token budget of one iteration. [default: the engine's (vllm: 8192, vLLM's on GPUs of 70 GiB "
+                   f"and more); eager: {S.DEFAULT_MAX_NUM_BATCHED_TOKENS}, vLLM's OpenAI-server default below 70 GiB]")
+@click.option("--chunked-prefill/--no-chunked-prefill", "chunked_prefill", default=None,
+              help="Split prompts over iterations within the token budget, or schedule each whole. "
+                   "[default: the engine's (vllm: on); eager: on]")
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help=f"Tokens per KV-cache block. [default: the engine's (vllm: 16); eager: {S.DEFAULT_BLOCK_SIZE}]")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Share of the GPU's memory for weights, activations and the KV cache. [default: the engine's "
+                   f"(vllm: 0.9); eager: {S.DEFAULT_GPU_MEMORY_UTILIZATION:g}]")
+@click.option("--collectives", type=click.Choice(["ring", "nccl"]), default=None,
+              help="Communication model with --tp/--pp > 1, as `plan`'s. [default: nccl with an engine, ring with eager]")
 @click.option("--overhead-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Host / scheduler time added to every iteration, ms.")
 @click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
@@ -107,19 +112,22 @@ def per_request_csv(result) -> str:
 @click.option("--plot", "plot_dir", default=None, metavar="DIR",
               help="Write simulate-MODEL.png and .svg into DIR: KV use and the queue over time, and with "
                    "--rps-sweep TTFT/TPOT p50 and p99 against the rate (needs matplotlib).")
+@engine_option("vllm")
 @format_option(["table", "json", "csv"])
 @click.option("--out", "out", metavar="FILE", default=None, help="Write the output here instead of stdout.")
 @input_errors
 def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, prompt_dist, gen_dist, lengths_from,
              seed,
-             trace, max_num_seqs, max_num_batched_tokens, no_chunked_prefill, block_size,
-             gpu_memory_utilization, overhead_ms, max_time, dtype, weight_dtype, kv_dtype, rps_sweep, plot_dir,
-             fmt, out):
+             trace, max_num_seqs, max_num_batched_tokens, chunked_prefill, block_size,
+             gpu_memory_utilization, collectives, overhead_ms, max_time, dtype, weight_dtype, kv_dtype, rps_sweep,
+             plot_dir, engine, fmt, out):
     """Serve requests on MODEL with continuous batching: TTFT, TPOT and end-to-end percentiles,
     throughput, KV-cache use and pre-emptions.
 
     Workload: --rps R [--requests N --prompt P --gen G --seed S] (Poisson arrivals) or --trace FILE.jsonl.
-    Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
+    Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE. Each iteration runs as --engine
+    executes it (vllm: flash attention, fused kernels, CUDA graphs for decode-only iterations; eager:
+    the reference's ops).
     """
     ctx = click.get_current_context()
     given = [p for p in ("num_requests", "prompt", "gen", "prompt_dist", "gen_dist", "lengths_from", "seed")
@@ -155,10 +163,16 @@ def simulate(model, gpu, hardware_file, tp, pp, rps, num_requests, prompt, gen, 
         check_writable_dir(plot_dir, "--plot")
     hw = get_hardware(gpu, hardware_file)
     spec = get_model(model)
-    scheduler = S.SchedulerConfig(max_num_seqs, max_num_batched_tokens, not no_chunked_prefill, block_size)
-    run_args = dict(tp=tp, pp=pp, scheduler=scheduler, gpu_memory_utilization=gpu_memory_utilization,
+    eng = read_engine(engine)
+    scheduler, default_util = S.engine_defaults(eng)
+    scheduler = S.SchedulerConfig(
+        max_num_seqs, scheduler.max_num_batched_tokens if max_num_batched_tokens is None else max_num_batched_tokens,
+        scheduler.chunked_prefill if chunked_prefill is None else chunked_prefill,
+        scheduler.block_size if block_size is None else block_size)
+    run_args = dict(tp=tp, pp=pp, scheduler=scheduler,
+                    gpu_memory_utilization=default_util if gpu_memory_utilization is None else gpu_memory_utilization,
                     overhead_s=overhead_ms / 1e3, max_time_s=max_time, weight_dtype=weight_dtype or dtype,
-                    act_dtype=dtype, kv_dtype=kv_dtype)
+                    act_dtype=dtype, kv_dtype=kv_dtype, engine=eng, collectives=collectives)
     result = S.simulate_model(spec, hw, requests, **run_args)
     d = result.to_dict()
     points = []
@@ -206,12 +220,13 @@ def simulated_plan(p, rps, ttft_slo_ms, tpot_slo_ms, requests: int) -> dict:
     return S.replicas_for_slo(p.model, p.hardware, rps, ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3,
                               tpot_slo_s=None if tpot_slo_ms is None else tpot_slo_ms / 1e3, prompt=w.prompt,
                               gen=w.gen, tp=p.layout.tp, pp=p.layout.pp, requests=requests,
+                              engine=p.engine, collectives=p.collectives,
                               weight_dtype=w.weight_dtype, act_dtype=w.act_dtype, kv_dtype=w.kv_dtype)
 
 
 def simulated_plan_text(d: dict) -> str:
     at = d["at_replicas"]
-    head = "Simulated continuous batching (p99 SLOs, vLLM scheduler defaults)"
+    head = f"Simulated continuous batching (p99 SLOs, engine {d['engine']}, its scheduler defaults)"
     if d["replicas"] is None:
         return f"\n{head}: no replica count up to {S.MAX_REPLICAS} meets the SLOs"
     return (f"\n{head}: {d['replicas']} replicas ({d['gpus_needed']} GPUs) for {d['rps']:g} requests/s: "
