@@ -33,6 +33,15 @@ every scheduled request's last token), and attention over each sequence's own co
 the sequences; plus tensor-parallel communication and a per-iteration overhead. The coefficients
 come from a handful of :func:`~costmodel.analysis.step_cost` evaluations made once; nothing is
 re-analysed per step.
+
+Under an engine (:mod:`costmodel.engine`, e.g. ``vllm``) the passes fitted are the ones the engine
+executes (:func:`costmodel.engine.executed`: fused element-wise kernels), at its rates (shape-aware:
+a matmul's rate from its rows at the step's token count); its flash attention is costed per
+iteration, not fitted (:class:`_FlashAttention`: the tiles of each prefill chunk, split-K decoding
+of the decode batch); each iteration adds the engine's launch and host time
+(:func:`costmodel.engine.pass_overhead_s`: CUDA graphs for an iteration of decodes only, as vLLM
+captures them; eager launches once a prefill chunk is in it), and tp/pp communication is NCCL's
+(:func:`costmodel.plan.comm_seconds`, as ``plan`` times an engine).
 """
 
 from __future__ import annotations

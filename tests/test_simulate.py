@@ -441,6 +441,10 @@ def test_cli_plan_simulate():
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["simulated"]["replicas"] >= 2 and d["simulated"]["at_replicas"]["meets_slo"]
+    assert d["simulated"]["engine"] == d["engine"] == "vllm"  # the plan's engine, simulated
+    r = CliRunner().invoke(main, [*args, "--engine", "eager", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["simulated"]["engine"] == "eager"
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "Simulated continuous batching" in r.output
     r = CliRunner().invoke(main, ["plan", MODEL, "--gpu", GPU, "--rps", "5", "--simulate"])

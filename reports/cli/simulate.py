@@ -229,6 +229,7 @@ def simulated_plan_text(d: dict) -> str:
     head = f"Simulated continuous batching (p99 SLOs, engine {d['engine']}, its scheduler defaults)"
     if d["replicas"] is None:
         return f"\n{head}: no replica count up to {S.MAX_REPLICAS} meets the SLOs"
-    return (f"\n{head}: {d['replicas']} replicas ({d['gpus_needed']} GPUs) for {d['rps']:g} requests/s: "
+    n, g = d["replicas"], d["gpus_needed"]
+    return (f"\n{head}: {n} replica{'s' if n != 1 else ''} ({g} GPU{'s' if g != 1 else ''}) for {d['rps']:g} requests/s: "
             f"p99 TTFT {_ms(at['ttft_p99_s'])} ms, p99 TPOT {_ms(at['tpot_p99_s'])} ms at "
             f"{at['rps_per_replica']:.3g} requests/s per replica ({d['requests_simulated']} requests simulated)")
