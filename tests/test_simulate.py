@@ -451,6 +451,34 @@ def test_cli_plan_simulate():
     assert r.exit_code == 2 and "needs --rps R and --ttft-slo" in r.output
 
 
+def test_cli_plan_simulate_candidates():
+    """plan --simulate --candidates: cheapest_deployment over GPUs, layouts and prices, the plan's
+    engine; the same rows as the Python API; bad entries refused in one line."""
+    from costmodel.simulate import cheapest_deployment
+
+    base = ["plan", MODEL, "--gpu", GPU, "--prompt", "512", "--gen", "32", "--rps", "60", "--ttft-slo", "150",
+            "--tpot-slo", "30", "--simulate", "--sim-requests", "100"]
+    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)["simulated_candidates"]
+    api = cheapest_deployment(get_model(MODEL), [(get_hardware("l4", None), 1, 1, 0.8),
+                                                 (get_hardware("h100-sxm", None), 1, 1, 4.0),
+                                                 (get_hardware("l4", None), 3, 1, None)],
+                              60.0, ttft_slo_s=0.15, tpot_slo_s=0.03, prompt=512, gen=32, requests=100,
+                              engine="vllm", collectives="nccl")
+    assert d == json.loads(json.dumps(api))
+    assert d["best"]["usd_per_hour"] == min(x["usd_per_hour"] for x in d["candidates"] if x["usd_per_hour"])
+    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1"])
+    assert r.exit_code == 0 and "cheapest: " in r.output and "tp=3 must divide" in r.output
+    for extra, msg in ((["--candidates", "l4:2y1"], "bad --candidates entry 'l4:2y1'"),
+                       (["--candidates", "l4@-1"], "bad --candidates entry"),
+                       (["--candidates", "tpu-v5"], "unknown GPU 'tpu-v5'")):
+        r = CliRunner().invoke(main, [*base, *extra])
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = CliRunner().invoke(main, ["plan", MODEL, "--gpu", GPU, "--candidates", "l4"])
+    assert r.exit_code == 2 and "--candidates needs --simulate" in r.output
+
+
 def test_cli_rps_sweep_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     r = run("--rps", "5", "--requests", "30", "--gen", "16", "--rps-sweep", "40,5", "--format", "json",

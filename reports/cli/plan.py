@@ -86,11 +86,14 @@ def _positive_float():
               help="With --rps and an SLO: find the replicas by simulating continuous batching (p99 SLOs).")
 @click.option("--sim-requests", type=click.IntRange(min=10), default=500, show_default=True,
               help="Requests simulated per candidate replica count (with --simulate).")
+@click.option("--candidates", default=None, metavar="GPU[:TPxPP][@USD],...",
+              help="With --simulate: also find the cheapest of these deployments (GPU, layout, price per "
+                   "GPU-hour; default layout 1x1, price --gpu-hour-usd) that meets the SLOs.")
 @engine_option("vllm")
 @format_option(["table", "json"])
 @input_errors
 def plan(model, gpu, hardware_file, gpus, tp, pp, ep, prompt, gen, batch, dtype, weight_dtype, kv_dtype, quant,
-         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, engine, fmt):
+         ttft_slo, tpot_slo, rps, gpu_hour_usd, reserve_fraction, simulated, sim_requests, candidates, engine, fmt):
     """Capacity plan for MODEL on a GPU: memory fit, max batch and context, latency, GPUs, cost.
 
     Needs --gpu NAME (see `costmodel hardware`) or --hardware FILE.
@@ -99,6 +102,8 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, ep, prompt, gen, batch, dtype,
 
     if gpus is not None and (tp is not None or pp is not None):
         raise InputError("give --gpus N or --tp N --pp M, not both")
+    if candidates is not None and not simulated:
+        raise InputError("--candidates needs --simulate (and --rps with --ttft-slo and/or --tpot-slo)")
     hw = with_efficiencies(get_hardware(gpu, hardware_file))
     eng = read_engine(engine)
     p = capacity_plan(
@@ -107,19 +112,27 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, ep, prompt, gen, batch, dtype,
         ttft_slo_s=None if ttft_slo is None else ttft_slo / 1e3,
         tpot_slo_s=None if tpot_slo is None else tpot_slo / 1e3,
         rps=rps, gpu_hour_usd=gpu_hour_usd, reserve_fraction=reserve_fraction, engine=eng)
-    sim = None
+    sim = cands = None
     if simulated:
-        from .simulate import simulated_plan
+        from .simulate import parse_candidates, simulated_candidates, simulated_plan
 
+        pool = None if candidates is None else parse_candidates(candidates, hardware_file, gpu_hour_usd)
         sim = simulated_plan(p, rps, ttft_slo, tpot_slo, sim_requests)
+        if pool is not None:
+            cands = simulated_candidates(p, pool, rps, ttft_slo, tpot_slo, sim_requests)
     if fmt == "json":
-        emit_json(p.to_dict() if sim is None else {**p.to_dict(), "simulated": sim})
+        extra = {} if sim is None else {"simulated": sim}
+        if cands is not None:
+            extra["simulated_candidates"] = cands
+        emit_json({**p.to_dict(), **extra})
     else:
         click.echo(plan_text(p))
         if sim is not None:
-            from .simulate import simulated_plan_text
+            from .simulate import simulated_candidates_text, simulated_plan_text
 
             click.echo(simulated_plan_text(sim))
+            if cands is not None:
+                click.echo(simulated_candidates_text(cands))
 
 
 @main.command()

@@ -233,3 +233,52 @@ def simulated_plan_text(d: dict) -> str:
     return (f"\n{head}: {n} replica{'s' if n != 1 else ''} ({g} GPU{'s' if g != 1 else ''}) for {d['rps']:g} requests/s: "
             f"p99 TTFT {_ms(at['ttft_p99_s'])} ms, p99 TPOT {_ms(at['tpot_p99_s'])} ms at "
             f"{at['rps_per_replica']:.3g} requests/s per replica ({d['requests_simulated']} requests simulated)")
+
+
+def parse_candidates(text: str, hardware_file: str | None, default_price: float | None) -> list:
+    """``--candidates GPU[:TPxPP][@USD],...`` -> [(Hardware, tp, pp, USD per GPU-hour or None)]: a GPU
+    of the catalog (or of --hardware FILE), a layout (default 1x1) and a price per GPU-hour (default
+    --gpu-hour-usd). One clear line for anything else."""
+    allowed = "GPU[:TPxPP][@USD] separated by commas, e.g. l4@0.8,h100-sxm:2x1@4"
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, _, price = item.partition("@")
+        name, _, layout = name.partition(":")
+        try:
+            tp, pp = (int(v) for v in layout.lower().split("x")) if layout else (1, 1)
+            usd = float(price) if price else default_price
+            if tp < 1 or pp < 1 or (usd is not None and not 0 < usd < float("inf")):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"bad --candidates entry {item!r}: give {allowed}") from None
+        out.append((get_hardware(name, hardware_file), tp, pp, usd))
+    if not out:
+        raise InputError(f"--candidates is empty: give {allowed}")
+    return out
+
+
+def simulated_candidates(p, candidates, rps, ttft_slo_ms, tpot_slo_ms, requests: int) -> dict:
+    """``plan --simulate --candidates``: the cheapest candidate deployment
+    (:func:`costmodel.simulate.cheapest_deployment`) for the plan's model, workload and engine."""
+    w = p.workload
+    return S.cheapest_deployment(p.model, candidates, rps,
+                                 ttft_slo_s=None if ttft_slo_ms is None else ttft_slo_ms / 1e3,
+                                 tpot_slo_s=None if tpot_slo_ms is None else tpot_slo_ms / 1e3, prompt=w.prompt,
+                                 gen=w.gen, requests=requests, engine=p.engine, collectives=p.collectives,
+                                 weight_dtype=w.weight_dtype, act_dtype=w.act_dtype, kv_dtype=w.kv_dtype)
+
+
+def simulated_candidates_text(d: dict) -> str:
+    lines = ["", f"Candidates (simulated, p99 SLOs, {d['rps']:g} requests/s):",
+             f"{'hardware':<16}{'tp x pp':>8}{'replicas':>10}{'GPUs':>7}{'USD/h':>10}  note"]
+    for r in d["candidates"]:
+        usd = "-" if r["usd_per_hour"] is None else f"{r['usd_per_hour']:.2f}"
+        lines.append(f"{r['hardware']:<16}{r['tp']:>4} x {r['pp']:<1}{'-' if r['replicas'] is None else r['replicas']:>10}"
+                     f"{'-' if r['gpus_needed'] is None else r['gpus_needed']:>7}{usd:>10}  {r['reason'] or ''}")
+    b = d["best"]
+    lines.append("cheapest: none meets the SLOs" if b is None else
+                 f"cheapest: {b['hardware']} tp {b['tp']} x pp {b['pp']}, {b['replicas']} replica(s), "
+                 f"{b['gpus_needed']} GPUs" + ("" if b["usd_per_hour"] is None else f", {b['usd_per_hour']:.2f} USD/h"))
+    return "\n".join(lines)
