@@ -1094,11 +1094,16 @@ def replicas_for_slo(spec: ModelSpec, hw: Hardware, rps: float, *, ttft_slo_s: f
 def cheapest_deployment(spec: ModelSpec, candidates, rps: float, *, ttft_slo_s: float | None = None,
                         tpot_slo_s: float | None = None, **kwargs) -> dict:
     """The candidate deployment meeting the p99 SLOs at ``rps`` at least cost: ``candidates`` are
-    (hardware, tp, pp, gpu_hour_usd or None); cost = GPUs needed x price per GPU-hour (GPUs needed
-    alone where a price is missing, compared only among candidates without one when none has a
-    price). Each candidate is :func:`replicas_for_slo` (``kwargs`` go there); one that cannot hold
+    (hardware, tp, pp, gpu_hour_usd or None); cost = GPUs needed x price per GPU-hour, or GPUs
+    needed alone when no candidate has a price (a price on some candidates and not others is
+    refused: the costs could not be compared). Each candidate is :func:`replicas_for_slo` (``kwargs`` go there); one that cannot hold
     the model (SpecError) or never meets the SLOs is listed with its reason and skipped.
     Returns {"best": the chosen row or None, "candidates": every row}."""
+    candidates = list(candidates)
+    unpriced = [hw.id for hw, _, _, price in candidates if price is None]
+    if unpriced and len(unpriced) < len(candidates):
+        raise SpecError(f"candidates: give a price (GPU@USD per GPU-hour) to every candidate or to none; "
+                        f"without one: {', '.join(unpriced)}")
     rows = []
     for hw, tp, pp, price in candidates:
         row = {"hardware": hw.id, "tp": tp, "pp": pp, "gpu_hour_usd": price}

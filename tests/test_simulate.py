@@ -458,21 +458,23 @@ def test_cli_plan_simulate_candidates():
 
     base = ["plan", MODEL, "--gpu", GPU, "--prompt", "512", "--gen", "32", "--rps", "60", "--ttft-slo", "150",
             "--tpot-slo", "30", "--simulate", "--sim-requests", "100"]
-    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1", "--format", "json"])
+    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1@0.8", "--format", "json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)["simulated_candidates"]
     api = cheapest_deployment(get_model(MODEL), [(get_hardware("l4", None), 1, 1, 0.8),
                                                  (get_hardware("h100-sxm", None), 1, 1, 4.0),
-                                                 (get_hardware("l4", None), 3, 1, None)],
+                                                 (get_hardware("l4", None), 3, 1, 0.8)],
                               60.0, ttft_slo_s=0.15, tpot_slo_s=0.03, prompt=512, gen=32, requests=100,
                               engine="vllm", collectives="nccl")
     assert d == json.loads(json.dumps(api))
     assert d["best"]["usd_per_hour"] == min(x["usd_per_hour"] for x in d["candidates"] if x["usd_per_hour"])
-    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1"])
+    r = CliRunner().invoke(main, [*base, "--candidates", "l4@0.8,h100-sxm@4,l4:3x1@0.8"])
     assert r.exit_code == 0 and "cheapest: " in r.output and "tp=3 must divide" in r.output
     for extra, msg in ((["--candidates", "l4:2y1"], "bad --candidates entry 'l4:2y1'"),
                        (["--candidates", "l4@-1"], "bad --candidates entry"),
-                       (["--candidates", "tpu-v5"], "unknown GPU 'tpu-v5'")):
+                       (["--candidates", "tpu-v5"], "unknown GPU 'tpu-v5'"),
+                       # a price on some candidates only: the costs could not be compared
+                       (["--candidates", "l4@0.8,h100-sxm"], "to every candidate or to none; without one: h100-sxm")):
         r = CliRunner().invoke(main, [*base, *extra])
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
     r = CliRunner().invoke(main, ["plan", MODEL, "--gpu", GPU, "--candidates", "l4"])

@@ -88,7 +88,7 @@ def _positive_float():
               help="Requests simulated per candidate replica count (with --simulate).")
 @click.option("--candidates", default=None, metavar="GPU[:TPxPP][@USD],...",
               help="With --simulate: also find the cheapest of these deployments (GPU, layout, price per "
-                   "GPU-hour; default layout 1x1, price --gpu-hour-usd) that meets the SLOs.")
+                   "GPU-hour; default layout 1x1, price --gpu-hour-usd; all priced or none) that meets the SLOs.")
 @engine_option("vllm")
 @format_option(["table", "json"])
 @input_errors
