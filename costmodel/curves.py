@@ -19,7 +19,9 @@
     every op        + kernel_in_pass.seconds_per_op
 
 Interpolation in log-log (:func:`costmodel.optable.loglog`); a rate is held flat beyond its grid.
-Where the profile has no curves the function returns None and the roofline applies.
+Where the profile has no curves the function returns None and the roofline applies. The roofline
+itself uses them (:func:`costmodel.roofline.rates`, flat model, fp32 passes): ``report``, ``plan``
+and ``simulate`` on a calibrated profile price every op on its curves.
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ def op_seconds(op, curves: Curves, peak: float, ew_peak: float, weight_bits: int
 
 def curve_pass_seconds(spec, wl, hw, batch: int, q_len: int, kv_len: int, logits_positions: int = 1
                        ) -> float | None:
-    """Predicted seconds of one pass on ``hw``'s curves; None when the profile has none."""
+    """Predicted seconds of one pass on ``hw``'s curves; None when the profile has none. The sum
+    of :func:`op_seconds` over the pass's ops: the time the roofline gives a fp32 pass on the same
+    profile (:meth:`costmodel.roofline.Rates.op_rates` prices each op on the curves; tested equal)."""
     from .analysis import step_cost
 
     curves = parse_curves(hw.calibration or {}, f"hardware {hw.id!r}")

@@ -22,7 +22,7 @@ where (a vertex split and an integer binary search) and sums each piece with exa
 A sliding-window layer's keys stop growing once the window is full: the steps split there
 (:func:`costmodel.analysis.window_split`) into two polynomials, each summed that way.
 No numpy is needed; :func:`decode_step_curve` (numpy) gives every step's time for plots and checks
-(flat rates).
+(flat rates; step by step on a profile with curves).
 
 Rate models (:func:`rates`, ``model``): "flat", the above with one FLOP and one bandwidth efficiency
 per GPU (every result before issue 13), and "shape-aware" (:mod:`costmodel.shapes`): a matmul's FLOP
@@ -71,6 +71,10 @@ class Rates:
     # (the fused attention kernel's published utilisation); peak_flops_per_s: the dense peak it scales.
     op_efficiency: dict | None = field(default=None, hash=False)
     peak_flops_per_s: float | None = field(default=None, compare=False)
+    # Added for issue 14: a calibrated profile's generic curves (costmodel.curves.Curves), used by
+    # the flat model where the profile has them (fp32, no quantisation): each op's time is its
+    # curve's, and op_overhead_s the per-op cost measured inside a pass. None: the flat rates.
+    curves: object = None
 
     def bytes_rate(self, kind: str) -> float:
         """Achievable bytes/s for an op of ``kind``: matmuls stream weights at their own rate
@@ -94,7 +98,9 @@ class Rates:
         (default ``op.shape``): the shape whose efficiency applies (the decode sum passes one with
         every step-dependent dimension marked varying: :func:`costmodel.shapes.step_invariant`)."""
         p = self.shape
-        if p is None:
+        if p is None and self.curves is not None:
+            F, B, lat = self._curve_rates(op)
+        elif p is None:
             F, B, lat = self.flops_rate(op.kind, op.op), self.bytes_rate(op.kind), 0
         else:
             shape = op.shape if shape is None else shape
@@ -107,6 +113,26 @@ class Rates:
             F = self.peak_flops_per_s * self.op_efficiency[op.op]
         return F, B, lat
 
+    def _curve_rates(self, op: OpCost) -> tuple[float, float, int]:
+        """The curves as (FLOP/s, bytes/s, 0), so that ``max(flops / F, bytes / B)`` is the op's
+        curve time (:func:`costmodel.curves.op_seconds` without the per-op term): a weight matmul
+        ``flops / rate(rows, weight bytes)`` on the side the flat rates say bounds it; another
+        matmul ``max(flops / peak, attention_slice(bytes))``; any other op ``max(flops / element-wise
+        peak, elementwise_bytes(bytes))``. The bytes rate depends on the bytes, so a decode sum
+        with curves goes step by step (:func:`decode_time`)."""
+        from .optable import loglog
+
+        c, inf = self.curves, float("inf")
+        if op.kind == "matmul" and op.weight_bytes:
+            elements = op.shape[2] * op.shape[3] if op.shape else op.weight_bytes / 4
+            t = op.flops / c.matmul_rate(op.flops / (2 * elements), op.weight_bytes)
+            if op.bytes and op.bytes / self.bytes_rate("matmul") > op.flops / self.flops_per_s:
+                return inf, op.bytes / t, 0
+            return (op.flops / t if op.flops else inf), inf, 0
+        curve, F = ((c.attention, self.flops_per_s) if op.kind == "matmul"
+                    else (c.elementwise, self.flops_rate("elementwise")))
+        return F, (op.bytes / loglog(*curve, op.bytes) if op.bytes else inf), 0
+
     def to_dict(self) -> dict:
         d = {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
              "bytes_per_s": self.bytes_per_s, "matmul_bytes_per_s": self.bytes_rate("matmul"),
@@ -117,6 +143,8 @@ class Rates:
             d["shape"] = None if self.shape is None else self.shape.to_dict()
         if self.op_efficiency:
             d["op_efficiency"] = dict(self.op_efficiency)
+        if self.curves is not None:
+            d["curves"] = True
         return d
 
 
@@ -124,7 +152,7 @@ RATE_MODELS = ("flat", "shape-aware")
 
 
 def rates(hw: Hardware, act_dtype: str, quant: str = "none", model: str = "flat",
-          op_efficiency: dict | None = None) -> Rates:
+          op_efficiency: dict | None = None, curves: bool = True) -> Rates:
     """Achievable FLOP/s for ``act_dtype`` (matmuls and element-wise ops), achievable bandwidth,
     per-op overhead of ``hw``.
 
@@ -134,7 +162,9 @@ def rates(hw: Hardware, act_dtype: str, quant: str = "none", model: str = "flat"
     "shape-aware" (:mod:`costmodel.shapes`: matmul efficiency from M, N, K over the GPU's SMs,
     bandwidth by kind of kernel and bytes moved; the flat rates where the hardware lacks ``sm_count``
     or ``boost_clock_hz``). ``op_efficiency``: op name -> FLOP efficiency (share of the dense peak)
-    overriding the model's for that op, in either model."""
+    overriding the model's for that op, in either model. ``curves``: under the flat model, use the
+    profile's generic curves (:mod:`costmodel.curves`, measured in fp32 by ``calibrate``) where it
+    has them and the pass is fp32 without quantisation; False: the flat rates alone."""
     if model not in RATE_MODELS:
         raise SpecError(f"unknown rate model {model!r}; allowed: {', '.join(RATE_MODELS)}")
     ew = hw.achievable_elementwise_flops_per_s(act_dtype)
@@ -148,6 +178,12 @@ def rates(hw: Hardware, act_dtype: str, quant: str = "none", model: str = "flat"
               None if mm_bw == hw.achievable_bandwidth_bytes_per_s else mm_bw,
               model=model, shape=shape, op_efficiency=dict(op_efficiency) if op_efficiency else None,
               peak_flops_per_s=hw.peak_for(act_dtype))
+    if curves and model == "flat" and quant == "none" and act_dtype == "fp32" and hw.calibration:
+        from .curves import parse_curves
+
+        c = parse_curves(hw.calibration, f"hardware {hw.id!r}")
+        if c is not None:
+            r = replace(r, curves=c, op_overhead_s=c.seconds_per_op)
     scheme = scheme_of(quant)
     if scheme is None or scheme.compute != "fp8":
         return r
@@ -452,6 +488,10 @@ class Timing:
 
 def rate_model_description(r: Rates) -> str:
     """One line naming the rate model ``r`` uses."""
+    if r.model == "flat" and r.curves is not None:
+        return ("flat, on the profile's calibrated curves (costmodel.curves): weight matmuls at the "
+                "measured FLOP/s for their rows, attention and element-wise ops by bytes, plus the "
+                "per-op cost measured inside a pass")
     if r.model == "flat":
         return "flat: one FLOP efficiency and one bandwidth efficiency per GPU for every op"
     if r.shape is None:
@@ -499,6 +539,14 @@ def decode_time(cost_at, steps: int, r: Rates, first_poly_step: int = 1, extra_s
     sliding window: :func:`costmodel.analysis.window_split`): steps 1..split follow
     ``cost_at(i, "growing")``, the rest ``cost_at(i, "full")``.
     """
+    if r.curves is not None and steps > 0:  # the curves' bytes rates change with the bytes: every step priced
+        def at(i):
+            return step_time(cost_at(i) if split is None else cost_at(i, "growing" if i <= split else "full"), r)
+
+        phase = at(1)
+        for i in range(2, steps + 1):
+            phase = _phase(name, 0, _analysis.map_ops(_add, phase, at(i)))
+        return replace(phase, name=name, steps=steps, extra_s=extra_s)
     p0 = min(max(first_poly_step, 1), steps + 1)
     if split is not None and split < steps:
         grow = [cost_at(i, "growing") for i in (1, 2, 3)]
@@ -597,6 +645,8 @@ def decode_step_curve(spec: ModelSpec, wl: Workload, hw: Hardware) -> list[float
 
     r = rates(hw, wl.act_dtype, wl.quant)
     n = wl.decode_steps
+    if r.curves is not None:  # bytes-dependent rates: step by step (decode_time does the same)
+        return [decode_step_seconds(spec, wl, hw, i) for i in range(1, n + 1)]
     p0 = min(first_polynomial_step(spec, wl), n + 1)
     m = window_split(spec, wl, n) - (p0 - 1)
     early = [decode_step_seconds(spec, wl, hw, i) for i in range(1, p0)]

@@ -2,14 +2,16 @@
 
 Over a sweep of prefill passes and single cached decode steps (batch x context), each case runs the
 reference model (eager attention: the scores are materialised, as :mod:`costmodel.analysis` counts
-them) and is predicted with :func:`costmodel.roofline.pass_seconds` on a hardware profile, normally
-one written by ``costmodel calibrate`` on the same machine.
+them) and is predicted on a hardware profile, normally one written by ``costmodel calibrate`` on the
+same machine: by the profile's op table for the model where it has one, else by its generic curves
+(the roofline's rates with :mod:`costmodel.curves`), else by the flat roofline; the flat roofline
+without curves is always shown beside (``roofline_s``).
 
 Measured time is the median of ``repeat`` timed passes after a warm-up, on the per-thread CPU clock
 at one CPU thread (:mod:`profiler.measure`; the same code times the op tables of
 :mod:`profiler.optable`), with the run-to-run floor beside it. The model runs on ``--threads``, else
 the number of threads the profile was calibrated with, else 1. Where the profile holds an op table
-for the model (:mod:`costmodel.optable`), it makes the prediction and the roofline's is shown beside.
+for the model (:mod:`costmodel.optable`), it makes the prediction and the others are shown beside.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from costmodel.hardware import Hardware
-from costmodel.roofline import pass_seconds
 from costmodel.spec import ModelSpec, Workload
 
 # A LLaMA-style model big enough that its matmuls, not per-op dispatch, dominate on a CPU, and
@@ -116,11 +117,20 @@ def plan(quick: bool, spec: ModelSpec | None = None) -> list[tuple[str, int, int
             [("decode", b, s) for b, s in dec if s + 1 <= limit])
 
 
+def _roofline(spec, wl, hw, batch, q_len, kv_len) -> float:
+    """The flat roofline without the profile's curves: the fallback and the explanation, shown
+    beside the curves and the op table."""
+    from costmodel.analysis import step_cost
+    from costmodel.roofline import rates, step_time
+
+    return step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant, curves=False)).seconds
+
+
 def _bound(spec, wl, hw, batch, q_len, kv_len) -> str:
     from costmodel.analysis import step_cost
     from costmodel.roofline import rates, step_time
 
-    t = step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant))
+    t = step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant, curves=False))
     share = t.bound_seconds()
     memory = share["memory"] / t.seconds if t.seconds else 0.0
     return f"{memory:.0%} memory"
@@ -154,7 +164,7 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
         with torch.inference_mode():
             for phase, b, s in plan(quick, spec):
                 q_len, kv_len = (s, s) if phase == "prefill" else (1, s + 1)
-                roofline = pass_seconds(spec, wl, hw, batch=b, q_len=q_len, kv_len=kv_len)
+                roofline = _roofline(spec, wl, hw, b, q_len, kv_len)
                 bound = _bound(spec, wl, hw, b, q_len, kv_len)
                 tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
                 curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)

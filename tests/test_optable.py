@@ -248,6 +248,57 @@ def test_curves_price_each_op():
     assert op_seconds(sc, c, 1e12, 1e12, 32) == pytest.approx(2e-5 + 1e-6)
 
 
+def _curves_hw():
+    return hardware_from_dict({**_profile([]), "calibration": _curves_calibration()}, "t")
+
+
+def test_the_roofline_prices_each_op_on_the_curves():
+    """Issue 14 item 2: where the profile has curves, the flat model's rates are the curves: a pass
+    is the sum of op_seconds over its ops, the per-op cost replaces op_overhead_s, and the decode
+    phase is every step on the curves (their bytes rates change with the context)."""
+    from costmodel.analysis import step_cost
+    from costmodel.curves import curve_pass_seconds, op_seconds, parse_curves
+    from costmodel.roofline import decode_step_seconds, predict, rates, step_time
+    from costmodel.spec import Workload
+
+    hw, spec = _curves_hw(), get_model("tiny-llama")
+    c = parse_curves(hw.calibration, "t")
+    wl = Workload(batch=2, prompt=40, gen=6, weight_dtype="fp32", act_dtype="fp32")
+    r = rates(hw, "fp32")
+    assert r.curves == c and r.op_overhead_s == 1e-6
+    for q, kv in ((40, 40), (1, 41), (1, 45)):
+        cost = step_cost(spec, wl, 2, q, kv, 1)
+        by_op = sum(n * op_seconds(o, c, 1e11, 1e11, 32) for n, o in cost.weighted())
+        assert step_time(cost, r).seconds == pytest.approx(by_op, rel=1e-12)
+        assert curve_pass_seconds(spec, wl, hw, 2, q, kv) == pytest.approx(by_op, rel=1e-12)
+    t = predict(spec, wl, hw)
+    # decode steps 1..5 attend over 41..45 keys, each priced on the curves
+    steps = [decode_step_seconds(spec, wl, hw, i) for i in range(1, 6)]
+    assert steps[0] == pytest.approx(step_time(step_cost(spec, wl, 2, 1, 41, 1), r).seconds, rel=1e-12)
+    assert t.decode.seconds == pytest.approx(sum(steps), rel=1e-12) and t.decode.steps == 5
+    assert t.ttft_s == pytest.approx(curve_pass_seconds(spec, wl, hw, 2, 40, 40), rel=1e-12)
+    # a 2-row weight matmul is memory-bound under the flat rates: its curve time on that side
+    mm = next(o for o in step_cost(spec, wl, 2, 1, 41, 1).groups[0][1] if o.op == "q_proj")
+    F, B, _ = r.op_rates(mm)
+    assert F == float("inf") and mm.bytes / B == pytest.approx(op_seconds(mm, c, 1e11, 1e11, 32) - 1e-6, rel=1e-12)
+
+
+def test_curves_only_where_they_were_measured():
+    """The curves are fp32 without quantisation, under the flat model; curves=False is the flat
+    roofline (validate --timing's "roofline" column)."""
+    from costmodel.curves import curve_pass_seconds
+    from costmodel.roofline import rates
+    from costmodel.spec import Workload
+
+    hw = _curves_hw()
+    assert rates(hw, "fp32", curves=False).curves is None and rates(hw, "fp32", curves=False).op_overhead_s == 0
+    assert rates(hw, "fp32", model="shape-aware").curves is None
+    assert rates(hardware_from_dict(_profile([]), "t"), "fp32").curves is None
+    wl = Workload(batch=1, prompt=8, gen=1, weight_dtype="fp32", act_dtype="fp32", quant="int8-channel")
+    assert rates(hw, "fp32", "int8-channel").curves is None
+    assert curve_pass_seconds(get_model("tiny-llama"), wl, hardware_from_dict(_profile([]), "t"), 1, 8, 8) is None
+
+
 def test_bad_curves_are_one_line(tmp_path):
     cal = _curves_calibration()
     cal["curves"]["elementwise_bytes"] = [{"bytes": -1, "seconds": 1.0}]
