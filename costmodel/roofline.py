@@ -49,6 +49,11 @@ from .quant import QUANTISED_OPS, scheme_of
 from .spec import ModelSpec, Workload
 
 
+def _weight_elements(op: OpCost) -> float:
+    """A weight matmul's weight elements (n x k of its shape; fp32 bytes / 4 without one)."""
+    return op.shape[2] * op.shape[3] if op.shape else op.weight_bytes / 4
+
+
 @dataclass(frozen=True)
 class Rates:
     """Achievable rates: peak x efficiency, for compute in one dtype."""
@@ -113,25 +118,31 @@ class Rates:
             F = self.peak_flops_per_s * self.op_efficiency[op.op]
         return F, B, lat
 
-    def _curve_rates(self, op: OpCost) -> tuple[float, float, int]:
-        """The curves as (FLOP/s, bytes/s, 0), so that ``max(flops / F, bytes / B)`` is the op's
-        curve time (:func:`costmodel.curves.op_seconds` without the per-op term): a weight matmul
-        ``flops / rate(rows, weight bytes)`` on the side the flat rates say bounds it; another
-        matmul ``max(flops / peak, attention_slice(bytes))``; any other op ``max(flops / element-wise
-        peak, elementwise_bytes(bytes))``. The bytes rate depends on the bytes, so a decode sum
-        with curves goes step by step (:func:`decode_time`)."""
+    def curve_parts(self, kind: str, weight_bytes: int, weight_elements: float, flops: float, nbytes: float
+                    ) -> tuple[float, float]:
+        """(compute_s, memory_s) of an op on the curves, its time their max (the per-op cost apart;
+        :func:`costmodel.curves.op_seconds`): a weight matmul ``flops / rate(rows, weight bytes)``,
+        rows = flops / (2 x weight elements), on the side the flat rates say bounds it; another
+        matmul ``flops / peak`` and ``attention_slice(bytes)``; any other op ``flops / element-wise
+        peak`` and ``elementwise_bytes(bytes)``."""
         from .optable import loglog
 
-        c, inf = self.curves, float("inf")
-        if op.kind == "matmul" and op.weight_bytes:
-            elements = op.shape[2] * op.shape[3] if op.shape else op.weight_bytes / 4
-            t = op.flops / c.matmul_rate(op.flops / (2 * elements), op.weight_bytes)
-            if op.bytes and op.bytes / self.bytes_rate("matmul") > op.flops / self.flops_per_s:
-                return inf, op.bytes / t, 0
-            return (op.flops / t if op.flops else inf), inf, 0
-        curve, F = ((c.attention, self.flops_per_s) if op.kind == "matmul"
+        c = self.curves
+        if kind == "matmul" and weight_bytes:
+            t = flops / c.matmul_rate(flops / (2 * weight_elements), weight_bytes) if flops else 0.0
+            memory_bound = nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s
+            return (0.0, t) if memory_bound else (t, 0.0)
+        curve, F = ((c.attention, self.flops_per_s) if kind == "matmul"
                     else (c.elementwise, self.flops_rate("elementwise")))
-        return F, (op.bytes / loglog(*curve, op.bytes) if op.bytes else inf), 0
+        return flops / F, (loglog(*curve, nbytes) if nbytes else 0.0)
+
+    def _curve_rates(self, op: OpCost) -> tuple[float, float, int]:
+        """The curves as (FLOP/s, bytes/s, 0) for this op's FLOPs and bytes (:meth:`curve_parts`).
+        The bytes rate depends on the bytes, so a decode sum on curves prices every step
+        (:func:`summed_op_time`)."""
+        c, m = self.curve_parts(op.kind, op.weight_bytes, _weight_elements(op), op.flops, op.bytes)
+        inf = float("inf")
+        return (op.flops / c if c else inf), (op.bytes / m if m else inf), 0
 
     def to_dict(self) -> dict:
         d = {"flops_per_s": self.flops_per_s, "elementwise_flops_per_s": self.flops_rate("elementwise"),
@@ -343,11 +354,32 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
         qb = stepsum.newton(f1.bytes + lat, f2.bytes + lat, f3.bytes + lat)
     else:
         qf, qb = pf, pb
+    if r.curves is not None:  # bytes-dependent rates: each step on the curves (plain arithmetic)
+        return _curve_summed(o1, pf, qf, pb, qb, m, steps, r)
     seconds, compute_steps = stepsum.split_sum_max(pf, qf, pb, qb, m, steps, F, B)
     flops, moved = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
     overhead = steps * r.op_overhead_s
     return OpTime(o1.op, o1.kind, flops, moved - steps * lat, flops / F, moved / B,
                   overhead, seconds + overhead, steps, compute_steps)
+
+
+def _curve_summed(o1: OpCost, pf, qf, pb, qb, m: int, steps: int, r: Rates) -> OpTime:
+    """:func:`summed_op_time` on a profile's curves: steps 1..m on (pf, pb), the rest on (qf, qb)."""
+    elements = _weight_elements(o1)
+    if pf[1:] == pb[1:] == (0, 0) and (m >= steps or (qf, qb) == (pf, pb)):  # the same every step
+        c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, pf[0], pb[0])
+        compute, memory, seconds, compute_steps = steps * c, steps * mem, steps * max(c, mem), steps * (c > mem)
+    else:
+        compute = memory = seconds = 0.0
+        compute_steps = 0
+        for i in range(1, steps + 1):
+            f, b = (stepsum.at(pf, i), stepsum.at(pb, i)) if i <= m else (stepsum.at(qf, i), stepsum.at(qb, i))
+            c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, f, b)
+            compute, memory, seconds = compute + c, memory + mem, seconds + max(c, mem)
+            compute_steps += c > mem
+    overhead = steps * r.op_overhead_s
+    return OpTime(o1.op, o1.kind, stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps),
+                  compute, memory, overhead, seconds + overhead, steps, compute_steps)
 
 
 def summed_time(s1: StepCost, s2: StepCost, s3: StepCost, steps: int, r: Rates,
@@ -539,14 +571,6 @@ def decode_time(cost_at, steps: int, r: Rates, first_poly_step: int = 1, extra_s
     sliding window: :func:`costmodel.analysis.window_split`): steps 1..split follow
     ``cost_at(i, "growing")``, the rest ``cost_at(i, "full")``.
     """
-    if r.curves is not None and steps > 0:  # the curves' bytes rates change with the bytes: every step priced
-        def at(i):
-            return step_time(cost_at(i) if split is None else cost_at(i, "growing" if i <= split else "full"), r)
-
-        phase = at(1)
-        for i in range(2, steps + 1):
-            phase = _phase(name, 0, _analysis.map_ops(_add, phase, at(i)))
-        return replace(phase, name=name, steps=steps, extra_s=extra_s)
     p0 = min(max(first_poly_step, 1), steps + 1)
     if split is not None and split < steps:
         grow = [cost_at(i, "growing") for i in (1, 2, 3)]

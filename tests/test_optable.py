@@ -256,6 +256,8 @@ def test_the_roofline_prices_each_op_on_the_curves():
     """Issue 14 item 2: where the profile has curves, the flat model's rates are the curves: a pass
     is the sum of op_seconds over its ops, the per-op cost replaces op_overhead_s, and the decode
     phase is every step on the curves (their bytes rates change with the context)."""
+    from dataclasses import replace
+
     from costmodel.analysis import step_cost
     from costmodel.curves import curve_pass_seconds, op_seconds, parse_curves
     from costmodel.roofline import decode_step_seconds, predict, rates, step_time
@@ -277,6 +279,11 @@ def test_the_roofline_prices_each_op_on_the_curves():
     assert steps[0] == pytest.approx(step_time(step_cost(spec, wl, 2, 1, 41, 1), r).seconds, rel=1e-12)
     assert t.decode.seconds == pytest.approx(sum(steps), rel=1e-12) and t.decode.steps == 5
     assert t.ttft_s == pytest.approx(curve_pass_seconds(spec, wl, hw, 2, 40, 40), rel=1e-12)
+    # a sliding window filling at step 4 (40 + 4 keys > 43) and a decode without a KV cache (the
+    # weight matmuls' rows grow with the step): the closed form's split and rows, step by step
+    for sp, w in ((replace(spec, sliding_window=43), wl), (spec, replace(wl, kv_cache=False))):
+        total = sum(decode_step_seconds(sp, w, hw, i) for i in range(1, 6))
+        assert predict(sp, w, hw).decode.seconds == pytest.approx(total, rel=1e-12)
     # a 2-row weight matmul is memory-bound under the flat rates: its curve time on that side
     mm = next(o for o in step_cost(spec, wl, 2, 1, 41, 1).groups[0][1] if o.op == "q_proj")
     F, B, _ = r.op_rates(mm)
