@@ -1096,8 +1096,9 @@ def cheapest_deployment(spec: ModelSpec, candidates, rps: float, *, ttft_slo_s: 
     """The candidate deployment meeting the p99 SLOs at ``rps`` at least cost: ``candidates`` are
     (hardware, tp, pp, gpu_hour_usd or None); cost = GPUs needed x price per GPU-hour, or GPUs
     needed alone when no candidate has a price (a price on some candidates and not others is
-    refused: the costs could not be compared). Each candidate is :func:`replicas_for_slo` (``kwargs`` go there); one that cannot hold
-    the model (SpecError) or never meets the SLOs is listed with its reason and skipped.
+    refused: the costs could not be compared). Each candidate is :func:`replicas_for_slo`
+    (``kwargs`` go there); one that cannot hold the model (SpecError) or never meets the SLOs is
+    listed with its reason and skipped.
     Returns {"best": the chosen row or None, "candidates": every row}."""
     candidates = list(candidates)
     unpriced = [hw.id for hw, _, _, price in candidates if price is None]

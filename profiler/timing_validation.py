@@ -117,23 +117,15 @@ def plan(quick: bool, spec: ModelSpec | None = None) -> list[tuple[str, int, int
             [("decode", b, s) for b, s in dec if s + 1 <= limit])
 
 
-def _roofline(spec, wl, hw, batch, q_len, kv_len) -> float:
-    """The flat roofline without the profile's curves: the fallback and the explanation, shown
-    beside the curves and the op table."""
-    from costmodel.analysis import step_cost
-    from costmodel.roofline import rates, step_time
-
-    return step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant, curves=False)).seconds
-
-
-def _bound(spec, wl, hw, batch, q_len, kv_len) -> str:
+def _roofline(spec, wl, hw, batch, q_len, kv_len) -> tuple[float, str]:
+    """The flat roofline without the profile's curves (the fallback and the explanation, shown
+    beside the curves and the op table): its seconds, and the share of them memory-bound."""
     from costmodel.analysis import step_cost
     from costmodel.roofline import rates, step_time
 
     t = step_time(step_cost(spec, wl, batch, q_len, kv_len, 1), rates(hw, wl.act_dtype, wl.quant, curves=False))
-    share = t.bound_seconds()
-    memory = share["memory"] / t.seconds if t.seconds else 0.0
-    return f"{memory:.0%} memory"
+    memory = t.bound_seconds()["memory"] / t.seconds if t.seconds else 0.0
+    return t.seconds, f"{memory:.0%} memory"
 
 
 def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat: int = 5,
@@ -164,8 +156,7 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
         with torch.inference_mode():
             for phase, b, s in plan(quick, spec):
                 q_len, kv_len = (s, s) if phase == "prefill" else (1, s + 1)
-                roofline = _roofline(spec, wl, hw, b, q_len, kv_len)
-                bound = _bound(spec, wl, hw, b, q_len, kv_len)
+                roofline, bound = _roofline(spec, wl, hw, b, q_len, kv_len)
                 tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
                 curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)
                 predicted = tab if tab is not None else curves if curves is not None else roofline
