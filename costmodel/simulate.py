@@ -131,8 +131,11 @@ def parse_lengths(text: str, what: str = "length") -> Lengths:
         raise SpecError(f"bad {what} {text!r}: uniform needs integers 1 <= LO <= HI")
     if kind == "normal" and not (a > 0 and b >= 0):
         raise SpecError(f"bad {what} {text!r}: normal needs MEAN > 0 and SD >= 0")
-    if kind == "lognormal" and not b >= 0:
-        raise SpecError(f"bad {what} {text!r}: lognormal needs SIGMA >= 0")
+    if kind == "lognormal" and not (0 <= b <= 5 and a <= 20):
+        # MU and SIGMA are of log(tokens): the median is e^MU (lognormal:500:0.5 would ask for
+        # e^500 tokens; a float draw past e^709 overflows)
+        raise SpecError(f"bad {what} {text!r}: lognormal needs MU <= 20 and 0 <= SIGMA <= 5, both of "
+                        f"log(tokens): the median is e^MU tokens (lognormal:6.2:0.5: a median of ~490)")
     return Lengths(kind, a, b)
 
 

@@ -327,9 +327,16 @@ def test_lengths():
     assert parse_lengths("128") == Lengths("fixed", 128)
     assert parse_lengths("uniform:10:20") == Lengths("uniform", 10, 20)
     assert parse_lengths("lognormal:5:0.5").kind == "lognormal"
-    for bad in ("0", "x", "uniform:20:10", "normal:1", "gamma:1:2", "normal:-1:2"):
+    for bad in ("0", "x", "uniform:20:10", "normal:1", "gamma:1:2", "normal:-1:2", "lognormal:5:-1"):
         with pytest.raises(SpecError, match="bad"):
             parse_lengths(bad)
+    # MU of log(tokens): lognormal:500:0.5 is a median of e^500 tokens (a MEAN mistaken for MU), and
+    # a draw past e^709 overflows a float: refused with the scale named
+    for bad in ("lognormal:500:0.5", "lognormal:6:50"):
+        with pytest.raises(SpecError, match=r"MU <= 20 and 0 <= SIGMA <= 5, both of log\(tokens\)"):
+            parse_lengths(bad)
+    r = CliRunner().invoke(main, ["simulate", MODEL, "--gpu", GPU, "--rps", "1", "--prompt", "lognormal:500:0.5"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "median is e^MU" in r.output
 
 
 def test_trace_lines_are_checked_with_their_number():

@@ -72,7 +72,7 @@ def per_request_csv(result) -> str:
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Requests to generate (with --rps).")
 @click.option("--prompt", default="512", show_default=True, metavar="P",
-              help="Prompt tokens: N, uniform:LO:HI, normal:MEAN:SD or lognormal:MU:SIGMA.")
+              help="Prompt tokens: N, uniform:LO:HI, normal:MEAN:SD or lognormal:MU:SIGMA (of log tokens: median e^MU).")
 @click.option("--gen", default="128", show_default=True, metavar="G",
               help="Output tokens: N or a distribution as --prompt.")
 @click.option("--prompt-dist", default=None, metavar="DIST",
