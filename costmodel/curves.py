@@ -93,18 +93,25 @@ def parse_curves(calibration: dict, source: str) -> Curves | None:
     return Curves(tuple(sorted(matmul)), ew, att, float(per))
 
 
+def op_parts(curves: Curves, kind: str, weight_bytes: float, weight_elements: float, flops: float,
+             nbytes: float, peak: float, ew_peak: float) -> tuple[float, float]:
+    """(compute, memory) seconds of one op on the curves, its time their max plus the per-op cost:
+    a weight matmul ``(flops / rate(rows, weight bytes), 0)``, rows = flops / (2 x weight
+    elements); another matmul ``(flops / peak, attention_slice(bytes))``; any other op ``(flops /
+    element-wise peak, elementwise_bytes(bytes))``. One formula for :func:`op_seconds` and the
+    roofline's rates (:meth:`costmodel.roofline.Rates.curve_parts`)."""
+    if kind == "matmul" and weight_bytes:
+        rows = flops / (2 * weight_elements)
+        return (flops / curves.matmul_rate(rows, weight_bytes) if flops else 0.0), 0.0
+    curve, F = (curves.attention, peak) if kind == "matmul" else (curves.elementwise, ew_peak)
+    return (flops / F if flops else 0.0), (loglog(*curve, nbytes) if nbytes else 0.0)
+
+
 def op_seconds(op, curves: Curves, peak: float, ew_peak: float, weight_bits: int) -> float:
-    """One op's seconds on the curves (see the module docstring)."""
-    if op.kind == "matmul" and op.weight_bytes:
-        elements = op.weight_bytes * 8 / weight_bits
-        rows = op.flops / (2 * elements)
-        work = op.flops / curves.matmul_rate(rows, op.weight_bytes)
-    elif op.kind == "matmul":
-        work = max(op.flops / peak, loglog(*curves.attention, op.bytes) if op.bytes else 0.0)
-    else:
-        work = max(op.flops / ew_peak if op.flops else 0.0,
-                   loglog(*curves.elementwise, op.bytes) if op.bytes else 0.0)
-    return work + curves.seconds_per_op
+    """One op's seconds on the curves (see the module docstring and :func:`op_parts`)."""
+    parts = op_parts(curves, op.kind, op.weight_bytes, op.weight_bytes * 8 / weight_bits, op.flops, op.bytes,
+                     peak, ew_peak)
+    return max(parts) + curves.seconds_per_op
 
 
 def curve_pass_seconds(spec, wl, hw, batch: int, q_len: int, kv_len: int, logits_positions: int = 1

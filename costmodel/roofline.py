@@ -120,21 +120,16 @@ class Rates:
 
     def curve_parts(self, kind: str, weight_bytes: int, weight_elements: float, flops: float, nbytes: float
                     ) -> tuple[float, float]:
-        """(compute_s, memory_s) of an op on the curves, its time their max (the per-op cost apart;
-        :func:`costmodel.curves.op_seconds`): a weight matmul ``flops / rate(rows, weight bytes)``,
-        rows = flops / (2 x weight elements), on the side the flat rates say bounds it; another
-        matmul ``flops / peak`` and ``attention_slice(bytes)``; any other op ``flops / element-wise
-        peak`` and ``elementwise_bytes(bytes)``."""
-        from .optable import loglog
+        """(compute_s, memory_s) of an op on the curves (:func:`costmodel.curves.op_parts`), its
+        time their max (the per-op cost apart); a weight matmul's time on the side the flat rates
+        say bounds it."""
+        from .curves import op_parts
 
-        c = self.curves
-        if kind == "matmul" and weight_bytes:
-            t = flops / c.matmul_rate(flops / (2 * weight_elements), weight_bytes) if flops else 0.0
-            memory_bound = nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s
-            return (0.0, t) if memory_bound else (t, 0.0)
-        curve, F = ((c.attention, self.flops_per_s) if kind == "matmul"
-                    else (c.elementwise, self.flops_rate("elementwise")))
-        return flops / F, (loglog(*curve, nbytes) if nbytes else 0.0)
+        c, m = op_parts(self.curves, kind, weight_bytes, weight_elements, flops, nbytes, self.flops_per_s,
+                        self.flops_rate("elementwise"))
+        if kind == "matmul" and weight_bytes and nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s:
+            return 0.0, c  # memory-bound under the flat rates
+        return c, m
 
     def _curve_rates(self, op: OpCost) -> tuple[float, float, int]:
         """The curves as (FLOP/s, bytes/s, 0) for this op's FLOPs and bytes (:meth:`curve_parts`).
