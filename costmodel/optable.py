@@ -9,8 +9,8 @@ model and the explanation of where the time goes. This is the approach of Vidur'
 operators (Agrawal et al., "Vidur: A Large-Scale Simulation Framework for LLM Inference",
 MLSys 2024, section 4: operators profiled on the device and interpolated), reduced to two groups.
 
-Each grid point holds two measured times, both the median of the repeats on the per-thread CPU
-clock (or CUDA events)::
+Each grid point holds two measured times on the per-thread CPU clock (or CUDA events), each the
+mean over the point's visits (rounds spread over the calibration; ``total_s`` geometric)::
 
     total_s      one unhooked pass
     attention_s  the part that grows with the context: each block's attention module minus its

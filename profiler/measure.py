@@ -9,9 +9,12 @@ One measurement discipline serves ``costmodel calibrate`` (its per-model op tabl
   kernel runs inline on the calling thread, so nothing is missed). At more threads the work
   is spread over OpenMP workers this clock does not see, so wall time (``perf_counter_ns``) is used
   and the output says so. On a GPU: CUDA events after a warm-up (:class:`profiler.timing.CudaTimer`).
-- **The statistic.** The median of the repeats, everywhere (calibration and validation alike),
-  with the run-to-run floor beside it: :func:`floor_pct`, the median absolute deviation of the
-  repeats from their median, in percent of it. An error figure below the floor is noise.
+- **The statistic.** Calibration's op tables and validation alike visit every case in rounds
+  spread over the run and take the geometric mean of the visits
+  (:func:`profiler.model_timing.time_cases`: repeats back to back see one moment of a shared
+  machine), with the floor beside it: :func:`floor_pct`, the median absolute deviation of the
+  visits from their median, in percent of it. An error figure below the floor is noise.
+  ``profile`` takes the median of its repeats.
 - **The load.** :func:`load_snapshot` reads ``os.getloadavg()`` and ``/proc/stat`` (the machine's
   busy, idle and steal jiffies); :func:`load_between` gives the share of the CPUs that was busy and
   stolen by a hypervisor between two snapshots. :func:`check_load` warns when the 1-minute load

@@ -7,13 +7,27 @@ written, so reads stream real memory, not the kernel's shared zero page), not by
 64 x 256 prefill would cost more than the whole sweep.
 
 Every pass is timed with :class:`profiler.measure.PassTimer` (per-thread CPU clock at one CPU
-thread, wall time at more, CUDA events on a GPU), after a warm-up pass, and the statistic is the
-median of the repeats, with :func:`profiler.measure.floor_pct` as the run-to-run floor.
+thread, wall time at more, CUDA events on a GPU), after a warm-up pass.
 :class:`AttentionHooks` times each block's attention module minus its projections in place.
+
+Two ways to time a set of cases:
+
+- :func:`time_cases` (calibration and validation): every case is *visited* in ``visits`` rounds
+  spread over the run, one timed pass a visit; the statistic is the geometric mean of the visits,
+  and :func:`profiler.measure.floor_pct` of the visits is the floor beside it. On the shared VM
+  this was built on, one pass's speed moves by 10-12 % (standard deviation of log time) from one
+  visit to the next a few seconds later, with no memory beyond that (lag-1 autocorrelation of the
+  rounds 0.03-0.26), while passes back to back agree within 2-9 %: repeats back to back measure
+  one moment of the machine, visits spread over the run average the moments (the standard
+  deviation of a 3-visit mean measured 6.0-6.6 %, of a 5-visit one 4.2-4.9 %; benchmarks/README.md).
+- :func:`time_case`: ``repeat`` passes back to back, the median (one moment: what the drift
+  benchmark measures).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 
 import torch
@@ -140,3 +154,68 @@ def time_case(model, spec, case, dev, gen, timer: PassTimer, repeat: int, hooks_
     if hooks_ns is not None:
         out["attention_s"] = statistics.median(atts)
     return out
+
+
+# What AttentionHooks add to a pass, per layer: 0.51 ms on a 12.3 ms decode step of the 4-layer
+# timing-llama-21m (median of 200 hooked and 200 unhooked passes, interleaved, 1 thread).
+HOOKS_S_PER_LAYER = 1.3e-4
+
+
+def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hooks_ns=None,
+               long_pass_s: float | None = None, seed: int = 0, progress=None):
+    """Time every case of ``cases`` in ``visits`` rounds; yield ``(index, result)`` as each case's
+    last visit ends (all of them in the last round).
+
+    A round visits every case once, in an order shuffled by ``seed`` and the round: set the case
+    up, a warm-up pass, one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
+    pass for the attention share. A case whose warm-up took longer than ``long_pass_s`` skips the
+    warm-up on its later visits (a pass that long is not slower cold: first / second pass 0.996-1.02
+    measured from 176 ms up, 1.06-1.12 for 8-27 ms passes), and with hooks times the hooked pass
+    itself where the hooks cost under 0.1 % of it (:data:`HOOKS_S_PER_LAYER`). ``progress(round, visits)`` is called
+    after each round but the last. The result: ``seconds``, the geometric mean of the visits;
+    ``seconds_median``, ``seconds_min``, ``seconds_max``; ``runs`` (= visits); ``floor_pct``, the
+    visits' spread (:func:`profiler.measure.floor_pct`); ``attention_s``, the mean of the hooked
+    attention times, with hooks."""
+    cases = list(cases)
+    times = [[] for _ in cases]
+    atts = [[] for _ in cases]
+    long_ = [False] * len(cases)
+    hooked_timed = [False] * len(cases)
+    hooks_cost_s = HOOKS_S_PER_LAYER * len(getattr(model, "layers", ()))
+    for r in range(visits):
+        order = list(range(len(cases)))
+        random.Random(seed * 1_000_003 + r).shuffle(order)
+        for i in order:
+            phase, b, s = cases[i]
+            run = prepare(model, spec, phase, b, s, dev, gen)
+            if not long_[i]:
+                warm = timer.seconds(run)
+                long_[i] = long_pass_s is not None and warm > long_pass_s
+                hooked_timed[i] = long_[i] and warm > 1000 * hooks_cost_s
+            if hooks_ns is not None and hooked_timed[i]:
+                hooks = AttentionHooks(model, hooks_ns)  # one pass gives both
+                try:
+                    times[i].append(timer.seconds(run))
+                finally:
+                    hooks.remove()
+                atts[i].append(hooks.seconds)
+            else:
+                times[i].append(timer.seconds(run))
+                if hooks_ns is not None:
+                    hooks = AttentionHooks(model, hooks_ns)
+                    try:
+                        run()
+                    finally:
+                        hooks.remove()
+                    atts[i].append(hooks.seconds)
+            model.drop_caches()
+            if r == visits - 1:
+                ts = times[i]
+                out = {"seconds": math.exp(statistics.fmean(math.log(max(t, 1e-12)) for t in ts)),
+                       "seconds_median": statistics.median(ts), "seconds_min": min(ts), "seconds_max": max(ts),
+                       "runs": len(ts), "floor_pct": floor_pct(ts)}
+                if hooks_ns is not None:
+                    out["attention_s"] = statistics.fmean(atts[i])
+                yield i, out
+        if progress is not None and r < visits - 1:
+            progress(r + 1, visits)

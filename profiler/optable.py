@@ -2,11 +2,13 @@
 
 The reference model of MODEL (fp32 weights and activations, eager attention, seeded random weights)
 runs over a prefill grid of token counts (batch 1) and a rectangular decode grid of
-(batch, context) points; each point is timed as :func:`profiler.model_timing.time_case` does it
-(median of ``repeat`` unhooked passes, each followed by a hooked one for the attention share).
+(batch, context) points; the points are timed by :func:`profiler.model_timing.time_cases`: every
+point visited in ``repeat`` rounds spread over the run (3; quick 2), each visit a warm-up, one
+unhooked pass and a hooked one for the attention share; a point's time is the geometric mean of
+its visits.
 
 The grids are chosen to be *off* the shapes ``costmodel validate --timing`` checks (so validation
-interpolates), and are clipped to the model's context length. They take about a minute for a
+interpolates), and are clipped to the model's context length. They take one to two minutes for a
 20-50 M-parameter model on one core of a small CPU (see benchmarks/README.md).
 """
 
@@ -20,13 +22,13 @@ from costmodel.optable import FORMAT, parse_op_table, spec_key
 from costmodel.spec import ModelSpec
 
 from .measure import PassTimer, clock_name, clock_ns, load_between, load_snapshot, set_threads
-from .model_timing import time_case
+from .model_timing import time_cases
 
 PREFILL_TOKENS = (16, 48, 96, 192, 384, 640, 896, 1280)
 DECODE_BATCHES = (1, 2, 6, 16, 48, 96)
 DECODE_CONTEXTS = (24, 96, 192, 384, 1536)
 QUICK_PREFILL_TOKENS = (8, 24)
-LONG_PASS_S = 0.5  # passes longer than this are repeated twice, not three times
+LONG_PASS_S = 0.5  # a point whose warm-up pass took longer than this skips it on later visits
 QUICK_DECODE_BATCHES = (1, 3)
 QUICK_DECODE_CONTEXTS = (12, 40)
 
@@ -59,21 +61,18 @@ def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | Non
     try:
         model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        prefill_rows, decode_rows = [], []
+        cases = [("prefill", 1, t) for t in pre] + [("decode", b, c) for b in bat for c in ctx]
+        rows = [None] * len(cases)
+        done = (lambda r, n: progress(f"op table {spec.name}: round {r}/{n} of {len(cases)} points")) if progress else None
         with torch.inference_mode():
-            for t in pre:
-                m = time_case(model, spec, ("prefill", 1, t), dev, gen, timer, repeat, hooks_ns, LONG_PASS_S)
-                prefill_rows.append({"tokens": t, "total_s": m["seconds"], "attention_s": m.get("attention_s", 0.0),
-                                     "floor_pct": m["floor_pct"]})
+            for i, m in time_cases(model, spec, cases, dev, gen, timer, repeat, hooks_ns, LONG_PASS_S, seed, done):
+                phase, b, c = cases[i]
+                row = {"tokens": c} if phase == "prefill" else {"batch": b, "context": c}
+                rows[i] = {**row, "total_s": m["seconds"], "attention_s": m.get("attention_s", 0.0),
+                           "floor_pct": m["floor_pct"]}
                 if progress:
-                    progress(f"op table {spec.name}: prefill {t} tokens {m['seconds'] * 1e3:.2f} ms")
-            for b in bat:
-                for c in ctx:
-                    m = time_case(model, spec, ("decode", b, c), dev, gen, timer, repeat, hooks_ns, LONG_PASS_S)
-                    decode_rows.append({"batch": b, "context": c, "total_s": m["seconds"],
-                                        "attention_s": m.get("attention_s", 0.0), "floor_pct": m["floor_pct"]})
-                if progress:
-                    progress(f"op table {spec.name}: decode batch {b} done")
+                    progress(f"op table {spec.name}: {phase} batch {b} context {c} {m['seconds'] * 1e3:.2f} ms")
+        prefill_rows, decode_rows = rows[:len(pre)], rows[len(pre):]
     finally:
         restore()
     table = {"format": FORMAT, "model": spec.name, "spec_key": spec_key(spec), "dtype": "fp32",

@@ -7,9 +7,10 @@ same machine: by the profile's op table for the model where it has one, else by 
 (the roofline's rates with :mod:`costmodel.curves`), else by the flat roofline; the flat roofline
 without curves is always shown beside (``roofline_s``).
 
-Measured time is the median of ``repeat`` timed passes after a warm-up, on the per-thread CPU clock
+Measured time is the geometric mean of ``repeat`` visits to the case spread over the run (each a
+warm-up and one timed pass: :func:`profiler.model_timing.time_cases`), on the per-thread CPU clock
 at one CPU thread (:mod:`profiler.measure`; the same code times the op tables of
-:mod:`profiler.optable`), with the run-to-run floor beside it. The model runs on ``--threads``, else
+:mod:`profiler.optable`), with the visit-to-visit floor beside it. The model runs on ``--threads``, else
 the number of threads the profile was calibrated with, else 1. Where the profile holds an op table
 for the model (:mod:`costmodel.optable`), it makes the prediction and the others are shown beside.
 """
@@ -39,13 +40,13 @@ class TimingCase:
     batch: int
     context: int
     predicted_s: float  # the op table's interpolation where the profile has one for the model, else the roofline
-    measured_s: float  # median of the repeats (per-thread CPU clock at 1 thread; see profiler.measure)
-    measured_median_s: float
+    measured_s: float  # geometric mean of the visits (per-thread CPU clock at 1 thread; see profiler.measure)
+    measured_median_s: float  # their median
     bound: str  # what the roofline says limits the pass: share of memory-bound time
     roofline_s: float | None = None  # the roofline's prediction (= predicted_s without an op table)
     table_s: float | None = None  # the op table's, when there is one
     curves_s: float | None = None  # the generic curves' (costmodel.curves), when the profile has them
-    floor_pct: float = 0.0  # run-to-run floor of the repeats (profiler.measure.floor_pct)
+    floor_pct: float = 0.0  # visit-to-visit floor (profiler.measure.floor_pct of the visits)
     measured_min_s: float | None = None
     runs: int = 0
     grid_point: bool = False  # the case is one of the op table's grid points (validation avoids them)
@@ -89,7 +90,7 @@ def percentile(values, q: float) -> float:
 
 
 def summary(cases) -> dict:
-    """Median, p90 and max absolute error of the cases' predictions, with the run-to-run floor
+    """Median, p90 and max absolute error of the cases' predictions, with the visit-to-visit floor
     (median and p90 over the cases of each one's :attr:`TimingCase.floor_pct`) beside them, and
     the roofline's own errors where an op table made the prediction."""
     errs = [abs(c.error_pct) for c in cases]
@@ -129,8 +130,10 @@ def _roofline(spec, wl, hw, batch, q_len, kv_len) -> tuple[float, str]:
 
 
 def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat: int = 5,
-               threads: int | None = None, spec: ModelSpec = TIMING_SPEC, seed: int = 0):
-    """Yield a :class:`TimingCase` per shape as each finishes (fp32 weights and activations).
+               threads: int | None = None, spec: ModelSpec = TIMING_SPEC, seed: int = 0, progress=None):
+    """Yield a :class:`TimingCase` per shape as each finishes (fp32 weights and activations):
+    every case is visited in ``repeat`` rounds (:func:`profiler.model_timing.time_cases`), so the
+    cases finish in the last round; ``progress(round, repeat)`` is called after each round before.
 
     Threads: ``threads``, else the count the profile was calibrated with, else 1. The prediction
     is the profile's op table for ``spec`` where it has one, else its generic curves
@@ -142,7 +145,8 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
 
     from .measure import PassTimer, set_threads
     from .model import build_model, check_device
-    from .model_timing import time_case
+    from .model_timing import time_cases
+    from .optable import LONG_PASS_S
 
     dev = check_device(device)
     calibrated = (hw.calibration or {}).get("threads")
@@ -153,15 +157,19 @@ def run_timing(hw: Hardware, *, quick: bool = False, device: str = "cpu", repeat
     try:
         model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        cases, predicted = plan(quick, spec), []
+        for phase, b, s in cases:
+            q_len, kv_len = (s, s) if phase == "prefill" else (1, s + 1)
+            roofline, bound = _roofline(spec, wl, hw, b, q_len, kv_len)
+            tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
+            curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)
+            predicted.append((tab if tab is not None else curves if curves is not None else roofline,
+                              roofline, bound, tab, curves))
         with torch.inference_mode():
-            for phase, b, s in plan(quick, spec):
-                q_len, kv_len = (s, s) if phase == "prefill" else (1, s + 1)
-                roofline, bound = _roofline(spec, wl, hw, b, q_len, kv_len)
-                tab = None if table is None else table.pass_seconds(b, q_len, kv_len)
-                curves = curve_pass_seconds(spec, wl, hw, b, q_len, kv_len)
-                predicted = tab if tab is not None else curves if curves is not None else roofline
-                m = time_case(model, spec, (phase, b, s), dev, gen, timer, repeat)
-                yield TimingCase(phase, b, s, predicted, m["seconds"], m["seconds"], bound,
+            for i, m in time_cases(model, spec, cases, dev, gen, timer, repeat, long_pass_s=LONG_PASS_S,
+                                   seed=seed, progress=progress):
+                (phase, b, s), (pred, roofline, bound, tab, curves) = cases[i], predicted[i]
+                yield TimingCase(phase, b, s, pred, m["seconds"], m["seconds_median"], bound,
                                  roofline_s=roofline, table_s=tab, curves_s=curves, floor_pct=m["floor_pct"],
                                  measured_min_s=m["seconds_min"], runs=m["runs"],
                                  grid_point=table is not None and table.is_grid_point(phase, b, s))
@@ -175,14 +183,15 @@ def measurement_info(hw: Hardware, device: str, threads: int | None) -> dict:
 
     n = threads or (hw.calibration or {}).get("threads") or 1
     return {"clock": clock_name(device, n), "threads": None if device == "cuda" else n,
-            "statistic": "median of the repeats after a warm-up pass",
-            "floor": "median absolute deviation of the repeats from their median, % of it"}
+            "statistic": "geometric mean of the visits: each case visited once a round, in rounds "
+                         "spread over the run, a warm-up (over 0.5 s: the first visit only) and one timed pass a visit",
+            "floor": "median absolute deviation of the visits from their median, % of it"}
 
 
 def table_drift(hw: Hardware, spec: ModelSpec, *, device: str = "cpu", threads: int | None = None,
                 repeat: int = 3, seed: int = 0) -> dict | None:
     """How far the machine has moved since the op table was measured: two of its grid points (a
-    mid-size prefill and a small decode step) timed again now, the same way, as
+    mid-size prefill and a small decode step) timed again now, the same way (``repeat`` visits), as
     (now - table) / table x 100 each. None without a table. An error below this drift cannot be
     told from it: it is the calibration-to-validation floor, beside the run-to-run one."""
     import torch
@@ -191,7 +200,8 @@ def table_drift(hw: Hardware, spec: ModelSpec, *, device: str = "cpu", threads: 
 
     from .measure import PassTimer, set_threads
     from .model import build_model, check_device
-    from .model_timing import time_case
+    from .model_timing import time_cases
+    from .optable import LONG_PASS_S
 
     table = table_for(hw, spec, "fp32", "eager")
     if table is None:
@@ -203,15 +213,16 @@ def table_drift(hw: Hardware, spec: ModelSpec, *, device: str = "cpu", threads: 
     b, c = table.decode_batches[min(1, len(table.decode_batches) - 1)], table.decode_contexts[0]
     points = [("prefill", 1, t, table.prefill_total_s[table.prefill_tokens.index(t)]),
               ("decode", b, c, table.decode_total_s[table.decode_batches.index(b)][0])]
-    out = []
+    out = [None] * len(points)
     try:
         model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with torch.inference_mode():
-            for phase, pb, pc, then in points:
-                now = time_case(model, spec, (phase, pb, pc), dev, gen, timer, repeat)["seconds"]
-                out.append({"phase": phase, "batch": pb, "context": pc, "table_s": then, "now_s": now,
-                            "drift_pct": (now - then) / then * 100.0})
+            for i, m in time_cases(model, spec, [p[:3] for p in points], dev, gen, timer, repeat,
+                                   long_pass_s=LONG_PASS_S, seed=seed):
+                phase, pb, pc, then = points[i]
+                out[i] = {"phase": phase, "batch": pb, "context": pc, "table_s": then, "now_s": m["seconds"],
+                          "drift_pct": (m["seconds"] - then) / then * 100.0}
     finally:
         restore()
     return {"points": out, "max_abs_drift_pct": max(abs(p["drift_pct"]) for p in out)}

@@ -158,7 +158,7 @@ def validate_table(results, planned: int, interrupted: bool = False) -> str:
 
 def timing_validation_table(cases, summary: dict, hardware_id: str, measurement: dict | None = None) -> str:
     """``costmodel validate --timing``: predicted beside measured seconds per case, then the errors
-    with the run-to-run floor (and, where an op table predicted, the roofline's beside it)."""
+    with the visit-to-visit floor (and, where an op table predicted, the roofline's beside it)."""
     predictor = summary.get("predictor", "roofline")
     shown = [(name, attr) for name, attr in (("roofline", "roofline"), ("curves", "curves"))
              if name != predictor and cases and all(getattr(c, f"{attr}_s", None) is not None for c in cases)]
@@ -176,13 +176,14 @@ def timing_validation_table(cases, summary: dict, hardware_id: str, measurement:
     lines = [render(head, rows, align=["l", "r", "r"] + ["r"] * (len(head) - 4) + ["l"])]
     if cases:
         m = measurement or {}
-        how = (f"median of {m.get('repeat', 5)} passes after a warm-up on the "
+        how = (f"geometric mean of {m.get('repeat', 5)} visits per case in rounds spread over the run, a "
+               f"warm-up (over 0.5 s: the first visit only) and one timed pass each, on the "
                f"{'per-thread CPU' if m.get('clock') == 'thread' else m.get('clock', 'wall')} clock"
                + (f", {m['threads']} thread{'s' if m['threads'] != 1 else ''}" if m.get("threads") else "")
                + "; eager attention, fp32")
         lines.append(f"\n{summary['cases']} cases on {hardware_id}, predicted by the {summary.get('predictor', 'roofline')}: "
                      f"median |error| {summary['median_abs_error_pct']:.1f} %, p90 {summary['p90_abs_error_pct']:.1f} %, "
-                     f"max {summary['max_abs_error_pct']:.1f} %; run-to-run floor median "
+                     f"max {summary['max_abs_error_pct']:.1f} %; visit-to-visit floor median "
                      f"{summary.get('floor_median_pct') or 0.0:.1f} %, p90 {summary.get('floor_p90_pct') or 0.0:.1f} %")
         if summary.get("table_drift_pct") is not None:
             lines.append(f"calibration-to-validation drift: {summary['table_drift_pct']:.1f} % (two op-table grid "

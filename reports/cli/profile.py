@@ -118,7 +118,8 @@ def profile(model, device, attention, repeat, warmup, seed, weights, threads, no
 @click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
               help="--timing: refuse when the 1-minute load average per CPU exceeds this (0: never refuse).")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
-              help="--timing: timed passes per case (their median is the measurement).")
+              help="--timing: visits per case, in rounds spread over the run, one timed pass each (their "
+                   "geometric mean is the measurement).")
 @engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
@@ -137,7 +138,7 @@ def validate(quick, cases, fmt, timing, hardware_file, gpu, device, threads, tim
 
     With --timing: the roofline's predicted seconds against the reference model's measured ones
     over prefill and decode shapes (never the op table's grid points), with the median and
-    90th-percentile absolute error beside the run-to-run floor; exit 1 when the median exceeds
+    90th-percentile absolute error beside the visit-to-visit floor; exit 1 when the median exceeds
     --max-error. Where the profile holds an op table for the model (`costmodel calibrate --model`),
     the table predicts and the roofline is shown beside it.
     """

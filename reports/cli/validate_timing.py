@@ -46,7 +46,11 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     drift = [table_drift(hw, spec, device=device, threads=threads)]  # before the cases, and after
     cases, interrupted = [], False
     try:
-        for c in run_timing(hw, quick=quick, device=device, threads=threads, spec=spec, repeat=repeat):
+        def rounds(r, n):
+            click.echo(f"round {r}/{n}: every case timed once more (the cases finish in round {n})", err=True)
+
+        for c in run_timing(hw, quick=quick, device=device, threads=threads, spec=spec, repeat=repeat,
+                            progress=rounds):
             cases.append(c)
             extra = "" if c.table_s is None else f", roofline {human_seconds(c.roofline_s)}"
             click.echo(f"[{len(cases)}/{planned}] {c.phase} batch {c.batch} context {c.context}: "
