@@ -47,7 +47,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     cases, interrupted = [], False
     try:
         def rounds(r, n):
-            click.echo(f"round {r}/{n}: every case timed once more (the cases finish in round {n})", err=True)
+            click.echo(f"round {r}/{n} done: every case timed {r} time{'s' if r > 1 else ''} (the cases finish in round {n})", err=True)
 
         for c in run_timing(hw, quick=quick, device=device, threads=threads, spec=spec, repeat=repeat,
                             progress=rounds):
