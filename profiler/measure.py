@@ -14,7 +14,8 @@ One measurement discipline serves ``costmodel calibrate`` (its per-model op tabl
   (:func:`profiler.model_timing.time_cases`: repeats back to back see one moment of a shared
   machine), with the floor beside it: :func:`floor_pct`, the median absolute deviation of the
   visits from their median, in percent of it. An error figure below the floor is noise.
-  ``profile`` takes the median of its repeats.
+  ``profile`` visits its variants (bare, phase timers, per-op hooks, the other KV-cache choice)
+  in the same rounds (:func:`visit_orders`) and takes the median of the visits, with the same floor.
 - **The load.** :func:`load_snapshot` reads ``os.getloadavg()`` and ``/proc/stat`` (the machine's
   busy, idle and steal jiffies); :func:`load_between` gives the share of the CPUs that was busy and
   stolen by a hypervisor between two snapshots. :func:`check_load` warns when the 1-minute load
@@ -29,6 +30,7 @@ One measurement discipline serves ``costmodel calibrate`` (its per-model op tabl
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 
@@ -128,6 +130,16 @@ def floor_pct(values) -> float:
     if med <= 0:
         return 0.0
     return 100.0 * statistics.median(abs(x - med) for x in xs) / med
+
+
+def visit_orders(n: int, visits: int, seed: int = 0):
+    """The rounds of a measurement: ``visits`` lists, each every index of ``range(n)`` once, in an
+    order shuffled by ``seed`` and the round (so that no case is always timed after the same other
+    one, and a slow stretch of the machine lands on different cases each round)."""
+    for r in range(visits):
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + r).shuffle(order)
+        yield order
 
 
 def set_threads(threads: int | None):

@@ -27,13 +27,12 @@ Two ways to time a set of cases:
 from __future__ import annotations
 
 import math
-import random
 import statistics
 
 import torch
 
 from .generate import decode_one_token, prefill
-from .measure import PassTimer, floor_pct
+from .measure import PassTimer, floor_pct, visit_orders
 
 
 def _fill_caches(model) -> None:
@@ -182,9 +181,7 @@ def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hook
     long_ = [False] * len(cases)
     hooked_timed = [False] * len(cases)
     hooks_cost_s = HOOKS_S_PER_LAYER * len(getattr(model, "layers", ()))
-    for r in range(visits):
-        order = list(range(len(cases)))
-        random.Random(seed * 1_000_003 + r).shuffle(order)
+    for r, order in enumerate(visit_orders(len(cases), visits, seed)):
         for i in order:
             phase, b, s = cases[i]
             run = prepare(model, spec, phase, b, s, dev, gen)

@@ -3,7 +3,7 @@
 :func:`count` runs one generation under the FLOP counters and compares, per phase, per decode
 step, per layer and per op, the analytic matmul FLOPs with FlopCounterMode's and fvcore's (x2),
 and the analytic KV-cache bytes with the bytes of the cache tensors. :func:`profile` adds timing
-(warm-up, repeats, median and spread), the instrumentation's own cost, and the decode loop
+(warm-up, visits in rounds, median, spread and load), the instrumentation's own cost, and the decode loop
 with versus without a KV cache. Both return objects; rendering lives in ``reports/profile.py``.
 """
 
@@ -389,6 +389,7 @@ class ProfileResult:
     overhead: dict
     kv_cache_speedup: dict | None
     peak_memory_bytes: dict[str, int] | None  # torch.cuda.max_memory_allocated per phase; None on CPU
+    measurement: dict | None = None  # clock, threads, visits, statistic, floor per phase, load
 
     def phase_dict(self, phase: str) -> dict:
         wl, a = self.counts.workload, self.counts.analysis.phases[phase]
@@ -432,12 +433,8 @@ class ProfileResult:
                             "uncounted_matmul_ops": c.uncounted_matmul_ops()},
             "mismatches": [m.to_dict() for m in c.mismatches],
             "match": c.ok,
+            "measurement": self.measurement,
         }
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _median_parts(runs: list[dict]) -> list[TimingRow]:
@@ -456,12 +453,17 @@ def _median_parts(runs: list[dict]) -> list[TimingRow]:
 def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: str = "sdpa", repeat: int = 5,
             warmup: int = 1, seed: int = 0, fvcore: bool = True, compare_cache: bool = True,
             weights: str | None = None, progress=None) -> ProfileResult:
-    """Count, then time ``repeat`` generations after ``warmup`` ones; see :class:`ProfileResult`.
+    """Count, then time the generation loop in ``repeat`` rounds after ``warmup`` untimed loops;
+    see :class:`ProfileResult`.
 
-    Each repeat runs the loop three ways, interleaved so that drift hits all alike: bare (one
-    clock around the whole call), phase timers only, and phase plus per-op hooks. The phase
-    figures come from the second, the per-op ones from the third; the overhead compares each
-    with the bare run.
+    A round visits each variant of the loop once, in an order shuffled per round
+    (:func:`profiler.measure.visit_orders`, as calibration and ``validate --timing`` visit their
+    cases, so that the machine's drift from one moment to the next lands on all of them alike):
+    bare (one :class:`profiler.measure.PassTimer` around the whole call), phase timers only, phase
+    plus per-op hooks, and (``compare_cache``) decode with the other KV-cache choice. The phase
+    figures come from the second, the per-op ones from the third, each the median of the visits;
+    the overhead compares each with the bare loop. ``measurement`` records the clock, the visits'
+    spread per phase (:func:`profiler.measure.floor_pct`) and the machine's load over the timing.
     """
     say = progress or (lambda msg: None)
     if repeat < 1 or warmup < 0:
@@ -474,36 +476,55 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
     counts = count(spec, wl, model=model, fvcore=fvcore, seed=seed)
     prompt, source = inputs(spec, wl, seed, dev)
 
-    from .measure import clock_name, clock_ns
+    from .measure import PassTimer, check_load, floor_pct, load_between, load_snapshot, visit_orders
 
-    now = clock_ns(clock_name("cpu", torch.get_num_threads()))  # the same clock as the probes' CpuTimer
+    threads = torch.get_num_threads()
+    timer = PassTimer(dev.type, threads)  # the probes' clock: per-thread CPU time at 1 thread, CUDA events
 
     def run(w: Workload, probe: Probe = NO_PROBE) -> float:
         sampler = Sampler(Strategy.of(w), seed, dev)
-        _sync(dev)
-        t0 = now()
-        run_workload(model, w, prompt, source, sampler, probe)
-        _sync(dev)
-        return (now() - t0) * 1e-9
+        return timer.seconds(lambda: run_workload(model, w, prompt, source, sampler, probe))
 
+    other = replace(wl, kv_cache=not wl.kv_cache) if compare_cache and wl.gen > 1 and spec.arch != "encoder" else None
+    before = load_snapshot()
     for i in range(warmup):
         say(f"warm-up {i + 1}/{warmup}")
         run(wl)
-    bare, phased, hooked, phase_runs, part_runs, peaks = [], [], [], [], [], None
-    for i in range(repeat):
-        say(f"timing {i + 1}/{repeat}")
+        if other is not None:
+            run(other)
+    bare, phased, hooked, phase_runs, part_runs, other_runs, peaks = [], [], [], [], [], [], None
+
+    def time_bare():
         bare.append(run(wl))
+
+    def time_phased():
+        nonlocal peaks
         tp = TimingProbe(dev)
         phased.append(run(wl, tp))
         phase_runs.append(tp.totals())
         if dev.type == "cuda":
             peaks = {p: max(v, (peaks or {}).get(p, 0)) for p, v in tp.peak_bytes.items()}
+
+    def time_hooked():
         tpo = TimingProbe(dev, per_op=True).attach(model)
         try:
             hooked.append(run(wl, tpo))
         finally:
             tpo.detach()
         part_runs.append(tpo.totals())
+
+    def time_other():
+        tp = TimingProbe(dev)
+        run(other, tp)
+        other_runs.append(tp.totals()[("decode", None, "total")])
+
+    variants = [time_bare, time_phased, time_hooked] + ([time_other] if other is not None else [])
+    names = ["bare", "phase timers", "per-op hooks"] + (
+        [("decode without" if wl.kv_cache else "decode with") + " a KV cache"] if other is not None else [])
+    for r, order in enumerate(visit_orders(len(variants), repeat, seed)):
+        say(f"round {r + 1}/{repeat}: the loop " + ", ".join(names[i] for i in order))
+        for i in order:
+            variants[i]()
     phases = tuple(counts.analysis.phases)  # encode, prefill, decode where they apply
     phase_seconds = {p: Stats.of(r[(p, None, "total")] for r in phase_runs) for p in phases}
     b, ph, ho = Stats.of(bare), Stats.of(phased), Stats.of(hooked)
@@ -511,15 +532,7 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
                 "phase_timers_overhead": ph.median / b.median - 1, "per_op_hooks_overhead": ho.median / b.median - 1,
                 "runs": repeat}
     speedup = None
-    if compare_cache and wl.gen > 1 and spec.arch != "encoder":
-        other = replace(wl, kv_cache=not wl.kv_cache)
-        say("timing decode " + ("without" if wl.kv_cache else "with") + " a KV cache")
-        run(other)  # warm-up of the other mode
-        other_runs = []
-        for i in range(repeat):
-            tp = TimingProbe(dev)
-            run(other, tp)
-            other_runs.append(tp.totals()[("decode", None, "total")])
+    if other is not None:
         o = Stats.of(other_runs)
         with_s, without_s = (phase_seconds["decode"].median, o.median) if wl.kv_cache else (o.median, phase_seconds["decode"].median)
         saving = counts.analysis.kv_cache_saving()
@@ -529,6 +542,11 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
                    "analytic_bytes_ratio": (saving["decode_bytes_without_cache"] / saving["decode_bytes_with_cache"]
                                             if saving["decode_bytes_with_cache"] else None),
                    "runs": repeat}
+    measurement = {"clock": timer.clock, "threads": threads if dev.type == "cpu" else None, "visits": repeat,
+                   "warmup": warmup, "variants": names, "statistic": "median of the visits",
+                   "floor_pct": {p: floor_pct(r[(p, None, "total")] for r in phase_runs) for p in phases},
+                   "load": {**load_between(before, load_snapshot()),
+                            "warning": check_load(before, None) if dev.type == "cpu" else None}}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return ProfileResult(counts, name, wl.act_dtype, repeat, warmup, phase_seconds, _median_parts(part_runs),
-                         overhead, speedup, peaks)
+                         overhead, speedup, peaks, measurement)

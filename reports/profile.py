@@ -1,7 +1,8 @@
 """Text renderings of the reference-model results: ``costmodel profile`` and ``costmodel validate``.
 
 Counts are shown exactly (``1,714,176``): the point of these tables is that two integers agree.
-Times are medians of repeated runs with their min-max spread.
+profile's times are medians of visits in rounds, with their min-max spread; validate --timing's the
+geometric mean of its visits, with the visit-to-visit floor.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def profile_table(r) -> str:
     """The ``costmodel profile`` table: phases, per-op FLOPs, per-layer/op timing, memory, overheads."""
     c = r.counts
     phases = c.phases
-    lines = [_header(c, f"; {r.device}; {r.repeat} timed runs after {r.warmup} warm-up"), ""]
+    lines = [_header(c, f"; {r.device}; {r.repeat} rounds after {r.warmup} warm-up"), ""]
     rows = []
     for p in phases:
         d = r.phase_dict(p)
@@ -94,6 +95,9 @@ def profile_table(r) -> str:
     lines.append(render(["phase", "analytic matmul FLOPs", "FlopCounterMode", "fvcore x2", "diff",
                          "time: median [min - max]", "tokens/s", "matmul FLOP/s"], rows,
                         align=["l"] + ["r"] * 7))
+    m = r.measurement
+    if m:
+        lines.append(_measurement_line(m, r.repeat))
     lines.append("")
     lines += counts_lines(c)
     lines.append("")
@@ -119,6 +123,21 @@ def profile_table(r) -> str:
                  f"phase timers {o['phase_timers_overhead']:+.1%}, per-op hooks {o['per_op_hooks_overhead']:+.1%}")
     lines.append(_verdict(c))
     return "\n".join(lines)
+
+
+def _measurement_line(m: dict, rounds: int) -> str:
+    """How profile's times were taken: the rounds, the clock, the visits' spread, the load."""
+    clock = {"thread": "per-thread CPU clock", "cuda": "CUDA events"}.get(m["clock"], "wall clock")
+    threads = f", {m['threads']} thread{'s' if m['threads'] != 1 else ''}" if m.get("threads") else ""
+    floors = ", ".join(f"{p} {v:.1f} %" for p, v in m["floor_pct"].items())
+    line = (f"Times: median of {rounds} visits; each round visits the loop {', '.join(m['variants'])} once, "
+            f"in a shuffled order; {clock}{threads}; visit-to-visit floor {floors}")
+    load = m.get("load")
+    if load:
+        busy = "" if load.get("busy_share") is None else f", machine {load['busy_share']:.0%} busy"
+        line += (f"; load average {load['loadavg_1m_start']:.2f} -> {load['loadavg_1m_end']:.2f} on "
+                 f"{load['cpus']} CPUs{busy}")
+    return line
 
 
 def _verdict(c) -> str:

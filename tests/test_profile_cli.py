@@ -73,6 +73,44 @@ def test_json_per_op_rows_timing_and_overheads(llama_json):
     assert llama_json["workload"]["strategy"] == "greedy" and llama_json["attention"] == "sdpa"
 
 
+def test_json_measurement_says_how_the_times_were_taken(llama_json):
+    m = llama_json["measurement"]
+    # CPU: the per-thread CPU clock at 1 thread (set_threads' default), one visit per round of each
+    # variant; --repeat 2 rounds, --warmup 0.
+    assert m["clock"] == "thread" and m["threads"] == 1 and m["visits"] == 2 and m["warmup"] == 0
+    assert m["variants"] == ["bare", "phase timers", "per-op hooks", "decode without a KV cache"]
+    assert m["statistic"] == "median of the visits"
+    assert set(m["floor_pct"]) == {"prefill", "decode"} and all(v >= 0 for v in m["floor_pct"].values())
+    for key in ("loadavg_1m_start", "loadavg_1m_end", "cpus", "busy_share", "warning"):
+        assert key in m["load"], key
+    assert llama_json["instrumentation_overhead"]["runs"] == llama_json["kv_cache_speedup"]["runs"] == 2
+
+
+def test_visit_orders_are_seeded_permutations_that_differ_by_round():
+    from profiler.measure import visit_orders
+
+    rounds = list(visit_orders(6, 4, seed=3))
+    assert len(rounds) == 4 and all(sorted(r) == list(range(6)) for r in rounds)
+    assert rounds == list(visit_orders(6, 4, seed=3)) and rounds != list(visit_orders(6, 4, seed=4))
+    assert len({tuple(r) for r in rounds}) > 1
+
+
+def test_profile_refuses_on_a_loaded_machine_and_warns_on_a_busy_one(monkeypatch):
+    import profiler.measure as m
+
+    snap = {"loadavg": [20.0, 20.0, 20.0], "cpus": 2, "stat": None, "time_s": 0.0}
+    monkeypatch.setattr(m, "load_snapshot", lambda: snap)
+    r = invoke("profile", "tiny-llama", "--prompt", "4", "--gen", "2", *FAST, "--max-load", "8")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("Error: machine too loaded to time: 1-minute load average 20.00 on 2 CPUs")
+    assert "exceeds --max-load 8 per CPU" in r.output
+    snap["loadavg"] = [3.0, 3.0, 3.0]  # 1.5 per CPU: above 1, a warning; below --max-load 4, timed
+    r = invoke("profile", "tiny-llama", "--prompt", "4", "--gen", "2", *FAST, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert "1-minute load average 3.00 on 2 CPUs (1.50 per CPU)" in r.stderr
+    assert json.loads(r.stdout)["measurement"]["load"]["warning"].startswith("warning: 1-minute load average 3.00")
+
+
 def test_table_shows_measured_beside_analytic():
     r = invoke("profile", "tiny-gpt2", "--prompt", "8", "--gen", "3", "--attention", "eager", *FAST)
     assert r.exit_code == 0, r.output
@@ -80,6 +118,11 @@ def test_table_shows_measured_beside_analytic():
     assert "phase    analytic matmul FLOPs  FlopCounterMode" in out
     assert "KV cache after decode: measured" in out and "(equal)" in out
     assert "Instrumentation overhead" in out and "KV cache: decode" in out
+    # how the times were taken, under the phase table
+    assert "Times: median of 2 visits; each round visits the loop bare, phase timers, per-op hooks, decode " \
+           "without a KV cache once, in a shuffled order; per-thread CPU clock, 1 thread; visit-to-visit " \
+           "floor prefill " in out
+    assert "; load average " in out and "2 rounds after 0 warm-up" in out
     assert "matmul-class ops left uncounted: none" in out
     assert out.rstrip().endswith("KV-cache and weight bytes equal.")
 

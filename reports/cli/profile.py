@@ -13,7 +13,7 @@ from costmodel.models import get_model
 from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
 
 from .common import (InputError, emit_json, engine_line, engine_option, format_option, hardware_options, input_errors,
-                     main, model_argument, pop_workload, read_engine, refuse_engine, workload_options)
+                     main, model_argument, pop_workload, read_engine, refuse_engine, warn, workload_options)
 from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
@@ -41,8 +41,12 @@ def _progress(desc: str):
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTION_PATHS), default="sdpa", show_default=True,
               help="F.scaled_dot_product_attention, or explicit matmuls and softmax.")
-@click.option("--repeat", type=int, default=5, show_default=True, help="Timed runs (median and spread).")
+@click.option("--repeat", type=int, default=5, show_default=True,
+              help="Rounds: each visits the loop bare, with phase timers, with per-op hooks and with the other "
+                   "KV-cache choice once, in a shuffled order (times: median and spread of the visits).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
+@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Refuse when the 1-minute load average per CPU exceeds this (0: never refuse; CPU only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
@@ -60,13 +64,15 @@ def _progress(desc: str):
 @engine_option("eager")
 @format_option(["table", "json"])
 @input_errors
-def profile(model, device, attention, repeat, warmup, seed, weights, threads, no_fvcore, no_compare_cache, tp, pp,
-            ep, engine, fmt, **kwargs):
+def profile(model, device, attention, repeat, warmup, max_load, seed, weights, threads, no_fvcore, no_compare_cache,
+            tp, pp, ep, engine, fmt, **kwargs):
     """Run the reference model of MODEL and show measured beside analytic, per phase, layer and op.
 
     FLOPs from torch's FlopCounterMode and fvcore (x2 to 2 FLOPs per multiply-add) against the
     analytic matmul FLOPs; KV-cache and weight bytes from the tensors; time per phase, layer and op
-    (median and spread of --repeat runs); the decode loop with versus without a KV cache.
+    (median and spread of --repeat visits in rounds, with the load); the decode loop with versus
+    without a KV cache. On a CPU the load is checked first: a warning above 1 per CPU, a refusal
+    above --max-load.
 
     With --tp/--pp: the model split over tp x pp ranks, per rank and phase the counted matmul
     FLOPs, KV-cache bytes and collective payload bytes and time beside the analytic split.
@@ -82,8 +88,11 @@ def profile(model, device, attention, repeat, warmup, seed, weights, threads, no
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    from profiler.measure import set_threads
+    from profiler.measure import check_load, load_snapshot, set_threads
 
+    note = check_load(load_snapshot(), max_load) if device == "cpu" else None
+    if note:
+        warn(note.removeprefix("warning: "))
     restore = set_threads(threads)
     try:
         with _progress(f"profile {spec.name}") as say:
