@@ -65,12 +65,13 @@ class PositionBias(nn.Module):
     def __init__(self, spec: ModelSpec, bidirectional: bool):
         super().__init__()
         self.bidirectional = bidirectional
+        self.num_buckets = spec.relative_attention_buckets  # an int: under fvcore's jit trace a shape is a CPU tensor
         self.weight = nn.Parameter(torch.zeros(spec.relative_attention_buckets, spec.num_heads))
 
     def forward(self, input_pos: Tensor, kv_len: int) -> Tensor:
         keys = torch.arange(kv_len, device=input_pos.device)
         buckets = relative_position_bucket(keys[None, :] - input_pos[:, None], self.bidirectional,
-                                           self.weight.shape[0])  # [T, S]
+                                           self.num_buckets)  # [T, S]
         return self.weight[buckets].permute(2, 0, 1).unsqueeze(0)  # [1, H, T, S]
 
 

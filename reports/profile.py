@@ -101,8 +101,8 @@ def profile_table(r) -> str:
     lines.append("")
     lines += counts_lines(c)
     lines.append("")
-    lines.append(f"Time per layer and op (median of {r.repeat} runs with per-op hooks; phase totals from the "
-                 "runs with phase timers only):")
+    lines.append(f"Time per layer and op (median of {r.repeat} visits with per-op hooks; phase totals from the "
+                 "visits with phase timers only):")
     trows = [[t.phase, _layer(t.layer), t.part, human_seconds(t.stats.median),
               f"{human_seconds(t.stats.min)} - {human_seconds(t.stats.max)}"] for t in r.timing]
     lines.append(render(["phase", "layer", "part", "median", "min - max"], trows, align=["l", "r", "l", "r", "r"]))
@@ -117,9 +117,9 @@ def profile_table(r) -> str:
         lines.append(f"KV cache: decode {human_seconds(s['decode_seconds_with_cache'])} with vs "
                      f"{human_seconds(s['decode_seconds_without_cache'])} without: measured speed-up "
                      f"{s['measured_speedup']:.2f}x; analytic ratio {s['analytic_flops_ratio']:.2f}x the FLOPs, "
-                     f"{s['analytic_bytes_ratio']:.2f}x the bytes (without / with; median of {s['runs']} runs)")
+                     f"{s['analytic_bytes_ratio']:.2f}x the bytes (without / with; median of {s['runs']} visits)")
     o = r.overhead
-    lines.append(f"Instrumentation overhead (median of {o['runs']} runs, bare {human_seconds(o['bare_seconds'])}): "
+    lines.append(f"Instrumentation overhead (median of {o['runs']} visits, bare {human_seconds(o['bare_seconds'])}): "
                  f"phase timers {o['phase_timers_overhead']:+.1%}, per-op hooks {o['per_op_hooks_overhead']:+.1%}")
     lines.append(_verdict(c))
     return "\n".join(lines)
