@@ -51,6 +51,10 @@ MATMUL_SHAPES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096,
 QUICK_MATMUL_SHAPES = ((128, 128, 128), (256, 256, 256))
 BANDWIDTH_BYTES = 256 * 2**20  # each buffer; well past any last-level cache
 QUICK_BANDWIDTH_BYTES = 16 * 2**20
+# The weight pool of the matmul-by-rows curve, cycled so each call finds its weights cold. 64 MiB was
+# cold on a 32 MiB-L3 EPYC but not on a Xeon VM reporting a 480 MiB L3 (1 row over 1024 x 4096
+# matrices: 21.8 GB/s at 64 MiB, 16.1 at 128, 15.6 from 256 MiB up; benchmarks/README.md run I).
+CURVE_COLD_BYTES = BANDWIDTH_BYTES
 ELEMENTWISE_ELEMENTS = 1 << 18  # 1 MiB of fp32: cache-resident, so the arithmetic is what is timed
 
 
@@ -262,7 +266,7 @@ def measure_kernel_in_pass(device: str, repeats: int = 20) -> dict:
 def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
     with torch.inference_mode():
         return {
-            "matmul_rows": measure_matmul_rows(device, min_time_s, QUICK_BANDWIDTH_BYTES if quick else 64 * 2**20,
+            "matmul_rows": measure_matmul_rows(device, min_time_s, QUICK_BANDWIDTH_BYTES if quick else CURVE_COLD_BYTES,
                                                QUICK_CURVE_ROWS if quick else CURVE_ROWS,
                                                QUICK_CURVE_MATRICES if quick else CURVE_MATRICES),
             "elementwise_bytes": measure_elementwise_bytes(
