@@ -7,7 +7,8 @@
   neither the compute nor the bandwidth bound describes;
 - ``elementwise_bytes``: seconds of an allocating element-wise op by bytes moved (large fresh
   outputs page-fault);
-- ``attention_slice``: seconds of a decode step's score matmul over a strided cache slice, by bytes;
+- ``attention_slice``: seconds of a decode step's score matmul over a strided cache slice, by bytes
+  (cold: cycled over 256 MiB of caches, as the other layers' caches and the weights evict it in a pass);
 - ``kernel_in_pass``: seconds per costed op inside a pass of a small model (dispatch and the
   kernels costmodel does not count one by one: RMSNorm is 8 kernels in eager torch, rotary 12).
 

@@ -220,20 +220,28 @@ def measure_elementwise_bytes(device: str, min_time_s: float, sizes=CURVE_ELEMEN
     return out
 
 
-def measure_attention_slice(device: str, min_time_s: float, points=CURVE_ATTENTION, head_dim: int = 64
-                            ) -> list[dict]:
+def measure_attention_slice(device: str, min_time_s: float, points=CURVE_ATTENTION, head_dim: int = 64,
+                            cold_bytes: int = CURVE_COLD_BYTES) -> list[dict]:
     """A decode step's score matmul over a strided cache slice: ``q[BH, 1, d] @ k[:, :S]^T`` where
     the cache holds 2 S positions (the slice is not contiguous, as a preallocated cache's prefix
-    is not). Seconds by the bytes the matmul reads and writes (k slice, q, scores)."""
+    is not), cycled over caches of ``cold_bytes`` together so each call finds its cache cold, as
+    a decode step does once the other layers' caches and the weights have passed through.
+    Seconds by the bytes the matmul reads and writes (k slice, q, scores)."""
     out = []
     for bh, keys in points:
-        cache = torch.rand(bh, 2 * keys, head_dim, device=device)
+        count = max(1, cold_bytes // (4 * bh * 2 * keys * head_dim))
+        ks = [torch.rand(bh, 2 * keys, head_dim, device=device)[:, :keys] for _ in range(count)]
         q = torch.rand(bh, 1, head_dim, device=device)
-        k = cache[:, :keys]
-        _, med = time_call(lambda q=q, k=k: torch.matmul(q, k.transpose(-2, -1)), device, min_time_s)
+
+        def fn(q=q, ks=ks):
+            for k in ks:
+                torch.matmul(q, k.transpose(-2, -1))
+
+        _, med = time_call(fn, device, min_time_s)
         moved = 4 * (bh * keys * head_dim + bh * head_dim + bh * keys)
-        out.append({"batch_heads": bh, "keys": keys, "head_dim": head_dim, "bytes": moved, "seconds": med,
-                    "flops": 2 * bh * keys * head_dim})
+        out.append({"batch_heads": bh, "keys": keys, "head_dim": head_dim, "bytes": moved, "seconds": med / count,
+                    "flops": 2 * bh * keys * head_dim, "caches": count})
+        del ks
     return out
 
 
@@ -272,7 +280,8 @@ def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
             "elementwise_bytes": measure_elementwise_bytes(
                 device, min_time_s, QUICK_CURVE_ELEMENTWISE_ELEMENTS if quick else CURVE_ELEMENTWISE_ELEMENTS),
             "attention_slice": measure_attention_slice(device, min_time_s,
-                                                       QUICK_CURVE_ATTENTION if quick else CURVE_ATTENTION),
+                                                       QUICK_CURVE_ATTENTION if quick else CURVE_ATTENTION,
+                                                       cold_bytes=QUICK_BANDWIDTH_BYTES if quick else CURVE_COLD_BYTES),
             "kernel_in_pass": measure_kernel_in_pass(device, 5 if quick else 20),
         }
 

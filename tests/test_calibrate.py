@@ -103,3 +103,18 @@ def test_cuda_unavailable_is_a_clear_error():
     r = CliRunner().invoke(main, ["calibrate", "--device", "cuda"])
     assert r.exit_code == 2 and r.output.startswith("Error: device cuda is not available")
 
+
+
+def test_curve_probes_cycle_a_pool_past_the_cache():
+    from profiler.calibrate import CURVE_COLD_BYTES, measure_attention_slice, measure_matmul_rows
+
+    assert CURVE_COLD_BYTES == 256 * 2**20  # 64 MiB stayed partly cached on a 480 MiB-L3 Xeon
+    # One cache of batch x heads 2, 2 x 8 positions, head_dim 4, fp32: 4 * 2 * 16 * 4 = 512 B; a pool
+    # of 1,536 B holds 3 of them, and each is read once a call: seconds are per matmul.
+    (row,) = measure_attention_slice("cpu", 0.0, points=((2, 8),), head_dim=4, cold_bytes=1536)
+    assert row["caches"] == 3 and row["flops"] == 2 * 2 * 8 * 4
+    assert row["bytes"] == 4 * (2 * 8 * 4 + 2 * 4 + 2 * 8) and row["seconds"] > 0
+    # Weights [n 4, k 2] fp32 = 32 B; a pool of 96 B cycles 3 matrices: 2 m k n FLOPs per matrix.
+    rows = measure_matmul_rows("cpu", 0.0, 96, rows=(1, 2), matrices=((2, 4),))
+    assert [(r["rows"], r["weight_bytes"]) for r in rows] == [(1, 32), (2, 32)]
+    assert all(r["flops_per_s"] == pytest.approx(2 * r["rows"] * 2 * 4 / r["seconds"]) for r in rows)
