@@ -7,7 +7,7 @@ written, so reads stream real memory, not the kernel's shared zero page), not by
 64 x 256 prefill would cost more than the whole sweep.
 
 Every pass is timed with :class:`profiler.measure.PassTimer` (per-thread CPU clock at one CPU
-thread, wall time at more, CUDA events on a GPU), after a warm-up pass.
+thread, wall time at more, CUDA events on a GPU), after warm-up passes (:data:`WARMUP_S`).
 :class:`AttentionHooks` times each block's attention module minus its projections in place.
 
 Two ways to time a set of cases:
@@ -160,13 +160,21 @@ def time_case(model, spec, case, dev, gen, timer: PassTimer, repeat: int, hooks_
 HOOKS_S_PER_LAYER = 1.3e-4
 
 
+# Warm-up per visit: passes until this much time has gone (at least one). After a large pass, a
+# short one runs slow for its next 3-4 passes (timing-llama-21m, 1 thread, Xeon VM: decode 2 x 24
+# after a 1 x 384 prefill 6.98, 6.59, 5.42, 4.48, 4.36 ms; after a decode 4.40, 4.45, 4.39 ms; a
+# sleep between does not help, raising glibc's trim and mmap thresholds neither), while passes of
+# 20 ms and more recover within one. One warm-up made a short case's time depend on its neighbours.
+WARMUP_S = 0.03
+
+
 def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hooks_ns=None,
-               long_pass_s: float | None = None, seed: int = 0, progress=None):
+               long_pass_s: float | None = None, seed: int = 0, progress=None, warmup_s: float = WARMUP_S):
     """Time every case of ``cases`` in ``visits`` rounds; yield ``(index, result)`` as each case's
     last visit ends (all of them in the last round).
 
     A round visits every case once, in an order shuffled by ``seed`` and the round: set the case
-    up, a warm-up pass, one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
+    up, warm-up passes (until ``warmup_s`` has gone, at least one: :data:`WARMUP_S`), one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
     pass for the attention share. A case whose warm-up took longer than ``long_pass_s`` skips the
     warm-up on its later visits (a pass that long is not slower cold: first / second pass 0.996-1.02
     measured from 176 ms up, 1.06-1.12 for 8-27 ms passes), and with hooks times the hooked pass
@@ -189,6 +197,9 @@ def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hook
                 warm = timer.seconds(run)
                 long_[i] = long_pass_s is not None and warm > long_pass_s
                 hooked_timed[i] = long_[i] and warm > 1000 * hooks_cost_s
+                spent = warm
+                while spent < warmup_s:
+                    spent += timer.seconds(run)
             if hooks_ns is not None and hooked_timed[i]:
                 hooks = AttentionHooks(model, hooks_ns)  # one pass gives both
                 try:

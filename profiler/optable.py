@@ -3,7 +3,7 @@
 The reference model of MODEL (fp32 weights and activations, eager attention, seeded random weights)
 runs over a prefill grid of token counts (batch 1) and a rectangular decode grid of
 (batch, context) points; the points are timed by :func:`profiler.model_timing.time_cases`: every
-point visited in ``repeat`` rounds spread over the run (3; quick 2), each visit a warm-up, one
+point visited in ``repeat`` rounds spread over the run (3; quick 2), each visit warm-ups, one
 unhooked pass and a hooked one for the attention share; a point's time is the geometric mean of
 its visits.
 

@@ -49,7 +49,7 @@ def test_each_case_is_visited_once_a_round_and_the_mean_is_geometric(fake):
     # geometric mean sqrt(1 x 4) = 2 ms (the median, 2.5 ms, is kept beside it); B's 3 and 3.
     timer = _Timer({A: [9e-3, 1e-3, 9e-3, 4e-3], B: [9e-3, 3e-3, 9e-3, 3e-3]})
     rounds, model = [], _Model()
-    out = list(model_timing.time_cases(model, None, [A, B], None, None, timer, 2,
+    out = list(model_timing.time_cases(model, None, [A, B], None, None, timer, 2, warmup_s=0,
                                        progress=lambda r, n: rounds.append((r, n, len(timer.log)))))
     assert sorted(i for i, _ in out) == [0, 1]
     res = dict(out)
@@ -69,9 +69,20 @@ def test_a_long_pass_skips_its_warm_up_after_the_first_visit(fake):
     # long_pass_s 0.5: A's warm-up takes 0.8 s, so visits 2 and 3 time A once each (4 passes in
     # all, not 6); B's warm-up is short and kept every visit (6 passes).
     timer = _Timer({A: [0.8, 0.7, 0.6, 0.6], B: [0.01] * 6})
-    out = dict(model_timing.time_cases(_Model(), None, [A, B], None, None, timer, 3, long_pass_s=0.5))
+    out = dict(model_timing.time_cases(_Model(), None, [A, B], None, None, timer, 3, long_pass_s=0.5, warmup_s=0))
     assert timer.log.count(A) == 4 and timer.log.count(B) == 6
     assert out[0]["seconds"] == pytest.approx(math.exp((math.log(0.7) + 2 * math.log(0.6)) / 3), rel=1e-12)
+
+
+def test_a_short_pass_warms_up_for_warmup_s(fake):
+    # warmup_s 0.03 (the default): A's passes take 12 ms, so each visit warms up with 3 passes
+    # (12 + 12 < 30 <= 36 ms) before its timed one: 4 passes a visit, 8 for 2 visits; B's first
+    # pass takes 40 ms, so one warm-up a visit: 4 passes. The timed passes are the 4th and the 2nd.
+    timer = _Timer({A: [0.012, 0.012, 0.012, 0.005] * 2, B: [0.04, 0.02] * 2})
+    out = dict(model_timing.time_cases(_Model(), None, [A, B], None, None, timer, 2))
+    assert model_timing.WARMUP_S == 0.03
+    assert timer.log.count(A) == 8 and timer.log.count(B) == 4
+    assert out[0]["seconds"] == pytest.approx(0.005) and out[1]["seconds"] == pytest.approx(0.02)
 
 
 def test_a_long_pass_with_hooks_is_timed_hooked(fake):
