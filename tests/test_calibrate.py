@@ -104,7 +104,6 @@ def test_cuda_unavailable_is_a_clear_error():
     assert r.exit_code == 2 and r.output.startswith("Error: device cuda is not available")
 
 
-
 def test_curve_probes_cycle_a_pool_past_the_cache():
     from profiler.calibrate import CURVE_COLD_BYTES, measure_attention_slice, measure_matmul_rows
 
