@@ -160,21 +160,27 @@ def time_case(model, spec, case, dev, gen, timer: PassTimer, repeat: int, hooks_
 HOOKS_S_PER_LAYER = 1.3e-4
 
 
-# Warm-up per visit: passes until this much time has gone (at least one). After a large pass, a
-# short one runs slow for its next 3-4 passes (timing-llama-21m, 1 thread, Xeon VM: decode 2 x 24
-# after a 1 x 384 prefill 6.98, 6.59, 5.42, 4.48, 4.36 ms; after a decode 4.40, 4.45, 4.39 ms; a
-# sleep between does not help, raising glibc's trim and mmap thresholds neither), while passes of
-# 20 ms and more recover within one. One warm-up made a short case's time depend on its neighbours.
+# Warm-up per visit: passes until WARMUP_S has gone (at least one), then on while a pass is still
+# 3 % faster than the one before (recovering), up to WARMUP_MAX_S. After a large pass a short one
+# runs slow for several passes, longer the larger the pass before (1 thread, Xeon VM, median of 3:
+# timing-llama-21m decode 2 x 24 after a 1 x 384 prefill 6.98, 6.59, 5.42, 4.48, 4.36 ms, after a
+# decode 4.40, 4.45, 4.39; the LLaMA-GQA model's after its 1 x 384 prefill 10.15, 9.92, 9.59, 8.89,
+# 7.97, 7.09, 6.74, 6.83 ms, after a decode 6.59, 6.56, 6.60). A sleep between does not help, nor
+# glibc's trim and mmap thresholds. With one warm-up a short case's time depended on its neighbours.
 WARMUP_S = 0.03
+WARMUP_MAX_S = 0.25
+WARMUP_FALLING = 0.97
 
 
 def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hooks_ns=None,
-               long_pass_s: float | None = None, seed: int = 0, progress=None, warmup_s: float = WARMUP_S):
+               long_pass_s: float | None = None, seed: int = 0, progress=None, warmup_s: float = WARMUP_S,
+               warmup_max_s: float = WARMUP_MAX_S):
     """Time every case of ``cases`` in ``visits`` rounds; yield ``(index, result)`` as each case's
     last visit ends (all of them in the last round).
 
     A round visits every case once, in an order shuffled by ``seed`` and the round: set the case
-    up, warm-up passes (until ``warmup_s`` has gone, at least one: :data:`WARMUP_S`), one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
+    up, warm-up passes (until ``warmup_s`` has gone, at least one, then on while each is 3 % faster
+    than the one before, up to ``warmup_max_s``: :data:`WARMUP_S`), one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
     pass for the attention share. A case whose warm-up took longer than ``long_pass_s`` skips the
     warm-up on its later visits (a pass that long is not slower cold: first / second pass 0.996-1.02
     measured from 176 ms up, 1.06-1.12 for 8-27 ms passes), and with hooks times the hooked pass
@@ -197,9 +203,10 @@ def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hook
                 warm = timer.seconds(run)
                 long_[i] = long_pass_s is not None and warm > long_pass_s
                 hooked_timed[i] = long_[i] and warm > 1000 * hooks_cost_s
-                spent = warm
-                while spent < warmup_s:
-                    spent += timer.seconds(run)
+                spent, prev, falling = warm, warm, False
+                while spent < warmup_max_s and (spent < warmup_s or falling):
+                    t = timer.seconds(run)
+                    spent, prev, falling = spent + t, t, t < WARMUP_FALLING * prev
             if hooks_ns is not None and hooked_timed[i]:
                 hooks = AttentionHooks(model, hooks_ns)  # one pass gives both
                 try:

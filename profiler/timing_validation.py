@@ -184,8 +184,8 @@ def measurement_info(hw: Hardware, device: str, threads: int | None) -> dict:
     n = threads or (hw.calibration or {}).get("threads") or 1
     return {"clock": clock_name(device, n), "threads": None if device == "cuda" else n,
             "statistic": "geometric mean of the visits: each case visited once a round, in rounds "
-                         "spread over the run, warm-up passes for 30 ms (at least one; over 0.5 s: the first visit only) "
-                         "and one timed pass a visit",
+                         "spread over the run, warm-up passes for 30 ms (at least one), then while each is still 3 % faster "
+                         "than the one before, up to 0.25 s (over 0.5 s: the first visit only), and one timed pass a visit",
             "floor": "median absolute deviation of the visits from their median, % of it"}
 
 

@@ -85,6 +85,22 @@ def test_a_short_pass_warms_up_for_warmup_s(fake):
     assert out[0]["seconds"] == pytest.approx(0.005) and out[1]["seconds"] == pytest.approx(0.02)
 
 
+def test_warm_up_goes_on_while_the_passes_still_speed_up(fake):
+    # A: 20 ms, then 15 (35 ms spent, but 15 < 0.97 x 20: still falling), 11 (< 0.97 x 15), 10.9
+    # (not < 0.97 x 11 = 10.67: settled): 4 warm-ups, then the timed pass, 7 ms.
+    timer = _Timer({A: [0.020, 0.015, 0.011, 0.0109, 0.007]})
+    out = dict(model_timing.time_cases(_Model(), None, [A], None, None, timer, 1))
+    assert timer.log.count(A) == 5 and out[0]["seconds"] == pytest.approx(0.007)
+    # ever faster passes stop at warmup_max_s (here 50 ms): 20 + 15 + 11 + 8 = 54 ms, then the timed 6
+    timer = _Timer({A: [0.020, 0.015, 0.011, 0.008, 0.006]})
+    out = dict(model_timing.time_cases(_Model(), None, [A], None, None, timer, 1, warmup_max_s=0.05))
+    assert timer.log.count(A) == 5 and out[0]["seconds"] == pytest.approx(0.006)
+    # one warm-up that already took warmup_s is the whole warm-up (no trend after one pass)
+    timer = _Timer({A: [0.1, 0.05]})
+    out = dict(model_timing.time_cases(_Model(), None, [A], None, None, timer, 1))
+    assert timer.log.count(A) == 2 and out[0]["seconds"] == pytest.approx(0.05)
+
+
 def test_a_long_pass_with_hooks_is_timed_hooked(fake):
     # long and hooked: visit 1 is the warm-up (0.8 s) then one hooked, timed pass; visits 2 and 3
     # one hooked, timed pass each: 4 passes, all through the timer, for 3 visits.
