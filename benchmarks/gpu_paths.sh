@@ -6,6 +6,9 @@
 # than GPUs, `calibrate --device cuda`, and `validate --timing` against the calibrated profile and
 # the catalog's H200.
 #
+# From the repository root, with costmodel importable (`pip install -e '.[profile]'`, or
+# PYTHONPATH=. where torch, click, pandas and fvcore are installed):
+#
 #   bash benchmarks/gpu_paths.sh OUTDIR [cuda|cpu]     # cpu: a dry run of the script itself
 #   ONLY="families.txt calibrate.json" bash benchmarks/gpu_paths.sh OUTDIR   # just these steps
 #
