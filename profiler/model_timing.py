@@ -180,9 +180,9 @@ def time_cases(model, spec, cases, dev, gen, timer: PassTimer, visits: int, hook
 
     A round visits every case once, in an order shuffled by ``seed`` and the round: set the case
     up, warm-up passes (until ``warmup_s`` has gone, at least one, then on while each is 3 % faster
-    than the one before, up to ``warmup_max_s``: :data:`WARMUP_S`), one timed pass and, with ``hooks_ns`` (a CPU clock, or "cuda"), one hooked
-    pass for the attention share. A case whose warm-up took longer than ``long_pass_s`` skips the
-    warm-up on its later visits (a pass that long is not slower cold: first / second pass 0.996-1.02
+    than the one before, up to ``warmup_max_s``: :data:`WARMUP_S`), one timed pass and, with
+    ``hooks_ns`` (a CPU clock, or "cuda"), one hooked pass for the attention share. A case whose
+    warm-up took longer than ``long_pass_s`` skips the warm-up on its later visits (a pass that long is not slower cold: first / second pass 0.996-1.02
     measured from 176 ms up, 1.06-1.12 for 8-27 ms passes), and with hooks times the hooked pass
     itself where the hooks cost under 0.1 % of it (:data:`HOOKS_S_PER_LAYER`). ``progress(round, visits)`` is called
     after each round but the last. The result: ``seconds``, the geometric mean of the visits;

@@ -485,7 +485,8 @@ def profile(spec: ModelSpec, wl: Workload, *, device: str = "cpu", attention: st
         sampler = Sampler(Strategy.of(w), seed, dev)
         return timer.seconds(lambda: run_workload(model, w, prompt, source, sampler, probe))
 
-    other = replace(wl, kv_cache=not wl.kv_cache) if compare_cache and wl.gen > 1 and spec.arch != "encoder" else None
+    compare = compare_cache and wl.gen > 1 and spec.arch != "encoder"
+    other = replace(wl, kv_cache=not wl.kv_cache) if compare else None
     before = load_snapshot()
     for i in range(warmup):
         say(f"warm-up {i + 1}/{warmup}")

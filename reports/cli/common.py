@@ -324,6 +324,26 @@ def warn(msg: str) -> None:
     click.echo(f"Warning: {msg}", err=True)
 
 
+def max_load_option(help_prefix: str = ""):
+    """``--max-load``: the timing commands' refusal threshold (1-minute load average per CPU)."""
+    return click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
+                        help=f"{help_prefix}{'r' if help_prefix else 'R'}efuse to time when the 1-minute load average "
+                             "per CPU exceeds this (0: never refuse; CPU only).")
+
+
+def check_timing_load(device: str, max_load: float) -> dict:
+    """The load snapshot before timing; on a CPU, refuse (a one-line LoadError) above ``max_load``
+    per CPU and warn above 1 per CPU (see :func:`profiler.measure.check_load`)."""
+    from profiler.measure import check_load, load_snapshot
+
+    before = load_snapshot()
+    if device == "cpu":
+        note = check_load(before, max_load)
+        if note:
+            warn(note.removeprefix("warning: "))
+    return before
+
+
 def table_width(wide: bool) -> int | None:
     """The width text tables fit: None (full width, one line per op) with --wide or when stdout is
     not a terminal (a pipe or a file gets the full detail) unless COLUMNS says otherwise; else the

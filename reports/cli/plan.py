@@ -18,8 +18,8 @@ from costmodel.plan import capacity_plan
 from profiler.choices import DEVICES
 
 from .common import (InputError, efficiency_options, emit_json, engine_option, format_option, hardware_options,
-                     input_errors, install_hint, main, model_argument, read_engine, warn, with_efficiencies,
-                     workload_options)
+                     input_errors, install_hint, main, max_load_option, model_argument, read_engine, warn,
+                     with_efficiencies, workload_options)
 
 
 @main.command()
@@ -148,8 +148,7 @@ def plan(model, gpu, hardware_file, gpus, tp, pp, ep, prompt, gen, batch, dtype,
 @click.option("--model", "models", multiple=True, metavar="MODEL",
               help="Also time this model's own ops over a prefill and a decode grid and store its op table "
                    "(repeatable; anything `report` accepts, or timing-llama-21m). Predictions for it then interpolate the table.")
-@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
-              help="Refuse to time when the 1-minute load average per CPU exceeds this (0: never refuse).")
+@max_load_option()
 @click.option("--collectives", is_flag=True, help="Also time all-reduces on 2 ranks (gloo on cpu, nccl on cuda) "
               "and fit the plan's ring model: interconnect bandwidth and link latency.")
 @format_option(["table", "json"])

@@ -12,8 +12,9 @@ import click
 from costmodel.models import get_model
 from profiler.choices import ATTENTION_PATHS, DEVICES, REFERENCE_DTYPES
 
-from .common import (InputError, emit_json, engine_line, engine_option, format_option, hardware_options, input_errors,
-                     main, model_argument, pop_workload, read_engine, refuse_engine, warn, workload_options)
+from .common import (InputError, check_timing_load, emit_json, engine_line, engine_option, format_option,
+                     hardware_options, input_errors, main, max_load_option, model_argument, pop_workload, read_engine,
+                     refuse_engine, workload_options)
 from .parallel import profile_parallel, split_case_names, validate_parallel
 from .validate_timing import run_timing_validation
 
@@ -45,8 +46,7 @@ def _progress(desc: str):
               help="Rounds: each visits the loop bare, with phase timers, with per-op hooks and with the other "
                    "KV-cache choice once, in a shuffled order (times: median and spread of the visits).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
-@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
-              help="Refuse when the 1-minute load average per CPU exceeds this (0: never refuse; CPU only).")
+@max_load_option()
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, prompt and sampling seed.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of *.safetensors in Hugging Face naming (default: seeded random weights).")
@@ -88,11 +88,9 @@ def profile(model, device, attention, repeat, warmup, max_load, seed, weights, t
     from profiler.runner import profile as run_profile
     from reports.profile import profile_table
 
-    from profiler.measure import check_load, load_snapshot, set_threads
+    from profiler.measure import set_threads
 
-    note = check_load(load_snapshot(), max_load) if device == "cpu" else None
-    if note:
-        warn(note.removeprefix("warning: "))
+    check_timing_load(device, max_load)
     restore = set_threads(threads)
     try:
         with _progress(f"profile {spec.name}") as say:
@@ -124,8 +122,7 @@ def profile(model, device, attention, repeat, warmup, max_load, seed, weights, t
                    "the built-in timing-llama-21m).")
 @click.option("--max-error", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="PCT",
               help="--timing: exit 1 when the median absolute error exceeds PCT %.")
-@click.option("--max-load", type=click.FloatRange(min=0), default=4.0, show_default=True,
-              help="--timing: refuse when the 1-minute load average per CPU exceeds this (0: never refuse).")
+@max_load_option("--timing: ")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
               help="--timing: visits per case, in rounds spread over the run, one timed pass each (their "
                    "geometric mean is the measurement).")

@@ -6,7 +6,7 @@ import click
 
 from costmodel.hardware import get_hardware, hardware_from_dict
 
-from .common import emit_json, warn
+from .common import check_timing_load, emit_json
 
 
 def timing_spec(name: str | None):
@@ -23,7 +23,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     """Time the reference model over prefill and decode shapes and hold each against the prediction
     on ``--hardware FILE`` (or ``--gpu NAME``); without either, calibrate this machine first.
     Exit 1 when the median absolute error exceeds ``max_error`` %."""
-    from profiler.measure import check_load, load_between, load_snapshot
+    from profiler.measure import load_between, load_snapshot
     from profiler.timing_validation import measurement_info, plan, run_timing, summary, table_drift
     from reports.profile import timing_validation_table
     from reports.text import human_seconds
@@ -31,11 +31,7 @@ def run_timing_validation(hardware_file, gpu, device, threads, quick, fmt, *, mo
     spec = timing_spec(model)
     if hardware_file is not None or gpu is not None:
         hw = get_hardware(gpu, hardware_file)  # a bad file fails before the load is looked at
-    before = load_snapshot()
-    if device == "cpu":
-        note = check_load(before, max_load)
-        if note:
-            warn(note.removeprefix("warning: "))
+    before = check_timing_load(device, max_load)
     if hardware_file is None and gpu is None:
         from profiler.calibrate import calibrate
 
