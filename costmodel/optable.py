@@ -28,8 +28,18 @@ tokens (grid: batch 1, ``tokens`` T)::
 
 For a decode step of ``batch`` rows over ``context`` cached keys (attending over context + 1)::
 
-    rest(batch)                       from (b, median over the grid's contexts of rest_s)
+    rest(batch)                       from (b, median over the grid's contexts of rest_s), with
+                                      the batches of ``decode_rest`` (every batch 1-16 at one
+                                      context: a CPU's few-row matmuls step every 3 rows)
     attention(batch, context + 1)     bilinear in (log batch, log keys) over the rectangular grid
+
+On a CPU a table (``mmap_threshold_bytes``: glibc's, :data:`MMAP_THRESHOLD_BYTES`) splits each
+curve into *regimes*: how many of the part's fresh per-layer tensors (the attention scores, GQA's
+repeated keys and values, the rows' activations) are big enough to come from a fresh mmap and
+page-fault every pass. A time steps up as a tensor crosses the threshold (the LLaMA-GQA bench
+model's decode attention: about 3.5 us per (sequence, key) below it, 7.4-8.7 above; its 1 x 1024
+prefill 23-24 % over the line between its neighbours), so a curve interpolates only among the
+points of the query's regime (:func:`loglog`'s ``labels``), never across the step.
 
 No numpy: the table is small and this module is imported by the analytic side.
 """
@@ -39,11 +49,23 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .dtypes import nbytes
 from .errors import SpecError
 
 FORMAT = "costmodel-op-table/1"
+
+# glibc's malloc serves a request of at least its mmap threshold with a fresh mmap, and frees it
+# back to the kernel; the threshold rises with what is freed, up to DEFAULT_MMAP_THRESHOLD_MAX,
+# 4 * 1024 * 1024 * sizeof(long) = 32 MiB on 64-bit (malloc/malloc.c). So on a CPU a tensor of
+# 32 MiB or more is fresh memory every pass, page-faulted in as it is written, where a smaller one
+# reuses the heap. Measured on the LLaMA-GQA bench model's decode attention (1 thread, Xeon VM,
+# 30 points over batch 32-96 x context 128-384): 2.6-4.4 us per (sequence, key) while its
+# repeat_kv copies stay under 32 MiB (up to 30.2 MiB), 6.1-10.7 us from 35 MiB up. Calibrate
+# stores the threshold in a CPU table (``mmap_threshold_bytes``) and the table interpolates
+# within a regime, never across the step (:meth:`OpTable.with_spec`).
+MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 
 def spec_key(spec) -> str:
@@ -52,10 +74,18 @@ def spec_key(spec) -> str:
     return hashlib.sha256(repr(spec).encode("utf-8")).hexdigest()[:16]
 
 
-def loglog(xs, ys, x: float) -> float:
+def loglog(xs, ys, x: float, labels=None, label=None) -> float:
     """Piecewise-linear interpolation of ``ys`` over ``xs`` in (log x, log y); ``xs`` ascending,
     all values > 0. Exact at the grid points; beyond the ends the end segment continues, its
-    slope clamped at >= 0 (a time never shrinks as the work grows). One point: a constant."""
+    slope clamped at >= 0 (a time never shrinks as the work grows). One point: a constant.
+
+    ``labels`` (one per point) and ``label`` (the query's): interpolate only among the points of
+    the query's label (:func:`same_regime`), never across a step between regimes; a regime of
+    one point scales it in proportion to x (the x of every curve of a table is the work: rows,
+    score elements, keys), as its time per unit of work does above the step (measured: 235-264
+    ns per score element from 32 to 50 MiB of scores, timing-llama-21m's prefill, 1 thread)."""
+    if labels is not None:
+        return _loglog_regime(xs, ys, x, labels, label)
     if len(xs) == 1:
         return ys[0]
     if x <= 0:
@@ -73,11 +103,35 @@ def loglog(xs, ys, x: float) -> float:
     return math.exp(y0 + slope * (lx - x0))
 
 
-def bilinear_loglog(xs, ys, grid, x: float, y: float) -> float:
+def same_regime(labels, label) -> list[int]:
+    """The indices of the points whose label is the query's; none: those of the nearest label
+    (a tie: the higher one)."""
+    if label in labels:
+        return [i for i, l in enumerate(labels) if l == label]
+    nearest = min(set(labels), key=lambda l: (abs(l - label), -l))
+    return [i for i, l in enumerate(labels) if l == nearest]
+
+
+def _loglog_regime(xs, ys, x: float, labels, label) -> float:
+    keep = same_regime(labels, label)
+    if len(keep) >= 2:
+        return loglog([xs[i] for i in keep], [ys[i] for i in keep], x)
+    if x <= 0:
+        raise SpecError(f"op table: cannot interpolate at {x} (must be > 0)")
+    (k,) = keep  # the one point of its regime: its time per unit of work (every x here is the work)
+    return ys[k] * x / xs[k]
+
+
+def bilinear_loglog(xs, ys, grid, x: float, y: float, label=None) -> float:
     """``grid[i][j]`` at (xs[i], ys[j]): :func:`loglog` along y in the two bracketing rows, then
-    along x between them (exact at grid points)."""
-    col = [loglog(ys, row, y) for row in grid]
-    return loglog(xs, col, x)
+    along x between them (exact at grid points). ``label(x, y)``: each point's regime (see
+    :func:`loglog`): a row interpolates among its points of the regime of (its x, y), the column
+    among the rows of the regime of (x, y)."""
+    if label is None:
+        col = [loglog(ys, row, y) for row in grid]
+        return loglog(xs, col, x)
+    col = [loglog(ys, row, y, [label(xi, yj) for yj in ys], label(xi, y)) for xi, row in zip(xs, grid)]
+    return loglog(xs, col, x, [label(xi, y) for xi in xs], label(x, y))
 
 
 def _floor_s(v: float) -> float:
@@ -102,22 +156,75 @@ class OpTable:
     decode_contexts: tuple
     decode_total_s: tuple  # [batch][context]
     decode_attention_s: tuple
+    mmap_threshold_bytes: int | None = None  # a CPU table's (MMAP_THRESHOLD_BYTES); None: no regimes
+    decode_rest: tuple = ()  # ((batch, context, total_s, attention_s), ...): more batches, for the rest only
+    # Set by with_spec: (heads, kv heads, head dim, the widths of the row tensors, bytes per element)
+    dims: tuple | None = None
+
+    def with_spec(self, spec) -> "OpTable":
+        """This table, knowing the tensor sizes of ``spec`` (the model it was measured on), so it
+        interpolates each part within its mmap regime (:data:`MMAP_THRESHOLD_BYTES`)."""
+        widths = tuple(sorted({spec.hidden_size, spec.q_size, spec.intermediate_size}))
+        return replace(self, dims=(spec.num_heads, spec.num_kv_heads, spec.head_dim, widths, nbytes(1, self.dtype)))
+
+    # --- the regimes ----------------------------------------------------------------------------
+    def _count_over(self, sizes) -> int:
+        return sum(n >= self.mmap_threshold_bytes for n in sizes)
+
+    def attention_regime(self, batch: int, q_len: int, kv_len: int) -> int | None:
+        """How many of the eager attention's fresh per-layer tensors reach the mmap threshold:
+        the scores (and their scaled, masked and softmaxed copies), ``batch x heads x q_len x
+        kv_len``, and with GQA the keys and values repeated for every query head, ``batch x heads
+        x kv_len x head_dim``. None: no regimes (no threshold, or not bound to its spec)."""
+        if not self.regimes:
+            return None
+        heads, kv_heads, d, _, e = self.dims
+        sizes = [batch * heads * q_len * kv_len * e] + ([batch * heads * kv_len * d * e] if kv_heads != heads else [])
+        return self._count_over(sizes)
+
+    def rest_regime(self, rows: int) -> int | None:
+        """How many of the row tensors' widths (hidden, q, MLP) reach the threshold at ``rows`` rows."""
+        if not self.regimes:
+            return None
+        return self._count_over(rows * w * self.dims[4] for w in self.dims[3])
 
     # --- the curves -----------------------------------------------------------------------------
+    @property
+    def regimes(self) -> bool:
+        """Whether the curves split at the mmap threshold (a CPU table bound to its spec)."""
+        return self.mmap_threshold_bytes is not None and self.dims is not None
+
     def prefill_parts(self, batch: int, seq: int) -> dict:
         rest = [_floor_s(t - a) for t, a in zip(self.prefill_total_s, self.prefill_attention_s)]
-        r = loglog(self.prefill_tokens, rest, batch * seq)
-        a = loglog([t * t for t in self.prefill_tokens], [_floor_s(v) for v in self.prefill_attention_s],
-                   batch * seq * seq)
+        att = [_floor_s(v) for v in self.prefill_attention_s]
+        tokens, on = self.prefill_tokens, self.regimes
+        r = loglog(tokens, rest, batch * seq, [self.rest_regime(t) for t in tokens] if on else None,
+                   self.rest_regime(batch * seq))
+        a = loglog([t * t for t in tokens], att, batch * seq * seq,
+                   [self.attention_regime(1, t, t) for t in tokens] if on else None,
+                   self.attention_regime(batch, seq, seq))
         return {"rest_s": r, "attention_s": a, "seconds": r + a}
 
+    def decode_rest_by_batch(self) -> tuple[list, list]:
+        """(batches, rest_s): at each batch of the grid and of ``decode_rest``, the median of
+        total - attention over the contexts it was timed at."""
+        by: dict = {}
+        for b, ts, as_ in zip(self.decode_batches, self.decode_total_s, self.decode_attention_s):
+            by.setdefault(b, []).extend(t - a for t, a in zip(ts, as_))
+        for b, _, t, a in self.decode_rest:
+            by.setdefault(b, []).append(t - a)
+        batches = sorted(by)
+        return batches, [_floor_s(statistics.median(by[b])) for b in batches]
+
     def decode_parts(self, batch: int, context: int) -> dict:
-        rest_by_batch = [_floor_s(statistics.median(t - a for t, a in zip(ts, as_)))
-                         for ts, as_ in zip(self.decode_total_s, self.decode_attention_s)]
-        r = loglog(self.decode_batches, rest_by_batch, batch)
+        rest_batches, rest_by_batch = self.decode_rest_by_batch()
         keys = [c + 1 for c in self.decode_contexts]
         att = [[_floor_s(v) for v in row] for row in self.decode_attention_s]
-        a = bilinear_loglog(self.decode_batches, keys, att, batch, context + 1)
+        on = self.regimes
+        r = loglog(rest_batches, rest_by_batch, batch, [self.rest_regime(b) for b in rest_batches] if on else None,
+                   self.rest_regime(batch))
+        a = bilinear_loglog(self.decode_batches, keys, att, batch, context + 1,
+                            (lambda b, k: self.attention_regime(b, 1, k)) if on else None)
         return {"rest_s": r, "attention_s": a, "seconds": r + a}
 
     def parts(self, batch: int, q_len: int, kv_len: int) -> dict:
@@ -136,7 +243,8 @@ class OpTable:
     def is_grid_point(self, phase: str, batch: int, context: int) -> bool:
         if phase == "prefill":
             return batch == 1 and context in self.prefill_tokens
-        return batch in self.decode_batches and context in self.decode_contexts
+        return ((batch in self.decode_batches and context in self.decode_contexts)
+                or any((batch, context) == (b, c) for b, c, _, _ in self.decode_rest))
 
 
 # --- the stored format --------------------------------------------------------------------------
@@ -201,11 +309,25 @@ def parse_op_table(d: object, where: str) -> OpTable:
     if missing:
         raise SpecError(f"{where}: the decode grid must be rectangular (every batch at every context); "
                         f"missing batch {missing[0][0]} context {missing[0][1]}")
+    rest = d.get("decode_rest") or []
+    if not isinstance(rest, list):
+        raise SpecError(f"{where}: decode_rest must be a list of {{batch, context, total_s, attention_s}}")
+    rest_points = []
+    for i, p in enumerate(rest):
+        w = f"{where}: decode_rest[{i}]"
+        if not isinstance(p, dict):
+            raise SpecError(f"{w} must be an object")
+        rest_points.append((_pos_int(w, "batch", p.get("batch")), _pos_int(w, "context", p.get("context")),
+                            _pos_number(w, "total_s", p.get("total_s")), _pos_number(w, "attention_s", p.get("attention_s"))))
+    threshold = d.get("mmap_threshold_bytes")
+    if threshold is not None:
+        _pos_int(where, "mmap_threshold_bytes", threshold)
     return OpTable(d["model"], d["spec_key"], d["dtype"], d["attention"], d["device"], d["threads"], d["clock"],
                    tuple(tokens), tuple(r[1] for r in rows), tuple(r[2] for r in rows),
                    tuple(batches), tuple(contexts),
                    tuple(tuple(points[(b, c)][0] for c in contexts) for b in batches),
-                   tuple(tuple(points[(b, c)][1] for c in contexts) for b in batches))
+                   tuple(tuple(points[(b, c)][1] for c in contexts) for b in batches), threshold,
+                   tuple(sorted(rest_points)))
 
 
 def parse_op_tables(calibration: dict, source: str) -> list[OpTable]:
@@ -223,7 +345,7 @@ def table_for(hw, spec, dtype: str = "fp32", attention: str = "eager") -> OpTabl
     key = spec_key(spec)
     for t in parse_op_tables(hw.calibration or {}, f"hardware {hw.id!r}"):
         if t.spec_key == key and t.dtype == dtype and t.attention == attention:
-            return t
+            return t.with_spec(spec)
     return None
 
 

@@ -7,18 +7,22 @@ point visited in ``repeat`` rounds spread over the run (3; quick 2), each visit 
 unhooked pass and a hooked one for the attention share; a point's time is the geometric mean of
 its visits.
 
-The grids are chosen to be *off* the shapes ``costmodel validate --timing`` checks (so validation
-interpolates), and are clipped to the model's context length. They take one to two minutes for a
+The rows' part of a decode step is also timed at every batch 1-16 at the first context
+(:data:`DECODE_REST_BATCHES`, stored as ``decode_rest``). The grids are chosen to be *off* the
+shapes ``costmodel validate --timing`` checks (so validation interpolates: its decode batches 4 and
+8 are timed here at context 24 alone, for the rows' part; their attention, at 64-512 keys, is
+interpolated), and are clipped to the model's context length. They take one to two minutes for a
 20-50 M-parameter model on one core of a small CPU (see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import platform
 import time
 
 import torch
 
-from costmodel.optable import FORMAT, parse_op_table, spec_key
+from costmodel.optable import FORMAT, MMAP_THRESHOLD_BYTES, parse_op_table, spec_key
 from costmodel.spec import ModelSpec
 
 from .measure import PassTimer, clock_name, clock_ns, load_between, load_snapshot, set_threads
@@ -31,6 +35,13 @@ QUICK_PREFILL_TOKENS = (8, 24)
 LONG_PASS_S = 0.5  # a point whose warm-up pass took longer than this skips it on later visits
 QUICK_DECODE_BATCHES = (1, 3)
 QUICK_DECODE_CONTEXTS = (12, 40)
+# The rows' part of a decode step (projections, MLP, LM head: ``rest_s``) is also timed at every
+# batch 1-16, at the grid's first context (``decode_rest``): below 16 rows a CPU's matmuls step every
+# 3 rows, which no sparse grid follows (cold 1024 x 4096 fp32 weights, 1 thread, Xeon VM: 0.92-0.99
+# ms for 1-3 rows, 2.00-2.10 for 4-6, 2.71-2.85 for 7-9, 3.30-3.42 for 10-12, 3.86-4.01 for 13-15,
+# then 2.65 at 16, the blocked kernel).
+DECODE_REST_BATCHES = tuple(range(1, 17))
+QUICK_DECODE_REST_BATCHES = (1, 2)
 
 
 def grids(spec: ModelSpec, quick: bool = False):
@@ -42,6 +53,15 @@ def grids(spec: ModelSpec, quick: bool = False):
     pre = tuple(t for t in pre if t <= limit) or (min(limit, pre[0]),)
     ctx = tuple(c for c in ctx if c + 1 <= limit) or (max(1, min(limit - 1, ctx[0])),)
     return pre, bat, ctx
+
+
+def mmap_threshold_bytes(device: str) -> int | None:
+    """The allocator's mmap threshold a CPU table records (:data:`costmodel.optable.MMAP_THRESHOLD_BYTES`:
+    glibc's, which torch's CPU allocator sits on); None on a GPU (the caching allocator keeps its
+    blocks) or another C library (its threshold unknown: the table then interpolates as one regime)."""
+    if device != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return MMAP_THRESHOLD_BYTES
 
 
 def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | None = 1, quick: bool = False,
@@ -61,7 +81,9 @@ def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | Non
     try:
         model = build_model(spec, dtype="fp32", device=str(dev), seed=seed, attention="eager")
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        cases = [("prefill", 1, t) for t in pre] + [("decode", b, c) for b in bat for c in ctx]
+        rest_batches = QUICK_DECODE_REST_BATCHES if quick else DECODE_REST_BATCHES
+        cases = ([("prefill", 1, t) for t in pre] + [("decode", b, c) for b in bat for c in ctx] +
+                 [("decode", b, ctx[0]) for b in rest_batches if b not in bat])
         rows = [None] * len(cases)
         done = (lambda r, n: progress(f"op table {spec.name}: round {r}/{n} of {len(cases)} points")) if progress else None
         with torch.inference_mode():
@@ -72,12 +94,14 @@ def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | Non
                            "floor_pct": m["floor_pct"]}
                 if progress:
                     progress(f"op table {spec.name}: {phase} batch {b} context {c} {m['seconds'] * 1e3:.2f} ms")
-        prefill_rows, decode_rows = rows[:len(pre)], rows[len(pre):]
+        n_grid = len(pre) + len(bat) * len(ctx)
+        prefill_rows, decode_rows, rest_rows = rows[:len(pre)], rows[len(pre):n_grid], rows[n_grid:]
     finally:
         restore()
     table = {"format": FORMAT, "model": spec.name, "spec_key": spec_key(spec), "dtype": "fp32",
              "attention": "eager", "device": dev.type, "threads": None if dev.type == "cuda" else nthreads,
-             "clock": clock, "repeats": repeat, "prefill": prefill_rows, "decode": decode_rows,
+             "clock": clock, "mmap_threshold_bytes": mmap_threshold_bytes(dev.type), "repeats": repeat,
+             "prefill": prefill_rows, "decode": decode_rows, "decode_rest": rest_rows,
              "seconds_taken": time.perf_counter() - t0, "load": load_between(before, load_snapshot()),
              "torch_version": torch.__version__}
     parse_op_table(table, f"op table of {spec.name}")  # what the profile will accept

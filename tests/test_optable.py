@@ -3,6 +3,7 @@ commands' contract (calibrate --model, validate --timing --model, the load refus
 asserts: the measured figures are in benchmarks/README.md."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,8 @@ from click.testing import CliRunner
 from costmodel.errors import SpecError
 from costmodel.hardware import hardware_from_dict, load_hardware_file
 from costmodel.models import get_model
-from costmodel.optable import FORMAT, bilinear_loglog, loglog, parse_op_table, spec_key, table_for
+from costmodel.optable import (FORMAT, MMAP_THRESHOLD_BYTES, bilinear_loglog, loglog, parse_op_table, same_regime,
+                               spec_key, table_for)
 from reports.cli import main
 
 
@@ -42,6 +44,38 @@ def test_bilinear_loglog():
             assert bilinear_loglog(xs, ys, grid, x, y) == pytest.approx(grid[i][j])
     # f = x * y is linear in log-log along both axes, so the interpolation is exact: f(2, 2) = 4
     assert bilinear_loglog(xs, ys, grid, 2, 2) == pytest.approx(4.0)
+
+
+def test_loglog_interpolates_within_a_regime():
+    # a step between x = 2 and x = 4: y = x below it, 3x above it (labels 0 and 1)
+    xs, ys, labels = [1, 2, 4, 8], [1.0, 2.0, 12.0, 24.0], [0, 0, 1, 1]
+    # above the step (label 1): from (4, 12) and (8, 24), slope 1: y(3) = 12 * 3 / 4 = 9
+    assert loglog(xs, ys, 3, labels, 1) == pytest.approx(9.0)
+    # below it (label 0): from (1, 1) and (2, 2), extended: y(3) = 3
+    assert loglog(xs, ys, 3, labels, 0) == pytest.approx(3.0)
+    # without labels the line crosses the step: slope log(6) / log(2), y(3) = 2 * 1.5^2.585 = 5.72
+    assert loglog(xs, ys, 3) == pytest.approx(2 * 1.5 ** (math.log(6) / math.log(2)))
+    for x, y, l in zip(xs, ys, labels):
+        assert loglog(xs, ys, x, labels, l) == pytest.approx(y)  # exact at grid points
+    # a regime of one point: in proportion to x, 24 * 6 / 8 = 18
+    assert loglog(xs, [1.0, 2.0, 4.0, 24.0], 6, [0, 0, 0, 1], 1) == pytest.approx(18.0)
+    # a label no point has: the nearest label's points (a tie: the higher); same_regime gives them
+    assert same_regime([0, 0, 1], 2) == [2] and same_regime([0, 2], 1) == [1] and same_regime([0, 1, 1], 1) == [1, 2]
+    assert loglog(xs, ys, 16, labels, 2) == pytest.approx(48.0)  # label 1's line: 24 * 16 / 8
+
+
+def test_bilinear_loglog_within_a_regime():
+    xs, ys = [1, 4], [1, 4]
+    grid = [[1.0, 4.0], [4.0, 48.0]]  # f = x * y, and 3x that at (4, 4): the one point with x * y >= 16
+    step = lambda x, y: int(x * y >= 16)
+    # (4, 2): x * y = 8, below: row 4 from its below point (4, 1) alone, in proportion: 4 * 2 = 8;
+    # the column at y = 2: rows 1 (2, label 0) and 4 (8, label 0) -> exact f(4, 2) = 8
+    assert bilinear_loglog(xs, ys, grid, 4, 2, step) == pytest.approx(8.0)
+    # (4, 4) is a grid point: 48; (2, 8): x * y = 16, above: row 1 at y = 8 is 8 (label 0), row 4
+    # at y = 8 is 48 * 8 / 4 = 96 (label 1, one point); the column keeps row 4 alone: 96 * 2 / 4 = 48
+    assert bilinear_loglog(xs, ys, grid, 4, 4, step) == pytest.approx(48.0)
+    assert bilinear_loglog(xs, ys, grid, 2, 8, step) == pytest.approx(48.0)
+    assert bilinear_loglog(xs, ys, grid, 2, 8) < 48.0  # without regimes: pulled down by the rest
 
 
 def _table(**changes):
@@ -83,6 +117,8 @@ def test_table_predicts_by_parts():
                  {"batch": 2, "context": 16, "total_s": 1.0, "attention_s": 0.5}]},
      "decode grid must be rectangular .* missing batch 1 context 16"),
     ({"threads": 0}, "threads must be a whole number >= 1"),
+    ({"mmap_threshold_bytes": 0}, "mmap_threshold_bytes must be a whole number >= 1"),
+    ({"mmap_threshold_bytes": "32M"}, "mmap_threshold_bytes must be a whole number >= 1"),
 ])
 def test_bad_table_is_one_line(changes, message):
     with pytest.raises(SpecError, match=message):
@@ -115,6 +151,76 @@ def test_table_for_matches_the_exact_spec():
     assert table_for(hw, spec).model == "tiny-llama"
     assert table_for(hw, get_model("tiny-qwen2")) is None  # another spec: the roofline
     assert table_for(hw, spec, dtype="bf16") is None
+
+
+def test_decode_rest_adds_batches_for_the_rows_part():
+    # the grid's rest is 1 ms x batch (batches 1 and 4); decode_rest times batch 2 at context 15:
+    # total 8.2 ms, attention 3.2 ms, so its rest is 5 ms (a step up, as a CPU's 4-6-row matmuls are)
+    rest = [{"batch": 2, "context": 15, "total_s": 0.0082, "attention_s": 0.0032}]
+    tab = parse_op_table(_table(decode_rest=rest), "t")
+    batches, rest_s = tab.decode_rest_by_batch()
+    assert batches == [1, 2, 4] and rest_s == pytest.approx([0.001, 0.005, 0.004])
+    assert tab.parts(2, 1, 32)["rest_s"] == pytest.approx(0.005)
+    # batch 3: between (2, 5 ms) and (4, 4 ms) in log-log: 5 ms x 1.5^(log(0.8) / log(2)) = 4.39 ms
+    assert tab.parts(3, 1, 32)["rest_s"] == pytest.approx(0.005 * 1.5 ** (math.log(0.8) / math.log(2)))
+    # its attention stays the grid's (batch 2 is not a row of it): 0.1 ms x 2 x 32 keys
+    assert tab.parts(2, 1, 32)["attention_s"] == pytest.approx(0.0064)
+    assert tab.is_grid_point("decode", 2, 15) and not tab.is_grid_point("decode", 2, 63)
+    assert parse_op_table(_table(), "t").decode_rest_by_batch()[0] == [1, 4]  # optional: older tables
+    with pytest.raises(SpecError, match=r"t: decode_rest\[0\]: batch must be a whole number >= 1"):
+        parse_op_table(_table(decode_rest=[{**rest[0], "batch": 0}]), "t")
+    with pytest.raises(SpecError, match="t: decode_rest must be a list"):
+        parse_op_table(_table(decode_rest={"batch": 2}), "t")
+
+
+def test_regimes_count_the_fresh_tensors_over_the_threshold():
+    spec = get_model("tiny-llama")  # 4 heads of 16, 2 kv heads, hidden 64, MLP 160; fp32: 4 bytes
+    hw = hardware_from_dict(_profile([_table(model=spec.name, spec_key=spec_key(spec), mmap_threshold_bytes=2**16)]))
+    tab = table_for(hw, spec)
+    assert tab.mmap_threshold_bytes == 65536 and tab.dims == (4, 2, 16, (64, 160), 4)
+    # scores batch x 4 heads x q x k x 4 B; GQA's repeated k, v batch x 4 heads x k x 16 x 4 B
+    assert tab.attention_regime(1, 64, 64) == 1  # scores 65,536 B: at the threshold; repeat 16,384
+    assert tab.attention_regime(1, 63, 64) == 0  # scores 64,512 B
+    assert tab.attention_regime(64, 1, 64) == 2  # scores 65,536, repeat 1,048,576
+    assert tab.attention_regime(16, 1, 64) == 1  # scores 16,384, repeat 262,144
+    assert tab.rest_regime(102) == 0 and tab.rest_regime(103) == 1  # 160 x 4 B: 65,280 / 65,920
+    assert tab.rest_regime(256) == 2  # 64 x 4 x 256 = 65,536 too
+    # no threshold stored (a GPU, an older table): one regime, the lines of test_table_predicts_by_parts
+    plain = table_for(hardware_from_dict(_profile([_table(model=spec.name, spec_key=spec_key(spec))])), spec)
+    assert plain.attention_regime(64, 1, 64) is None and plain.rest_regime(256) is None
+
+
+def test_a_table_steps_with_its_regime():
+    spec = get_model("tiny-llama")  # 4 heads: prefill scores 4 x s^2 x 4 B
+    # prefill attention 2 ms at 16 tokens (4,096 B of scores) and 64 ms at 64 (65,536 B: over a
+    # 60,000 B threshold): a step, twice the line through the 16-token point
+    pre = [{"tokens": 16, "total_s": 0.010, "attention_s": 0.002}, {"tokens": 64, "total_s": 0.072, "attention_s": 0.064}]
+    table = _table(model=spec.name, spec_key=spec_key(spec), prefill=pre)
+    tab = table_for(hardware_from_dict(_profile([{**table, "mmap_threshold_bytes": 60000}])), spec)
+    plain = table_for(hardware_from_dict(_profile([table])), spec)
+    # 1 x 60: 57,600 B, below: the 16-token point alone, in proportion to the score elements:
+    # 2 ms x 60^2 / 16^2 = 28.125 ms; one regime: the line up to the step, slope log(32) / log(16),
+    # 2 ms x (3600 / 256)^1.25 = 54.4 ms
+    assert tab.parts(1, 60, 60)["attention_s"] == pytest.approx(0.002 * 3600 / 256)
+    assert plain.parts(1, 60, 60)["attention_s"] == pytest.approx(0.002 * (3600 / 256) ** 1.25)
+    # 1 x 62: 61,504 B, above: the 64-token point alone, 64 ms x 62^2 / 64^2 = 60.06 ms
+    assert tab.parts(1, 62, 62)["attention_s"] == pytest.approx(0.064 * 62 ** 2 / 64 ** 2)
+    assert tab.parts(1, 16, 16)["attention_s"] == pytest.approx(0.002)  # grid points stay exact
+    assert tab.parts(1, 64, 64)["attention_s"] == pytest.approx(0.064)
+
+
+def test_calibrate_records_the_mmap_threshold(monkeypatch):
+    pytest.importorskip("torch")
+    import platform
+
+    from profiler.optable import mmap_threshold_bytes
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
+    assert mmap_threshold_bytes("cpu") == MMAP_THRESHOLD_BYTES == 32 * 2**20
+    assert mmap_threshold_bytes("cuda") is None
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))  # musl, or unknown
+    assert mmap_threshold_bytes("cpu") is None
 
 
 # --- the load -----------------------------------------------------------------------------------
@@ -179,8 +285,11 @@ def test_calibrate_model_stores_a_valid_table(tiny_profile):
     assert tab is not None and tab.clock == "thread" and tab.threads == 1
     assert tab.prefill_tokens == QUICK_PREFILL_TOKENS
     assert (tab.decode_batches, tab.decode_contexts) == (QUICK_DECODE_BATCHES, QUICK_DECODE_CONTEXTS)
+    # the rows' part at the quick rest batches the grid lacks (2), at the grid's first context
+    assert [(b, c) for b, c, _, _ in tab.decode_rest] == [(2, QUICK_DECODE_CONTEXTS[0])]
     raw = json.loads(tiny_profile.read_text())["calibration"]["op_tables"][0]
     assert raw["load"]["cpus"] >= 1 and raw["seconds_taken"] > 0
+    assert "mmap_threshold_bytes" in raw and tab.dims is not None  # 32 MiB on glibc, else null
     assert all(p["total_s"] > 0 and p["attention_s"] > 0 for p in raw["prefill"] + raw["decode"])
     curves = json.loads(tiny_profile.read_text())["calibration"]["curves"]
     assert {r["rows"] for r in curves["matmul_rows"]} == set(cal.QUICK_CURVE_ROWS)
