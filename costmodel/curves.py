@@ -2,9 +2,12 @@
 
 ``costmodel calibrate`` stores, under ``calibration.curves`` (see :mod:`profiler.calibrate`):
 
-- ``matmul_rows``: FLOP/s of ``[m, k] x [k, n]`` on cold weights by row count m, at two matrix
-  sizes: one CPU core streams cold weights fast for one row and far slower for 2-64 rows, which
-  neither the compute nor the bandwidth bound describes;
+- ``matmul_rows``: FLOP/s of ``[m, k] x [k, n]`` by row count m, at two matrix sizes, each over
+  pools of weights cycled so a call finds its weights as a pass through a model of that many
+  weight bytes does (``pool_bytes``: 64, 128 and 256 MiB): one CPU core streams weights fast for one
+  row and far slower for 2-64 rows, which neither the compute nor the bandwidth bound describes,
+  and faster the fewer weights there are between one use of a matrix and the next (the Xeon VM,
+  1 row over 1024 x 4096 matrices: 27.8 GB/s over 64 MiB, 23.6 over 128, 16.2 over 256);
 - ``elementwise_bytes``: seconds of an allocating element-wise op by bytes moved (large fresh
   outputs page-fault);
 - ``attention_slice``: seconds of a decode step's score matmul over a strided cache slice, by bytes
@@ -14,7 +17,8 @@
 
 :func:`curve_pass_seconds` prices each op of :func:`costmodel.analysis.step_cost` with them::
 
-    weight matmul   flops / rate(rows = flops / (2 x weight elements), nearest matrix size)
+    weight matmul   flops / rate(rows = flops / (2 x weight elements), nearest matrix size,
+                                 pool = the pass's weight bytes, held within the pools measured)
     other matmul    max(flops / peak, attention_slice(bytes))
     element-wise    max(flops / elementwise peak, elementwise_bytes(bytes))
     every op        + kernel_in_pass.seconds_per_op
@@ -57,14 +61,21 @@ def _series(rows, x: str, y: str, where: str):
 
 @dataclass(frozen=True)
 class Curves:
-    matmul: tuple  # ((weight_bytes, rows, flops_per_s), ...) one entry per matrix size
+    # ((weight_bytes, ((pool_bytes, rows, flops_per_s), ...)), ...): per matrix size, its pools
+    # ascending (pool_bytes None: a profile from before the pools, one pool)
+    matmul: tuple
     elementwise: tuple  # (bytes, seconds)
     attention: tuple  # (bytes, seconds)
     seconds_per_op: float
 
-    def matmul_rate(self, rows: float, weight_bytes: float) -> float:
-        size, xs, ys = min(self.matmul, key=lambda m: abs(math.log(m[0]) - math.log(max(weight_bytes, 1))))
-        return _clamped(xs, ys, rows)
+    def matmul_rate(self, rows: float, weight_bytes: float, pass_weight_bytes: float | None = None) -> float:
+        """FLOP/s of a weight matmul of ``rows`` rows over a matrix of ``weight_bytes``, in a pass
+        reading ``pass_weight_bytes`` of weights (None: the largest pool, the coldest)."""
+        _, pools = min(self.matmul, key=lambda m: abs(math.log(m[0]) - math.log(max(weight_bytes, 1))))
+        if pass_weight_bytes is None or len(pools) == 1:
+            return _clamped(*pools[-1][1:], rows)
+        return _clamped([p for p, _, _ in pools], [_clamped(xs, ys, rows) for _, xs, ys in pools],
+                        max(pass_weight_bytes, 1))
 
 
 def parse_curves(calibration: dict, source: str) -> Curves | None:
@@ -77,12 +88,19 @@ def parse_curves(calibration: dict, source: str) -> Curves | None:
     by_size: dict = {}
     for r in c.get("matmul_rows") or []:
         if isinstance(r, dict):
-            by_size.setdefault(r.get("weight_bytes"), []).append(r)
+            by_size.setdefault(r.get("weight_bytes"), {}).setdefault(r.get("pool_bytes"), []).append(r)
     matmul = []
-    for size, rows in by_size.items():
+    for size, by_pool in by_size.items():
         if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
             raise SpecError(f"{where}.matmul_rows: weight_bytes must be a number > 0, got {size!r}")
-        matmul.append((size, *_series(rows, "rows", "flops_per_s", f"{where}.matmul_rows")))
+        for pool in by_pool:
+            if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, float)) or not pool > 0):
+                raise SpecError(f"{where}.matmul_rows: pool_bytes must be a number > 0, got {pool!r}")
+        if None in by_pool and len(by_pool) > 1:
+            raise SpecError(f"{where}.matmul_rows: weight_bytes {size}: every row or none has pool_bytes")
+        pools = tuple((pool, *_series(rows, "rows", "flops_per_s", f"{where}.matmul_rows"))
+                      for pool, rows in sorted(by_pool.items(), key=lambda kv: kv[0] or 0))
+        matmul.append((size, pools))
     if not matmul:
         raise SpecError(f"{where}.matmul_rows must be a non-empty list")
     ew = _series(c.get("elementwise_bytes") or [], "bytes", "seconds", f"{where}.elementwise_bytes")
@@ -95,23 +113,25 @@ def parse_curves(calibration: dict, source: str) -> Curves | None:
 
 
 def op_parts(curves: Curves, kind: str, weight_bytes: float, weight_elements: float, flops: float,
-             nbytes: float, peak: float, ew_peak: float) -> tuple[float, float]:
+             nbytes: float, peak: float, ew_peak: float, pass_weight_bytes: float | None = None
+             ) -> tuple[float, float]:
     """(compute, memory) seconds of one op on the curves, its time their max plus the per-op cost:
-    a weight matmul ``(flops / rate(rows, weight bytes), 0)``, rows = flops / (2 x weight
-    elements); another matmul ``(flops / peak, attention_slice(bytes))``; any other op ``(flops /
-    element-wise peak, elementwise_bytes(bytes))``. One formula for :func:`op_seconds` and the
-    roofline's rates (:meth:`costmodel.roofline.Rates.curve_parts`)."""
+    a weight matmul ``(flops / rate(rows, weight bytes, pass weight bytes), 0)``, rows = flops /
+    (2 x weight elements); another matmul ``(flops / peak, attention_slice(bytes))``; any other op
+    ``(flops / element-wise peak, elementwise_bytes(bytes))``. One formula for :func:`op_seconds`
+    and the roofline's rates (:meth:`costmodel.roofline.Rates.curve_parts`)."""
     if kind == "matmul" and weight_bytes:
         rows = flops / (2 * weight_elements)
-        return (flops / curves.matmul_rate(rows, weight_bytes) if flops else 0.0), 0.0
+        return (flops / curves.matmul_rate(rows, weight_bytes, pass_weight_bytes) if flops else 0.0), 0.0
     curve, F = (curves.attention, peak) if kind == "matmul" else (curves.elementwise, ew_peak)
     return (flops / F if flops else 0.0), (loglog(*curve, nbytes) if nbytes else 0.0)
 
 
-def op_seconds(op, curves: Curves, peak: float, ew_peak: float, weight_bits: int) -> float:
+def op_seconds(op, curves: Curves, peak: float, ew_peak: float, weight_bits: int,
+               pass_weight_bytes: float | None = None) -> float:
     """One op's seconds on the curves (see the module docstring and :func:`op_parts`)."""
     parts = op_parts(curves, op.kind, op.weight_bytes, op.weight_bytes * 8 / weight_bits, op.flops, op.bytes,
-                     peak, ew_peak)
+                     peak, ew_peak, pass_weight_bytes)
     return max(parts) + curves.seconds_per_op
 
 
@@ -129,4 +149,5 @@ def curve_pass_seconds(spec, wl, hw, batch: int, q_len: int, kv_len: int, logits
     peak = hw.achievable_flops_per_s(wl.act_dtype)
     ew = hw.achievable_elementwise_flops_per_s(wl.act_dtype)
     bits = DTYPE_BITS[canonical_dtype(wl.weight_dtype)]
-    return sum(n * op_seconds(o, curves, peak, ew, bits) for n, o in cost.weighted())
+    pool = cost.total("weight_bytes")
+    return sum(n * op_seconds(o, curves, peak, ew, bits, pool) for n, o in cost.weighted())

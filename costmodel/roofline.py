@@ -80,6 +80,9 @@ class Rates:
     # the flat model where the profile has them (fp32, no quantisation): each op's time is its
     # curve's, and op_overhead_s the per-op cost measured inside a pass. None: the flat rates.
     curves: object = None
+    # The weight bytes of the pass being priced, on curves (the pool whose weight-streaming rate
+    # applies: costmodel.curves.Curves.matmul_rate); set by step_time and summed_time, None: the coldest.
+    pass_weight_bytes: float | None = None
 
     def bytes_rate(self, kind: str) -> float:
         """Achievable bytes/s for an op of ``kind``: matmuls stream weights at their own rate
@@ -126,7 +129,7 @@ class Rates:
         from .curves import op_parts
 
         c, m = op_parts(self.curves, kind, weight_bytes, weight_elements, flops, nbytes, self.flops_per_s,
-                        self.flops_rate("elementwise"))
+                        self.flops_rate("elementwise"), self.pass_weight_bytes)
         if kind == "matmul" and weight_bytes and nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s:
             return 0.0, c  # memory-bound under the flat rates
         return c, m
@@ -319,8 +322,17 @@ def _phase(name: str, steps: int, laid_out, extra_s: float = 0.0) -> PhaseTime:
                      extra_s)
 
 
+def _for_pass(r: Rates, cost: StepCost) -> Rates:
+    """``r`` for pricing ``cost``, one pass: on curves, with the pass's weight bytes (the pool of
+    the weight-streaming rate); otherwise ``r`` itself."""
+    if r.curves is None or r.pass_weight_bytes is not None:
+        return r
+    return replace(r, pass_weight_bytes=cost.total("weight_bytes"))
+
+
 def step_time(cost: StepCost, r: Rates, name: str = "step", extra_s: float = 0.0) -> PhaseTime:
     """Times of the ops of one pass."""
+    r = _for_pass(r, cost)
     return _phase(name, 1, _analysis.map_ops(lambda o: op_time(o, r), cost), extra_s)
 
 
@@ -383,6 +395,7 @@ def summed_time(s1: StepCost, s2: StepCost, s3: StepCost, steps: int, r: Rates,
     (and, with ``split`` = m, the costs ``full`` at steps 1, 2, 3 of the polynomial steps m + 1..
     follow: see :func:`summed_op_time`)."""
     full = (s1, s2, s3) if full is None else full
+    r = _for_pass(r, s1)  # a decode step's weights do not change with the step
     return _phase(name, steps, _analysis.map_ops(
         lambda a, b, c, d, e, f: summed_op_time(a, b, c, steps, r, d, e, f, split), s1, s2, s3, *full), extra_s)
 
@@ -517,7 +530,7 @@ def rate_model_description(r: Rates) -> str:
     """One line naming the rate model ``r`` uses."""
     if r.model == "flat" and r.curves is not None:
         return ("flat, on the profile's calibrated curves (costmodel.curves): weight matmuls at the "
-                "measured FLOP/s for their rows, attention and element-wise ops by bytes, plus the "
+                "measured FLOP/s for their rows and the pass's weight bytes, attention and element-wise ops by bytes, plus the "
                 "per-op cost measured inside a pass")
     if r.model == "flat":
         return "flat: one FLOP efficiency and one bandwidth efficiency per GPU for every op"

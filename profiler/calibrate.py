@@ -55,6 +55,11 @@ QUICK_BANDWIDTH_BYTES = 16 * 2**20
 # cold on a 32 MiB-L3 EPYC but not on a Xeon VM reporting a 480 MiB L3 (1 row over 1024 x 4096
 # matrices: 21.8 GB/s at 64 MiB, 16.1 at 128, 15.6 from 256 MiB up; benchmarks/README.md run I).
 CURVE_COLD_BYTES = BANDWIDTH_BYTES
+# The matmul-by-rows curve's pools: a pass of a model with fewer weight bytes finds them warmer (the
+# same VM, 1 row over 1024 x 4096 matrices: 28.7 GB/s over 16 or 32 MiB, 27.8 over 64, 26.3 over
+# 96, 23.6 over 128, 16.2 over 256; 4 rows 14.2, 13.9, 12.1, 9.8, 7.6), and the curves interpolate
+# the rate by the pass's weight bytes (costmodel.curves).
+CURVE_POOLS = (64 * 2**20, 128 * 2**20, CURVE_COLD_BYTES)
 ELEMENTWISE_ELEMENTS = 1 << 18  # 1 MiB of fp32: cache-resident, so the arithmetic is what is timed
 
 
@@ -185,27 +190,28 @@ QUICK_CURVE_ELEMENTWISE_ELEMENTS = (1 << 10, 1 << 16)
 QUICK_CURVE_ATTENTION = ((8, 64), (16, 256))
 
 
-def measure_matmul_rows(device: str, min_time_s: float, cold_bytes: int, rows=CURVE_ROWS,
+def measure_matmul_rows(device: str, min_time_s: float, pools=CURVE_POOLS, rows=CURVE_ROWS,
                         matrices=CURVE_MATRICES) -> list[dict]:
-    """``F.linear(x[m, k], W[n, k])`` for each row count m, over a set of weight matrices larger
-    than the last-level cache together, cycled so each call finds its weights cold, as a pass
-    through a model's layers does. flops_per_s = 2 m k n / (median seconds per matrix)."""
+    """``F.linear(x[m, k], W[n, k])`` for each row count m, over a pool of ``pool_bytes`` of weight
+    matrices (each of ``pools``), cycled so each call finds its weights as a pass through a model
+    with that many weight bytes does. flops_per_s = 2 m k n / (median seconds per matrix)."""
     out = []
     for k, n in matrices:
-        count = max(2, cold_bytes // (4 * k * n))
-        weights = [torch.rand(n, k, device=device) for _ in range(count)]
-        for m in rows:
-            x = torch.rand(m, k, device=device)
+        for pool in pools:
+            count = max(2, pool // (4 * k * n))
+            weights = [torch.rand(n, k, device=device) for _ in range(count)]
+            for m in rows:
+                x = torch.rand(m, k, device=device)
 
-            def fn(x=x):
-                for w in weights:
-                    torch.nn.functional.linear(x, w)
+                def fn(x=x):
+                    for w in weights:
+                        torch.nn.functional.linear(x, w)
 
-            _, med = time_call(fn, device, min_time_s)
-            per = med / count
-            out.append({"rows": m, "k": k, "n": n, "weight_bytes": 4 * k * n, "seconds": per,
-                        "flops_per_s": 2 * m * k * n / per})
-        del weights
+                _, med = time_call(fn, device, min_time_s)
+                per = med / count
+                out.append({"rows": m, "k": k, "n": n, "weight_bytes": 4 * k * n, "pool_bytes": count * 4 * k * n,
+                            "matrices": count, "seconds": per, "flops_per_s": 2 * m * k * n / per})
+            del weights
     return out
 
 
@@ -274,7 +280,7 @@ def measure_kernel_in_pass(device: str, repeats: int = 20) -> dict:
 def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
     with torch.inference_mode():
         return {
-            "matmul_rows": measure_matmul_rows(device, min_time_s, QUICK_BANDWIDTH_BYTES if quick else CURVE_COLD_BYTES,
+            "matmul_rows": measure_matmul_rows(device, min_time_s, (QUICK_BANDWIDTH_BYTES,) if quick else CURVE_POOLS,
                                                QUICK_CURVE_ROWS if quick else CURVE_ROWS,
                                                QUICK_CURVE_MATRICES if quick else CURVE_MATRICES),
             "elementwise_bytes": measure_elementwise_bytes(

@@ -114,6 +114,7 @@ def test_curve_probes_cycle_a_pool_past_the_cache():
     assert row["caches"] == 3 and row["flops"] == 2 * 2 * 8 * 4
     assert row["bytes"] == 4 * (2 * 8 * 4 + 2 * 4 + 2 * 8) and row["seconds"] > 0
     # Weights [n 4, k 2] fp32 = 32 B; a pool of 96 B cycles 3 matrices: 2 m k n FLOPs per matrix.
-    rows = measure_matmul_rows("cpu", 0.0, 96, rows=(1, 2), matrices=((2, 4),))
-    assert [(r["rows"], r["weight_bytes"]) for r in rows] == [(1, 32), (2, 32)]
+    rows = measure_matmul_rows("cpu", 0.0, (96, 64), rows=(1, 2), matrices=((2, 4),))
+    assert [(r["rows"], r["weight_bytes"], r["pool_bytes"], r["matrices"]) for r in rows] == [
+        (1, 32, 96, 3), (2, 32, 96, 3), (1, 32, 64, 2), (2, 32, 64, 2)]
     assert all(r["flops_per_s"] == pytest.approx(2 * r["rows"] * 2 * 4 / r["seconds"]) for r in rows)

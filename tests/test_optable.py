@@ -357,6 +357,46 @@ def test_curves_price_each_op():
     assert op_seconds(sc, c, 1e12, 1e12, 32) == pytest.approx(2e-5 + 1e-6)
 
 
+def test_the_weight_rate_follows_the_pass_weight_bytes():
+    from costmodel.curves import parse_curves
+
+    cal = _curves_calibration()
+    # one matrix size (4096 B) over two pools: 1 and 4 GFLOP/s at 1 and 4 rows over 1 MiB of
+    # weights, 4 and 16 over 64 KiB (warmer: a pass reading fewer weights finds them in cache)
+    cold = [{**r, "pool_bytes": 2**20} for r in cal["curves"]["matmul_rows"]]
+    warm = [{"rows": 1, "weight_bytes": 4096, "pool_bytes": 2**16, "flops_per_s": 4e9},
+            {"rows": 4, "weight_bytes": 4096, "pool_bytes": 2**16, "flops_per_s": 16e9}]
+    c = parse_curves({"curves": {**cal["curves"], "matmul_rows": cold + warm}}, "t")
+    assert c.matmul_rate(1, 4096) == pytest.approx(1e9)  # no pass weight bytes: the coldest pool
+    assert c.matmul_rate(1, 4096, 2**20) == pytest.approx(1e9) and c.matmul_rate(4, 4096, 2**16) == pytest.approx(16e9)
+    # 256 KiB, halfway between the pools in log: at 2 rows 2 and 8 GFLOP/s, so sqrt(2 x 8) = 4
+    assert c.matmul_rate(2, 4096, 2**18) == pytest.approx(4e9)
+    # held within the pools measured: 16 KiB is the warm pool's, 16 MiB the cold one's
+    assert c.matmul_rate(1, 4096, 2**14) == pytest.approx(4e9) and c.matmul_rate(1, 4096, 2**24) == pytest.approx(1e9)
+    # a profile from before the pools (no pool_bytes): one pool, whatever the pass
+    old = parse_curves(cal, "t")
+    assert old.matmul_rate(1, 4096, 2**14) == old.matmul_rate(1, 4096) == pytest.approx(1e9)
+    # a pass is priced at its own weight bytes, by the roofline and by curve_pass_seconds alike
+    from costmodel.analysis import step_cost
+    from costmodel.curves import curve_pass_seconds, op_seconds
+    from costmodel.roofline import rates, step_time
+    from costmodel.spec import Workload
+
+    hw = hardware_from_dict({**_profile([]), "calibration": {"curves": {**cal["curves"], "matmul_rows": cold + warm}}})
+    spec, wl = get_model("tiny-llama"), Workload(batch=2, prompt=8, gen=2, weight_dtype="fp32", act_dtype="fp32")
+    cost = step_cost(spec, wl, 2, 1, 9, 1)
+    pool = cost.total("weight_bytes")
+    assert 2**16 < pool < 2**20  # between the pools: warmer than the cold one
+    by_op = sum(n * op_seconds(o, c, 1e11, 1e11, 32, pool) for n, o in cost.weighted())
+    assert step_time(cost, rates(hw, "fp32")).seconds == pytest.approx(by_op, rel=1e-12)
+    assert curve_pass_seconds(spec, wl, hw, 2, 1, 9) == pytest.approx(by_op, rel=1e-12)
+    assert by_op < sum(n * op_seconds(o, c, 1e11, 1e11, 32) for n, o in cost.weighted())
+    for rows, message in ((cold + [{**warm[0], "pool_bytes": None}], "every row or none has pool_bytes"),
+                          ([{**cold[0], "pool_bytes": -1}], "pool_bytes must be a number > 0, got -1")):
+        with pytest.raises(SpecError, match=message):
+            parse_curves({"curves": {**cal["curves"], "matmul_rows": rows}}, "t")
+
+
 def _curves_hw():
     return hardware_from_dict({**_profile([]), "calibration": _curves_calibration()}, "t")
 
