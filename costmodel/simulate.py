@@ -318,6 +318,9 @@ class IterationCost:
                 c = E.executed(spec, wl, eng, hw, c, b, q, k, "growing")
             return shard_step(c, layout.tp, vocab=(spec.vocab_size, split_vocab(spec, layout))) if layout.tp > 1 else c
 
+        if r.curves is not None and r.pass_weight_bytes is None:  # on curves: a pass's weight bytes pick the pool
+            r = replace(r, pass_weight_bytes=cost(1, 1, 2).total("weight_bytes"))
+
         def flat(c):
             return [(g, m, o) for g, (m, o) in zip(_group_tags(c), c.weighted()) if o.op not in _FLASH_OPS]
 

@@ -391,6 +391,12 @@ def test_the_weight_rate_follows_the_pass_weight_bytes():
     assert step_time(cost, rates(hw, "fp32")).seconds == pytest.approx(by_op, rel=1e-12)
     assert curve_pass_seconds(spec, wl, hw, 2, 1, 9) == pytest.approx(by_op, rel=1e-12)
     assert by_op < sum(n * op_seconds(o, c, 1e11, 1e11, 32) for n, o in cost.weighted())
+    # simulate fits its per-op rates once, at a pass's weight bytes too: warmer than the cold pool alone
+    from costmodel.simulate import IterationCost
+
+    cold_hw = hardware_from_dict({**_profile([]), "calibration": {"curves": {**cal["curves"], "matmul_rows": cold}}})
+    warm_s = IterationCost.from_model(spec, wl, hw).seconds([], [8, 8])
+    assert 0 < warm_s < IterationCost.from_model(spec, wl, cold_hw).seconds([], [8, 8])
     for rows, message in ((cold + [{**warm[0], "pool_bytes": None}], "every row or none has pool_bytes"),
                           ([{**cold[0], "pool_bytes": -1}], "pool_bytes must be a number > 0, got -1")):
         with pytest.raises(SpecError, match=message):
