@@ -37,9 +37,10 @@ On a CPU a table (``mmap_threshold_bytes``: glibc's, :data:`MMAP_THRESHOLD_BYTES
 curve into *regimes*: how many of the part's fresh per-layer tensors (the attention scores, GQA's
 repeated keys and values, the rows' activations) are big enough to come from a fresh mmap and
 page-fault every pass. A time steps up as a tensor crosses the threshold (the LLaMA-GQA bench
-model's decode attention: about 3.5 us per (sequence, key) below it, 7.4-8.7 above; its 1 x 1024
-prefill 23-24 % over the line between its neighbours), so a curve interpolates only among the
-points of the query's regime (:func:`loglog`'s ``labels``), never across the step.
+model's decode attention: 2.6-4.4 us per (sequence, key) below it, 6.1-10.7 above; its 1 x 1024
+prefill took 23-24 % longer than the line between its grid neighbours said), so a curve
+interpolates only among the points of the query's regime (:func:`loglog`'s ``labels``), never
+across the step.
 
 No numpy: the table is small and this module is imported by the analytic side.
 """
@@ -56,12 +57,13 @@ from .errors import SpecError
 
 FORMAT = "costmodel-op-table/1"
 
-# glibc's malloc serves a request of at least its mmap threshold with a fresh mmap, and frees it
-# back to the kernel; the threshold rises with what is freed, up to DEFAULT_MMAP_THRESHOLD_MAX,
-# 4 * 1024 * 1024 * sizeof(long) = 32 MiB on 64-bit (malloc/malloc.c). So on a CPU a tensor of
-# 32 MiB or more is fresh memory every pass, page-faulted in as it is written, where a smaller one
-# reuses the heap. Measured on the LLaMA-GQA bench model's decode attention (1 thread, Xeon VM,
-# 30 points over batch 32-96 x context 128-384): 2.6-4.4 us per (sequence, key) while its
+# glibc's malloc serves a request of at least its mmap threshold that its free heap space cannot
+# hold with a fresh mmap, and frees it back to the kernel; the threshold rises with what is freed,
+# up to DEFAULT_MMAP_THRESHOLD_MAX, 4 * 1024 * 1024 * sizeof(long) = 32 MiB on 64-bit
+# (malloc/malloc.c). So on a CPU a tensor of 32 MiB or more is, as a rule, fresh memory every
+# pass, page-faulted in as it is written, where a smaller one reuses the heap. Measured on the
+# LLaMA-GQA bench model's decode attention (1 thread, Xeon VM, 30 points over batch 32-96 x
+# context 128-384): 2.6-4.4 us per (sequence, key) while its
 # repeat_kv copies stay under 32 MiB (up to 30.2 MiB), 6.1-10.7 us from 35 MiB up. Calibrate
 # stores the threshold in a CPU table (``mmap_threshold_bytes``) and the table interpolates
 # within a regime, never across the step (:meth:`OpTable.with_spec`).
@@ -168,6 +170,11 @@ class OpTable:
         return replace(self, dims=(spec.num_heads, spec.num_kv_heads, spec.head_dim, widths, nbytes(1, self.dtype)))
 
     # --- the regimes ----------------------------------------------------------------------------
+    @property
+    def regimes(self) -> bool:
+        """Whether the curves split at the mmap threshold (a CPU table bound to its spec)."""
+        return self.mmap_threshold_bytes is not None and self.dims is not None
+
     def _count_over(self, sizes) -> int:
         return sum(n >= self.mmap_threshold_bytes for n in sizes)
 
@@ -189,10 +196,6 @@ class OpTable:
         return self._count_over(rows * w * self.dims[4] for w in self.dims[3])
 
     # --- the curves -----------------------------------------------------------------------------
-    @property
-    def regimes(self) -> bool:
-        """Whether the curves split at the mmap threshold (a CPU table bound to its spec)."""
-        return self.mmap_threshold_bytes is not None and self.dims is not None
 
     def prefill_parts(self, batch: int, seq: int) -> dict:
         rest = [_floor_s(t - a) for t, a in zip(self.prefill_total_s, self.prefill_attention_s)]
@@ -318,7 +321,8 @@ def parse_op_table(d: object, where: str) -> OpTable:
         if not isinstance(p, dict):
             raise SpecError(f"{w} must be an object")
         rest_points.append((_pos_int(w, "batch", p.get("batch")), _pos_int(w, "context", p.get("context")),
-                            _pos_number(w, "total_s", p.get("total_s")), _pos_number(w, "attention_s", p.get("attention_s"))))
+                            _pos_number(w, "total_s", p.get("total_s")),
+                            _pos_number(w, "attention_s", p.get("attention_s"))))
     threshold = d.get("mmap_threshold_bytes")
     if threshold is not None:
         _pos_int(where, "mmap_threshold_bytes", threshold)

@@ -530,8 +530,8 @@ def rate_model_description(r: Rates) -> str:
     """One line naming the rate model ``r`` uses."""
     if r.model == "flat" and r.curves is not None:
         return ("flat, on the profile's calibrated curves (costmodel.curves): weight matmuls at the "
-                "measured FLOP/s for their rows and the pass's weight bytes, attention and element-wise ops by bytes, plus the "
-                "per-op cost measured inside a pass")
+                "measured FLOP/s for their rows and the pass's weight bytes, attention and element-wise "
+                "ops by bytes, plus the per-op cost measured inside a pass")
     if r.model == "flat":
         return "flat: one FLOP efficiency and one bandwidth efficiency per GPU for every op"
     if r.shape is None:

@@ -51,8 +51,8 @@ MATMUL_SHAPES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096,
 QUICK_MATMUL_SHAPES = ((128, 128, 128), (256, 256, 256))
 BANDWIDTH_BYTES = 256 * 2**20  # each buffer; well past any last-level cache
 QUICK_BANDWIDTH_BYTES = 16 * 2**20
-# The weight pool of the matmul-by-rows curve, cycled so each call finds its weights cold. 64 MiB was
-# cold on a 32 MiB-L3 EPYC but not on a Xeon VM reporting a 480 MiB L3 (1 row over 1024 x 4096
+# The coldest weight pool of the matmul-by-rows curve, cycled so each call finds its weights
+# cold. 64 MiB was cold on a 32 MiB-L3 EPYC but not on a Xeon VM reporting a 480 MiB L3 (1 row over 1024 x 4096
 # matrices: 21.8 GB/s at 64 MiB, 16.1 at 128, 15.6 from 256 MiB up; benchmarks/README.md run I).
 CURVE_COLD_BYTES = BANDWIDTH_BYTES
 # The matmul-by-rows curve's pools: a pass of a model with fewer weight bytes finds them warmer (the
