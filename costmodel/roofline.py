@@ -121,15 +121,15 @@ class Rates:
             F = self.peak_flops_per_s * self.op_efficiency[op.op]
         return F, B, lat
 
-    def curve_parts(self, kind: str, weight_bytes: int, weight_elements: float, flops: float, nbytes: float
-                    ) -> tuple[float, float]:
+    def curve_parts(self, kind: str, weight_bytes: int, weight_elements: float, flops: float, nbytes: float,
+                    op: str | None = None) -> tuple[float, float]:
         """(compute_s, memory_s) of an op on the curves (:func:`costmodel.curves.op_parts`), its
         time their max (the per-op cost apart); a weight matmul's time on the side the flat rates
         say bounds it."""
         from .curves import op_parts
 
         c, m = op_parts(self.curves, kind, weight_bytes, weight_elements, flops, nbytes, self.flops_per_s,
-                        self.flops_rate("elementwise"), self.pass_weight_bytes)
+                        self.flops_rate("elementwise"), self.pass_weight_bytes, op)
         if kind == "matmul" and weight_bytes and nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s:
             return 0.0, c  # memory-bound under the flat rates
         return c, m
@@ -138,7 +138,7 @@ class Rates:
         """The curves as (FLOP/s, bytes/s, 0) for this op's FLOPs and bytes (:meth:`curve_parts`).
         The bytes rate depends on the bytes, so a decode sum on curves prices every step
         (:func:`summed_op_time`)."""
-        c, m = self.curve_parts(op.kind, op.weight_bytes, _weight_elements(op), op.flops, op.bytes)
+        c, m = self.curve_parts(op.kind, op.weight_bytes, _weight_elements(op), op.flops, op.bytes, op.op)
         inf = float("inf")
         return (op.flops / c if c else inf), (op.bytes / m if m else inf), 0
 
@@ -374,14 +374,14 @@ def _curve_summed(o1: OpCost, pf, qf, pb, qb, m: int, steps: int, r: Rates) -> O
     """:func:`summed_op_time` on a profile's curves: steps 1..m on (pf, pb), the rest on (qf, qb)."""
     elements = _weight_elements(o1)
     if pf[1:] == pb[1:] == (0, 0) and (m >= steps or (qf, qb) == (pf, pb)):  # the same every step
-        c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, pf[0], pb[0])
+        c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, pf[0], pb[0], o1.op)
         compute, memory, seconds, compute_steps = steps * c, steps * mem, steps * max(c, mem), steps * (c > mem)
     else:
         compute = memory = seconds = 0.0
         compute_steps = 0
         for i in range(1, steps + 1):
             f, b = (stepsum.at(pf, i), stepsum.at(pb, i)) if i <= m else (stepsum.at(qf, i), stepsum.at(qb, i))
-            c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, f, b)
+            c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, f, b, o1.op)
             compute, memory, seconds = compute + c, memory + mem, seconds + max(c, mem)
             compute_steps += c > mem
     overhead = steps * r.op_overhead_s

@@ -37,7 +37,7 @@ import torch
 from costmodel.errors import SpecError
 from costmodel.formulas import ACTIVATION_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 
-from .measure import clock_name, clock_ns
+from .measure import clock_name, clock_ns, mmap_threshold_bytes
 
 _TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
                  "fp16": torch.float16, "int8": torch.int8}
@@ -188,6 +188,13 @@ QUICK_CURVE_ROWS = (1, 8, 64)
 QUICK_CURVE_MATRICES = ((256, 1024),)
 QUICK_CURVE_ELEMENTWISE_ELEMENTS = (1 << 10, 1 << 16)
 QUICK_CURVE_ATTENTION = ((8, 64), (16, 256))
+# The eager attention's score chain (EagerAttention minus its two matmuls: scale, causal mask,
+# softmax, each writing a fresh scores tensor) over T x T scores of 8 heads: 0.1 to 60.5 MiB of
+# scores, either side of glibc's 32 MiB mmap threshold (the Xeon VM, 1 thread: 1.9-2.3 ns per
+# score element up to 0.5 MiB, 3.9-4.4 at 4.5-18 MiB, 5.5-5.6 at 40.5-60.5 MiB, where the
+# analytic softmax op on the element-wise curve was 0.5).
+CURVE_SCORE_CHAIN = (64, 128, 384, 768, 1152, 1408)
+QUICK_CURVE_SCORE_CHAIN = (16, 48)
 
 
 def measure_matmul_rows(device: str, min_time_s: float, pools=CURVE_POOLS, rows=CURVE_ROWS,
@@ -251,6 +258,26 @@ def measure_attention_slice(device: str, min_time_s: float, points=CURVE_ATTENTI
     return out
 
 
+def measure_score_chain(device: str, min_time_s: float, tokens=CURVE_SCORE_CHAIN, heads: int = 8,
+                        head_dim: int = 64) -> list[dict]:
+    """The reference model's eager attention core over ``T x T`` causal scores (queries = keys =
+    T, ``heads`` heads) minus its two matmuls timed alone: what the scale, the mask and the softmax
+    cost together, by bytes of scores (4 heads T^2 for fp32)."""
+    from .layers import EagerAttention
+
+    core = EagerAttention()
+    out = []
+    for t in tokens:
+        q, k, v = (torch.rand(1, heads, t, head_dim, device=device) for _ in range(3))
+        _, full = time_call(lambda q=q, k=k, v=v: core(q, k, v, None, True), device, min_time_s)
+        _, mms = time_call(lambda q=q, k=k, v=v: torch.matmul(torch.matmul(q, k.transpose(-2, -1)), v), device,
+                           min_time_s)
+        out.append({"heads": heads, "tokens": t, "head_dim": head_dim, "score_bytes": 4 * heads * t * t,
+                    "seconds": max(full - mms, 1e-9), "attention_seconds": full, "matmul_seconds": mms})
+        del q, k, v
+    return out
+
+
 def measure_kernel_in_pass(device: str, repeats: int = 20) -> dict:
     """The cost of an op inside a pass of a model, not of a bare op: one cached decode step of
     tiny-llama (2 layers, hidden 64: the arithmetic is negligible, the pass is dispatch and glue),
@@ -288,6 +315,9 @@ def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
             "attention_slice": measure_attention_slice(device, min_time_s,
                                                        QUICK_CURVE_ATTENTION if quick else CURVE_ATTENTION,
                                                        cold_bytes=QUICK_BANDWIDTH_BYTES if quick else CURVE_COLD_BYTES),
+            "score_chain": measure_score_chain(device, min_time_s,
+                                               QUICK_CURVE_SCORE_CHAIN if quick else CURVE_SCORE_CHAIN),
+            "mmap_threshold_bytes": mmap_threshold_bytes(device),
             "kernel_in_pass": measure_kernel_in_pass(device, 5 if quick else 20),
         }
 

@@ -30,11 +30,13 @@ One measurement discipline serves ``costmodel calibrate`` (its per-model op tabl
 from __future__ import annotations
 
 import os
+import platform
 import random
 import statistics
 import time
 
 from costmodel.errors import SpecError
+from costmodel.optable import MMAP_THRESHOLD_BYTES
 
 DEFAULT_MAX_LOAD_PER_CPU = 4.0
 WARN_LOAD_PER_CPU = 1.0
@@ -54,6 +56,15 @@ def clock_name(device: str, threads: int) -> str:
 def clock_ns(clock: str):
     """The function reading ``clock`` in nanoseconds (CPU clocks; CUDA times with events)."""
     return time.thread_time_ns if clock == "thread" else time.perf_counter_ns
+
+
+def mmap_threshold_bytes(device: str) -> int | None:
+    """The allocator's mmap threshold a CPU profile records (:data:`costmodel.optable.MMAP_THRESHOLD_BYTES`:
+    glibc's, which torch's CPU allocator sits on); None on a GPU (the caching allocator keeps its
+    blocks) or another C library (its threshold unknown: one regime)."""
+    if device != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return MMAP_THRESHOLD_BYTES
 
 
 def cpu_count() -> int:

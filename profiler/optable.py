@@ -17,15 +17,15 @@ interpolated), and are clipped to the model's context length. They take one to t
 
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
 
-from costmodel.optable import FORMAT, MMAP_THRESHOLD_BYTES, parse_op_table, spec_key
+from costmodel.optable import FORMAT, parse_op_table, spec_key
 from costmodel.spec import ModelSpec
 
-from .measure import PassTimer, clock_name, clock_ns, load_between, load_snapshot, set_threads
+from .measure import (PassTimer, clock_name, clock_ns, load_between, load_snapshot, mmap_threshold_bytes,
+                      set_threads)
 from .model_timing import time_cases
 
 PREFILL_TOKENS = (16, 48, 96, 192, 384, 640, 896, 1280)
@@ -53,15 +53,6 @@ def grids(spec: ModelSpec, quick: bool = False):
     pre = tuple(t for t in pre if t <= limit) or (min(limit, pre[0]),)
     ctx = tuple(c for c in ctx if c + 1 <= limit) or (max(1, min(limit - 1, ctx[0])),)
     return pre, bat, ctx
-
-
-def mmap_threshold_bytes(device: str) -> int | None:
-    """The allocator's mmap threshold a CPU table records (:data:`costmodel.optable.MMAP_THRESHOLD_BYTES`:
-    glibc's, which torch's CPU allocator sits on); None on a GPU (the caching allocator keeps its
-    blocks) or another C library (its threshold unknown: the table then interpolates as one regime)."""
-    if device != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    return MMAP_THRESHOLD_BYTES
 
 
 def measure_op_table(spec: ModelSpec, *, device: str = "cpu", threads: int | None = 1, quick: bool = False,

@@ -105,7 +105,7 @@ def test_cuda_unavailable_is_a_clear_error():
 
 
 def test_curve_probes_cycle_a_pool_past_the_cache():
-    from profiler.calibrate import CURVE_COLD_BYTES, measure_attention_slice, measure_matmul_rows
+    from profiler.calibrate import CURVE_COLD_BYTES, measure_attention_slice, measure_matmul_rows, measure_score_chain
 
     assert CURVE_COLD_BYTES == 256 * 2**20  # 64 MiB stayed partly cached on a 480 MiB-L3 Xeon
     # One cache of batch x heads 2, 2 x 8 positions, head_dim 4, fp32: 4 * 2 * 16 * 4 = 512 B; a pool
@@ -114,6 +114,10 @@ def test_curve_probes_cycle_a_pool_past_the_cache():
     assert row["caches"] == 3 and row["flops"] == 2 * 2 * 8 * 4
     assert row["bytes"] == 4 * (2 * 8 * 4 + 2 * 4 + 2 * 8) and row["seconds"] > 0
     # Weights [n 4, k 2] fp32 = 32 B; a pool of 96 B cycles 3 matrices: 2 m k n FLOPs per matrix.
+    # the score chain: 2 heads over 4 x 4 scores, fp32: 4 * 2 * 16 = 128 B; the core minus its matmuls
+    (chain,) = measure_score_chain("cpu", 0.0, tokens=(4,), heads=2, head_dim=4)
+    assert chain["score_bytes"] == 128 and chain["seconds"] > 0
+    assert chain["attention_seconds"] > 0 and chain["matmul_seconds"] > 0
     rows = measure_matmul_rows("cpu", 0.0, (96, 64), rows=(1, 2), matrices=((2, 4),))
     assert [(r["rows"], r["weight_bytes"], r["pool_bytes"], r["matrices"]) for r in rows] == [
         (1, 32, 96, 3), (2, 32, 96, 3), (1, 32, 64, 2), (2, 32, 64, 2)]

@@ -213,7 +213,7 @@ def test_calibrate_records_the_mmap_threshold(monkeypatch):
     pytest.importorskip("torch")
     import platform
 
-    from profiler.optable import mmap_threshold_bytes
+    from profiler.measure import mmap_threshold_bytes
 
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
@@ -294,6 +294,8 @@ def test_calibrate_model_stores_a_valid_table(tiny_profile):
     curves = json.loads(tiny_profile.read_text())["calibration"]["curves"]
     assert {r["rows"] for r in curves["matmul_rows"]} == set(cal.QUICK_CURVE_ROWS)
     assert curves["kernel_in_pass"]["seconds_per_op"] > 0
+    assert [r["tokens"] for r in curves["score_chain"]] == list(cal.QUICK_CURVE_SCORE_CHAIN)
+    assert "mmap_threshold_bytes" in curves  # 32 MiB on glibc, else null
 
 
 def test_validate_timing_with_a_table(tiny_profile):
@@ -401,6 +403,49 @@ def test_the_weight_rate_follows_the_pass_weight_bytes():
                           ([{**cold[0], "pool_bytes": -1}], "pool_bytes must be a number > 0, got -1")):
         with pytest.raises(SpecError, match=message):
             parse_curves({"curves": {**cal["curves"], "matmul_rows": rows}}, "t")
+
+
+def test_the_softmax_is_priced_on_the_score_chain():
+    from costmodel.analysis import OpCost, step_cost
+    from costmodel.curves import op_seconds, parse_curves
+    from costmodel.roofline import rates, step_time
+    from costmodel.spec import Workload
+
+    cal = _curves_calibration()["curves"]
+    # scale + mask + softmax: 10 us over 1,000 B of scores, 3 ms over 100,000 B (slope log 300 / log 100)
+    chain = [{"score_bytes": 1000, "seconds": 1e-5}, {"score_bytes": 100000, "seconds": 3e-3}]
+    split = parse_curves({"curves": {**cal, "score_chain": chain, "mmap_threshold_bytes": 50000}}, "t")
+    whole = parse_curves({"curves": {**cal, "score_chain": chain}}, "t")
+    old = parse_curves({"curves": cal}, "t")
+    sm = OpCost("attn_softmax", "elementwise", flops=10, act_read_bytes=2000, act_write_bytes=2000)
+    # it reads 2,000 B of scores: below the 50,000 B threshold, the 1,000 B point alone, in
+    # proportion: 10 us x 2 = 20 us; as one regime 10 us x 2^(log 300 / log 100) = 23.6 us; + 1 us per op
+    assert op_seconds(sm, split, 1e12, 1e9, 32) == pytest.approx(2e-5 + 1e-6)
+    assert op_seconds(sm, whole, 1e12, 1e9, 32) == pytest.approx(1e-5 * 2 ** (math.log(300) / math.log(100)) + 1e-6)
+    big = OpCost("attn_softmax", "elementwise", flops=10, act_read_bytes=60000, act_write_bytes=60000)
+    assert op_seconds(big, split, 1e12, 1e9, 32) == pytest.approx(3e-3 * 0.6 + 1e-6)  # above: the 100,000 B point
+    # a profile from before the chain, and any other element-wise op: the element-wise curve
+    # (4,000 B between (100, 1 us) and (10^4, 100 us), slope 1: 40 us)
+    act = OpCost("mlp_act", "elementwise", flops=10, act_read_bytes=2000, act_write_bytes=2000)
+    assert op_seconds(sm, old, 1e12, 1e9, 32) == op_seconds(act, split, 1e12, 1e9, 32) == pytest.approx(4e-5 + 1e-6)
+    # the roofline on curves prices it the same way, op by op
+    hw = hardware_from_dict({**_profile([]), "calibration": {"curves": {**cal, "score_chain": chain,
+                                                                         "mmap_threshold_bytes": 50000}}})
+    spec, wl = get_model("tiny-llama"), Workload(batch=2, prompt=40, gen=2, weight_dtype="fp32", act_dtype="fp32")
+    cost = step_cost(spec, wl, 2, 40, 40, 1)
+    t = step_time(cost, rates(hw, "fp32"))
+    pool = cost.total("weight_bytes")
+    assert t.seconds == pytest.approx(sum(n * op_seconds(o, split, 1e11, 1e11, 32, pool) for n, o in cost.weighted()),
+                                      rel=1e-12)
+    softmax = next(o for o in cost.groups[0][1] if o.op == "attn_softmax")
+    chain_s = split.score_chain_seconds(softmax.bytes / 2)
+    assert op_seconds(softmax, split, 1e11, 1e11, 32) == pytest.approx(chain_s + 1e-6)
+    for changes, message in (({"score_chain": [{"score_bytes": 10, "seconds": 0}]},
+                              r"score_chain\[0\]: seconds must be a number > 0"),
+                             ({"mmap_threshold_bytes": "32M"},
+                              "mmap_threshold_bytes must be a whole number >= 1 or null")):
+        with pytest.raises(SpecError, match=message):
+            parse_curves({"curves": {**cal, **changes}}, "t")
 
 
 def _curves_hw():
