@@ -262,7 +262,7 @@ def measure_score_chain(device: str, min_time_s: float, tokens=CURVE_SCORE_CHAIN
                         head_dim: int = 64) -> list[dict]:
     """The reference model's eager attention core over ``T x T`` causal scores (queries = keys =
     T, ``heads`` heads) minus its two matmuls timed alone: what the scale, the mask and the softmax
-    cost together, by bytes of scores (4 heads T^2 for fp32)."""
+    cost together, by bytes of scores (4 x heads x T^2 in fp32)."""
     from .layers import EagerAttention
 
     core = EagerAttention()
