@@ -264,6 +264,14 @@ def _pos_int(where: str, name: str, v) -> int:
     return v
 
 
+def _decode_point(where: str, p) -> tuple:
+    """(batch, context, total_s, attention_s) of one stored decode point (grid or rest)."""
+    if not isinstance(p, dict):
+        raise SpecError(f"{where} must be an object")
+    return (_pos_int(where, "batch", p.get("batch")), _pos_int(where, "context", p.get("context")),
+            _pos_number(where, "total_s", p.get("total_s")), _pos_number(where, "attention_s", p.get("attention_s")))
+
+
 _FIELDS = ("format", "model", "spec_key", "dtype", "attention", "device", "threads", "clock", "prefill", "decode")
 
 
@@ -299,13 +307,10 @@ def parse_op_table(d: object, where: str) -> OpTable:
         raise SpecError(f"{where}: prefill repeats a token count ({tokens})")
     points = {}
     for i, p in enumerate(dec):
-        w = f"{where}: decode[{i}]"
-        if not isinstance(p, dict):
-            raise SpecError(f"{w} must be an object")
-        key = (_pos_int(w, "batch", p.get("batch")), _pos_int(w, "context", p.get("context")))
-        if key in points:
-            raise SpecError(f"{where}: decode repeats the point batch {key[0]} context {key[1]}")
-        points[key] = (_pos_number(w, "total_s", p.get("total_s")), _pos_number(w, "attention_s", p.get("attention_s")))
+        b, c, total, att = _decode_point(f"{where}: decode[{i}]", p)
+        if (b, c) in points:
+            raise SpecError(f"{where}: decode repeats the point batch {b} context {c}")
+        points[(b, c)] = (total, att)
     batches = sorted({b for b, _ in points})
     contexts = sorted({c for _, c in points})
     missing = [(b, c) for b in batches for c in contexts if (b, c) not in points]
@@ -315,14 +320,7 @@ def parse_op_table(d: object, where: str) -> OpTable:
     rest = d.get("decode_rest") or []
     if not isinstance(rest, list):
         raise SpecError(f"{where}: decode_rest must be a list of {{batch, context, total_s, attention_s}}")
-    rest_points = []
-    for i, p in enumerate(rest):
-        w = f"{where}: decode_rest[{i}]"
-        if not isinstance(p, dict):
-            raise SpecError(f"{w} must be an object")
-        rest_points.append((_pos_int(w, "batch", p.get("batch")), _pos_int(w, "context", p.get("context")),
-                            _pos_number(w, "total_s", p.get("total_s")),
-                            _pos_number(w, "attention_s", p.get("attention_s"))))
+    rest_points = [_decode_point(f"{where}: decode_rest[{i}]", p) for i, p in enumerate(rest)]
     threshold = d.get("mmap_threshold_bytes")
     if threshold is not None:
         _pos_int(where, "mmap_threshold_bytes", threshold)
