@@ -55,6 +55,12 @@ class OpCost:
     # rows without a KV cache), which the shape-aware rates do not quantise (costmodel.shapes).
     # None for other ops. Not a cost: not compared, not in the JSON rows.
     shape: tuple | None = field(default=None, compare=False)
+    # Score and value matmuls of grouped-query attention (GQA/MQA): the query heads each cached kv
+    # head serves, which the eager reference repeats K or V for (``repeat_kv``, a fresh tensor
+    # ``kv_repeat`` x the cache bytes read) before the matmul; 1 otherwise. The counted bytes read
+    # the cache once (what a GQA kernel reads); the profile's curves price the eager repeat
+    # (costmodel.curves). Not a cost: not compared, not in the JSON rows.
+    kv_repeat: int = field(default=1, compare=False)
 
     @property
     def bytes(self) -> int:
@@ -70,7 +76,7 @@ class OpCost:
         return tuple(getattr(self, f) for f in _COST_FIELDS)
 
     def with_costs(self, values) -> "OpCost":
-        return OpCost(self.op, self.kind, *values, shape=self.shape)
+        return OpCost(self.op, self.kind, *values, shape=self.shape, kv_repeat=self.kv_repeat)
 
 
 def _rows_vary(wl: Workload) -> str:
@@ -203,9 +209,10 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
                           kv_write_bytes=nbytes(n, c)))
     score_flops = F.attention_score_flops(batch, heads, q_len, kv_len, d, causal)
     score_shape, value_shape = attention_matmul_shapes(batch * heads, q_len, kv_len, d, d, not p, wl)
+    group = heads // spec.num_kv_heads  # query heads per kv head: the eager reference repeats K and V
     ops.append(OpCost(f"{p}attn_scores", "matmul", score_flops, score_flops,
                       act_read_bytes=nbytes(t * q, a) + kv_act_read, act_write_bytes=nbytes(pairs, a),
-                      kv_read_bytes=kv_read, shape=score_shape))
+                      kv_read_bytes=kv_read, shape=score_shape, kv_repeat=group))
     if position_bias:  # T5: the [heads, q, kv] relative position bias added to the scores
         ops.append(_elementwise(f"{p}attn_position_bias", F.add_flops(pairs), 2 * pairs, pairs, wl))
     if spec.attn_logit_softcapping is not None and not p:  # Gemma 2: tanh(scores / c) * c
@@ -220,7 +227,7 @@ def attention_ops(spec: ModelSpec, wl: Workload, batch, q_len, kv_len, *, prefix
         _elementwise(f"{p}attn_softmax", softmax_flops, pairs, pairs, wl),
         OpCost(f"{p}attn_values", "matmul", value_flops, value_flops,
                act_read_bytes=nbytes(pairs, a) + kv_act_read, act_write_bytes=nbytes(t * q, a),
-               kv_read_bytes=kv_read, shape=value_shape),
+               kv_read_bytes=kv_read, shape=value_shape, kv_repeat=group),
         _matmul(f"{p}o_proj", t, q, h, wl),
     ]
     if spec.attention_out_bias:

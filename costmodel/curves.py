@@ -16,6 +16,10 @@
   softmax: three fresh scores tensors) by bytes of scores, 8 heads over T x T, split at the
   allocator's mmap threshold where the profile records one (``mmap_threshold_bytes``): the
   analytic ``attn_softmax`` op is priced on it, a pass of eager torch running it as those kernels;
+- ``kv_repeat``: seconds of GQA's ``repeat_kv`` of a cache slice by bytes written, split at the
+  mmap threshold like the chain: the eager reference repeats K and V for every query head before
+  its score and value matmuls (:attr:`costmodel.analysis.OpCost.kv_repeat`), which then read the
+  repeated tensor, not the cache;
 - ``kernel_in_pass``: seconds per costed op inside a pass of a small model (dispatch and the
   kernels costmodel does not count one by one: RMSNorm is 8 kernels in eager torch, rotary 12).
 
@@ -23,7 +27,9 @@
 
     weight matmul   flops / rate(rows = flops / (2 x weight elements), nearest matrix size,
                                  pool = the pass's weight bytes, held within the pools measured)
-    other matmul    max(flops / peak, attention_slice(bytes))
+    other matmul    max(flops / peak, attention_slice(bytes)); GQA's scores and values (group g
+                    > 1, cache bytes c) where the profile has kv_repeat:
+                    max(flops / peak, attention_slice(bytes - c + g c) + kv_repeat(g c))
     element-wise    max(flops / elementwise peak, elementwise_bytes(bytes)); attn_softmax:
                     score_chain(bytes / 2, the scores it reads) where the profile has it
     every op        + kernel_in_pass.seconds_per_op
@@ -74,15 +80,24 @@ class Curves:
     seconds_per_op: float
     score_chain: tuple | None = None  # (score bytes, seconds); None: a profile from before it
     mmap_threshold_bytes: int | None = None  # the score chain's regimes (costmodel.optable.loglog)
+    kv_repeat: tuple | None = None  # (bytes written, seconds); None: a profile from before it
 
-    def score_chain_seconds(self, score_bytes: float) -> float:
-        """The eager scale, mask and softmax over ``score_bytes`` of scores, within the regime of
-        the mmap threshold (a tensor past it is fresh, page-faulted memory every pass)."""
-        xs, ys = self.score_chain
+    def _in_regime(self, curve: tuple, nbytes: float) -> float:
+        """``curve`` at ``nbytes`` within the regime of the mmap threshold (a tensor past it is
+        fresh, page-faulted memory every pass)."""
+        xs, ys = curve
         t = self.mmap_threshold_bytes
         if t is None:
-            return loglog(xs, ys, score_bytes)
-        return loglog(xs, ys, score_bytes, [int(x >= t) for x in xs], int(score_bytes >= t))
+            return loglog(xs, ys, nbytes)
+        return loglog(xs, ys, nbytes, [int(x >= t) for x in xs], int(nbytes >= t))
+
+    def score_chain_seconds(self, score_bytes: float) -> float:
+        """The eager scale, mask and softmax over ``score_bytes`` of scores."""
+        return self._in_regime(self.score_chain, score_bytes)
+
+    def kv_repeat_seconds(self, out_bytes: float) -> float:
+        """GQA's eager repeat of K or V writing ``out_bytes``."""
+        return self._in_regime(self.kv_repeat, out_bytes)
 
     def matmul_rate(self, rows: float, weight_bytes: float, pass_weight_bytes: float | None = None) -> float:
         """FLOP/s of a weight matmul of ``rows`` rows over a matrix of ``weight_bytes``, in a pass
@@ -123,6 +138,8 @@ def parse_curves(calibration: dict, source: str) -> Curves | None:
     att = _series(c.get("attention_slice") or [], "bytes", "seconds", f"{where}.attention_slice")
     chain = c.get("score_chain")
     chain = None if chain is None else _series(chain, "score_bytes", "seconds", f"{where}.score_chain")
+    rep = c.get("kv_repeat")
+    rep = None if rep is None else _series(rep, "out_bytes", "seconds", f"{where}.kv_repeat")
     threshold = c.get("mmap_threshold_bytes")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1):
         raise SpecError(f"{where}.mmap_threshold_bytes must be a whole number >= 1 or null, got {threshold!r}")
@@ -130,24 +147,30 @@ def parse_curves(calibration: dict, source: str) -> Curves | None:
     per = k.get("seconds_per_op") if isinstance(k, dict) else None
     if isinstance(per, bool) or not isinstance(per, (int, float)) or per < 0:
         raise SpecError(f"{where}.kernel_in_pass.seconds_per_op must be a number >= 0, got {per!r}")
-    return Curves(tuple(sorted(matmul)), ew, att, float(per), chain, threshold)
+    return Curves(tuple(sorted(matmul)), ew, att, float(per), chain, threshold, rep)
 
 
 def op_parts(curves: Curves, kind: str, weight_bytes: float, weight_elements: float, flops: float,
              nbytes: float, peak: float, ew_peak: float, pass_weight_bytes: float | None = None,
-             op: str | None = None) -> tuple[float, float]:
+             op: str | None = None, kv_bytes: float = 0, kv_repeat: int = 1) -> tuple[float, float]:
     """(compute, memory) seconds of one op on the curves, its time their max plus the per-op cost:
     a weight matmul ``(flops / rate(rows, weight bytes, pass weight bytes), 0)``, rows = flops /
     (2 x weight elements); another matmul ``(flops / peak, attention_slice(bytes))``; any other op
     ``(flops / element-wise peak, elementwise_bytes(bytes))``, the attention softmax (``op``
     "attn_softmax") ``(flops / element-wise peak, score_chain(bytes / 2))`` where the profile has
-    the chain. One formula for :func:`op_seconds` and the roofline's rates
-    (:meth:`costmodel.roofline.Rates.curve_parts`)."""
+    the chain; a matmul reading ``kv_bytes`` of cache that the eager reference first repeats
+    ``kv_repeat`` > 1 times (GQA) ``(flops / peak, attention_slice(bytes - kv_bytes + repeated) +
+    kv_repeat(repeated))``, repeated = kv_repeat x kv_bytes, where the profile has the repeat. One
+    formula for :func:`op_seconds` and the roofline's rates (:meth:`costmodel.roofline.Rates.curve_parts`)."""
     if kind == "matmul" and weight_bytes:
         rows = flops / (2 * weight_elements)
         return (flops / curves.matmul_rate(rows, weight_bytes, pass_weight_bytes) if flops else 0.0), 0.0
     if op == "attn_softmax" and curves.score_chain is not None:
         return (flops / ew_peak if flops else 0.0), (curves.score_chain_seconds(nbytes / 2) if nbytes else 0.0)
+    if kind == "matmul" and kv_repeat > 1 and kv_bytes and curves.kv_repeat is not None:
+        repeated = kv_repeat * kv_bytes
+        return ((flops / peak if flops else 0.0),
+                loglog(*curves.attention, nbytes - kv_bytes + repeated) + curves.kv_repeat_seconds(repeated))
     curve, F = (curves.attention, peak) if kind == "matmul" else (curves.elementwise, ew_peak)
     return (flops / F if flops else 0.0), (loglog(*curve, nbytes) if nbytes else 0.0)
 
@@ -156,7 +179,7 @@ def op_seconds(op, curves: Curves, peak: float, ew_peak: float, weight_bits: int
                pass_weight_bytes: float | None = None) -> float:
     """One op's seconds on the curves (see the module docstring and :func:`op_parts`)."""
     parts = op_parts(curves, op.kind, op.weight_bytes, op.weight_bytes * 8 / weight_bits, op.flops, op.bytes,
-                     peak, ew_peak, pass_weight_bytes, op.op)
+                     peak, ew_peak, pass_weight_bytes, op.op, op.kv_read_bytes, op.kv_repeat)
     return max(parts) + curves.seconds_per_op
 
 

@@ -122,14 +122,14 @@ class Rates:
         return F, B, lat
 
     def curve_parts(self, kind: str, weight_bytes: int, weight_elements: float, flops: float, nbytes: float,
-                    op: str | None = None) -> tuple[float, float]:
+                    op: str | None = None, kv_bytes: float = 0, kv_repeat: int = 1) -> tuple[float, float]:
         """(compute_s, memory_s) of an op on the curves (:func:`costmodel.curves.op_parts`), its
         time their max (the per-op cost apart); a weight matmul's time on the side the flat rates
         say bounds it."""
         from .curves import op_parts
 
         c, m = op_parts(self.curves, kind, weight_bytes, weight_elements, flops, nbytes, self.flops_per_s,
-                        self.flops_rate("elementwise"), self.pass_weight_bytes, op)
+                        self.flops_rate("elementwise"), self.pass_weight_bytes, op, kv_bytes, kv_repeat)
         if kind == "matmul" and weight_bytes and nbytes / self.bytes_rate("matmul") > flops / self.flops_per_s:
             return 0.0, c  # memory-bound under the flat rates
         return c, m
@@ -138,7 +138,8 @@ class Rates:
         """The curves as (FLOP/s, bytes/s, 0) for this op's FLOPs and bytes (:meth:`curve_parts`).
         The bytes rate depends on the bytes, so a decode sum on curves prices every step
         (:func:`summed_op_time`)."""
-        c, m = self.curve_parts(op.kind, op.weight_bytes, _weight_elements(op), op.flops, op.bytes, op.op)
+        c, m = self.curve_parts(op.kind, op.weight_bytes, _weight_elements(op), op.flops, op.bytes, op.op,
+                                op.kv_read_bytes, op.kv_repeat)
         inf = float("inf")
         return (op.flops / c if c else inf), (op.bytes / m if m else inf), 0
 
@@ -362,7 +363,9 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
     else:
         qf, qb = pf, pb
     if r.curves is not None:  # bytes-dependent rates: each step on the curves (plain arithmetic)
-        return _curve_summed(o1, pf, qf, pb, qb, m, steps, r)
+        pk = stepsum.newton(o1.kv_read_bytes, o2.kv_read_bytes, o3.kv_read_bytes)
+        qk = pk if m >= steps else stepsum.newton(f1.kv_read_bytes, f2.kv_read_bytes, f3.kv_read_bytes)
+        return _curve_summed(o1, pf, qf, pb, qb, pk, qk, m, steps, r)
     seconds, compute_steps = stepsum.split_sum_max(pf, qf, pb, qb, m, steps, F, B)
     flops, moved = stepsum.split_sum(pf, qf, m, steps), stepsum.split_sum(pb, qb, m, steps)
     overhead = steps * r.op_overhead_s
@@ -370,18 +373,20 @@ def summed_op_time(o1: OpCost, o2: OpCost, o3: OpCost, steps: int, r: Rates,
                   overhead, seconds + overhead, steps, compute_steps)
 
 
-def _curve_summed(o1: OpCost, pf, qf, pb, qb, m: int, steps: int, r: Rates) -> OpTime:
-    """:func:`summed_op_time` on a profile's curves: steps 1..m on (pf, pb), the rest on (qf, qb)."""
-    elements = _weight_elements(o1)
-    if pf[1:] == pb[1:] == (0, 0) and (m >= steps or (qf, qb) == (pf, pb)):  # the same every step
-        c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, pf[0], pb[0], o1.op)
+def _curve_summed(o1: OpCost, pf, qf, pb, qb, pk, qk, m: int, steps: int, r: Rates) -> OpTime:
+    """:func:`summed_op_time` on a profile's curves: steps 1..m on (pf, pb), the rest on (qf, qb);
+    (pk, qk) the cache bytes read the same way (GQA's eager repeat: :attr:`OpCost.kv_repeat`)."""
+    elements, g = _weight_elements(o1), o1.kv_repeat
+    if pf[1:] == pb[1:] == pk[1:] == (0, 0) and (m >= steps or (qf, qb, qk) == (pf, pb, pk)):  # the same every step
+        c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, pf[0], pb[0], o1.op, pk[0], g)
         compute, memory, seconds, compute_steps = steps * c, steps * mem, steps * max(c, mem), steps * (c > mem)
     else:
         compute = memory = seconds = 0.0
         compute_steps = 0
         for i in range(1, steps + 1):
-            f, b = (stepsum.at(pf, i), stepsum.at(pb, i)) if i <= m else (stepsum.at(qf, i), stepsum.at(qb, i))
-            c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, f, b, o1.op)
+            f, b, k = (pf, pb, pk) if i <= m else (qf, qb, qk)
+            c, mem = r.curve_parts(o1.kind, o1.weight_bytes, elements, stepsum.at(f, i), stepsum.at(b, i), o1.op,
+                                   stepsum.at(k, i), g)
             compute, memory, seconds = compute + c, memory + mem, seconds + max(c, mem)
             compute_steps += c > mem
     overhead = steps * r.op_overhead_s

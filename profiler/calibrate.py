@@ -195,6 +195,11 @@ QUICK_CURVE_ATTENTION = ((8, 64), (16, 256))
 # analytic softmax op on the element-wise curve was 0.5).
 CURVE_SCORE_CHAIN = (64, 128, 384, 768, 1152, 1408)
 QUICK_CURVE_SCORE_CHAIN = (16, 48)
+# GQA's repeat_kv over a cache slice, (batch, keys) of 2 kv heads x 5, d 64: 0.16 to 160 MiB out,
+# three points below glibc's 32 MiB mmap threshold and two above (the Xeon VM, 1 thread: 23-25
+# GB/s up to 10 MiB out, 3.0-3.6 GB/s from 40 MiB, the fresh output page-faulting).
+CURVE_KV_REPEAT = ((1, 64), (4, 256), (8, 512), (16, 1024), (64, 1024))
+QUICK_CURVE_KV_REPEAT = ((1, 16), (2, 64))
 
 
 def measure_matmul_rows(device: str, min_time_s: float, pools=CURVE_POOLS, rows=CURVE_ROWS,
@@ -278,6 +283,24 @@ def measure_score_chain(device: str, min_time_s: float, tokens=CURVE_SCORE_CHAIN
     return out
 
 
+def measure_kv_repeat(device: str, min_time_s: float, points=CURVE_KV_REPEAT, kv_heads: int = 2,
+                      group: int = 5, head_dim: int = 64) -> list[dict]:
+    """The eager reference's GQA repeat (:func:`profiler.layers.repeat_kv`) of a cache slice:
+    ``k[:, :, :S]`` of a cache holding 2 S positions (strided, as a preallocated cache's prefix is)
+    repeated for ``group`` query heads per kv head into a fresh tensor. Seconds by the bytes
+    written (``group`` x the slice's bytes), what the score and value matmuls then read."""
+    from .layers import repeat_kv
+
+    out = []
+    for batch, keys in points:
+        k = torch.rand(batch, kv_heads, 2 * keys, head_dim, device=device)[:, :, :keys]
+        _, med = time_call(lambda k=k: repeat_kv(k, group), device, min_time_s)
+        out.append({"batch": batch, "kv_heads": kv_heads, "group": group, "keys": keys, "head_dim": head_dim,
+                    "out_bytes": 4 * batch * kv_heads * group * keys * head_dim, "seconds": med})
+        del k
+    return out
+
+
 def measure_kernel_in_pass(device: str, repeats: int = 20) -> dict:
     """The cost of an op inside a pass of a model, not of a bare op: one cached decode step of
     tiny-llama (2 layers, hidden 64: the arithmetic is negligible, the pass is dispatch and glue),
@@ -317,6 +340,7 @@ def measure_curves(device: str, quick: bool, min_time_s: float) -> dict:
                                                        cold_bytes=QUICK_BANDWIDTH_BYTES if quick else CURVE_COLD_BYTES),
             "score_chain": measure_score_chain(device, min_time_s,
                                                QUICK_CURVE_SCORE_CHAIN if quick else CURVE_SCORE_CHAIN),
+            "kv_repeat": measure_kv_repeat(device, min_time_s, QUICK_CURVE_KV_REPEAT if quick else CURVE_KV_REPEAT),
             "mmap_threshold_bytes": mmap_threshold_bytes(device),
             "kernel_in_pass": measure_kernel_in_pass(device, 5 if quick else 20),
         }

@@ -105,7 +105,8 @@ def test_cuda_unavailable_is_a_clear_error():
 
 
 def test_curve_probes_cycle_a_pool_past_the_cache():
-    from profiler.calibrate import CURVE_COLD_BYTES, measure_attention_slice, measure_matmul_rows, measure_score_chain
+    from profiler.calibrate import (CURVE_COLD_BYTES, measure_attention_slice, measure_kv_repeat, measure_matmul_rows,
+                                    measure_score_chain)
 
     assert CURVE_COLD_BYTES == 256 * 2**20  # 64 MiB stayed partly cached on a 480 MiB-L3 Xeon
     # One cache of batch x heads 2, 2 x 8 positions, head_dim 4, fp32: 4 * 2 * 16 * 4 = 512 B; a pool
@@ -118,6 +119,10 @@ def test_curve_probes_cycle_a_pool_past_the_cache():
     (chain,) = measure_score_chain("cpu", 0.0, tokens=(4,), heads=2, head_dim=4)
     assert chain["score_bytes"] == 128 and chain["seconds"] > 0
     assert chain["attention_seconds"] > 0 and chain["matmul_seconds"] > 0
+    # GQA's repeat: batch 2 x 3 kv heads x 4 keys x head_dim 2, each kv head for 5 query heads,
+    # fp32: 4 * 2 * 3 * 5 * 4 * 2 = 960 B written
+    (rep,) = measure_kv_repeat("cpu", 0.0, points=((2, 4),), kv_heads=3, group=5, head_dim=2)
+    assert rep["out_bytes"] == 960 and rep["seconds"] > 0
     rows = measure_matmul_rows("cpu", 0.0, (96, 64), rows=(1, 2), matrices=((2, 4),))
     assert [(r["rows"], r["weight_bytes"], r["pool_bytes"], r["matrices"]) for r in rows] == [
         (1, 32, 96, 3), (2, 32, 96, 3), (1, 32, 64, 2), (2, 32, 64, 2)]

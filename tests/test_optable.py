@@ -295,6 +295,7 @@ def test_calibrate_model_stores_a_valid_table(tiny_profile):
     assert {r["rows"] for r in curves["matmul_rows"]} == set(cal.QUICK_CURVE_ROWS)
     assert curves["kernel_in_pass"]["seconds_per_op"] > 0
     assert [r["tokens"] for r in curves["score_chain"]] == list(cal.QUICK_CURVE_SCORE_CHAIN)
+    assert [(r["batch"], r["keys"]) for r in curves["kv_repeat"]] == list(cal.QUICK_CURVE_KV_REPEAT)
     assert "mmap_threshold_bytes" in curves  # 32 MiB on glibc, else null
 
 
@@ -446,6 +447,57 @@ def test_the_softmax_is_priced_on_the_score_chain():
                               "mmap_threshold_bytes must be a whole number >= 1 or null")):
         with pytest.raises(SpecError, match=message):
             parse_curves({"curves": {**cal, **changes}}, "t")
+
+
+def test_gqa_scores_and_values_are_priced_with_the_eager_repeat():
+    """GQA's score and value matmuls on the curves: the eager reference repeats the cache slice
+    for each query head (kv_repeat curve) and the matmul reads the repeated tensor."""
+    from dataclasses import replace
+
+    from costmodel.analysis import OpCost, step_cost
+    from costmodel.curves import curve_pass_seconds, op_seconds, parse_curves
+    from costmodel.roofline import decode_step_seconds, predict, rates, step_time
+    from costmodel.spec import Workload
+
+    cal = _curves_calibration()["curves"]
+    rep = [{"out_bytes": 100, "seconds": 1e-6}, {"out_bytes": 10000, "seconds": 1e-4}]  # slope 1: 10 ns/B
+    c = parse_curves({"curves": {**cal, "kv_repeat": rep}}, "t")
+    old = parse_curves({"curves": cal}, "t")
+    sc = OpCost("attn_scores", "matmul", flops=100, matmul_flops=100, act_read_bytes=200, act_write_bytes=300,
+                kv_read_bytes=1000, kv_repeat=4)
+    # repeated: 4 x 1,000 B = 4,000 B written (40 us); the matmul reads it in place of the cache:
+    # 200 + 300 + 4,000 = 4,500 B on the slice curve (slope 1, 20 ns/B): 90 us; + 1 us per op
+    assert op_seconds(sc, c, 1e12, 1e12, 32) == pytest.approx(4e-5 + 9e-5 + 1e-6)
+    # a profile from before the repeat, or MHA (kv_repeat 1): 1,500 B on the slice curve, 30 us
+    assert op_seconds(sc, old, 1e12, 1e12, 32) == pytest.approx(3e-5 + 1e-6)
+    assert op_seconds(replace(sc, kv_repeat=1), c, 1e12, 1e12, 32) == pytest.approx(3e-5 + 1e-6)
+    # past the mmap threshold (5,000 B) the repeat is priced on the points past it alone
+    split = parse_curves({"curves": {**cal, "kv_repeat": rep, "mmap_threshold_bytes": 5000}}, "t")
+    assert split.kv_repeat_seconds(4000) == pytest.approx(4e-5)  # the 100 B point alone, in proportion
+    assert split.kv_repeat_seconds(8000) == pytest.approx(8e-5)  # the 10,000 B point alone
+    # the analytic ops carry the group: tiny-llama has 4 query heads over 2 kv heads
+    spec, wl = get_model("tiny-llama"), Workload(batch=2, prompt=40, gen=6, weight_dtype="fp32", act_dtype="fp32")
+    assert (spec.num_heads, spec.num_kv_heads) == (4, 2)
+    ops = {o.op: o for o in step_cost(spec, wl, 2, 1, 41, 1).groups[0][1]}
+    assert ops["attn_scores"].kv_repeat == ops["attn_values"].kv_repeat == 2 and ops["q_proj"].kv_repeat == 1
+    assert ops["attn_scores"].with_costs(ops["attn_scores"].costs()).kv_repeat == 2
+    mha = {o.op: o for o in step_cost(replace(spec, num_kv_heads=4), wl, 2, 1, 41, 1).groups[0][1]}
+    assert mha["attn_scores"].kv_repeat == 1
+    # the roofline on such a profile: a pass op by op, and the decode sum step by step
+    hw = hardware_from_dict({**_profile([]), "calibration": {"curves": {**cal, "kv_repeat": rep}}}, "t")
+    r = rates(hw, "fp32")
+    for q, kv in ((40, 40), (1, 41)):
+        cost = step_cost(spec, wl, 2, q, kv, 1)
+        by_op = sum(n * op_seconds(o, c, 1e11, 1e11, 32) for n, o in cost.weighted())
+        assert step_time(cost, r).seconds == pytest.approx(by_op, rel=1e-12)
+        assert curve_pass_seconds(spec, wl, hw, 2, q, kv) == pytest.approx(by_op, rel=1e-12)
+        before = hardware_from_dict({**_profile([]), "calibration": {"curves": cal}}, "t")
+        assert curve_pass_seconds(spec, wl, hw, 2, q, kv) > curve_pass_seconds(spec, wl, before, 2, q, kv)
+    for sp in (spec, replace(spec, sliding_window=43)):
+        total = sum(decode_step_seconds(sp, wl, hw, i) for i in range(1, 6))
+        assert predict(sp, wl, hw).decode.seconds == pytest.approx(total, rel=1e-12)
+    with pytest.raises(SpecError, match=r"kv_repeat\[0\]: out_bytes must be a number > 0, got 0"):
+        parse_curves({"curves": {**cal, "kv_repeat": [{"out_bytes": 0, "seconds": 1.0}]}}, "t")
 
 
 def _curves_hw():
